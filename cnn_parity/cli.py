@@ -1,0 +1,110 @@
+"""The training command line both frameworks share (`python -m flax_impl.train`, `python -m torch_ref.train`).
+
+Same flags, same validation, same messages: bad input exits 2, a run that fails exits 1, both with
+one line on stderr; Ctrl-C exits 130 after saying what was kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from cnn_parity.data import DATASETS
+from cnn_parity.errors import CnnParityError, UsageError
+from cnn_parity.recipes import MODELS, Recipe, load_recipe, parse_assignment
+from cnn_parity.training import Trainer, fit
+from cnn_parity.workdir import Workdir, command_line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentParser:
+    module = {"flax": "flax_impl", "torch": "torch_ref"}[framework]
+    p = _Parser(prog=f"python -m {module}.train",
+                description=f"Train one of the five recipes with {framework}; the recipe comes from configs/<model>.toml.")
+    p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml")
+    p.add_argument("--dataset", choices=DATASETS, help="override the recipe's data set")
+    # Numeric flags are checked by the recipe's validation, so --lr -1 and --set optimizer.lr=-1 agree.
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N")
+    p.add_argument("--lr", type=_float, metavar="LR")
+    p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop after N training steps (smoke runs)")
+    p.add_argument("--pipeline", choices=pipelines, default=pipelines[0],
+                   help=f"input pipeline (default {pipelines[0]})")
+    p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see README: Data)")
+    p.add_argument("--workdir", help=f"output folder (default runs/{framework}-<model>-<time>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key, e.g. --set optimizer.momentum=0.5 (repeatable)")
+    return p
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    if args.model is None and args.config is None:
+        raise UsageError(f"--model is required (one of: {', '.join(MODELS)}), or --config PATH")
+    overrides = dict(parse_assignment(text) for text in args.set)
+    flags = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
+             "optimizer.lr": args.lr, "seed": args.seed}
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    return load_recipe(args.model, args.config, overrides)
+
+
+def default_workdir(framework: str, model: str) -> Path:
+    base = Path("runs") / f"{framework}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def run(framework: str, pipelines: Sequence[str],
+        make_trainer: Callable[[Recipe, str, str | None], Trainer], argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, train, and return the exit code."""
+    parser = build_parser(framework, pipelines)
+    args = parser.parse_args(argv)
+    workdir = None
+    try:
+        recipe = recipe_from_args(args)
+        trainer = make_trainer(recipe, args.pipeline, args.data_dir)
+        workdir = Workdir(args.workdir or default_workdir(framework, recipe.model))
+        workdir.create()
+        workdir.write_config({"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
+                              "command": command_line(), "recipe": recipe.to_dict()})
+        print(f"{framework} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
+              f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
+        summary = fit(recipe, trainer, workdir, args.max_steps)
+    except CnnParityError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        kept = f"; completed epochs are in {workdir.metrics_path}" if workdir else ""
+        print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
+        return 130
+    print(f"test accuracy {100 * summary['test_accuracy']:.2f}%  test loss {summary['test_loss']:.4f}  "
+          f"({summary['steps']} steps, {summary['train_samples_per_s']:,.0f} train samples/s); "
+          f"summary in {workdir.summary_path}")
+    return 0

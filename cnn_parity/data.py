@@ -1,0 +1,268 @@
+"""MNIST and Fashion-MNIST: find, download, verify and read the IDX files, framework-neutral.
+
+Every split is returned as uint8 numpy arrays: images (N, 28, 28) and labels (N,). Files may be
+gzipped or raw; what is verified is the SHA-256 of the *uncompressed* content, so a re-compressed
+archive of the right data is accepted and a corrupted one is not.
+
+Where a data set is looked for, in order (the first folder holding all four files wins):
+  1. the `data_dir` argument (the CLIs' `--data-dir`): `<dir>/<dataset>/` or `<dir>/` itself;
+  2. `$CNN_PARITY_DATA_DIR/<dataset>/`;
+  3. the per-user cache, `$XDG_CACHE_HOME/cnn_parity/<dataset>/` (default `~/.cache/...`);
+  4. the Debian package folder (`dataset-fashion-mnist` → /usr/share/datasets/fashion-mnist);
+  5. a download from the public mirrors torchvision uses, verified, into the cache.
+`CNN_PARITY_OFFLINE=1` skips step 5; `CNN_PARITY_MIRROR` replaces the mirror list (space-separated
+base URLs; `{dataset}` in one is replaced by the data set's name).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from cnn_parity.errors import DataError
+
+DATASETS = ("mnist", "fashion_mnist")
+SPLITS = ("train", "test")
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+
+# SHA-256 of the uncompressed IDX files (the originals; also in ../shared/data/SHA256SUMS).
+SHA256 = {
+    "mnist": {
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    },
+    "fashion_mnist": {
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    },
+}
+
+# The mirrors torchvision's MNIST / FashionMNIST classes download from.
+MIRRORS = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+}
+_SYSTEM_DIRS = {"mnist": (), "fashion_mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
+
+_IDX_UBYTE = 0x08
+_GZIP_MAGIC = b"\x1f\x8b"
+# Largest legitimate file is train images: 16 + 60000 * 784 bytes. Anything that inflates past
+# this bound is not MNIST, and reading no further protects against gzip bombs.
+_MAX_IDX_BYTES = 16 + 60_000 * 28 * 28
+_DOWNLOAD_TIMEOUT_S = 30
+
+
+class Split(NamedTuple):
+    images: np.ndarray  # uint8 (N, 28, 28)
+    labels: np.ndarray  # uint8 (N,)
+
+
+def parse_idx(content: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
+    """Decode uncompressed IDX bytes holding unsigned bytes with `ndim` dimensions."""
+    if len(content) < 4:
+        raise DataError(f"{name}: truncated IDX file ({len(content)} bytes, no header)")
+    zero, dtype_code, found_ndim = struct.unpack(">HBB", content[:4])
+    if zero != 0 or dtype_code != _IDX_UBYTE:
+        raise DataError(f"{name}: not an unsigned-byte IDX file (magic number {content[:4].hex()})")
+    if found_ndim != ndim:
+        raise DataError(f"{name}: expected {ndim} dimension(s), the header says {found_ndim}")
+    header_len = 4 + 4 * ndim
+    if len(content) < header_len:
+        raise DataError(f"{name}: truncated IDX header ({len(content)} bytes)")
+    shape = struct.unpack(f">{ndim}I", content[4:header_len])
+    expected = header_len + int(np.prod(shape, dtype=np.int64))
+    if len(content) != expected:
+        kind = "truncated" if len(content) < expected else "has trailing bytes"
+        raise DataError(
+            f"{name}: {kind}: header promises shape {shape} ({expected} bytes), file has {len(content)}"
+        )
+    # Copy out of the immutable buffer: callers get an ordinary, writable array.
+    return np.frombuffer(content, dtype=np.uint8, offset=header_len).reshape(shape).copy()
+
+
+def read_file(path: Path) -> bytes:
+    """The uncompressed content of an IDX file, gzipped or raw (decided by content, not name)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head != _GZIP_MAGIC:
+                return f.read(_MAX_IDX_BYTES + 1)
+            with gzip.GzipFile(fileobj=f) as gz:
+                return gz.read(_MAX_IDX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _candidate_dirs(dataset: str, data_dir: str | os.PathLike | None) -> list[tuple[str, Path]]:
+    """(description, folder) for every place a data set is looked for, in order."""
+    candidates = []
+    if data_dir is not None:
+        candidates += [("--data-dir", Path(data_dir) / dataset), ("--data-dir", Path(data_dir))]
+    if env_dir := os.environ.get("CNN_PARITY_DATA_DIR"):
+        candidates.append(("$CNN_PARITY_DATA_DIR", Path(env_dir) / dataset))
+    candidates.append(("cache", cache_dir() / dataset))
+    candidates += [("system", d) for d in _SYSTEM_DIRS[dataset]]
+    return candidates
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cnn_parity"
+
+
+def mirrors(dataset: str) -> list[str]:
+    if override := os.environ.get("CNN_PARITY_MIRROR"):
+        return [m.replace("{dataset}", dataset) for m in override.split()]
+    return list(MIRRORS[dataset])
+
+
+def _check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def locate(dataset: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """The folder holding all four files of `dataset`, downloading them if no folder has them."""
+    _check_dataset(dataset)
+    stems = [stem for split in SPLITS for stem in _FILES[split]]
+    looked = []
+    for description, folder in _candidate_dirs(dataset, data_dir):
+        if all(_find_file(folder, stem) for stem in stems):
+            return folder
+        looked.append(f"{folder} ({description})")
+    if os.environ.get("CNN_PARITY_OFFLINE") == "1":
+        download_note = "download skipped (CNN_PARITY_OFFLINE=1)"
+    else:
+        try:
+            return download(dataset, cache_dir() / dataset)
+        except DataError as e:
+            download_note = str(e)
+    raise DataError(
+        f"{dataset} not found: looked in {'; '.join(looked)}; {download_note}. "
+        f"Put the four IDX files (.gz or raw) in one of those folders, or pass --data-dir / set "
+        f"CNN_PARITY_DATA_DIR to a folder holding {dataset}/"
+    )
+
+
+def download(dataset: str, dest: Path) -> Path:
+    """Fetch the four files of `dataset` into `dest`, verifying each before it is kept."""
+    _check_dataset(dataset)
+    dest.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        for stem, ndim in zip(_FILES[split], (3, 1)):
+            if _find_file(dest, stem):
+                continue
+            failures = []
+            for base in mirrors(dataset):
+                url = base.rstrip("/") + "/" + stem + ".gz"
+                try:
+                    _fetch_verified(url, dest / (stem + ".gz"), dataset, stem, ndim)
+                    break
+                except (OSError, urllib.error.URLError, DataError) as e:
+                    failures.append(f"{url}: {getattr(e, 'reason', e)}")
+            else:
+                raise DataError(f"download failed ({'; '.join(failures)})")
+    return dest
+
+
+def _fetch_verified(url: str, target: Path, dataset: str, stem: str, ndim: int) -> None:
+    from tqdm import tqdm
+
+    # Download next to the target and rename only once verified: never a half-written file.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{stem}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"{dataset}/{stem}",
+                      file=sys.stderr, leave=False) as bar:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+        _verify(tmp, dataset, stem, ndim, name=url)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verify(path: Path, dataset: str, stem: str, ndim: int, name: str) -> np.ndarray:
+    content = read_file(path)
+    array = parse_idx(content, ndim, name)
+    digest = hashlib.sha256(content).hexdigest()
+    if digest != SHA256[dataset][stem]:
+        raise DataError(f"{name}: SHA-256 {digest[:12]}… does not match {dataset}'s {stem}")
+    return array
+
+
+def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> Split:
+    """One split of a data set as verified uint8 arrays."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    folder = locate(dataset, data_dir)
+    image_stem, label_stem = _FILES[split]
+    image_path, label_path = _find_file(folder, image_stem), _find_file(folder, label_stem)
+    images = _verify(image_path, dataset, image_stem, 3, str(image_path))
+    labels = _verify(label_path, dataset, label_stem, 1, str(label_path))
+    if images.shape != (_NUM_EXAMPLES[split], *IMAGE_SHAPE) or labels.shape != images.shape[:1]:
+        raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree")
+    return Split(images, labels)
+
+
+def copy_uncompressed(dataset: str, data_dir: str | os.PathLike | None, dest: Path) -> None:
+    """Write the verified, uncompressed IDX files of both splits into `dest` (each file atomically)."""
+    folder = locate(dataset, data_dir)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for stem in (stem for split in SPLITS for stem in _FILES[split]):
+            target = dest / stem
+            if target.is_file() and _sha256_file(target) == SHA256[dataset][stem]:
+                continue
+            content = read_file(_find_file(folder, stem))
+            if hashlib.sha256(content).hexdigest() != SHA256[dataset][stem]:
+                raise DataError(f"{folder / stem}: SHA-256 does not match {dataset}'s {stem}")
+            fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{stem}.", suffix=".part")
+            with os.fdopen(fd, "wb") as out:
+                out.write(content)
+            os.replace(tmp_name, target)
+    except OSError as e:
+        raise DataError(f"cannot prepare {dest}: {e.strerror or e}") from None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,154 @@
+"""Recipes: one TOML file per model in `configs/`, the single source of truth for both frameworks."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnn_parity.data import DATASETS
+from cnn_parity.errors import UsageError
+
+MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
+OPTIMIZERS = ("sgd", "adam")
+INITS = ("torch", "flax")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    name: str
+    lr: float
+    momentum: float = 0.0  # sgd only; PyTorch's dampening-0 momentum = optax's trace
+    b1: float = 0.9  # adam only; PyTorch's and optax's defaults
+    b2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    dataset: str
+    batch_size: int
+    epochs: int
+    seed: int
+    optimizer: Optimizer
+    normalize_mean: float = 0.0
+    normalize_std: float = 1.0
+    drop_last: bool = False
+    init: str = "torch"  # "torch": PyTorch's default init in both frameworks; "flax": Flax's defaults
+    eval_batch_size: int = 1000  # evaluation only; any value gives the same metrics
+    source: str = ""
+    reported: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_path(model: str) -> Path:
+    if model not in MODELS:
+        raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
+    path = CONFIG_DIR / f"{model}.toml"
+    if not path.is_file():
+        raise UsageError(f"recipe file {path} is missing; install the project from its source tree (pip install -e .)")
+    return path
+
+
+def load_recipe(model: str | None = None, config: str | Path | None = None,
+                overrides: dict[str, Any] | None = None) -> Recipe:
+    """The recipe of `model` (or the file `config`), with dotted-key `overrides` applied, validated."""
+    path = Path(config) if config is not None else config_path(model or "")
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config {path} is not valid TOML: {e}") from None
+    if model is not None and config is not None and raw.get("model") != model:
+        raise UsageError(f"--model {model} disagrees with {path}, which is a recipe for {raw.get('model')!r}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return _build(raw, str(path))
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """`key=value` from `--set`; the value is read as TOML (so 1e-3, true, "x" work), else as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"--set expects key=value, got {text!r}")
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value.strip()
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"unknown recipe key {key!r}")
+    node[leaf] = value
+
+
+def _typed(cls, values: dict, where: str):
+    """Instantiate a dataclass from `values`, rejecting unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise UsageError(f"unknown recipe key {where}{unknown[0]!r}; known: {', '.join(sorted(fields))}")
+    missing = [name for name, f in fields.items() if name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UsageError(f"recipe is missing {where}{missing[0]!r}")
+    kwargs = {}
+    for name, value in values.items():
+        expected = fields[name].type
+        if name in ("optimizer", "reported"):
+            kwargs[name] = value
+            continue
+        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        python_type = {"int": int, "float": float, "bool": bool, "str": str}[expected]
+        if not isinstance(value, python_type) or (python_type is int and isinstance(value, bool)):
+            raise UsageError(f"recipe key {where}{name} must be {expected}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _build(raw: dict, origin: str) -> Recipe:
+    optimizer = raw.get("optimizer")
+    if not isinstance(optimizer, dict):
+        raise UsageError(f"{origin}: recipe needs an [optimizer] table")
+    recipe = _typed(Recipe, {**raw, "optimizer": _typed(Optimizer, optimizer, "optimizer.")}, "")
+    _validate(recipe)
+    return recipe
+
+
+def _validate(r: Recipe) -> None:
+    o = r.optimizer
+    checks = [
+        (r.model in MODELS, f"unknown model {r.model!r}; choose one of: {', '.join(MODELS)}"),
+        (r.dataset in DATASETS, f"unknown dataset {r.dataset!r}; choose one of: {', '.join(DATASETS)}"),
+        (r.batch_size > 0, f"batch size must be positive, got {r.batch_size}"),
+        (r.eval_batch_size > 0, f"eval batch size must be positive, got {r.eval_batch_size}"),
+        (r.epochs > 0, f"epochs must be positive, got {r.epochs}"),
+        (r.seed >= 0, f"seed must be non-negative, got {r.seed}"),
+        (r.init in INITS, f"unknown init {r.init!r}; choose one of: {', '.join(INITS)}"),
+        (math.isfinite(r.normalize_std) and r.normalize_std > 0, f"normalize_std must be positive, got {r.normalize_std}"),
+        (math.isfinite(r.normalize_mean), f"normalize_mean must be finite, got {r.normalize_mean}"),
+        (o.name in OPTIMIZERS, f"unknown optimizer {o.name!r}; choose one of: {', '.join(OPTIMIZERS)}"),
+        (math.isfinite(o.lr) and o.lr > 0, f"learning rate must be positive, got {o.lr}"),
+        (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
+        (0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"Adam betas must be in [0, 1), got ({o.b1}, {o.b2})"),
+        (o.eps > 0, f"Adam eps must be positive, got {o.eps}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)

@@ -1,0 +1,86 @@
+"""The canonical, framework-neutral form of a model's weights, and its safetensors file format.
+
+Canonical naming and layout are PyTorch's `state_dict` ones, as numpy float32 arrays:
+  `<layer>.weight`: Conv (out, in, kh, kw) [OIHW]; Linear (out, in);
+  `<layer>.bias`:   (out,).
+A Linear that follows a flatten of feature maps (e.g. lenet's fc1) takes its inputs in
+channel-major (C, H, W) order, as PyTorch flattens NCHW. Each framework converts only to and from
+this form (flax_impl/convert.py, torch_ref/convert.py); files exported by either are identical in
+format and can be loaded by both.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from cnn_parity.errors import UsageError
+
+# Per model, in forward order: (name, in_features / in_channels, out, kernel size or None for Linear).
+LAYERS: dict[str, list[tuple[str, int, int, int | None]]] = {
+    "mlp": [("fc1", 784, 20, None), ("fc2", 20, 10, None)],
+    "cnn_base": [("conv1", 1, 16, 5), ("conv2", 16, 32, 5), ("conv3", 32, 64, 5),
+                 ("fc1", 576, 100, None), ("fc2", 100, 10, None)],
+    "cnn_2layer": [("conv1", 1, 32, 3), ("conv2", 32, 64, 3), ("fc", 3136, 10, None)],
+    "lenet": [("conv1", 1, 6, 5), ("conv2", 6, 16, 5),
+              ("fc1", 256, 120, None), ("fc2", 120, 84, None), ("fc3", 84, 10, None)],
+    "fashion_cnn": [("conv1", 1, 10, 5), ("conv2", 10, 20, 5), ("fc1", 320, 50, None), ("fc2", 50, 10, None)],
+}
+
+# The Linear layer that consumes flattened feature maps, with the (C, H, W) shape it flattens.
+FLATTENED_INPUT: dict[str, tuple[str, tuple[int, int, int]]] = {
+    "mlp": ("fc1", (1, 28, 28)),
+    "cnn_base": ("fc1", (64, 3, 3)),
+    "cnn_2layer": ("fc", (64, 7, 7)),
+    "lenet": ("fc1", (16, 4, 4)),
+    "fashion_cnn": ("fc1", (20, 4, 4)),
+}
+
+
+def canonical_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every canonical tensor of `model`, in forward order."""
+    if model not in LAYERS:
+        raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(LAYERS)}")
+    shapes = {}
+    for name, fan_in, out, kernel in LAYERS[model]:
+        shapes[f"{name}.weight"] = (out, fan_in, kernel, kernel) if kernel else (out, fan_in)
+        shapes[f"{name}.bias"] = (out,)
+    return shapes
+
+
+def check_canonical(model: str, arrays: Mapping[str, np.ndarray]) -> None:
+    """Raise UsageError unless `arrays` has exactly the canonical names and shapes of `model`."""
+    expected = canonical_shapes(model)
+    if set(arrays) != set(expected):
+        missing, extra = sorted(set(expected) - set(arrays)), sorted(set(arrays) - set(expected))
+        raise UsageError(f"weights are not a {model}: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}")
+    for name, shape in expected.items():
+        if tuple(arrays[name].shape) != shape:
+            raise UsageError(f"{model} weight {name} has shape {tuple(arrays[name].shape)}, expected {shape}")
+
+
+def save_safetensors(path: str | os.PathLike, model: str, arrays: Mapping[str, np.ndarray],
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """Write canonical weights; the file's metadata names the model (and anything in `metadata`)."""
+    from safetensors.numpy import save_file
+
+    check_canonical(model, arrays)
+    tensors = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in canonical_shapes(model)}
+    save_file(tensors, os.fspath(path), metadata={"format": "cnn_parity", "model": model, **(metadata or {})})
+
+
+def load_safetensors(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, str]]:
+    """(model, canonical arrays, metadata) from a file written by `save_safetensors`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read weights {path}: {e}") from None
+    model = metadata.get("model", "")
+    check_canonical(model, arrays)
+    return model, arrays, metadata

@@ -1,0 +1,91 @@
+"""A run's folder: `config.json`, `metrics.jsonl` (one JSON object per epoch) and `summary.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cnn_parity.errors import RunError, UsageError
+
+_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision")
+
+
+def versions(packages=_VERSIONED) -> dict[str, str]:
+    """Python's and the installed packages' versions (read from metadata: imports nothing)."""
+    found = {"python": platform.python_version()}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that a reader never sees a half-written file, even if this process dies."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Workdir:
+    """The output folder of one training run."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.summary_path = self.path / "summary.json"
+
+    def create(self) -> None:
+        """Make the folder, refusing one that already holds a run (never overwrite results)."""
+        if self.metrics_path.exists() or self.summary_path.exists():
+            raise UsageError(f"workdir {self.path} already holds a run; pass another --workdir")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-test-")
+            probe.close()
+        except OSError as e:
+            raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self._guarded(write_json_atomic, self.path / "config.json", config)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        def append():
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self._guarded(append)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self._guarded(write_json_atomic, self.summary_path, summary)
+
+    def _guarded(self, write, *args) -> None:
+        try:
+            write(*args)
+        except OSError as e:
+            raise RunError(f"cannot write to workdir {self.path}: {e.strerror or e}") from None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    with open(Path(path) / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def command_line() -> str:
+    """The command as typed (`python -m flax_impl.train ...`), for rerunning a recorded run."""
+    return shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]])

@@ -1,0 +1,80 @@
+"""PyTorch input pipelines.
+
+`tensor` (default): each split held as one tensor on the device; a fresh `torch.randperm` per epoch
+from a seeded generator; batches are index gathers. The mirror of flax_impl/data.py.
+`seed`: what the sources ran: torchvision's `datasets.MNIST` / `FashionMNIST` with `ToTensor` and
+`Normalize`, through a shuffling `DataLoader`. torchvision reads its own raw layout, which is prepared
+from the verified files (never from the network) under the per-user cache.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+
+from cnn_parity import data
+from cnn_parity.recipes import Recipe
+
+PIPELINES = ("tensor", "seed")
+_TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+
+
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) → float32 NCHW, as torchvision's ToTensor then Normalize(mean, std)."""
+    return (images.unsqueeze(1).float().div(255) - mean) / std
+
+
+class TensorBatches:
+    """An in-memory split as an iterable of (images, labels) batches, like a DataLoader."""
+
+    def __init__(self, split: data.Split, batch_size: int, mean: float, std: float, device: torch.device,
+                 shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None):
+        self.images = torch.from_numpy(split.images).to(device)
+        self.labels = torch.from_numpy(split.labels).long().to(device)
+        self.batch_size, self.mean, self.std = batch_size, mean, std
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator).to(self.images.device) if self.shuffle else None
+        for i in range(len(self)):
+            index = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            if order is not None:
+                index = order[index]
+            yield normalize(self.images[index], self.mean, self.std), self.labels[index]
+
+
+def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: torch.device,
+                 generator: torch.Generator):
+    """(train, test) iterables of (images, labels) batches for `recipe`."""
+    if pipeline == "seed":
+        return _torchvision_loaders(recipe, data_dir, generator)
+    mean, std = recipe.normalize_mean, recipe.normalize_std
+    train = TensorBatches(data.load_split(recipe.dataset, "train", data_dir), recipe.batch_size, mean, std,
+                          device, shuffle=True, drop_last=recipe.drop_last, generator=generator)
+    test = TensorBatches(data.load_split(recipe.dataset, "test", data_dir), recipe.eval_batch_size, mean, std, device)
+    return train, test
+
+
+def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.Generator):
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    class_name = _TORCHVISION_CLASSES[recipe.dataset]
+    root = data.cache_dir() / "torchvision"
+    data.copy_uncompressed(recipe.dataset, data_dir, root / class_name / "raw")
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize((recipe.normalize_mean,), (recipe.normalize_std,))])
+    dataset_class = getattr(datasets, class_name)
+    train_set = dataset_class(root, train=True, transform=transform, download=False)
+    test_set = dataset_class(root, train=False, transform=transform, download=False)
+    train = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=recipe.drop_last,
+                       generator=generator)
+    test = DataLoader(test_set, batch_size=recipe.eval_batch_size)
+    return train, test

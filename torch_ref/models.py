@@ -1,0 +1,121 @@
+"""The five models as PyTorch modules (NCHW inputs), written as the sources wrote them, intent kept.
+
+`init_scheme="torch"` is PyTorch's own default initialisation (what the sources used); `"flax"`
+re-initialises to Flax's defaults (LeCun-normal weights truncated at ±2σ, zero biases) so that a
+recipe with `init = "flax"` means the same in both frameworks. cnn_2layer's final Linear weight is
+Xavier-uniform under both schemes, as in the source.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Flax's truncated_normal(stddev) samples N(0, 1) truncated to [-2, 2], then scales by
+# stddev / 0.8796..., the standard deviation of that truncated distribution.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(784, 20)
+        self.fc2 = nn.Linear(20, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.sigmoid(self.fc1(x.flatten(1))))
+
+
+class CNNBase(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 5)
+        self.conv2 = nn.Conv2d(16, 32, 5)
+        self.conv3 = nn.Conv2d(32, 64, 5)
+        self.fc1 = nn.Linear(64 * 3 * 3, 100)
+        self.fc2 = nn.Linear(100, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv3(x)), 2)
+        # The source flattens with view(batch_size, -1); per-sample flatten is its intent.
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class CNN2Layer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.fc = nn.Linear(7 * 7 * 64, 10)
+        nn.init.xavier_uniform_(self.fc.weight)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))  # the source's forward forgot this layer
+
+
+class LeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 4 * 4, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class FashionCNN(nn.Module):
+    """Outputs log-probabilities, as the source does; its loss is cross-entropy on them (= NLL)."""
+
+    def __init__(self, dropout_rate: float = 0.5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 10, 5)
+        self.conv2 = nn.Conv2d(10, 20, 5)
+        self.fc1 = nn.Linear(320, 50)
+        # The source's Dropout2d on a (N, 50) tensor acts element-wise; plain dropout is the intent.
+        self.dropout = nn.Dropout(dropout_rate)
+        self.fc2 = nn.Linear(50, 10)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        x = self.dropout(F.relu(self.fc1(x.flatten(1))))
+        return F.log_softmax(self.fc2(x), dim=1)
+
+
+MODELS = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
+
+
+def create_model(name: str, init_scheme: str = "torch") -> nn.Module:
+    model = MODELS[name]()
+    if init_scheme == "flax":
+        _flax_default_init(model)
+    return model
+
+
+@torch.no_grad()
+def _flax_default_init(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            if not (isinstance(model, CNN2Layer) and module is model.fc):
+                std = math.sqrt(1.0 / module.weight[0].numel()) / _TRUNCATED_STD
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(module.bias)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
