@@ -33,14 +33,16 @@ def load_split(dataset: str, split: str, pipeline: str, data_dir: str | None = N
 def _tfds_split(dataset: str, split: str, data_dir: str | None) -> data.Split:
     try:
         import tensorflow_datasets as tfds
+        from absl import logging as absl_logging
     except ImportError:
         raise UsageError("--pipeline tfds needs tensorflow-datasets: pip install -e '.[tfds]'") from None
+    absl_logging.set_verbosity(absl_logging.ERROR)  # tfds warns about missing metadata on every lookup
     try:
         # download=False: preparing a TFDS data set needs the network; say so instead of hanging.
         source = tfds.data_source(dataset, split=split, data_dir=data_dir, download=False)
         records = [source[i] for i in range(len(source))]
     except Exception as e:  # tfds raises several unrelated types for "not prepared"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(":. ")
         raise DataError(f"tfds could not read {dataset}/{split} (data dir {data_dir or 'default'}): {reason}; "
                         f"prepare it with `tfds build {dataset}` or use --pipeline device") from None
     images = np.stack([np.asarray(r["image"], np.uint8).reshape(data.IMAGE_SHAPE) for r in records])

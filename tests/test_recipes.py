@@ -1,0 +1,82 @@
+"""Recipe files: the single source of truth for both frameworks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cnn_parity.errors import UsageError
+from cnn_parity.recipes import MODELS, load_recipe, parse_assignment
+from cnn_parity.weights import canonical_shapes
+
+# From ../shared/SEEDS.md.
+SEEDS_PARAMS = {"mlp": 15910, "cnn_base": 123222, "cnn_2layer": 50186, "lenet": 44426, "fashion_cnn": 21840}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_recipe_loads_and_matches_the_spec(model):
+    recipe = load_recipe(model)
+    assert recipe.model == model
+    assert recipe.reported["num_params"] == SEEDS_PARAMS[model]
+    assert sum(math.prod(s) for s in canonical_shapes(model).values()) == SEEDS_PARAMS[model]
+
+
+def test_source_recipes_as_seeds_md_states():
+    lenet, fashion, cnn2 = load_recipe("lenet"), load_recipe("fashion_cnn"), load_recipe("cnn_2layer")
+    assert (lenet.batch_size, lenet.epochs, lenet.optimizer.name, lenet.optimizer.lr, lenet.optimizer.momentum) == \
+        (128, 21, "sgd", 1e-3, 0.9)
+    assert (fashion.dataset, fashion.normalize_mean, fashion.normalize_std, fashion.batch_size) == \
+        ("fashion_mnist", 0.1307, 0.3081, 64)
+    assert (cnn2.seed, cnn2.optimizer.name, cnn2.optimizer.lr, cnn2.drop_last) == (777, "adam", 1e-3, True)
+    assert load_recipe("cnn_base").optimizer.lr == 2e-4
+    assert load_recipe("mlp").optimizer.momentum == 0.0
+
+
+def test_overrides_are_typed_and_dotted():
+    recipe = load_recipe("lenet", overrides={"optimizer.momentum": 0.5, "epochs": 3, "optimizer.lr": 1})
+    assert recipe.optimizer.momentum == 0.5 and recipe.epochs == 3
+    assert recipe.optimizer.lr == 1.0 and isinstance(recipe.optimizer.lr, float)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("optimizer.lr=1e-3", ("optimizer.lr", 1e-3)), ("drop_last=true", ("drop_last", True)),
+    ("init=flax", ("init", "flax")), ("epochs = 4", ("epochs", 4)),
+])
+def test_parse_assignment(text, expected):
+    assert parse_assignment(text) == expected
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer.lr": -1.0}, "learning rate must be positive"),
+    ({"optimizer.lr": float("nan")}, "learning rate must be positive"),
+    ({"batch_size": 0}, "batch size must be positive"),
+    ({"epochs": 0}, "epochs must be positive"),
+    ({"optimizer.momentum": 1.0}, "momentum"),
+    ({"optimizer.name": "rmsprop"}, "unknown optimizer"),
+    ({"init": "xavier"}, "unknown init"),
+    ({"dataset": "cifar10"}, "unknown dataset"),
+    ({"batch_size": 1.5}, "batch_size must be int"),
+    ({"drop_last": "yes"}, "drop_last must be bool"),
+    ({"learning_rate": 0.1}, "unknown recipe key 'learning_rate'"),
+    ({"optimizer.betas": 0.1}, "unknown recipe key optimizer.'betas'"),
+])
+def test_invalid_values_are_usage_errors(overrides, message):
+    with pytest.raises(UsageError, match=message):
+        load_recipe("lenet", overrides=overrides)
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(UsageError, match="unknown model 'resnet'; choose one of: mlp, cnn_base"):
+        load_recipe("resnet")
+
+
+def test_config_file_and_model_must_agree(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text((load_recipe.__globals__["CONFIG_DIR"] / "lenet.toml").read_text().replace("epochs = 21", "epochs = 2"))
+    assert load_recipe(config=path).epochs == 2
+    with pytest.raises(UsageError, match="disagrees"):
+        load_recipe("mlp", config=path)
+    path.write_text("model = [")
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_recipe(config=path)

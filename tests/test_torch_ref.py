@@ -1,0 +1,60 @@
+"""The PyTorch side on its own: initialisation, its two pipelines, and that it learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cnn_parity.recipes import MODELS, load_recipe
+from torch_ref import data
+from torch_ref.convert import state_dict_to_canonical
+from torch_ref.models import create_model, num_params
+from torch_ref.train import TorchTrainer
+
+from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY, check_init_statistics, short_run
+from .test_recipes import SEEDS_PARAMS
+
+
+@pytest.mark.parametrize("scheme", ["torch", "flax"])
+@pytest.mark.parametrize("model", MODELS)
+def test_initialisation_schemes(model, scheme):
+    torch.manual_seed(0)
+    module = create_model(model, scheme)
+    assert num_params(module) == SEEDS_PARAMS[model]
+    check_init_statistics(model, scheme, state_dict_to_canonical(model, module))
+
+
+def test_normalize_is_totensor_then_normalize():
+    images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    expected = (images.astype(np.float32)[:, None] / np.float32(255) - np.float32(0.1307)) / np.float32(0.3081)
+    np.testing.assert_array_equal(data.normalize(torch.from_numpy(images), 0.1307, 0.3081).numpy(), expected)
+
+
+@pytest.mark.parametrize("model", ["lenet", "fashion_cnn"])
+def test_seed_pipeline_yields_the_same_tensors_as_the_tensor_pipeline(model, data_dir, tmp_path, monkeypatch):
+    """torchvision's own ToTensor/Normalize/DataLoader path and the in-memory path agree bitwise."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the torchvision layout is prepared afresh
+    recipe = load_recipe(model)
+    device = torch.device("cpu")
+    _, seed_test = data.make_loaders(recipe, "seed", None, device, torch.Generator().manual_seed(0))
+    _, tensor_test = data.make_loaders(recipe, "tensor", None, device, torch.Generator().manual_seed(0))
+    for (seed_images, seed_labels), (images, labels) in zip(seed_test, tensor_test):
+        assert torch.equal(seed_images, images) and torch.equal(seed_labels, labels)
+    assert len(seed_test) == len(tensor_test) == 10
+
+
+def test_tensor_pipeline_shuffles_each_epoch_and_covers_the_split(data_dir):
+    recipe = load_recipe("lenet")
+    train, _ = data.make_loaders(recipe, "tensor", None, torch.device("cpu"), torch.Generator().manual_seed(0))
+    first, second = ([labels for _, labels in train] for _ in range(2))
+    assert len(first) == 469 and len(first[-1]) == 60_000 - 468 * 128  # the last batch is partial
+    assert not torch.equal(first[0], second[0])
+    assert torch.cat(first).bincount().tolist() == torch.cat(second).bincount().tolist()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
+    summary = short_run(TorchTrainer, model, seed=0, workdir=tmp_path / "run")
+    assert summary["steps"] == LEARNING_STEPS[model]
+    assert summary["test_accuracy"] >= MIN_TEST_ACCURACY[model]
