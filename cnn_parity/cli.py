@@ -7,15 +7,17 @@ one line on stderr; Ctrl-C exits 130 after saying what was kept.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cnn_parity import checkpoints
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.recipes import MODELS, Recipe, load_recipe, parse_assignment
-from cnn_parity.training import Trainer, fit
+from cnn_parity.training import Interrupted, Trainer, fit
 from cnn_parity.workdir import Workdir, command_line
 
 
@@ -58,6 +60,12 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
                    help=f"input pipeline (default {pipelines[0]})")
     p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see README: Data)")
     p.add_argument("--workdir", help=f"output folder (default runs/{framework}-<model>-<time>)")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+                   help="checkpoint every N steps and at each epoch end, into WORKDIR/checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --workdir from its newest complete checkpoint")
+    p.add_argument("--init-weights", metavar="PATH",
+                   help="start from these weights: a .safetensors export, a checkpoint or a workdir (either framework)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set optimizer.momentum=0.5 (repeatable)")
     return p
@@ -81,6 +89,13 @@ def default_workdir(framework: str, model: str) -> Path:
     return path
 
 
+def _initial_weights(path: str, recipe: Recipe):
+    model, arrays, _ = checkpoints.load_weights(path)
+    if model != recipe.model:
+        raise UsageError(f"--init-weights {path} holds a {model}, not a {recipe.model}")
+    return arrays
+
+
 def run(framework: str, pipelines: Sequence[str],
         make_trainer: Callable[[Recipe, str, str | None], Trainer], argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, train, and return the exit code."""
@@ -89,21 +104,41 @@ def run(framework: str, pipelines: Sequence[str],
     workdir = None
     try:
         recipe = recipe_from_args(args)
+        if args.resume and not args.workdir:
+            raise UsageError("--resume needs the --workdir of the run to continue")
+        if args.init_weights and args.resume:
+            raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
+        initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
         trainer = make_trainer(recipe, args.pipeline, args.data_dir)
+        if initial is not None:
+            trainer.load_canonical(initial)
         workdir = Workdir(args.workdir or default_workdir(framework, recipe.model))
-        workdir.create()
-        workdir.write_config({"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
-                              "command": command_line(), "recipe": recipe.to_dict()})
+        if args.resume:
+            workdir.open_for_resume()
+        else:
+            workdir.create()
+            workdir.write_config({"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
+                                  "command": command_line(), "recipe": recipe.to_dict()})
         print(f"{framework} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
               f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
-        summary = fit(recipe, trainer, workdir, args.max_steps)
+        summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume)
     except CnnParityError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Interrupted as e:
+        print(f"{parser.prog}: interrupted; checkpoint {e.checkpoint}; continue with --resume --workdir "
+              f"{workdir.path}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         kept = f"; completed epochs are in {workdir.metrics_path}" if workdir else ""
         print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: still one line, the traceback on request
+        if os.environ.get("CNN_PARITY_DEBUG") == "1":
+            raise
+        print(f"{parser.prog}: error: internal error {type(e).__name__}: {e} "
+              f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     print(f"test accuracy {100 * summary['test_accuracy']:.2f}%  test loss {summary['test_loss']:.4f}  "
           f"({summary['steps']} steps, {summary['train_samples_per_s']:,.0f} train samples/s); "
           f"summary in {workdir.summary_path}")

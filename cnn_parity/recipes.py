@@ -75,6 +75,11 @@ def load_recipe(model: str | None = None, config: str | Path | None = None,
     return _build(raw, str(path))
 
 
+def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe") -> Recipe:
+    """A Recipe from `Recipe.to_dict()` output (e.g. stored in a checkpoint), validated."""
+    return _build({**raw, "optimizer": dict(raw.get("optimizer") or {})}, origin)
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value` from `--set`; the value is read as TOML (so 1e-3, true, "x" work), else as a string."""
     key, sep, value = text.partition("=")

@@ -1,24 +1,30 @@
-"""The epoch loop both frameworks share: progress, per-epoch metrics, non-finite-loss stop, summary.
+"""The epoch loop both frameworks share: progress, per-epoch metrics, checkpoints and exact resume,
+the non-finite-loss stop, Ctrl-C, and the run summary.
 
-Each framework supplies a `Trainer` (flax_impl/train.py, torch_ref/train.py) that knows how to run
-training steps and evaluate; everything around that (what is printed, what is written, when to stop)
-lives here once, so the two CLIs behave identically.
+Each framework supplies a `Trainer` (flax_impl/train.py, torch_ref/train.py) that runs training steps,
+evaluates, and saves/restores its own state; everything around that (what is printed, written and
+checkpointed, and when to stop) lives here once, so the two CLIs behave identically.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import signal
 import sys
+import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from cnn_parity.errors import RunError
+from cnn_parity import checkpoints
+from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import Recipe
-from cnn_parity.workdir import Workdir, command_line, versions
+from cnn_parity.workdir import Workdir, command_line, read_metrics, versions
 
 # Losses stay on the device and are read back in chunks, so a step never waits for the previous one;
 # a non-finite loss is therefore caught at most this many steps late, and reported with its step.
@@ -32,23 +38,62 @@ class EvalResult:
     examples: int
 
 
+@dataclass
+class Progress:
+    """Where a run stands; what a checkpoint stores besides the framework state."""
+
+    epoch: int = 1  # the epoch in progress (1-based)
+    step_in_epoch: int = 0  # steps of `epoch` done
+    steps: int = 0  # global steps done
+    epoch_losses: list[float] = field(default_factory=list)  # this epoch's per-step losses so far
+    epoch_correct: float = 0.0
+    epoch_examples: int = 0
+    examples_seen: int = 0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+
+
+class Trainer(Protocol):
+    framework: str  # "flax" or "torch"
+    pipeline: str
+    num_params: int
+    device: str
+    steps_per_epoch: int
+
+    def train_epoch(self, epoch: int, start: int, num_steps: int, log: "EpochLog") -> None:
+        """Run steps `start` .. `start + num_steps - 1` of epoch `epoch` (1-based), calling `log.record`
+        after each one. `start > 0` only right after `restore_state`."""
+
+    def evaluate(self) -> EvalResult:
+        """Loss and accuracy on the whole test split, in evaluation mode."""
+
+    def canonical_weights(self) -> dict[str, np.ndarray]: ...
+
+    def save_state(self, folder: Path) -> None:
+        """Write everything an exact resume needs (parameters, optimiser, RNG) into `folder`."""
+
+    def restore_state(self, folder: Path) -> None: ...
+
+
 class EpochLog:
     """Collects one epoch's per-step loss and correct count (framework scalars, read lazily)."""
 
-    def __init__(self, first_step: int, progress: tqdm):
-        self.first_step = first_step  # global index (1-based) of this epoch's first step
-        self.progress = progress
-        self.losses: list[float] = []
-        self.correct = 0.0
-        self.examples = 0
+    def __init__(self, progress: Progress, bar: tqdm, on_step: Callable[[EpochLog], None] | None = None):
+        self.first_step = progress.steps - progress.step_in_epoch + 1  # global index of the epoch's first step
+        self.losses = list(progress.epoch_losses)
+        self.correct = progress.epoch_correct
+        self.examples = progress.epoch_examples
+        self.bar, self.on_step = bar, on_step
         self._pending: list[tuple[Any, Any]] = []
 
     def record(self, loss, correct, batch_examples: int) -> None:
         self._pending.append((loss, correct))
         self.examples += batch_examples
-        self.progress.update(1)
+        self.bar.update(1)
         if len(self._pending) >= _CHECK_EVERY:
             self.flush()
+        if self.on_step is not None:
+            self.on_step(self)
 
     def flush(self) -> None:
         for loss, correct in self._pending:
@@ -60,88 +105,115 @@ class EpochLog:
             self.correct += float(correct)
         self._pending.clear()
         if self.losses:
-            self.progress.set_postfix(loss=f"{self.losses[-1]:.4f}", refresh=False)
+            self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}", refresh=False)
 
     @property
     def steps(self) -> int:
+        """Steps of this epoch done, including those before a resume."""
         return len(self.losses) + len(self._pending)
 
 
-class Trainer(Protocol):
-    framework: str  # "flax" or "torch"
-    pipeline: str
-    num_params: int
-    device: str
-    steps_per_epoch: int
+class _StopRequest:
+    """First Ctrl-C: finish the current step, checkpoint, stop. A second one stops at once."""
 
-    def train_epoch(self, epoch: int, num_steps: int, log: EpochLog) -> None:
-        """Run `num_steps` training steps of epoch `epoch` (1-based), calling `log.record` for each."""
+    def __init__(self):
+        self.requested = False
+        self._previous = None
 
-    def evaluate(self) -> EvalResult:
-        """Loss and accuracy on the whole test split, in evaluation mode."""
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: checkpointing after this step (press again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
-def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None) -> dict[str, Any]:
-    """Train for the recipe's epochs (or `max_steps` steps), logging every epoch; return the summary."""
+class Interrupted(KeyboardInterrupt):
+    def __init__(self, checkpoint: Path | None):
+        super().__init__()
+        self.checkpoint = checkpoint
+
+
+def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None,
+        checkpoint_every: int | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train for the recipe's epochs (or until global step `max_steps`), logging every epoch, checkpointing
+    every `checkpoint_every` steps and at each epoch end (if set) and on Ctrl-C; return the summary."""
     started = time.time()
-    steps = 0
-    train_time = eval_time = 0.0
-    examples_seen = 0
-    epochs_run = 0
-    record: dict[str, Any] = {}
-    for epoch in range(1, recipe.epochs + 1):
-        num_steps = trainer.steps_per_epoch
-        if max_steps is not None:
-            num_steps = min(num_steps, max_steps - steps)
-        if num_steps <= 0:
-            break
-        with tqdm(total=num_steps, desc=f"{trainer.framework} {recipe.model} epoch {epoch}/{recipe.epochs}",
-                  file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
-            log = EpochLog(steps + 1, bar)
+    progress = _resume(recipe, trainer, workdir) if resume else Progress()
+    steps_per_epoch = trainer.steps_per_epoch
+    last_record = _last_record(workdir)
+
+    def save(snapshot: Progress) -> Path:
+        meta = {"framework": trainer.framework, "model": recipe.model, "recipe": recipe.to_dict(),
+                "pipeline": trainer.pipeline, **dataclasses.asdict(snapshot)}
+        return checkpoints.write(workdir.path, snapshot.steps, meta, trainer.canonical_weights(), trainer.save_state)
+
+    with _StopRequest() as stop:
+        while progress.epoch <= recipe.epochs:
+            if progress.step_in_epoch >= steps_per_epoch:  # resumed at an epoch's end
+                progress = _next_epoch(progress)
+                continue
+            num_steps = steps_per_epoch - progress.step_in_epoch
+            if max_steps is not None:
+                num_steps = min(num_steps, max_steps - progress.steps)
+            if num_steps <= 0:
+                break
             tick = time.perf_counter()
-            trainer.train_epoch(epoch, num_steps, log)
-            log.flush()
-            epoch_train_s = time.perf_counter() - tick
-        tick = time.perf_counter()
-        result = trainer.evaluate()
-        epoch_eval_s = time.perf_counter() - tick
-        steps += log.steps
-        examples_seen += log.examples
-        train_time += epoch_train_s
-        eval_time += epoch_eval_s
-        epochs_run = epoch
-        record = {
-            "epoch": epoch,
-            "steps": steps,
-            "train_loss": float(np.mean(log.losses)),
-            "train_accuracy": log.correct / log.examples,
-            "test_loss": result.loss,
-            "test_accuracy": result.accuracy,
-            "train_time_s": epoch_train_s,
-            "eval_time_s": epoch_eval_s,
-        }
-        workdir.log_epoch(record)
-        print(f"epoch {epoch:>2}/{recipe.epochs}  train loss {record['train_loss']:.4f}  "
-              f"train acc {100 * record['train_accuracy']:6.2f}%  test loss {result.loss:.4f}  "
-              f"test acc {100 * result.accuracy:6.2f}%  {epoch_train_s + epoch_eval_s:6.1f} s", flush=True)
+
+            def on_step(log: EpochLog) -> None:
+                due = checkpoint_every is not None and (log.first_step - 1 + log.steps) % checkpoint_every == 0
+                if due or stop.requested:
+                    log.flush()
+                    path = save(_snapshot(progress, log, time.perf_counter() - tick))
+                    if stop.requested:
+                        raise Interrupted(path)
+
+            with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
+                      desc=f"{trainer.framework} {recipe.model} epoch {progress.epoch}/{recipe.epochs}",
+                      dynamic_ncols=True) as bar:
+                log = EpochLog(progress, bar, on_step)
+                trainer.train_epoch(progress.epoch, progress.step_in_epoch, num_steps, log)
+                log.flush()
+            progress = _snapshot(progress, log, time.perf_counter() - tick)
+            tick = time.perf_counter()
+            result = trainer.evaluate()
+            progress.eval_time_s += time.perf_counter() - tick
+            last_record = _log_epoch(workdir, recipe, progress, log, result)
+            if checkpoint_every is not None or stop.requested:
+                path = save(progress)
+                if stop.requested:
+                    raise Interrupted(path)
+            if progress.step_in_epoch < steps_per_epoch:  # stopped by max_steps
+                break
+            progress = _next_epoch(progress)
+
     summary = {
         "model": recipe.model,
         "framework": trainer.framework,
         "pipeline": trainer.pipeline,
         "dataset": recipe.dataset,
-        "epochs": epochs_run,
-        "steps": steps,
+        "epochs": last_record.get("epoch", 0),
+        "steps": progress.steps,
         "batch_size": recipe.batch_size,
         "seed": recipe.seed,
         "num_params": trainer.num_params,
-        "train_loss": record.get("train_loss"),
-        "train_accuracy": record.get("train_accuracy"),
-        "test_loss": record.get("test_loss"),
-        "test_accuracy": record.get("test_accuracy"),
-        "train_time_s": train_time,
-        "eval_time_s": eval_time,
-        "train_samples_per_s": examples_seen / train_time if train_time else None,
+        "train_loss": last_record.get("train_loss"),
+        "train_accuracy": last_record.get("train_accuracy"),
+        "test_loss": last_record.get("test_loss"),
+        "test_accuracy": last_record.get("test_accuracy"),
+        "train_time_s": progress.train_time_s,
+        "eval_time_s": progress.eval_time_s,
+        "train_samples_per_s": progress.examples_seen / progress.train_time_s if progress.train_time_s else None,
         "wall_time_s": time.time() - started,
+        "resumed": resume,
         "device": trainer.device,
         "versions": versions(),
         "command": command_line(),
@@ -149,3 +221,65 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
     }
     workdir.write_summary(summary)
     return summary
+
+
+def _snapshot(progress: Progress, log: EpochLog, seconds: float) -> Progress:
+    """`progress` advanced by what `log` recorded since it began, `seconds` of training later."""
+    new_steps = log.steps - progress.step_in_epoch
+    new_examples = log.examples - progress.epoch_examples
+    return dataclasses.replace(
+        progress, step_in_epoch=log.steps, steps=progress.steps + new_steps, epoch_losses=list(log.losses),
+        epoch_correct=log.correct, epoch_examples=log.examples, examples_seen=progress.examples_seen + new_examples,
+        train_time_s=progress.train_time_s + seconds)
+
+
+def _next_epoch(progress: Progress) -> Progress:
+    return dataclasses.replace(progress, epoch=progress.epoch + 1, step_in_epoch=0, epoch_losses=[],
+                               epoch_correct=0.0, epoch_examples=0)
+
+
+def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, log: EpochLog, result: EvalResult) -> dict:
+    record = {
+        "epoch": progress.epoch,
+        "steps": progress.steps,
+        "train_loss": float(np.mean(log.losses)),
+        "train_accuracy": log.correct / log.examples,
+        "test_loss": result.loss,
+        "test_accuracy": result.accuracy,
+        "train_time_s": progress.train_time_s,
+        "eval_time_s": progress.eval_time_s,
+    }
+    workdir.log_epoch(record)
+    print(f"epoch {progress.epoch:>2}/{recipe.epochs}  train loss {record['train_loss']:.4f}  "
+          f"train acc {100 * record['train_accuracy']:6.2f}%  test loss {result.loss:.4f}  "
+          f"test acc {100 * result.accuracy:6.2f}%  (total {progress.train_time_s + progress.eval_time_s:.1f} s)",
+          flush=True)
+    return record
+
+
+def _last_record(workdir: Workdir) -> dict:
+    return read_metrics(workdir.path)[-1] if workdir.metrics_path.is_file() and read_metrics(workdir.path) else {}
+
+
+def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir) -> Progress:
+    """Restore the newest complete checkpoint (or start afresh if the run never checkpointed)."""
+    newest = checkpoints.latest(workdir.path)
+    if newest is None:
+        if workdir.metrics_path.is_file():
+            raise UsageError(f"{workdir.path} has no complete checkpoint to resume from")
+        return Progress()
+    meta = checkpoints.read_meta(newest)
+    if meta["framework"] != trainer.framework:
+        raise UsageError(f"{newest} was written by {meta['framework']}; resume it with that framework "
+                         f"(or evaluate it with --checkpoint on either)")
+    if meta["recipe"] != recipe.to_dict():
+        changed = sorted(k for k in meta["recipe"] if meta["recipe"][k] != recipe.to_dict().get(k))
+        raise UsageError(f"{newest} was written with another recipe (differs in: {', '.join(changed)}); "
+                         f"resume with the original flags")
+    trainer.restore_state(newest)
+    progress = Progress(**{k.name: meta[k.name] for k in dataclasses.fields(Progress)})
+    # Epoch records written after this checkpoint are rewritten by the resumed run.
+    epoch_done = progress.step_in_epoch >= trainer.steps_per_epoch
+    workdir.keep_epochs(progress.epoch if epoch_done else progress.epoch - 1)
+    print(f"resuming from {newest} (epoch {progress.epoch}, step {progress.steps})", file=sys.stderr)
+    return progress

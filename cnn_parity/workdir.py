@@ -30,11 +30,14 @@ def versions(packages=_VERSIONED) -> dict[str, str]:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so that a reader never sees a half-written file, even if this process dies."""
+    _write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -61,6 +64,20 @@ class Workdir:
             probe.close()
         except OSError as e:
             raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
+
+    def open_for_resume(self) -> None:
+        """Use an existing run's folder (or make it, if the run never started)."""
+        if not self.path.is_dir():
+            self.create()
+        elif not os.access(self.path, os.W_OK):
+            raise UsageError(f"workdir {self.path} is not writable")
+
+    def keep_epochs(self, last_epoch: int) -> None:
+        """Drop epoch records after `last_epoch` (written after the checkpoint a run resumes from)."""
+        if self.metrics_path.is_file():
+            kept = [r for r in read_metrics(self.path) if r["epoch"] <= last_epoch]
+            lines = "".join(json.dumps(r) + "\n" for r in kept)
+            self._guarded(_write_text_atomic, self.metrics_path, lines)
 
     def write_config(self, config: dict[str, Any]) -> None:
         self._guarded(write_json_atomic, self.path / "config.json", config)

@@ -13,15 +13,20 @@ import math
 import sys
 from typing import Any
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from cnn_parity import cli
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
 from flax_impl import data
+from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 
 TrainState = train_state.TrainState
@@ -64,6 +69,28 @@ def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
 
 
+def make_evaluator(apply_fn, recipe: Recipe):
+    """A function (params, DeviceSplit) -> EvalResult over the whole split, jitted per chunk of
+    `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once)."""
+    normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
+
+    @functools.partial(jax.jit, static_argnames="size")
+    def eval_chunk(params, split, start, size):
+        index = start + jnp.arange(size)
+        valid = index < len(split.labels)
+        index = jnp.minimum(index, len(split.labels) - 1)
+        return eval_sums(apply_fn, params, normalize(split.images[index]), split.labels[index], valid)
+
+    def evaluate(params, split: data.DeviceSplit) -> EvalResult:
+        n, size = len(split.labels), recipe.eval_batch_size
+        sums = [eval_chunk(params, split, start, size=size) for start in range(0, n, size)]
+        loss = math.fsum(float(s[0]) for s in sums)
+        correct = sum(int(s[1]) for s in sums)
+        return EvalResult(loss=loss / n, accuracy=correct / n, examples=n)
+
+    return evaluate
+
+
 class FlaxTrainer:
     framework = "flax"
 
@@ -85,30 +112,38 @@ class FlaxTrainer:
             batch = {"image": normalize(split.images[index]), "label": split.labels[index]}
             return train_step(state, batch, jax.random.fold_in(rng, state.step))
 
-        def eval_chunk(params, split, start, size):
-            index = start + jnp.arange(size)
-            valid = index < len(split.labels)
-            index = jnp.minimum(index, len(split.labels) - 1)
-            return eval_sums(self.state.apply_fn, params, normalize(split.images[index]), split.labels[index], valid)
-
         self._train_on_slice = jax.jit(train_on_slice, donate_argnums=0, static_argnames="batch_size")
-        self._eval_chunk = jax.jit(eval_chunk, static_argnames="size")
+        self._evaluate = make_evaluator(self.state.apply_fn, recipe)
 
-    def train_epoch(self, epoch: int, num_steps: int, log: EpochLog) -> None:
+    def train_epoch(self, epoch: int, start: int, num_steps: int, log: EpochLog) -> None:
+        # The permutation and every dropout key are functions of (seed, epoch, step): resuming at
+        # `start` needs no saved RNG state.
         n, b = len(self.train_data.labels), self.recipe.batch_size
         perm = data.epoch_permutation(self.shuffle_key, epoch, n)
-        for i in range(num_steps):
+        for i in range(start, start + num_steps):
             size = min(b, n - i * b)  # a last partial batch compiles once more, then is cached
             self.state, metrics = self._train_on_slice(self.state, self.train_data, perm, i * b, self.dropout_key,
                                                        batch_size=size)
             log.record(metrics["loss"], metrics["correct"], size)
 
     def evaluate(self) -> EvalResult:
-        n, size = len(self.test_data.labels), self.recipe.eval_batch_size
-        sums = [self._eval_chunk(self.state.params, self.test_data, start, size=size) for start in range(0, n, size)]
-        loss = math.fsum(float(s[0]) for s in sums)
-        correct = sum(int(s[1]) for s in sums)
-        return EvalResult(loss=loss / n, accuracy=correct / n, examples=n)
+        return self._evaluate(self.state.params, self.test_data)
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        return params_to_canonical(self.recipe.model, self.state.params)
+
+    def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
+        params = params_from_canonical(self.recipe.model, arrays)
+        self.state = TrainState.create(apply_fn=self.state.apply_fn, params=params, tx=self.state.tx)
+
+    def save_state(self, folder: Path) -> None:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(Path(folder).resolve() / "state", self.state)
+        checkpointer.wait_until_finished()
+
+    def restore_state(self, folder: Path) -> None:
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
+        self.state = ocp.StandardCheckpointer().restore(Path(folder).resolve() / "state", target)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,70 @@
+"""`python -m cnn_parity.plot WORKDIR [WORKDIR ...] --out curves.png`: learning curves of one or more runs
+(e.g. a Flax and a PyTorch run) overlaid: train loss and test accuracy per epoch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cnn_parity.errors import UsageError
+from cnn_parity.workdir import read_metrics
+
+
+def _label(workdir: Path) -> str:
+    config = workdir / "config.json"
+    if config.is_file():
+        info = json.loads(config.read_text())
+        return f"{info['framework']} {info['recipe']['model']} (seed {info['recipe']['seed']})"
+    return workdir.name
+
+
+def plot_runs(workdirs: list[Path], out: Path, title: str | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for workdir in workdirs:
+        try:
+            records = read_metrics(workdir)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{workdir} has no readable metrics.jsonl ({e})") from None
+        epochs = [r["epoch"] for r in records]
+        loss_ax.plot(epochs, [r["train_loss"] for r in records], marker="o", label=_label(workdir))
+        acc_ax.plot(epochs, [100 * r["test_accuracy"] for r in records], marker="o", label=_label(workdir))
+    loss_ax.set(xlabel="epoch", ylabel="train loss (mean over the epoch)", yscale="log")
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cnn_parity.plot", description=__doc__)
+    parser.add_argument("workdirs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("curves.png"))
+    parser.add_argument("--title")
+    args = parser.parse_args(argv)
+    try:
+        plot_runs(args.workdirs, args.out, args.title)
+    except UsageError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Evaluate weights from either framework with Flax: `python -m flax_impl.evaluate --checkpoint PATH`."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from cnn_parity import evaluate_cli
+from cnn_parity.recipes import Recipe
+from cnn_parity.training import EvalResult
+from flax_impl import data
+from flax_impl.convert import params_from_canonical
+from flax_impl.models import create_model
+from flax_impl.train import make_evaluator
+
+
+def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None) -> EvalResult:
+    model = create_model(recipe.model, recipe.init)
+    test = data.to_device(data.load_split(recipe.dataset, "test", "device", data_dir))
+    return make_evaluator(model.apply, recipe)(params_from_canonical(recipe.model, arrays), test)
+
+
+def main(argv=None) -> int:
+    return evaluate_cli.run("flax", evaluate_canonical, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
