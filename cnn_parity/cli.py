@@ -21,9 +21,18 @@ from cnn_parity.training import Interrupted, Trainer, fit
 from cnn_parity.workdir import Workdir, command_line
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not argparse's usage block
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def report_errors(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body; a CnnParityError becomes one line on stderr and its exit code."""
+    try:
+        return body()
+    except CnnParityError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 def _positive_int(text: str) -> int:
@@ -45,7 +54,7 @@ def _float(text: str) -> float:
 
 def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentParser:
     module = {"flax": "flax_impl", "torch": "torch_ref"}[framework]
-    p = _Parser(prog=f"python -m {module}.train",
+    p = OneLineParser(prog=f"python -m {module}.train",
                 description=f"Train one of the five recipes with {framework}; the recipe comes from configs/<model>.toml.")
     p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml")

@@ -7,42 +7,35 @@ converts from those and evaluates on the recipe's whole test split.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from typing import Callable, Sequence
 
 import numpy as np
 
 from cnn_parity import checkpoints
-from cnn_parity.errors import CnnParityError
+from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.recipes import Recipe, load_recipe, recipe_from_dict
 from cnn_parity.training import EvalResult
 
 EvaluateFn = Callable[[Recipe, dict[str, np.ndarray], "str | None"], EvalResult]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None) -> int:
     module = {"flax": "flax_impl", "torch": "torch_ref"}[framework]
-    parser = _Parser(prog=f"python -m {module}.evaluate",
+    parser = OneLineParser(prog=f"python -m {module}.evaluate",
                      description=f"Evaluate trained weights (from either framework) with {framework}.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a checkpoint folder, a workdir (newest checkpoint) or a .safetensors export")
     parser.add_argument("--data-dir", help="folder holding <dataset>/ (see README: Data)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    try:
-        model, arrays, info = checkpoints.load_weights(args.checkpoint)
-        recipe = recipe_from_dict(info["recipe"]) if info["recipe"] else load_recipe(model)
-        result = evaluate(recipe, arrays, args.data_dir)
-    except CnnParityError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    return report_errors(parser.prog, lambda: _evaluate_and_print(framework, evaluate, args))
+
+
+def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args) -> int:
+    model, arrays, info = checkpoints.load_weights(args.checkpoint)
+    recipe = recipe_from_dict(info["recipe"]) if info["recipe"] else load_recipe(model)
+    result = evaluate(recipe, arrays, args.data_dir)
     report = {"model": model, "dataset": recipe.dataset, "trained_with": info["framework"],
               "evaluated_with": framework, "test_accuracy": result.accuracy, "test_loss": result.loss,
               "examples": result.examples, "step": info["step"], "checkpoint": info["path"]}

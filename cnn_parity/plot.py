@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.workdir import read_metrics
 
@@ -52,18 +52,18 @@ def plot_runs(workdirs: list[Path], out: Path, title: str | None = None) -> None
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cnn_parity.plot", description=__doc__)
+    parser = OneLineParser(prog="python -m cnn_parity.plot", description=__doc__)
     parser.add_argument("workdirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("curves.png"))
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         plot_runs(args.workdirs, args.out, args.title)
-    except UsageError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(f"wrote {args.out}")
-    return 0
+        print(f"wrote {args.out}")
+        return 0
+
+    return report_errors(parser.prog, body)
 
 
 if __name__ == "__main__":
