@@ -1,8 +1,9 @@
 """One benchmark candidate in its own process, driven by benchmarks.run over stdin/stdout.
 
-Commands (one per line on stdin): `train EPOCH STEPS`, `eval`, `quit`. Each answer is one line on
-stdout starting with `@@ ` followed by JSON. The process imports only its own framework, so its peak
-RSS (`ru_maxrss`) is that candidate's alone.
+It hosts the candidates named by --pipelines (one in a full run, so that its peak RSS, `ru_maxrss`, is
+that candidate's alone; all of a framework's in a --quick run, to save start-up time). Commands, one
+per line on stdin: `train PIPELINE EPOCH STEPS`, `eval PIPELINE`, `quit`. Each answer is one line on
+stdout: `@@ ` and JSON. The process imports only its own framework.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ def _reply(out, obj) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--pipeline", required=True)
+    p.add_argument("--pipelines", nargs="+", required=True)
     p.add_argument("--data-dir")
+    p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     # Answers go to the real stdout; anything the libraries print goes to stderr.
     out = os.fdopen(os.dup(1), "w")
@@ -34,22 +36,28 @@ def main() -> int:
 
     from benchmarks.candidates import build
 
-    tick = time.perf_counter()
-    try:
-        cand = build(args.model, args.pipeline, args.data_dir)
-    except Exception as e:
-        traceback.print_exc()
-        _reply(out, {"error": f"setup failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"})
-        return 1
-    _reply(out, {"setup_s": time.perf_counter() - tick, "steps_per_epoch": cand.steps_per_epoch,
-                 "batch_size": cand.batch_size, "device": cand.device, "num_params": cand.num_params})
+    candidates, setup = {}, {}
+    for pipeline in args.pipelines:
+        tick = time.perf_counter()
+        try:
+            cand = candidates[pipeline] = build(args.model, pipeline, args.data_dir, args.quick)
+            setup[pipeline] = {"setup_s": time.perf_counter() - tick, "steps_per_epoch": cand.steps_per_epoch,
+                               "batch_size": cand.batch_size, "device": cand.device, "num_params": cand.num_params}
+        except Exception as e:
+            traceback.print_exc()
+            setup[pipeline] = {"error": f"setup failed: {_describe(e)}"}
+    _reply(out, setup)
     for line in sys.stdin:
         words = line.split()
         if not words:
             continue
+        if words[0] == "quit":
+            _reply(out, {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+            return 0
         try:
+            cand = candidates[words[1]]
             if words[0] == "train":
-                epoch, steps = int(words[1]), int(words[2])
+                epoch, steps = int(words[2]), int(words[3])
                 tick = time.perf_counter()
                 examples = cand.train(epoch, steps)
                 _reply(out, {"seconds": time.perf_counter() - tick, "examples": examples, "load": os.getloadavg()[0]})
@@ -57,15 +65,16 @@ def main() -> int:
                 tick = time.perf_counter()
                 examples = cand.evaluate()
                 _reply(out, {"seconds": time.perf_counter() - tick, "examples": examples})
-            elif words[0] == "quit":
-                _reply(out, {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-                return 0
         except Exception as e:
             traceback.print_exc()
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            _reply(out, {"error": f"{words[0]} failed: {type(e).__name__}: {msg}"[:500]})
-            return 1
+            candidates.pop(words[1], None)
+            _reply(out, {"error": f"{words[0]} failed: {_describe(e)}"})
     return 0
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"[:500]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,154 @@
+"""Per-op timing behind benchmarks/FINDINGS.md: every convolution and pooling of the five models at
+their training batch size, forward and forward+backward, as XLA's convolution, as im2col + GEMM
+(benchmarks/flax_variants.py), and as PyTorch's (oneDNN) conv2d; then the whole training step split
+into its parts. Run: `python -m benchmarks.profile_ops [--models lenet ...] [--reps N]`.
+Prints a Markdown table; median of N timed repetitions after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.flax_variants import gemm_conv, max_pool_2x2
+from cnn_parity.recipes import load_recipe
+from cnn_parity.weights import LAYERS
+
+# Input side (H = W) and padding of each conv, per model.
+CONV_IN = {
+    "cnn_base": {"conv1": (28, 0), "conv2": (24, 0), "conv3": (10, 0)},
+    "cnn_2layer": {"conv1": (28, 1), "conv2": (14, 1)},
+    "lenet": {"conv1": (28, 0), "conv2": (12, 0)},
+    "fashion_cnn": {"conv1": (28, 0), "conv2": (12, 0)},
+}
+
+
+def _time(fn, reps):
+    """Minimum over `reps` (the machine is shared: the minimum is the least disturbed run), in ms."""
+    fn()
+    times = []
+    for _ in range(reps):
+        tick = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tick)
+    return min(times) * 1e3
+
+
+def xla_conv(x, k, b, pad):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), [(pad, pad)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + b
+
+
+def conv_rows(model, reps):
+    import torch
+    rows = []
+    batch = load_recipe(model).batch_size
+    for name, cin, cout, kernel in LAYERS[model]:
+        if not kernel:
+            continue
+        side, pad = CONV_IN[model][name]
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((batch, side, side, cin), np.float32))
+        k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) * 0.1)
+        b = jnp.zeros((cout,), jnp.float32)
+        out = {}
+        for label, f in (("xla", xla_conv), ("gemm", gemm_conv)):
+            fwd = jax.jit(f, static_argnums=3)
+            grad = jax.jit(jax.grad(lambda x, k, b, f=f: jnp.sum(f(x, k, b, pad) ** 2), argnums=(0, 1, 2)))
+            out[f"{label}_fwd"] = _time(lambda: fwd(x, k, b, pad).block_until_ready(), reps)
+            out[f"{label}_fwdbwd"] = _time(lambda: jax.block_until_ready(grad(x, k, b)), reps)
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+        tk = torch.from_numpy(np.asarray(k).transpose(3, 2, 0, 1).copy()).requires_grad_()
+        tb = torch.zeros(cout, requires_grad=True)
+        conv = lambda: torch.nn.functional.conv2d(tx, tk, tb, padding=pad)
+        with torch.no_grad():
+            out["torch_fwd"] = _time(conv, reps)
+
+        def fb():
+            conv().pow(2).sum().backward()
+        out["torch_fwdbwd"] = _time(fb, reps)
+        rows.append((f"{model}.{name} {batch}×{side}²×{cin}→{cout} k{kernel}", out))
+    return rows
+
+
+def pool_rows(model, reps):
+    import flax.linen as nn
+    import torch
+    batch = load_recipe(model).batch_size
+    shapes = {"cnn_base": [(20, 32), (6, 64)], "cnn_2layer": [(28, 32), (14, 64)],
+              "lenet": [(24, 6), (8, 16)], "fashion_cnn": [(24, 10), (8, 20)]}.get(model, [])
+    rows = []
+    for side, c in shapes:
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, side, side, c), np.float32))
+        out = {}
+        for label, f in (("xla", lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))), ("gemm", max_pool_2x2)):
+            fwd = jax.jit(f)
+            grad = jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x) ** 2)))
+            out[f"{label}_fwd"] = _time(lambda: fwd(x).block_until_ready(), reps)
+            out[f"{label}_fwdbwd"] = _time(lambda: grad(x).block_until_ready(), reps)
+        tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
+        with torch.no_grad():
+            out["torch_fwd"] = _time(lambda: torch.nn.functional.max_pool2d(tx, 2), reps)
+        out["torch_fwdbwd"] = _time(lambda: torch.nn.functional.max_pool2d(tx, 2).pow(2).sum().backward(), reps)
+        rows.append((f"{model} maxpool {batch}×{side}²×{c}", out))
+    return rows
+
+
+def step_rows(model, reps):
+    """The training step of FlaxTrainer, and with GEMM convolutions, and its forward alone."""
+    from benchmarks.flax_variants import fast_apply
+    from flax_impl.train import create_train_state, train_step
+    recipe = load_recipe(model)
+    b = recipe.batch_size
+    x = jnp.asarray(np.random.default_rng(0).random((b, 28, 28, 1), np.float32))
+    y = jnp.asarray(np.random.default_rng(1).integers(0, 10, b), jnp.int32)
+    out = {}
+    for label, fast in (("xla", False), ("gemm", True)):
+        state = create_train_state(recipe, jax.random.key(0))
+        if fast:
+            state = state.replace(apply_fn=fast_apply(state.apply_fn))
+        fwd = jax.jit(lambda p: state.apply_fn({"params": p}, x, train=False))
+        step = jax.jit(train_step)
+        rng = jax.random.key(0)
+        out[f"{label}_fwd"] = _time(lambda: fwd(state.params).block_until_ready(), reps)
+        out[f"{label}_fwdbwd"] = _time(lambda: jax.block_until_ready(step(state, {"image": x, "label": y}, rng)), reps)
+    import torch
+    from torch_ref.models import create_model
+    from torch_ref.train import make_optimizer
+    m = create_model(model)
+    opt = make_optimizer(m.parameters(), recipe.optimizer)
+    tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+    ty = torch.from_numpy(np.asarray(y)).long()
+    with torch.no_grad():
+        out["torch_fwd"] = _time(lambda: m(tx), reps)
+
+    def tstep():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(m(tx), ty).backward()
+        opt.step()
+    out["torch_fwdbwd"] = _time(tstep, reps)
+    return [(f"{model} whole step (fwdbwd = step incl. update)", out)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", nargs="+", default=["lenet", "fashion_cnn", "cnn_2layer", "cnn_base", "mlp"])
+    p.add_argument("--reps", type=int, default=20)
+    args = p.parse_args()
+    cols = ["xla_fwd", "gemm_fwd", "torch_fwd", "xla_fwdbwd", "gemm_fwdbwd", "torch_fwdbwd"]
+    print("| op (ms, min) | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for model in args.models:
+        rows = (conv_rows(model, args.reps) + pool_rows(model, args.reps) if model != "mlp" else []) \
+            + step_rows(model, args.reps)
+        for label, out in rows:
+            print(f"| {label} | " + " | ".join(f"{out[c]:.2f}" for c in cols) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

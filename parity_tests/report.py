@@ -1,0 +1,194 @@
+"""Measure Flax-vs-PyTorch parity for all five models and write DIR/parity.json and DIR/parity.md.
+
+    python -m parity_tests.report --out DIR [--models mlp,lenet] [--data-dir PATH] [--no-accuracy]
+                                  [--update-readme README.md]
+
+The numbers are the parity tests' own measurements (parity_tests/harness.py), checked against the
+tests' bounds (parity_tests/bounds.py). --update-readme replaces the text between the lines
+`<!-- parity-report:begin -->` and `<!-- parity-report:end -->` of that file with the table, so the
+README's table is regenerated, never typed. Exit status 1 when a model is outside a bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cnn_parity.errors import CnnParityError
+from parity_tests import bounds, harness
+
+README_BEGIN = "<!-- parity-report:begin -->"
+README_END = "<!-- parity-report:end -->"
+
+
+def measure_model(m: harness.Measurements, name: str, accuracy: bool) -> dict[str, Any]:
+    recipe = harness.load_recipe(name)
+    num_flax, num_torch = m.num_params(name)
+    forward = {f"{d}/{k}/{n}": m.forward(name, d, k, n) for d, k, n in harness.forward_cases()}
+    grads = {f"{kind}/{'train' if train else 'eval'}": m.grads(name, kind, train) for kind, train in m.grad_cases(name)}
+    traj, traj64, control = m.trajectory(name), m.trajectory(name, "float64"), m.control(name)
+    loss_bound, param_bound = m.trajectory_bounds(name)
+    first_step = m.first_step_check(name)
+    o = recipe.optimizer
+    result = {
+        "num_params_flax": num_flax,
+        "num_params_torch": num_torch,
+        "forward_max_abs_diff": max(forward.values()),
+        "grad_max_abs_diff": max(g.max_abs_diff for g in grads.values()),
+        "update_max_abs_diff": traj.param_diffs[0],
+        "trajectory_steps": traj.steps,
+        "trajectory_max_loss_diff": traj.max_loss_diff,
+        "trajectory_max_param_diff": traj.final_param_diff,
+        # Beyond the required keys: how, and against what.
+        "optimizer": {"name": o.name, "lr": o.lr, "momentum": o.momentum, "b1": o.b1, "b2": o.b2, "eps": o.eps},
+        "forward_cases": forward,
+        "grad_max_rel_diff": max(g.max_rel_diff for g in grads.values()),
+        "grad_cases": {k: {"max_abs_diff": g.max_abs_diff, "max_rel_diff": g.max_rel_diff, "loss_diff": g.loss_diff}
+                       for k, g in grads.items()},
+        "update_same_gradients_max_abs_diff": max(m.optimizer(name)),
+        "update_first_step": first_step,
+        "trajectory_batch_size": harness.TRAJECTORY_BATCH,
+        "trajectory_max_param_diff_any_step": max(traj.param_diffs),
+        "trajectory_loss_bound": loss_bound,
+        "trajectory_param_bound": param_bound,
+        "trajectory_float64": {"batch_size": harness.FLOAT64_BATCH, "steps": traj64.steps,
+                               "max_loss_diff": traj64.max_loss_diff, "max_param_diff": traj64.final_param_diff},
+        "torch_kernel_control": {"what": "torch vs torch channels_last, same weights/batches/masks",
+                                 "max_loss_diff": control.max_loss_diff, "max_param_diff": control.final_param_diff},
+        "trajectory_curves": {"float32": traj.to_dict(), "float64": traj64.to_dict(), "control": control.to_dict()},
+    }
+    if accuracy:
+        budget = bounds.ACCURACY[name]
+        result["accuracy"] = {
+            "steps": budget.steps, "batch_size": harness.TRAJECTORY_BATCH, "test_images": harness.ACCURACY_TEST_IMAGES,
+            "seed": 0, "bound": budget.bound,
+            "flax": harness.independent_accuracy("flax", name, 0, budget.steps),
+            "torch": harness.independent_accuracy("torch", name, 0, budget.steps),
+        }
+    result["within_bounds"] = checks(result)
+    return result
+
+
+def checks(r: dict[str, Any]) -> dict[str, bool]:
+    c = {
+        "num_params": r["num_params_flax"] == r["num_params_torch"],
+        "forward": r["forward_max_abs_diff"] <= bounds.FORWARD_ABS,
+        "grad": r["grad_max_abs_diff"] <= bounds.GRAD_ABS,
+        "update": r["update_first_step"]["ok"] and r["update_same_gradients_max_abs_diff"] <= bounds.UPDATE_ABS,
+        "trajectory": (r["trajectory_max_loss_diff"] <= r["trajectory_loss_bound"]
+                       and r["trajectory_max_param_diff"] <= r["trajectory_param_bound"]),
+        "trajectory_float64": (r["trajectory_float64"]["max_loss_diff"] <= bounds.TRAJECTORY_LOSS
+                               and r["trajectory_float64"]["max_param_diff"] <= bounds.TRAJECTORY_PARAM),
+    }
+    if "accuracy" in r:
+        a = r["accuracy"]
+        c["accuracy"] = abs(a["flax"] - a["torch"]) <= a["bound"]
+    return c
+
+
+def _e(x: float) -> str:
+    return "0" if x == 0 else f"{x:.1e}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    models = report["models"]
+    lines = [
+        "| model | optimiser | params (flax / torch) | forward max \\|Δ\\| | grad max \\|Δ\\| "
+        "| update, same grads | one train step | trajectory steps | loss max \\|Δ\\| (fp32) "
+        "| final params max \\|Δ\\| (fp32) | fp32 bound (loss / params) | fp64 loss / params "
+        "| torch vs torch (loss / params) | accuracy flax / torch | within bounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in models.items():
+        o = r["optimizer"]
+        opt = f"{o['name']} {o['lr']:g}" + (f", momentum {o['momentum']:g}" if o["momentum"] else "")
+        f64, ctl, step = r["trajectory_float64"], r["torch_kernel_control"], r["update_first_step"]
+        step_text = _e(step["max_abs_diff"])
+        if step["excess_over_gradient_rounding"] is not None:
+            step_text += f" ({_e(max(step['excess_over_gradient_rounding'], 0.0))} beyond Adam's rounding)"
+        acc = f"{r['accuracy']['flax']:.3f} / {r['accuracy']['torch']:.3f}" if "accuracy" in r else "—"
+        failed = [k for k, v in r["within_bounds"].items() if not v]
+        lines.append(
+            f"| {name} | {opt} | {r['num_params_flax']:,} / {r['num_params_torch']:,} | {_e(r['forward_max_abs_diff'])} "
+            f"| {_e(r['grad_max_abs_diff'])} | {_e(r['update_same_gradients_max_abs_diff'])} | {step_text} "
+            f"| {r['trajectory_steps']} | {_e(r['trajectory_max_loss_diff'])} | {_e(r['trajectory_max_param_diff'])} "
+            f"| {_e(r['trajectory_loss_bound'])} / {_e(r['trajectory_param_bound'])} "
+            f"| {_e(f64['max_loss_diff'])} / {_e(f64['max_param_diff'])} | {_e(ctl['max_loss_diff'])} / {_e(ctl['max_param_diff'])} "
+            f"| {acc} | {'yes' if not failed else 'NO: ' + ', '.join(failed)} |")
+    d, v = report["device"], report["versions"]
+    lines += [
+        "",
+        f"Bounds (parity_tests/bounds.py): forward ≤ {bounds.FORWARD_ABS:g}; gradients ≤ {bounds.GRAD_ABS:g}; "
+        f"optimiser update ≤ {bounds.UPDATE_ABS:g} (same gradients into both, {harness.OPTIMIZER_STEPS} steps; and one "
+        f"full train step, where for Adam only the part not explained by its 1/(|g| + eps) amplification of gradient "
+        f"rounding counts); trajectory per-step loss and final parameters ≤ {bounds.TRAJECTORY_LOSS:g}, in float32 "
+        f"the larger of that and {bounds.CONTROL_FACTOR:g}x torch's own drift against itself with channels_last "
+        f"convolution kernels. Trajectory: {harness.TRAJECTORY_STEPS} steps of real data, batch {harness.TRAJECTORY_BATCH} "
+        f"(float64 run: batch {harness.FLOAT64_BATCH}), the recipe's optimiser, identical start weights, batch order "
+        f"and dropout masks. Accuracy: independent inits (seed 0 in each framework's own RNG), short budget, "
+        f"first {harness.ACCURACY_TEST_IMAGES} test images.",
+        "",
+        f"Measured on {d['jax']} / torch {d['torch']} ({d['cpu_count']} CPUs), float32, "
+        f"jax_default_matmul_precision={d['jax_default_matmul_precision']}, TF32 "
+        f"{'on' if d['torch_tf32'] == 'True' else 'off'}; " + ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "optax", "torch") if k in v) + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: Path, table: str) -> None:
+    text = path.read_text()
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise SystemExit(f"{path}: no '{README_BEGIN}' ... '{README_END}' block to replace")
+    path.write_text(text[:begin + len(README_BEGIN)] + "\n" + table + text[end:])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m parity_tests.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="folder for parity.json and parity.md")
+    p.add_argument("--models", default=",".join(harness.MODEL_NAMES), help="comma-separated subset")
+    p.add_argument("--data-dir", default=harness.default_data_dir(),
+                   help="folder holding mnist/ (default $CNN_PARITY_DATA_DIR, else ../shared/data, else the cache)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the independent-init accuracy runs (test 8)")
+    p.add_argument("--update-readme", metavar="PATH", help="replace the marked table block in this file")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in harness.MODEL_NAMES]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(harness.MODEL_NAMES)}")
+    harness.configure()
+    harness.set_data_dir(args.data_dir)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    m = harness.Measurements()
+    report: dict[str, Any] = {"models": {}}
+    for name in models:
+        start = time.time()
+        try:
+            report["models"][name] = measure_model(m, name, accuracy=not args.no_accuracy)
+        except CnnParityError as e:  # e.g. a data set not found: one line, not a traceback
+            print(f"{p.prog}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        print(f"{name}: measured in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+    report["versions"] = harness.environment_versions()
+    report["device"] = harness.device_description()
+    report["bounds"] = {k: getattr(bounds, k) for k in dir(bounds) if k.isupper() and k != "ACCURACY"}
+    report["bounds"]["ACCURACY"] = {k: dataclasses.asdict(v) for k, v in bounds.ACCURACY.items()}
+    (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    (out / "parity.md").write_text("# Flax ↔ PyTorch parity\n\n" + table)
+    if args.update_readme:
+        update_readme(Path(args.update_readme), table)
+    print(table)
+    ok = all(all(r["within_bounds"].values()) for r in report["models"].values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

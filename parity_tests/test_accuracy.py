@@ -1,0 +1,18 @@
+"""8. Accuracy parity with independent initialisations: each framework trains from its own RNG
+(init, shuffling, dropout) for a short budget on real data; the two test accuracies must agree
+within a bound measured over several seeds (bounds.ACCURACY, with the measurements)."""
+
+from __future__ import annotations
+
+import pytest
+
+from parity_tests import bounds, harness
+
+
+@pytest.mark.parametrize("model", harness.MODEL_NAMES)
+def test_accuracy_parity_with_independent_inits(model):
+    budget = bounds.ACCURACY[model]
+    flax_acc = harness.independent_accuracy("flax", model, seed=0, steps=budget.steps)
+    torch_acc = harness.independent_accuracy("torch", model, seed=0, steps=budget.steps)
+    assert min(flax_acc, torch_acc) > budget.floor, f"did not learn: flax {flax_acc:.3f}, torch {torch_acc:.3f}"
+    assert abs(flax_acc - torch_acc) <= budget.bound, f"flax {flax_acc:.3f} vs torch {torch_acc:.3f}"

@@ -1,0 +1,40 @@
+"""2. Forward: eval-mode outputs agree to 1e-5 after conversion, in both directions, on real data
+and random inputs, for batches of 1, 7 and 128, for all five models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity_tests import bounds, harness
+
+
+@pytest.mark.parametrize("direction,kind,n", harness.forward_cases())
+@pytest.mark.parametrize("model", harness.MODEL_NAMES)
+def test_forward_parity(model, direction, kind, n, measurements):
+    diff = measurements.forward(model, direction, kind, n)
+    assert diff <= bounds.FORWARD_ABS, f"{model} {direction} {kind} n={n}: max |Δ| {diff:.2e}"
+
+
+@pytest.mark.parametrize("model", harness.MODEL_NAMES)
+def test_outputs_are_not_degenerate(model, measurements):
+    """A parity check on constant outputs would prove nothing: the outputs vary across examples and
+    classes, and both frameworks predict the same class for every real example."""
+    pair = measurements.pair(model)
+    batch = harness.forward_batch(pair.recipe, "real", 128)
+    flax_out, torch_out = harness.flax_forward(pair, batch), harness.torch_forward(pair, batch)
+    assert np.std(torch_out, axis=0).min() > 1e-3 and np.std(torch_out, axis=1).min() > 1e-3
+    assert np.array_equal(flax_out.argmax(1), torch_out.argmax(1))
+
+
+@pytest.mark.parametrize("model", harness.MODEL_NAMES)
+def test_normalisers_agree(model):
+    """flax_impl.data.normalize and torch_ref.data.normalize turn the same pixels into the same
+    floats up to rounding: measured, XLA's x / 255 is x * (1/255), 1 ulp off torch's true division
+    for 126 of the 256 pixel values (e.g. 228: 0.8941177 vs 0.89411765). That ulp of x/255 (at most
+    2^-24, values < 1) is then divided by std, and the result rounded once more."""
+    recipe = harness.load_recipe(model)
+    batch = harness.make_batch(recipe, "uniform", 128, seed=1)
+    flax_x, torch_x = np.asarray(batch.flax_x), batch.torch_x.numpy().transpose(0, 2, 3, 1)
+    allowed = 2.0**-24 / recipe.normalize_std + np.spacing(np.abs(torch_x))
+    assert (np.abs(flax_x - torch_x) <= allowed).all()

@@ -1,0 +1,91 @@
+"""4. One optimiser update and 5. a 100-step trajectory: identical start weights, identical batches
+in identical order, each recipe's optimiser (SGD, SGD + momentum, Adam), product code on both sides
+(harness.run_training: flax_impl.train.train_step jitted, torch_ref.train.make_optimizer).
+fashion_cnn trains in train mode with one dropout mask per step, drawn by Flax, injected into torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity_tests import bounds, harness
+
+
+def optimizer_id(model: str) -> str:
+    o = harness.load_recipe(model).optimizer
+    return f"{model}-{o.name}{'+momentum' if o.momentum else ''}"
+
+
+MODELS = [pytest.param(m, id=optimizer_id(m)) for m in harness.MODEL_NAMES]
+
+
+def test_recipes_cover_the_three_optimisers():
+    kinds = {optimizer_id(m).split("-")[1] for m in harness.MODEL_NAMES}
+    assert kinds == {"sgd", "sgd+momentum", "adam"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_optimiser_update_with_identical_gradients(model, measurements):
+    """The optimisers alone (make_optimizer on both sides), fed the same gradients from the same
+    weights, agree to 1e-6 after each of the first OPTIMIZER_STEPS updates (measured: ≤ 1.2e-7)."""
+    diffs = measurements.optimizer(model)
+    assert len(diffs) == harness.OPTIMIZER_STEPS
+    assert max(diffs) <= bounds.UPDATE_ABS, f"per-step max |Δ|: {[f'{d:.1e}' for d in diffs]}"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_one_training_step(model, measurements):
+    """One full step (each side's own forward, backward and update; Flax's train_step) from the same
+    weights on the same real batch: weights agree to 1e-6. Adam is the exception that proves the
+    rule: its first update lr·g/(|g| + 1e-8) is steep near g = 0, so for a weight whose gradient is
+    ~1e-8 a gradient rounding difference of ~1e-9 moves it by ~1e-6 (measured: cnn_base conv3
+    weight, g = 2.15e-8 vs 2.24e-8, Δθ = 1.7e-6). For Adam the check is that everything beyond 1e-6
+    is explained by that formula applied to the two frameworks' gradients (harness.first_update_excess)."""
+    traj = measurements.trajectory(model)
+    # The step did something: it moved some weight by far more than the bound.
+    assert traj.first_step_change > bounds.PLANTED_MARGIN * bounds.UPDATE_ABS
+    check = measurements.first_step_check(model)
+    assert check["ok"], f"after one step: {check}"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_trajectory_float64(model, measurements):
+    """The same code with both frameworks in float64 (identical inputs): the issue's bounds hold for
+    every model with 10 orders of magnitude to spare (measured ≤ 2e-15), so the two frameworks
+    follow one trajectory; what float32 adds is rounding (next test)."""
+    traj = measurements.trajectory(model, "float64")
+    assert traj.steps == harness.TRAJECTORY_STEPS
+    assert traj.max_loss_diff <= bounds.TRAJECTORY_LOSS, f"max per-step loss |Δ| {traj.max_loss_diff:.2e}"
+    assert max(traj.param_diffs) <= bounds.TRAJECTORY_PARAM, f"params max |Δ| {max(traj.param_diffs):.2e}"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_trajectory_float32(model, measurements):
+    """Per-step loss and final parameters within the issue's 1e-4, or, where float32 rounding alone
+    drifts further, within 10x of torch's drift against itself with other conv kernels (bounds.py)."""
+    traj = measurements.trajectory(model)
+    assert traj.steps == harness.TRAJECTORY_STEPS
+    loss_bound, param_bound = measurements.trajectory_bounds(model)
+    worst = int(np.argmax(traj.loss_diffs))
+    assert traj.max_loss_diff <= loss_bound, f"step {worst}: loss |Δ| {traj.max_loss_diff:.2e} > {loss_bound:.1e}"
+    assert traj.final_param_diff <= param_bound, f"final params max |Δ| {traj.final_param_diff:.2e} > {param_bound:.1e}"
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet"])
+def test_trajectory_float32_within_issue_bound(model, measurements):
+    """Where float32 allows it, the issue's bound itself: no control-based allowance."""
+    traj = measurements.trajectory(model)
+    assert traj.max_loss_diff <= bounds.TRAJECTORY_LOSS
+    assert max(traj.param_diffs) <= bounds.TRAJECTORY_PARAM
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_trajectory_is_real_training(model, measurements):
+    """The compared runs go somewhere: training moves the weights by far more than the bound (and
+    the loss falls, except lenet's, whose recipe (SGD 1e-3) sits on the initial plateau this early)."""
+    traj = measurements.trajectory(model)
+    assert traj.total_change > 100 * bounds.TRAJECTORY_PARAM, f"weights moved only {traj.total_change:.1e}"
+    if model != "lenet":
+        for losses in (traj.flax_losses, traj.torch_losses):
+            assert np.mean(losses[-10:]) < np.mean(losses[:10]) - 0.05
