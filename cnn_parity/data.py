@@ -82,6 +82,17 @@ class Split(NamedTuple):
     labels: np.ndarray  # uint8 (N,)
 
 
+def normalization_table(mean: float, std: float) -> np.ndarray:
+    """float32 value of each pixel byte after torchvision's ToTensor then Normalize(mean, std).
+
+    Computed as torchvision does, in float32: (x / 255 - mean) / std. Both frameworks normalise by
+    looking pixels up in this table, so their inputs are bitwise identical (XLA would otherwise
+    rewrite x / 255 as x * (1/255), which differs in the last bit for about half the values).
+    """
+    pixels = np.arange(256, dtype=np.float32) / np.float32(255)
+    return (pixels - np.float32(mean)) / np.float32(std)
+
+
 def parse_idx(content: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
     """Decode uncompressed IDX bytes holding unsigned bytes with `ndim` dimensions."""
     if len(content) < 4:

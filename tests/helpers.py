@@ -26,12 +26,12 @@ LEARNING_STEPS = {"mlp": 200, "cnn_base": 100, "cnn_2layer": 100, "lenet": 1407,
 MIN_TEST_ACCURACY = {"mlp": 0.5, "cnn_base": 0.7, "cnn_2layer": 0.8, "lenet": 0.3, "fashion_cnn": 0.45}
 
 
-def short_run(trainer_class, model: str, seed: int, workdir) -> dict:
+def short_run(trainer_class, model: str, seed: int, workdir, data_dir) -> dict:
     recipe = load_recipe(model, overrides={"seed": seed})
     run = Workdir(workdir)
     run.create()
     with contextlib.redirect_stdout(io.StringIO()):
-        return fit(recipe, trainer_class(recipe), run, max_steps=LEARNING_STEPS[model])
+        return fit(recipe, trainer_class(recipe, data_dir=data_dir), run, max_steps=LEARNING_STEPS[model])
 
 
 def check_init_statistics(model: str, scheme: str, weights: dict[str, np.ndarray]) -> None:

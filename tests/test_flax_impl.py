@@ -29,7 +29,7 @@ def test_initialisation_schemes(model, scheme):
 
 def test_train_step_is_a_pure_function_of_its_inputs(data_dir):
     recipe = load_recipe("fashion_cnn")
-    split = data.load_split("fashion_mnist", "train", "device")
+    split = data.load_split("fashion_mnist", "train", "device", data_dir)
     batch = {"image": data.normalize(jnp.asarray(split.images[:64]), 0.1307, 0.3081),
              "label": jnp.asarray(split.labels[:64], jnp.int32)}
     state = create_train_state(recipe, jax.random.key(0))
@@ -71,6 +71,6 @@ def test_tfds_pipeline_with_mock_data(tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
-    summary = short_run(FlaxTrainer, model, seed=0, workdir=tmp_path / "run")
+    summary = short_run(FlaxTrainer, model, seed=0, workdir=tmp_path / "run", data_dir=data_dir)
     assert summary["steps"] == LEARNING_STEPS[model]
     assert summary["test_accuracy"] >= MIN_TEST_ACCURACY[model]

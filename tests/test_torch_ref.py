@@ -37,8 +37,8 @@ def test_seed_pipeline_yields_the_same_tensors_as_the_tensor_pipeline(model, dat
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the torchvision layout is prepared afresh
     recipe = load_recipe(model)
     device = torch.device("cpu")
-    _, seed_test = data.make_loaders(recipe, "seed", None, device, torch.Generator().manual_seed(0))
-    _, tensor_test = data.make_loaders(recipe, "tensor", None, device, torch.Generator().manual_seed(0))
+    _, seed_test = data.make_loaders(recipe, "seed", data_dir, device, torch.Generator().manual_seed(0))
+    _, tensor_test = data.make_loaders(recipe, "tensor", data_dir, device, torch.Generator().manual_seed(0))
     for (seed_images, seed_labels), (images, labels) in zip(seed_test, tensor_test):
         assert torch.equal(seed_images, images) and torch.equal(seed_labels, labels)
     assert len(seed_test) == len(tensor_test) == 10
@@ -46,7 +46,7 @@ def test_seed_pipeline_yields_the_same_tensors_as_the_tensor_pipeline(model, dat
 
 def test_tensor_pipeline_shuffles_each_epoch_and_covers_the_split(data_dir):
     recipe = load_recipe("lenet")
-    train, _ = data.make_loaders(recipe, "tensor", None, torch.device("cpu"), torch.Generator().manual_seed(0))
+    train, _ = data.make_loaders(recipe, "tensor", data_dir, torch.device("cpu"), torch.Generator().manual_seed(0))
     first, second = ([labels for _, labels in train] for _ in range(2))
     assert len(first) == 469 and len(first[-1]) == 60_000 - 468 * 128  # the last batch is partial
     assert not torch.equal(first[0], second[0])
@@ -55,6 +55,6 @@ def test_tensor_pipeline_shuffles_each_epoch_and_covers_the_split(data_dir):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
-    summary = short_run(TorchTrainer, model, seed=0, workdir=tmp_path / "run")
+    summary = short_run(TorchTrainer, model, seed=0, workdir=tmp_path / "run", data_dir=data_dir)
     assert summary["steps"] == LEARNING_STEPS[model]
     assert summary["test_accuracy"] >= MIN_TEST_ACCURACY[model]
