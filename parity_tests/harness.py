@@ -171,10 +171,8 @@ class Batch:
         return len(self.torch_y)
 
     def astype(self, dtype: str) -> "Batch":
-        """float64: both sides get torch's normalised pixels, widened. XLA's x / 255 is 1 ulp off
-        torch's for half the pixel values (test_forward.test_normalisers_agree); left in, that
-        float32-level input difference is all a float64 run would measure (through Adam, 1.8e-6 on
-        cnn_2layer's first update)."""
+        """float64: both sides get torch's normalised pixels, widened (bitwise the same as Flax's,
+        test_forward.test_normalisers_agree), so a float64 run starts from identical inputs."""
         if dtype == "float32":
             return self
         x = self.torch_x.double()
