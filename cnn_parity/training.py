@@ -258,7 +258,8 @@ def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, log: EpochL
 
 
 def _last_record(workdir: Workdir) -> dict:
-    return read_metrics(workdir.path)[-1] if workdir.metrics_path.is_file() and read_metrics(workdir.path) else {}
+    records = read_metrics(workdir.path) if workdir.metrics_path.is_file() else []
+    return records[-1] if records else {}
 
 
 def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir) -> Progress:

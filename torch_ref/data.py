@@ -9,6 +9,7 @@ from the verified files (never from the network) under the per-user cache.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterator
 
@@ -24,8 +25,12 @@ _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) → float32 NCHW, bitwise as torchvision's ToTensor then Normalize(mean, std)
     (tests/test_torch_ref.py checks it against torchvision's own transforms)."""
-    table = torch.from_numpy(data.normalization_table(mean, std)).to(images.device)
-    return table[images.long()].unsqueeze(1)
+    return _table(mean, std, images.device)[images.long()].unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=8)
+def _table(mean: float, std: float, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(data.normalization_table(mean, std)).to(device)  # built once, not per batch
 
 
 class TensorBatches:
