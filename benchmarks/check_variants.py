@@ -1,9 +1,9 @@
 """Numerical check of the Flax variants against FlaxTrainer's plain model and loop.
 
-For every model: logits of the plain model vs the GEMM / hybrid convolutions on a real batch, and
-the parameters after 3 training steps (so gradients and optimiser updates) of each; then the
-parameters after a few steps of every VariantTrainer (scan or loop) vs FlaxTrainer itself, on the
-same data, permutation and dropout keys. Prints max |Δ| per check; exits 1 if any exceeds 1e-5.
+For every model: logits and gradients with XLA vs GEMM convolutions (flax_impl.models conv_impl) on
+a real batch, and the parameters after 3 training steps (so optimiser updates too); then the parameters
+after a few steps of every benchmark pipeline vs `jit-loop`, on the same data, permutation and dropout
+keys. Prints max |Δ| per check; exits 1 if any exceeds 1e-5.
 Run: `python -m benchmarks.check_variants [--models ...]`.
 """
 
@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.candidates import call_train_epoch, new_epoch_log
-from benchmarks.flax_variants import VARIANTS, fast_apply, make_trainer
+from benchmarks.candidates import new_epoch_log
+from benchmarks.flax_variants import VARIANTS, make_trainer
 from cnn_parity.data import load_split
 from cnn_parity.recipes import load_recipe
 from flax_impl.data import normalize
@@ -37,27 +37,22 @@ def check_model(model, data_dir, steps=3):
     x = normalize(jnp.asarray(split.images[:b]), recipe.normalize_mean, recipe.normalize_std)
     y = jnp.asarray(split.labels[:b].astype(np.int32))
     results = {}
-    base = create_train_state(recipe, jax.random.key(0))
+    states = {conv: create_train_state(recipe, jax.random.key(0), conv_impl=conv) for conv in ("xla", "gemm")}
+    logits = {c: jax.jit(lambda p, st=st: st.apply_fn({"params": p}, x))(st.params) for c, st in states.items()}
+    grads = {c: jax.grad(lambda p, st=st: train_loss(st, p, x, y))(st.params) for c, st in states.items()}
     step = jax.jit(train_step)
-    ref_logits = jax.jit(lambda p: base.apply_fn({"params": p}, x))(base.params)
-    ref = base
-    for i in range(steps):
-        ref, _ = step(ref, {"image": x, "label": y}, jax.random.key(i))
-    for conv in ("gemm", "hybrid"):
-        st = base.replace(apply_fn=fast_apply(base.apply_fn, conv))
-        logits = jax.jit(lambda p: st.apply_fn({"params": p}, x))(st.params)
-        grads_ref = jax.grad(lambda p: train_loss(base, p, x, y))(base.params)
-        grads = jax.grad(lambda p: train_loss(st, p, x, y))(st.params)
+    for conv, st in states.items():
         for i in range(steps):
             st, _ = step(st, {"image": x, "label": y}, jax.random.key(i))
-        results[f"{conv} logits"] = _max_diff(ref_logits, logits)
-        results[f"{conv} grads"] = _max_diff(grads_ref, grads)
-        results[f"{conv} params after {steps} steps"] = _max_diff(ref.params, st.params)
-    # Whole trainers: K steps of epoch 1 through train_epoch, plain FlaxTrainer vs each variant.
+        states[conv] = st
+    results["gemm logits"] = _max_diff(logits["xla"], logits["gemm"])
+    results["gemm grads"] = _max_diff(grads["xla"], grads["gemm"])
+    results[f"gemm params after {steps} steps"] = _max_diff(states["xla"].params, states["gemm"].params)
+    # Whole trainers: K steps of epoch 1 through train_epoch, each pipeline vs jit-loop.
     k = 5
     trainers = {p: make_trainer(p, recipe, data_dir) for p in VARIANTS}
-    for p, t in trainers.items():
-        call_train_epoch(t, 1, 0, k, new_epoch_log())
+    for t in trainers.values():
+        t.train_epoch(1, 0, k, new_epoch_log())
     for p, t in trainers.items():
         if p != "jit-loop":
             results[f"{p} params after {k} trainer steps"] = _max_diff(trainers["jit-loop"].state.params, t.state.params)

@@ -1,6 +1,6 @@
 """Per-op timing behind benchmarks/FINDINGS.md: every convolution and pooling of the five models at
 their training batch size, forward and forward+backward, as XLA's convolution, as im2col + GEMM
-(benchmarks/flax_variants.py), and as PyTorch's (oneDNN) conv2d; then the whole training step split
+(flax_impl/models.py, conv_impl="gemm"), and as PyTorch's (oneDNN) conv2d; then the whole training step split
 into its parts. Run: `python -m benchmarks.profile_ops [--models lenet ...] [--reps N]`.
 Prints a Markdown table; median of N timed repetitions after a warm-up.
 """
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.flax_variants import gemm_conv, max_pool_2x2
+from flax_impl.models import gemm_conv, max_pool_2x2
 from cnn_parity.recipes import load_recipe
 from cnn_parity.weights import LAYERS
 
@@ -44,6 +44,10 @@ def xla_conv(x, k, b, pad):
     return y + b
 
 
+def gemm_conv_bias(x, k, b, pad):
+    return gemm_conv(x, k, pad) + b
+
+
 def conv_rows(model, reps):
     import torch
     rows = []
@@ -57,7 +61,7 @@ def conv_rows(model, reps):
         k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) * 0.1)
         b = jnp.zeros((cout,), jnp.float32)
         out = {}
-        for label, f in (("xla", xla_conv), ("gemm", gemm_conv)):
+        for label, f in (("xla", xla_conv), ("gemm", gemm_conv_bias)):
             fwd = jax.jit(f, static_argnums=3)
             grad = jax.jit(jax.grad(lambda x, k, b, f=f: jnp.sum(f(x, k, b, pad) ** 2), argnums=(0, 1, 2)))
             out[f"{label}_fwd"] = _time(lambda: fwd(x, k, b, pad).block_until_ready(), reps)
@@ -100,18 +104,15 @@ def pool_rows(model, reps):
 
 
 def step_rows(model, reps):
-    """The training step of FlaxTrainer, and with GEMM convolutions, and its forward alone."""
-    from benchmarks.flax_variants import fast_apply
+    """The Flax training step with XLA and with GEMM convolutions, and its forward alone."""
     from flax_impl.train import create_train_state, train_step
     recipe = load_recipe(model)
     b = recipe.batch_size
     x = jnp.asarray(np.random.default_rng(0).random((b, 28, 28, 1), np.float32))
     y = jnp.asarray(np.random.default_rng(1).integers(0, 10, b), jnp.int32)
     out = {}
-    for label, fast in (("xla", False), ("gemm", True)):
-        state = create_train_state(recipe, jax.random.key(0))
-        if fast:
-            state = state.replace(apply_fn=fast_apply(state.apply_fn))
+    for label in ("xla", "gemm"):
+        state = create_train_state(recipe, jax.random.key(0), conv_impl=label)
         fwd = jax.jit(lambda p: state.apply_fn({"params": p}, x, train=False))
         step = jax.jit(train_step)
         rng = jax.random.key(0)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks import flops
-from benchmarks.candidates import DEFAULT_PIPELINES, PIPELINES, framework_of
+from benchmarks.candidates import PIPELINES, framework_of
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +51,8 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL", help=f"any of: {', '.join(MODELS)}")
-    p.add_argument("--pipelines", nargs="+", default=list(DEFAULT_PIPELINES), metavar="PIPELINE",
-                   help=f"any of: {', '.join(PIPELINES)} (default: all but hybrid-*)")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), metavar="PIPELINE",
+                   help=f"any of: {', '.join(PIPELINES)} (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few steps, one round (CI)")
     p.add_argument("--repeats", type=int, help="timed rounds per candidate (default 3; 1 with --quick)")
     p.add_argument("--steps", type=int, help="training steps per trial (default: per model; 4 with --quick)")

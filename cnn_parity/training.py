@@ -76,41 +76,69 @@ class Trainer(Protocol):
 
 
 class EpochLog:
-    """Collects one epoch's per-step loss and correct count (framework scalars, read lazily)."""
+    """Collects one epoch's per-step loss and correct count (framework scalars or arrays, read lazily).
 
-    def __init__(self, progress: Progress, bar: tqdm, on_step: Callable[[EpochLog], None] | None = None):
+    A trainer reports each step with `record`, or a run of steps it computed in one dispatch with
+    `record_steps`; `on_step` (checkpoints, Ctrl-C) runs after each report, so a trainer that runs
+    several steps at once keeps each run within `steps_before_checkpoint`.
+    """
+
+    def __init__(self, progress: Progress, bar: tqdm, on_step: Callable[[EpochLog], None] | None = None,
+                 checkpoint_every: int | None = None):
         self.first_step = progress.steps - progress.step_in_epoch + 1  # global index of the epoch's first step
         self.losses = list(progress.epoch_losses)
         self.correct = progress.epoch_correct
         self.examples = progress.epoch_examples
-        self.bar, self.on_step = bar, on_step
-        self._pending: list[tuple[Any, Any]] = []
+        self.bar, self.on_step, self.checkpoint_every = bar, on_step, checkpoint_every
+        self._pending: list[tuple[Any, Any, int | None]] = []  # (loss, correct, number of steps or None: one scalar)
+        self._pending_steps = 0
 
     def record(self, loss, correct, batch_examples: int) -> None:
-        self._pending.append((loss, correct))
-        self.examples += batch_examples
-        self.bar.update(1)
-        if len(self._pending) >= _CHECK_EVERY:
+        self._add((loss, correct, None), 1, batch_examples)
+
+    def record_steps(self, losses, correct, num_steps: int, batch_size: int) -> None:
+        """`num_steps` full batches: `losses` and `correct` are arrays whose first `num_steps` entries count."""
+        self._add((losses, correct, num_steps), num_steps, num_steps * batch_size)
+
+    def steps_before_checkpoint(self, limit: int) -> int:
+        """How many of the next `limit` steps can run before a checkpoint falls due."""
+        if self.checkpoint_every is None:
+            return limit
+        done = self.first_step - 1 + self.steps
+        return min(limit, self.checkpoint_every - done % self.checkpoint_every)
+
+    def _add(self, entry, num_steps: int, examples: int) -> None:
+        self._pending.append(entry)
+        self._pending_steps += num_steps
+        self.examples += examples
+        self.bar.update(num_steps)
+        if self._pending_steps >= _CHECK_EVERY:
             self.flush()
         if self.on_step is not None:
             self.on_step(self)
 
     def flush(self) -> None:
-        for loss, correct in self._pending:
-            value = float(loss)
-            if not math.isfinite(value):
-                step = self.first_step + len(self.losses)
-                raise RunError(f"loss became {value} at step {step}; stopped (learning rate too high?)")
-            self.losses.append(value)
-            self.correct += float(correct)
+        for loss, correct, count in self._pending:
+            if count is None:
+                values, correct_sum = [float(loss)], float(correct)
+            else:
+                values = np.asarray(loss, np.float64)[:count].tolist()
+                correct_sum = float(np.sum(np.asarray(correct)[:count]))
+            for value in values:
+                if not math.isfinite(value):
+                    step = self.first_step + len(self.losses)
+                    raise RunError(f"loss became {value} at step {step}; stopped (learning rate too high?)")
+                self.losses.append(value)
+            self.correct += correct_sum
         self._pending.clear()
+        self._pending_steps = 0
         if self.losses:
             self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}", refresh=False)
 
     @property
     def steps(self) -> int:
         """Steps of this epoch done, including those before a resume."""
-        return len(self.losses) + len(self._pending)
+        return len(self.losses) + self._pending_steps
 
 
 class _StopRequest:
@@ -179,7 +207,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
             with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
                       desc=f"{trainer.framework} {recipe.model} epoch {progress.epoch}/{recipe.epochs}",
                       dynamic_ncols=True) as bar:
-                log = EpochLog(progress, bar, on_step)
+                log = EpochLog(progress, bar, on_step, checkpoint_every)
                 trainer.train_epoch(progress.epoch, progress.step_in_epoch, num_steps, log)
                 log.flush()
             progress = _snapshot(progress, log, time.perf_counter() - tick)

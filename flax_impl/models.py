@@ -5,6 +5,16 @@ matter of layout only (see cnn_parity/weights.py). `init_scheme="torch"` reprodu
 initialisation, U(±1/√fan_in) for weights and biases; `"flax"` keeps Flax's defaults (LeCun-normal
 weights, zero biases). A layer the source initialised explicitly (cnn_2layer's final Linear,
 Xavier-uniform) keeps that under both schemes.
+
+`conv_impl` chooses how convolutions and 2x2 max-pooling are computed; both compute the same function
+with the same parameters (parity_tests hold both to the same bounds against PyTorch):
+  "xla"   `lax.conv_general_dilated` and `nn.max_pool` (reduce_window): cuDNN / the GPU's own kernels.
+  "gemm"  im2col + one matrix product per convolution, and pooling as a reshape + max. XLA:CPU's
+          convolution *gradients* are 5-17x slower than its forward for these shapes, its
+          select_and_scatter (max-pool gradient) is a scalar loop, and a convolution inside
+          `lax.scan` loses its fast runtime kernel; matrix products have none of these problems
+          (measurements: benchmarks/FINDINGS.md).
+  "auto"  (default) "gemm" when JAX's default backend is the CPU, else "xla".
 """
 
 from __future__ import annotations
@@ -28,10 +38,75 @@ def _torch_bias_init(fan_in: int):
     return init
 
 
+CONV_IMPLS = ("auto", "xla", "gemm")
+
+
+def resolve_conv_impl(conv_impl: str = "auto") -> str:
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, not {conv_impl!r}")
+    if conv_impl == "auto":
+        return "gemm" if jax.default_backend() == "cpu" else "xla"
+    return conv_impl
+
+
+def gemm_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """Stride-1 2-D convolution (NHWC input, HWIO kernel) as one matrix product (im2col).
+
+    The patch matrix stacks the kh·kw shifted slices of the padded input in (i, j, c) order, the row
+    order of the HWIO kernel reshaped to (kh·kw·C, O). Under autodiff the slices' transposes are pads
+    and adds that XLA fuses, and both gradients are matrix products.
+    """
+    kh, kw, cin, cout = kernel.shape
+    x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    n, h, w, _ = x.shape
+    ho, wo = h - kh + 1, w - kw + 1
+    patches = jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    y = jnp.dot(patches.reshape(n * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
+    return y.reshape(n, ho, wo, cout)
+
+
+def _gemm_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                               dimension_numbers=None, feature_group_count=1, precision=None, **unused):
+    """`lax.conv_general_dilated` as nn.Conv calls it, for the stride-1, undilated, symmetrically
+    padded NHWC/HWIO convolutions these models have (anything else is a programming error)."""
+    (top, bottom), (left, right) = padding
+    if (tuple(window_strides) != (1, 1) or feature_group_count != 1 or not top == bottom == left == right
+            or any(d not in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))):
+        raise NotImplementedError("gemm convolution: only stride 1, no dilation, equal padding")
+    return gemm_conv(lhs, rhs, top)
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """nn.max_pool(x, (2, 2), strides=(2, 2)) on NHWC with even H and W, as a reshape and a max."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _max_pool_fwd(x):
+    return max_pool_2x2(x), x
+
+
+def _max_pool_bwd(x, g):
+    # The whole gradient goes to the first maximum of each window in row-major order, as XLA's
+    # select_and_scatter and PyTorch's max_pool2d backward route it (ties included); jnp.max's own
+    # gradient would split it between tied maxima.
+    n, h, w, c = x.shape
+    windows = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4).reshape(n, h // 2, w // 2, c, 4)
+    first = jax.nn.one_hot(jnp.argmax(windows, axis=-1), 4, dtype=x.dtype)
+    dx = (first * g[..., None]).reshape(n, h // 2, w // 2, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return (dx.reshape(n, h, w, c),)
+
+
+max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 class _Layers(nn.Module):
-    """Base: builds Dense / Conv layers initialised by `init_scheme`."""
+    """Base: builds Dense / Conv layers initialised by `init_scheme`, convolving and pooling per
+    `conv_impl` ("xla" or "gemm"; create_model resolves "auto")."""
 
     init_scheme: str = "torch"
+    conv_impl: str = "xla"
 
     def dense(self, x, features: int, name: str, kernel_init=None):
         if self.init_scheme == "torch":
@@ -46,11 +121,14 @@ class _Layers(nn.Module):
         kwargs: dict[str, Any] = {}
         if self.init_scheme == "torch":
             kwargs = {"kernel_init": _torch_kernel_init, "bias_init": _torch_bias_init(x.shape[-1] * kernel * kernel)}
+        if self.conv_impl == "gemm":
+            kwargs["conv_general_dilated"] = _gemm_conv_general_dilated
         return nn.Conv(features, (kernel, kernel), padding=[(padding, padding)] * 2, name=name, **kwargs)(x)
 
-
-def _pool(x):
-    return nn.max_pool(x, (2, 2), strides=(2, 2))
+    def pool(self, x):
+        if self.conv_impl == "gemm":
+            return max_pool_2x2(x)
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 def _flatten(x):
@@ -68,8 +146,8 @@ class CNNBase(_Layers):
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = nn.relu(self.conv(x, 16, 5, "conv1"))
-        x = _pool(nn.relu(self.conv(x, 32, 5, "conv2")))
-        x = _pool(nn.relu(self.conv(x, 64, 5, "conv3")))
+        x = self.pool(nn.relu(self.conv(x, 32, 5, "conv2")))
+        x = self.pool(nn.relu(self.conv(x, 64, 5, "conv3")))
         x = nn.relu(self.dense(_flatten(x), 100, "fc1"))
         return self.dense(x, 10, "fc2")
 
@@ -77,16 +155,16 @@ class CNNBase(_Layers):
 class CNN2Layer(_Layers):
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = _pool(nn.relu(self.conv(x, 32, 3, "conv1", padding=1)))
-        x = _pool(nn.relu(self.conv(x, 64, 3, "conv2", padding=1)))
+        x = self.pool(nn.relu(self.conv(x, 32, 3, "conv1", padding=1)))
+        x = self.pool(nn.relu(self.conv(x, 64, 3, "conv2", padding=1)))
         return self.dense(_flatten(x), 10, "fc", kernel_init=nn.initializers.xavier_uniform())
 
 
 class LeNet(_Layers):
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = _pool(nn.relu(self.conv(x, 6, 5, "conv1")))
-        x = _pool(nn.relu(self.conv(x, 16, 5, "conv2")))
+        x = self.pool(nn.relu(self.conv(x, 6, 5, "conv1")))
+        x = self.pool(nn.relu(self.conv(x, 16, 5, "conv2")))
         x = nn.relu(self.dense(_flatten(x), 120, "fc1"))
         x = nn.relu(self.dense(x, 84, "fc2"))
         return self.dense(x, 10, "fc3")
@@ -99,8 +177,8 @@ class FashionCNN(_Layers):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.relu(_pool(self.conv(x, 10, 5, "conv1")))
-        x = nn.relu(_pool(self.conv(x, 20, 5, "conv2")))
+        x = nn.relu(self.pool(self.conv(x, 10, 5, "conv1")))
+        x = nn.relu(self.pool(self.conv(x, 20, 5, "conv2")))
         x = nn.relu(self.dense(_flatten(x), 50, "fc1"))
         # The source's Dropout2d on a (N, 50) tensor acts element-wise; plain dropout is the intent.
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -110,8 +188,8 @@ class FashionCNN(_Layers):
 MODELS = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
 
 
-def create_model(name: str, init_scheme: str = "torch") -> nn.Module:
-    return MODELS[name](init_scheme=init_scheme)
+def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "auto") -> nn.Module:
+    return MODELS[name](init_scheme=init_scheme, conv_impl=resolve_conv_impl(conv_impl))
 
 
 def init_params(model: nn.Module, key: jax.Array) -> Any:
