@@ -35,7 +35,7 @@ def report_errors(prog: str, body: Callable[[], int]) -> int:
         return e.exit_code
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -64,12 +64,12 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     p.add_argument("--batch-size", type=int, metavar="N")
     p.add_argument("--lr", type=_float, metavar="LR")
     p.add_argument("--seed", type=int, metavar="N")
-    p.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop after N training steps (smoke runs)")
+    p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N training steps (smoke runs)")
     p.add_argument("--pipeline", choices=pipelines, default=pipelines[0],
                    help=f"input pipeline (default {pipelines[0]})")
     p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see README: Data)")
     p.add_argument("--workdir", help=f"output folder (default runs/{framework}-<model>-<time>)")
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N",
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="checkpoint every N steps and at each epoch end, into WORKDIR/checkpoints")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --workdir from its newest complete checkpoint")
@@ -105,10 +105,14 @@ def _initial_weights(path: str, recipe: Recipe):
     return arrays
 
 
-def run(framework: str, pipelines: Sequence[str],
-        make_trainer: Callable[[Recipe, str, str | None], Trainer], argv: Sequence[str] | None = None) -> int:
-    """Parse `argv`, train, and return the exit code."""
+def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe, argparse.Namespace], Trainer],
+        argv: Sequence[str] | None = None,
+        add_flags: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse `argv`, train, and return the exit code. `add_flags` adds a framework's own flags; in a
+    multi-process run only the trainer whose `is_primary` is true writes the workdir and prints."""
     parser = build_parser(framework, pipelines)
+    if add_flags is not None:
+        add_flags(parser)
     args = parser.parse_args(argv)
     workdir = None
     try:
@@ -118,18 +122,21 @@ def run(framework: str, pipelines: Sequence[str],
         if args.init_weights and args.resume:
             raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
         initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
-        trainer = make_trainer(recipe, args.pipeline, args.data_dir)
+        trainer = make_trainer(recipe, args)
         if initial is not None:
             trainer.load_canonical(initial)
-        workdir = Workdir(args.workdir or default_workdir(framework, recipe.model))
+        if args.workdir is None and not trainer.is_single_process:
+            raise UsageError("a multi-process run needs --workdir (a folder every process can read)")
+        workdir = Workdir(args.workdir or default_workdir(framework, recipe.model), writer=trainer.is_primary)
         if args.resume:
             workdir.open_for_resume()
         else:
             workdir.create()
             workdir.write_config({"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
                                   "command": command_line(), "recipe": recipe.to_dict()})
-        print(f"{framework} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
-              f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
+        if trainer.is_primary:
+            print(f"{framework} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
+                  f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
         summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume)
     except CnnParityError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
@@ -148,6 +155,8 @@ def run(framework: str, pipelines: Sequence[str],
         print(f"{parser.prog}: error: internal error {type(e).__name__}: {e} "
               f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    if not trainer.is_primary:
+        return 0
     print(f"test accuracy {100 * summary['test_accuracy']:.2f}%  test loss {summary['test_loss']:.4f}  "
           f"({summary['steps']} steps, {summary['train_samples_per_s']:,.0f} train samples/s); "
           f"summary in {workdir.summary_path}")

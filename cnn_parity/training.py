@@ -56,6 +56,8 @@ class Progress:
 class Trainer(Protocol):
     framework: str  # "flax" or "torch"
     pipeline: str
+    is_primary: bool  # the process that writes the workdir and prints (the only one, unless multi-process)
+    is_single_process: bool
     num_params: int
     device: str
     steps_per_epoch: int
@@ -179,7 +181,9 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
     steps_per_epoch = trainer.steps_per_epoch
     last_record = _last_record(workdir)
 
-    def save(snapshot: Progress) -> Path:
+    def save(snapshot: Progress) -> Path | None:
+        if not workdir.writer:  # every process holds the same state; the primary one writes it
+            return None
         meta = {"framework": trainer.framework, "model": recipe.model, "recipe": recipe.to_dict(),
                 "pipeline": trainer.pipeline, **dataclasses.asdict(snapshot)}
         return checkpoints.write(workdir.path, snapshot.steps, meta, trainer.canonical_weights(), trainer.save_state)
@@ -206,7 +210,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
 
             with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
                       desc=f"{trainer.framework} {recipe.model} epoch {progress.epoch}/{recipe.epochs}",
-                      dynamic_ncols=True) as bar:
+                      dynamic_ncols=True, disable=not workdir.writer) as bar:
                 log = EpochLog(progress, bar, on_step, checkpoint_every)
                 trainer.train_epoch(progress.epoch, progress.step_in_epoch, num_steps, log)
                 log.flush()
@@ -278,10 +282,11 @@ def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, log: EpochL
         "eval_time_s": progress.eval_time_s,
     }
     workdir.log_epoch(record)
-    print(f"epoch {progress.epoch:>2}/{recipe.epochs}  train loss {record['train_loss']:.4f}  "
-          f"train acc {100 * record['train_accuracy']:6.2f}%  test loss {result.loss:.4f}  "
-          f"test acc {100 * result.accuracy:6.2f}%  (total {progress.train_time_s + progress.eval_time_s:.1f} s)",
-          flush=True)
+    if workdir.writer:
+        print(f"epoch {progress.epoch:>2}/{recipe.epochs}  train loss {record['train_loss']:.4f}  "
+              f"train acc {100 * record['train_accuracy']:6.2f}%  test loss {result.loss:.4f}  "
+              f"test acc {100 * result.accuracy:6.2f}%  (total {progress.train_time_s + progress.eval_time_s:.1f} s)",
+              flush=True)
     return record
 
 
@@ -310,5 +315,6 @@ def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir) -> Progress:
     # Epoch records written after this checkpoint are rewritten by the resumed run.
     epoch_done = progress.step_in_epoch >= trainer.steps_per_epoch
     workdir.keep_epochs(progress.epoch if epoch_done else progress.epoch - 1)
-    print(f"resuming from {newest} (epoch {progress.epoch}, step {progress.steps})", file=sys.stderr)
+    if workdir.writer:
+        print(f"resuming from {newest} (epoch {progress.epoch}, step {progress.steps})", file=sys.stderr)
     return progress

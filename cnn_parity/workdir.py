@@ -47,15 +47,19 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 class Workdir:
-    """The output folder of one training run."""
+    """The output folder of one training run. With `writer=False` (the other processes of a
+    multi-process run) it is only read: every write is left to the primary process."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
 
     def create(self) -> None:
         """Make the folder, refusing one that already holds a run (never overwrite results)."""
+        if not self.writer:
+            return
         if self.metrics_path.exists() or self.summary_path.exists():
             raise UsageError(f"workdir {self.path} already holds a run; pass another --workdir")
         try:
@@ -69,7 +73,7 @@ class Workdir:
         """Use an existing run's folder (or make it, if the run never started)."""
         if not self.path.is_dir():
             self.create()
-        elif not os.access(self.path, os.W_OK):
+        elif self.writer and not os.access(self.path, os.W_OK):
             raise UsageError(f"workdir {self.path} is not writable")
 
     def keep_epochs(self, last_epoch: int) -> None:
@@ -92,6 +96,8 @@ class Workdir:
         self._guarded(write_json_atomic, self.summary_path, summary)
 
     def _guarded(self, write, *args) -> None:
+        if not self.writer:
+            return
         try:
             write(*args)
         except OSError as e:

@@ -50,8 +50,9 @@ def _tfds_split(dataset: str, split: str, data_dir: str | None) -> data.Split:
     return data.Split(images, labels)
 
 
-def to_device(split: data.Split) -> DeviceSplit:
-    return DeviceSplit(jax.device_put(split.images), jax.device_put(split.labels.astype(np.int32)))
+def to_device(split: data.Split, sharding: jax.sharding.Sharding | None = None) -> DeviceSplit:
+    """The split on the device(s): `sharding` is a replicated one when training on several."""
+    return DeviceSplit(jax.device_put(split.images, sharding), jax.device_put(split.labels.astype(np.int32), sharding))
 
 
 def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:

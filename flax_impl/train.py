@@ -26,9 +26,10 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 
 from cnn_parity import cli
+from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
-from flax_impl import data
+from flax_impl import data, distributed
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 
@@ -77,21 +78,29 @@ def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
 
 
-def make_evaluator(apply_fn, recipe: Recipe):
+def make_evaluator(apply_fn, recipe: Recipe, mesh: jax.sharding.Mesh):
     """A function (params, DeviceSplit) -> EvalResult over the whole split, jitted per chunk of
-    `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once)."""
+    `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once, and no example is
+    dropped or counted twice), each chunk sharded over the mesh's devices."""
     normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
+    distributed.check_batch_size(mesh, recipe.eval_batch_size, "eval batch size")
 
     @functools.partial(jax.jit, static_argnames="size")
     def eval_chunk(params, split, start, size):
-        index = start + jnp.arange(size)
+        index = jax.lax.with_sharding_constraint(start + jnp.arange(size), distributed.batch_sharded(mesh))
         valid = index < len(split.labels)
         index = jnp.minimum(index, len(split.labels) - 1)
         return eval_sums(apply_fn, params, normalize(split.images[index]), split.labels[index], valid)
 
+    synchronous = distributed.synchronous_dispatch(mesh)
+
     def evaluate(params, split: data.DeviceSplit) -> EvalResult:
         n, size = len(split.labels), recipe.eval_batch_size
-        sums = [eval_chunk(params, split, start, size=size) for start in range(0, n, size)]
+        sums = []
+        for start in range(0, n, size):
+            sums.append(eval_chunk(params, split, start, size=size))
+            if synchronous:
+                jax.block_until_ready(sums[-1])
         loss = math.fsum(float(s[0]) for s in sums)
         correct = sum(int(s[1]) for s in sums)
         return EvalResult(loss=loss / n, accuracy=correct / n, examples=n)
@@ -102,23 +111,34 @@ def make_evaluator(apply_fn, recipe: Recipe):
 class FlaxTrainer:
     framework = "flax"
 
-    def __init__(self, recipe: Recipe, pipeline: str = "device", data_dir: str | None = None, conv_impl: str = "auto"):
+    def __init__(self, recipe: Recipe, pipeline: str = "device", data_dir: str | None = None, conv_impl: str = "auto",
+                 mesh: jax.sharding.Mesh | None = None):
+        """`mesh`: the devices to train on (default: every local device, flax_impl.distributed)."""
         self.recipe, self.pipeline = recipe, pipeline
-        self.train_data = data.to_device(data.load_split(recipe.dataset, "train", pipeline, data_dir))
-        self.test_data = data.to_device(data.load_split(recipe.dataset, "test", pipeline, data_dir))
-        init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
-        self.state = create_train_state(recipe, init_key, conv_impl)
-        self.num_params = num_params(self.state.params)
-        device = jax.devices()[0]
-        self.device = f"{device.platform} ({device.device_kind})"
+        self.is_primary, self.is_single_process = jax.process_index() == 0, jax.process_count() == 1
+        self.mesh = mesh if mesh is not None else distributed.make_mesh()
+        replicated = distributed.replicated(self.mesh)
+        self.train_data = data.to_device(data.load_split(recipe.dataset, "train", pipeline, data_dir), replicated)
+        self.test_data = data.to_device(data.load_split(recipe.dataset, "test", pipeline, data_dir), replicated)
         n, b = len(self.train_data.labels), recipe.batch_size
+        distributed.check_batch_size(self.mesh, b, "batch size")
+        if not recipe.drop_last:
+            distributed.check_batch_size(self.mesh, n % b or b, "the last batch's size")
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
+        init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
+        self.state = jax.device_put(create_train_state(recipe, init_key, conv_impl), replicated)
+        self.num_params = num_params(self.state.params)
+        device = self.mesh.devices.flat[0]
+        count = f"{self.mesh.size} × " if self.mesh.size > 1 else ""
+        self.device = f"{count}{device.platform} ({device.device_kind})"
         normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
 
         def train_on_slice(state, split, perm, start, rng, batch_size):
             index = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+            index = jax.lax.with_sharding_constraint(index, distributed.batch_sharded(self.mesh))
             batch = {"image": normalize(split.images[index]), "label": split.labels[index]}
-            return train_step(state, batch, jax.random.fold_in(rng, state.step))
+            state, metrics = train_step(state, batch, jax.random.fold_in(rng, state.step))
+            return jax.lax.with_sharding_constraint(state, replicated), metrics
 
         def train_full_batches(state, split, perm, first, count, rng):
             """Steps first .. first + count - 1 (count ≤ STEPS_PER_DISPATCH, all full batches); the
@@ -134,7 +154,8 @@ class FlaxTrainer:
 
         self._train_on_slice = jax.jit(train_on_slice, donate_argnums=0, static_argnames="batch_size")
         self._train_full_batches = jax.jit(train_full_batches, donate_argnums=0)
-        self._evaluate = make_evaluator(self.state.apply_fn, recipe)
+        self._evaluate = make_evaluator(self.state.apply_fn, recipe, self.mesh)
+        self._synchronous = distributed.synchronous_dispatch(self.mesh)
 
     def train_epoch(self, epoch: int, start: int, num_steps: int, log: EpochLog) -> None:
         # The permutation and every dropout key are functions of (seed, epoch, step): resuming at
@@ -146,23 +167,28 @@ class FlaxTrainer:
             count = log.steps_before_checkpoint(min(STEPS_PER_DISPATCH, min(end, n // b) - step))
             self.state, losses, correct = self._train_full_batches(self.state, self.train_data, perm, step, count,
                                                                    self.dropout_key)
+            if self._synchronous:
+                jax.block_until_ready(self.state)
             log.record_steps(losses, correct, count, b)
             step += count
         if step < end:  # the epoch's last, partial batch (recipes without drop_last)
             size = n - step * b
             self.state, metrics = self._train_on_slice(self.state, self.train_data, perm, step * b, self.dropout_key,
                                                        batch_size=size)
+            if self._synchronous:
+                jax.block_until_ready(self.state)
             log.record(metrics["loss"], metrics["correct"], size)
 
     def evaluate(self) -> EvalResult:
         return self._evaluate(self.state.params, self.test_data)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
-        return params_to_canonical(self.recipe.model, self.state.params)
+        return params_to_canonical(self.recipe.model, distributed.host_tree(self.state.params))
 
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
         params = params_from_canonical(self.recipe.model, arrays)
-        self.state = TrainState.create(apply_fn=self.state.apply_fn, params=params, tx=self.state.tx)
+        state = TrainState.create(apply_fn=self.state.apply_fn, params=params, tx=self.state.tx)
+        self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
     def save_state(self, folder: Path) -> None:
         checkpointer = ocp.StandardCheckpointer()
@@ -174,8 +200,24 @@ class FlaxTrainer:
         self.state = ocp.StandardCheckpointer().restore(Path(folder).resolve() / "state", target)
 
 
+def add_device_flags(parser) -> None:
+    parser.add_argument("--devices", type=cli.positive_int, metavar="N",
+                        help="train on the first N local devices (default: all), the batch sharded over them")
+    parser.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address (all hosts)")
+    parser.add_argument("--num-processes", type=cli.positive_int, metavar="P", help="multi-host: number of processes")
+    parser.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process's index, 0 .. P-1")
+
+
+def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
+        # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
+        raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
+    return FlaxTrainer(recipe, args.pipeline, args.data_dir, mesh=distributed.make_mesh(args.devices))
+
+
 def main(argv=None) -> int:
-    return cli.run("flax", data.PIPELINES, FlaxTrainer, argv)
+    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_device_flags)
 
 
 if __name__ == "__main__":

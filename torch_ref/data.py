@@ -5,6 +5,11 @@ from a seeded generator; batches are index gathers. The mirror of flax_impl/data
 `seed`: what the sources ran: torchvision's `datasets.MNIST` / `FashionMNIST` with `ToTensor` and
 `Normalize`, through a shuffling `DataLoader`. torchvision reads its own raw layout, which is prepared
 from the verified files (never from the network) under the per-user cache.
+
+Under DDP (a `World`), each rank gets batch_size / N examples of every global batch: `tensor` takes
+its contiguous share of the single-process batch (so the global batches and their order are exactly
+one process's), `seed` uses a `DistributedSampler` (seeded with the recipe's seed, as PyTorch users
+launch it). Test splits are divided between ranks without padding.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 
 from cnn_parity import data
 from cnn_parity.recipes import Recipe
+from torch_ref.distributed import World, local_batch_size
 
 PIPELINES = ("tensor", "seed")
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -37,11 +43,18 @@ class TensorBatches:
     """An in-memory split as an iterable of (images, labels) batches, like a DataLoader."""
 
     def __init__(self, split: data.Split, batch_size: int, mean: float, std: float, device: torch.device,
-                 shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None):
+                 shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
+                 world: World | None = None):
+        """`world`: yield only this rank's contiguous share of each batch (every batch must split evenly)."""
         self.images = torch.from_numpy(split.images).to(device)
         self.labels = torch.from_numpy(split.labels).long().to(device)
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+        self.world = world
+        if world is not None:
+            local_batch_size(batch_size, world)
+            if not drop_last and len(self.labels) % batch_size:
+                local_batch_size(len(self.labels) % batch_size, world)
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -54,23 +67,38 @@ class TensorBatches:
             index = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
                 index = order[index]
+            if self.world is not None:
+                if isinstance(index, slice):
+                    index = torch.arange(n, device=self.labels.device)[index]
+                share = len(index) // self.world.size
+                index = index[self.world.rank * share:(self.world.rank + 1) * share]
             yield normalize(self.images[index], self.mean, self.std), self.labels[index]
 
 
 def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: torch.device,
-                 generator: torch.Generator):
-    """(train, test) iterables of (images, labels) batches for `recipe`."""
+                 generator: torch.Generator, world: World | None = None):
+    """(train, test) iterables of (images, labels) batches for `recipe` (this rank's, under DDP)."""
     if pipeline == "seed":
-        return _torchvision_loaders(recipe, data_dir, generator)
+        return _torchvision_loaders(recipe, data_dir, generator, world)
     mean, std = recipe.normalize_mean, recipe.normalize_std
     train = TensorBatches(data.load_split(recipe.dataset, "train", data_dir), recipe.batch_size, mean, std,
-                          device, shuffle=True, drop_last=recipe.drop_last, generator=generator)
-    test = TensorBatches(data.load_split(recipe.dataset, "test", data_dir), recipe.eval_batch_size, mean, std, device)
+                          device, shuffle=True, drop_last=recipe.drop_last, generator=generator, world=world)
+    test_split = data.load_split(recipe.dataset, "test", data_dir)
+    if world is not None:
+        test_split = data.Split(test_split.images[world.rank::world.size], test_split.labels[world.rank::world.size])
+    test = TensorBatches(test_split, recipe.eval_batch_size, mean, std, device)
     return train, test
 
 
-def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.Generator):
-    from torch.utils.data import DataLoader
+def set_epoch(loader, epoch: int) -> None:
+    """A DistributedSampler draws its order from (seed, epoch): tell it the epoch before iterating."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
+def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.Generator, world: World | None):
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
     from torchvision import datasets, transforms
 
     class_name = _TORCHVISION_CLASSES[recipe.dataset]
@@ -81,7 +109,13 @@ def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.
     dataset_class = getattr(datasets, class_name)
     train_set = dataset_class(root, train=True, transform=transform, download=False)
     test_set = dataset_class(root, train=False, transform=transform, download=False)
-    train = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=recipe.drop_last,
-                       generator=generator)
-    test = DataLoader(test_set, batch_size=recipe.eval_batch_size)
+    if world is None:
+        train = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=recipe.drop_last,
+                           generator=generator)
+        return train, DataLoader(test_set, batch_size=recipe.eval_batch_size)
+    sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=recipe.seed,
+                                 drop_last=recipe.drop_last)
+    train = DataLoader(train_set, batch_size=local_batch_size(recipe.batch_size, world), sampler=sampler,
+                       drop_last=recipe.drop_last)
+    test = DataLoader(Subset(test_set, range(world.rank, len(test_set), world.size)), batch_size=recipe.eval_batch_size)
     return train, test

@@ -2,7 +2,8 @@
 
 Plain PyTorch, as the sources wrote it: nn.Module, torch.optim, an iterable of batches. Uses CUDA
 when available. Seeding: `torch.manual_seed(seed)` before building the model (its initial weights),
-and a generator seeded from the same seed for the shuffling order.
+and a generator seeded from the same seed for the shuffling order. Under torchrun it trains with
+DistributedDataParallel (torch_ref/distributed.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 from cnn_parity import cli
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
-from torch_ref import data
+from torch.nn.parallel import DistributedDataParallel
+
+from torch_ref import data, distributed
 from torch_ref.convert import load_canonical, state_dict_to_canonical
 from torch_ref.models import create_model, num_params
 
@@ -30,33 +33,53 @@ def make_optimizer(params, cfg: Optimizer) -> torch.optim.Optimizer:
 
 
 @torch.inference_mode()
-def evaluate_model(model: torch.nn.Module, loader, device: torch.device) -> EvalResult:
-    """Summed loss and accuracy of `model` over every batch of `loader`, in evaluation mode."""
+def evaluation_sums(model: torch.nn.Module, loader, device: torch.device) -> torch.Tensor:
+    """(summed loss, correct, examples) of `model` over every batch of `loader`, in evaluation mode."""
     model.eval()
-    loss = correct = examples = 0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         outputs = model(images)
-        loss += F.cross_entropy(outputs, labels, reduction="sum").item()
-        correct += (outputs.argmax(1) == labels).sum().item()
-        examples += len(labels)
-    return EvalResult(loss=loss / examples, accuracy=correct / examples, examples=examples)
+        sums += torch.stack([F.cross_entropy(outputs, labels, reduction="sum").double(),
+                             (outputs.argmax(1) == labels).sum().double(), torch.tensor(len(labels), device=device)])
+    return sums
+
+
+def evaluate_model(model: torch.nn.Module, loader, device: torch.device) -> EvalResult:
+    """Loss and accuracy of `model` over every batch of `loader`."""
+    return _eval_result(evaluation_sums(model, loader, device))
+
+
+def _eval_result(sums: torch.Tensor) -> EvalResult:
+    loss, correct, examples = sums.tolist()
+    return EvalResult(loss=loss / examples, accuracy=correct / examples, examples=int(examples))
 
 
 class TorchTrainer:
     framework = "torch"
 
-    def __init__(self, recipe: Recipe, pipeline: str = "tensor", data_dir: str | None = None):
-        self.recipe, self.pipeline = recipe, pipeline
-        self.torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.cuda.get_device_name() if self.torch_device.type == "cuda" else "cpu"
+    def __init__(self, recipe: Recipe, pipeline: str = "tensor", data_dir: str | None = None,
+                 world: distributed.World | None = None):
+        """`world`: this process's place in a torchrun job (None: one process)."""
+        self.recipe, self.pipeline, self.world = recipe, pipeline, world
+        self.is_primary, self.is_single_process = world is None or world.is_primary, world is None
+        if world is not None:
+            self.torch_device = world.device
+        else:
+            self.torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.cuda.get_device_name(self.torch_device) if self.torch_device.type == "cuda" else "cpu"
+        self.device = f"{world.size} × {device} ({world.size} processes)" if world is not None else device
         torch.manual_seed(recipe.seed)
         self.model = create_model(recipe.model, recipe.init).to(self.torch_device)
         self.num_params = num_params(self.model)
         self.optimizer = make_optimizer(self.model.parameters(), recipe.optimizer)
+        self._ddp = None
+        if world is not None:
+            self._ddp = DistributedDataParallel(self.model)  # broadcasts rank 0's weights (all equal anyway)
+            torch.manual_seed(recipe.seed + world.rank)  # each rank its own dropout masks
         self.shuffle_generator = torch.Generator().manual_seed(recipe.seed)
         self.train_loader, self.test_loader = data.make_loaders(recipe, pipeline, data_dir, self.torch_device,
-                                                                self.shuffle_generator)
+                                                                self.shuffle_generator, world)
         self.steps_per_epoch = len(self.train_loader)
         self._epoch_start_shuffle_state: torch.Tensor | None = None  # set while an epoch is running
 
@@ -65,19 +88,29 @@ class TorchTrainer:
         # The shuffle generator is drawn from only when an epoch's iterator starts; keeping its state
         # from before that draw lets a checkpoint taken mid-epoch replay the same order on resume.
         self._epoch_start_shuffle_state = self.shuffle_generator.get_state()
+        data.set_epoch(self.train_loader, epoch)
+        model = self._ddp if self._ddp is not None else self.model
         for images, labels in itertools.islice(self.train_loader, start, start + num_steps):
             images = images.to(self.torch_device, non_blocking=True)
             labels = labels.to(self.torch_device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            outputs = self.model(images)
+            outputs = model(images)
             loss = F.cross_entropy(outputs, labels)  # fashion_cnn: on log-probabilities, i.e. NLL
             loss.backward()
             self.optimizer.step()
-            log.record(loss.detach(), (outputs.argmax(1) == labels).sum(), len(labels))
+            correct = (outputs.argmax(1) == labels).sum()
+            if self.world is None:
+                log.record(loss.detach(), correct, len(labels))
+            else:  # the global batch's mean loss and correct count, as one process would log them
+                total_loss, total_correct, examples = distributed.all_sum(
+                    torch.stack([loss.detach() * len(labels), correct.to(loss.dtype),
+                                 torch.tensor(float(len(labels)), device=loss.device)])).tolist()
+                log.record(total_loss / examples, total_correct, int(examples))
         self._epoch_start_shuffle_state = None
 
     def evaluate(self) -> EvalResult:
-        return evaluate_model(self.model, self.test_loader, self.torch_device)
+        sums = evaluation_sums(self.model, self.test_loader, self.torch_device)
+        return _eval_result(sums if self.world is None else distributed.all_sum(sums))
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         return state_dict_to_canonical(self.recipe.model, self.model)
@@ -105,8 +138,15 @@ class TorchTrainer:
         self.shuffle_generator.set_state(state["shuffle"])
 
 
+def make_trainer(recipe: Recipe, args) -> TorchTrainer:
+    return TorchTrainer(recipe, args.pipeline, args.data_dir, distributed.initialize())
+
+
 def main(argv=None) -> int:
-    return cli.run("torch", data.PIPELINES, TorchTrainer, argv)
+    try:
+        return cli.run("torch", data.PIPELINES, make_trainer, argv)
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

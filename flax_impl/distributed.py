@@ -1,0 +1,75 @@
+"""Data parallelism with `jax.sharding`: one `Mesh` with a "data" axis over the devices in use, the
+global batch sharded along it, parameters, optimiser state and the data set replicated. The train
+step is the single-device `train_step` under `jax.jit`; XLA's SPMD partitioner inserts the gradient
+all-reduce. The global batch is the recipe's batch whatever the device count, and dropout keys are
+split the same way (JAX's threefry RNG is partitionable), so N devices compute what one does, up to
+the order of floating-point sums.
+
+Multi-host: every host runs the same command with `--coordinator HOST:PORT --num-processes P
+--process-id I` (jax.distributed.initialize); the mesh then spans every process's devices
+(README: Multi-device training).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from cnn_parity.errors import UsageError
+
+DATA_AXIS = "data"
+
+
+def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """Join a multi-process JAX run (before any other JAX call); nothing to do for one process."""
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if not any(given):
+        return
+    if not all(given):
+        raise UsageError("multi-host runs need all of --coordinator, --num-processes and --process-id")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+
+
+def make_mesh(devices_per_process: int | None = None) -> Mesh:
+    """A 1-D mesh over the first `devices_per_process` local devices of every process (all by default)."""
+    by_process: dict[int, list[jax.Device]] = {}
+    for device in jax.devices():
+        by_process.setdefault(device.process_index, []).append(device)
+    local = len(by_process[jax.process_index()])
+    count = local if devices_per_process is None else devices_per_process
+    if count > local:
+        raise UsageError(f"--devices {count}: this process sees only {local} {jax.default_backend()} device(s)")
+    return Mesh(np.array([d for p in sorted(by_process) for d in by_process[p][:count]]), (DATA_AXIS,))
+
+
+def synchronous_dispatch(mesh: Mesh) -> bool:
+    """Whether each multi-device program must finish before the next is dispatched. On XLA:CPU (jax
+    0.10.2) two in-flight data-parallel steps deadlock in the all-reduce rendezvous ("Expected 2
+    threads to join"), then abort after 40 s; waiting for each one avoids it, at the cost of one
+    host sync per dispatch (per 50 steps here). Reproduction: benchmarks/cpu_collective_hang.py."""
+    return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(mesh: Mesh, batch_size: int, what: str) -> None:
+    if batch_size % mesh.size:
+        raise UsageError(f"{what} {batch_size} does not split evenly over {mesh.size} devices")
+
+
+def host_value(array: jax.Array) -> np.ndarray:
+    """A replicated array's value on this host (works when other processes hold copies too)."""
+    return np.asarray(array.addressable_data(0))
+
+
+def host_tree(tree: Any) -> Any:
+    return jax.tree.map(host_value, tree)
