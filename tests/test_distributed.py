@@ -122,3 +122,27 @@ def test_cpu_collective_hang_workaround_completes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "benchmarks.cpu_collective_hang", "--devices", "2", "--steps", "300",
                              "--sync"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "300 steps on 2 devices (sync dispatch)" in result.stdout
+
+
+def test_flax_multi_process_launch_trains_as_one_device(tmp_path, data_dir):
+    """The multi-host launch (jax.distributed, gloo collectives) with two processes on this host, one
+    CPU device each, against one process on one device. Measured: train loss 2.4e-9, test loss 1.0e-7."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--max-steps", "100"]
+    env = _env(data_dir)
+    processes = [subprocess.Popen([*common, "--workdir", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
+                                   "--num-processes", "2", "--process-id", str(i)], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-1000:] for _, err in outputs]
+    assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]  # process 0 reports
+    _run([*common, "--workdir", str(tmp_path / "one")], env, tmp_path)
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    for key in ("train_loss", "test_loss"):
+        assert abs(one[key] - two[key]) <= TEST_LOSS_TOLERANCE, key
+    assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 2e-4
+
