@@ -27,12 +27,26 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def report_errors(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; a CnnParityError becomes one line on stderr and its exit code."""
+    """Run a command's body; a CnnParityError becomes one line on stderr and its exit code, and so
+    does any other exception (a bug: exit 1, the traceback with CNN_PARITY_DEBUG=1)."""
     try:
         return body()
     except CnnParityError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        return internal_error(prog, e)
+
+
+def internal_error(prog: str, error: Exception) -> int:
+    if os.environ.get("CNN_PARITY_DEBUG") == "1":
+        raise error
+    print(f"{prog}: error: internal error {type(error).__name__}: {error} "
+          f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 1
 
 
 def positive_int(text: str) -> int:
@@ -150,11 +164,7 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
         print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not bad input: still one line, the traceback on request
-        if os.environ.get("CNN_PARITY_DEBUG") == "1":
-            raise
-        print(f"{parser.prog}: error: internal error {type(e).__name__}: {e} "
-              f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 1
+        return internal_error(parser.prog, e)
     if not trainer.is_primary:
         return 0
     print(f"test accuracy {100 * summary['test_accuracy']:.2f}%  test loss {summary['test_loss']:.4f}  "

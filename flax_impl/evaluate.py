@@ -12,17 +12,15 @@ from cnn_parity.recipes import Recipe
 from cnn_parity.training import EvalResult
 from flax_impl import data, distributed
 from flax_impl.convert import params_from_canonical
-from flax_impl.models import create_model
 from flax_impl.train import make_evaluator
 
 
 def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None) -> EvalResult:
-    model = create_model(recipe.model, recipe.init)
     mesh = distributed.make_mesh()
     replicated = distributed.replicated(mesh)
     test = data.to_device(data.load_split(recipe.dataset, "test", "device", data_dir), replicated)
     params = jax.device_put(params_from_canonical(recipe.model, arrays), replicated)
-    return make_evaluator(model.apply, recipe, mesh)(params, test)
+    return make_evaluator(recipe, mesh)(params, test)
 
 
 def main(argv=None) -> int:
