@@ -101,11 +101,11 @@ class TorchTrainer:
             correct = (outputs.argmax(1) == labels).sum()
             if self.world is None:
                 log.record(loss.detach(), correct, len(labels))
-            else:  # the global batch's mean loss and correct count, as one process would log them
-                total_loss, total_correct, examples = distributed.all_sum(
-                    torch.stack([loss.detach() * len(labels), correct.to(loss.dtype),
-                                 torch.tensor(float(len(labels)), device=loss.device)])).tolist()
-                log.record(total_loss / examples, total_correct, int(examples))
+            else:  # the global batch's mean loss and correct count, as one process logs them; every
+                # rank holds an equal share, and the sums stay on the device (no host sync per step)
+                examples = len(labels) * self.world.size
+                totals = distributed.all_sum(torch.stack([loss.detach() * len(labels), correct.to(loss.dtype)]))
+                log.record(totals[0] / examples, totals[1], examples)
         self._epoch_start_shuffle_state = None
 
     def evaluate(self) -> EvalResult:
