@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+from cnn_parity.reproduce import _median_epoch_seconds, gaps
+
 from .test_cli import REPO
 
 
@@ -26,7 +28,12 @@ def test_quick_reproduction_writes_the_report_and_skips_finished_runs(data_dir, 
         for key in ("test_accuracy_mean", "test_accuracy_std", "test_loss_mean", "seeds", "epochs", "curves"):
             assert key in entry[framework], key
         assert entry[framework]["seeds"] == [0, 1]
-    assert entry["comparison"]["test"] == "Welch's t-test, two-sided"
+    comparison = entry["comparison"]
+    assert comparison["test"] == "Welch's t-test, two-sided"
+    low, high = comparison["ci95_pp"]
+    assert low < comparison["difference_pp"] < high
+    assert isinstance(entry["gaps_over_0_5_pp"], list)
+    assert all(s > 0 for f in ("flax", "torch") for s in entry[f]["seconds_per_epoch_per_seed"])
     assert (tmp_path / "r" / "mlp.png").read_bytes()[:4] == b"\x89PNG"
     assert "| mlp |" in (tmp_path / "r" / "report.md").read_text()
     summaries = sorted((tmp_path / "r" / "runs" / "mlp").glob("*/summary.json"))
@@ -41,3 +48,20 @@ def test_quick_and_full_reproductions_do_not_mix(tmp_path):
     (tmp_path / "r" / "mode.json").write_text('{"quick": false}')
     result = _reproduce(tmp_path / "r")
     assert result.returncode == 2 and "holds a full reproduction" in result.stderr
+
+
+def test_seconds_per_epoch_ignore_a_paused_epoch():
+    # the log holds running totals; epoch 3 was slowed (paused) by 100 s
+    records = [{"train_time_s": t, "eval_time_s": 0.5 * e} for e, t in enumerate([10.0, 20.0, 130.0, 140.0], 1)]
+    assert _median_epoch_seconds(records) == 10.5
+
+
+def test_gaps_flag_only_differences_over_half_a_point():
+    def entry(accuracy):
+        return {"epochs": 2, "curves": {"test_accuracy_mean": [0.5, accuracy]}}
+
+    reported = {"test_accuracy": {"2": 0.9}}
+    assert gaps(reported, entry(0.904), entry(0.897), {"difference_pp": 0.7}) == [
+        "Flax vs PyTorch final test accuracy: +0.70 pp"]
+    assert gaps(reported, entry(0.91), entry(0.9), {"difference_pp": 0.4}) == [
+        "Flax vs source test accuracy at epoch 2: +1.00 pp"]
