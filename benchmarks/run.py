@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import select
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from benchmarks import flops
 from benchmarks.candidates import PIPELINES, framework_of
+from cnn_parity.workdir import machine_info
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 REPO = Path(__file__).resolve().parent.parent
@@ -165,32 +165,6 @@ class Candidate:
 
 # ----------------------------------------------------------------------------------------------
 # Machine.
-
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import psutil
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except Exception:
-        pass
-    try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=20)
-        if gpus.returncode == 0 and gpus.stdout.strip():
-            info["gpus"] = gpus.stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from cnn_parity.workdir import versions
-    info["versions"] = versions()
-    return info
-
 
 def measure_gemm(quick: bool) -> dict:
     results = {}

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.workdir import read_metrics, versions, write_json_atomic
+from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
 
 FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 QUICK_STEPS = 20
@@ -239,7 +239,7 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
 
 
 def build_report(out: Path, models: list[str], seeds: list[int], quick: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"models": {}, "seeds": seeds, "quick": quick, "versions": versions(),
+    report: dict[str, Any] = {"models": {}, "seeds": seeds, "quick": quick, "versions": versions(), "machine": machine_info(),
                               "command": " ".join(["python -m cnn_parity.reproduce", *sys.argv[1:]])}
     md = ["# Reproduction report", "",
           f"Command: `{report['command']}`" + (" (QUICK smoke run: not a result)" if quick else ""), "",
@@ -280,7 +280,9 @@ def build_report(out: Path, models: list[str], seeds: list[int], quick: bool) ->
     md += ["", "Accuracy and loss: mean ± sample std over seeds, final epoch, full test split. Seconds per epoch: "
            "training + evaluation, median over a run's epochs, mean over seeds. Flax − PyTorch: difference of "
            "the mean final test accuracies, [95% confidence interval] and p of Welch's t-test.", "", *details,
-           f"Device: {report.get('device')}; versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+           f"Device: {report.get('device')}; report built on: {report['machine'].get('cpu_model', '?')}, "
+           f"{report['machine']['cpu_count']} logical CPUs, {report['machine'].get('memory_gib', '?')} GiB, "
+           f"{report['machine']['platform']}; versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     write_json_atomic(out / "report.json", report)
     (out / "report.md").write_text("\n".join(md) + "\n")
     return report

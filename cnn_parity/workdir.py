@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 from importlib import metadata
@@ -26,6 +27,31 @@ def versions(packages=_VERSIONED) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return found
+
+
+def machine_info() -> dict:
+    """The machine a result came from: CPU model and count, memory, GPUs (nvidia-smi), versions."""
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):  # not a POSIX system
+        pass
+    try:
+        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20)
+        if gpus.returncode == 0 and gpus.stdout.strip():
+            info["gpus"] = gpus.stdout.strip().splitlines()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    info["versions"] = versions()
+    return info
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
