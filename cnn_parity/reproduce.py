@@ -194,17 +194,36 @@ def headline(reported: dict, flax: dict, torch: dict) -> tuple[str, str, str, st
 GAP_PP = 0.5  # the issue's threshold for a gap that needs an explanation
 
 
+def prediction_interval(values: list[float]) -> tuple[float, float] | None:
+    """95 % prediction interval for one more run (a source's single run, say) from our runs' values:
+    mean ± t(0.975, n-1) · s · sqrt(1 + 1/n), assuming seed-to-seed variation is roughly normal."""
+    from scipy import stats
+
+    if len(values) < 2:
+        return None
+    mean, std = _stats(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * std * math.sqrt(1 + 1 / len(values))
+    return mean - half, mean + half
+
+
 def gaps(reported: dict, flax: dict, torch: dict, comparison: dict) -> list[str]:
-    """Accuracy gaps over GAP_PP percentage points: between the frameworks, and against a source's figure."""
+    """Accuracy gaps over GAP_PP percentage points: between the frameworks, and against a source's figure
+    (with whether that one source run lies inside our runs' 95 % prediction interval)."""
     found = []
     if abs(comparison["difference_pp"]) > GAP_PP:
         found.append(f"Flax vs PyTorch final test accuracy: {comparison['difference_pp']:+.2f} pp")
-    for epoch, value in reported.get("test_accuracy", {}).items():
+    for epoch, value in sorted(reported.get("test_accuracy", {}).items(), key=lambda kv: int(kv[0])):
         e = int(epoch) - 1
         for name, entry in (("Flax", flax), ("PyTorch", torch)):
             if e < entry["epochs"] and abs(100 * (entry["curves"]["test_accuracy_mean"][e] - value)) > GAP_PP:
-                found.append(f"{name} vs source test accuracy at epoch {epoch}: "
-                             f"{100 * (entry['curves']['test_accuracy_mean'][e] - value):+.2f} pp")
+                gap = f"{name} vs source test accuracy at epoch {epoch}: " \
+                      f"{100 * (entry['curves']['test_accuracy_mean'][e] - value):+.2f} pp"
+                interval = prediction_interval([run[e] for run in entry["curves"].get("test_accuracy_per_seed", [])])
+                if interval:
+                    inside = interval[0] <= value <= interval[1]
+                    gap += (f" (source {'inside' if inside else 'OUTSIDE'} our 95% prediction interval for one run, "
+                            f"[{100 * interval[0]:.2f}, {100 * interval[1]:.2f}]%)")
+                found.append(gap)
     return found
 
 

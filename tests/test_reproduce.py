@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from cnn_parity.reproduce import _median_epoch_seconds, gaps
+from cnn_parity.reproduce import _median_epoch_seconds, gaps, prediction_interval
 
 from .test_cli import REPO
 
@@ -65,3 +65,12 @@ def test_gaps_flag_only_differences_over_half_a_point():
         "Flax vs PyTorch final test accuracy: +0.70 pp"]
     assert gaps(reported, entry(0.91), entry(0.9), {"difference_pp": 0.4}) == [
         "Flax vs source test accuracy at epoch 2: +1.00 pp"]
+
+
+def test_a_source_figure_is_judged_against_our_prediction_interval():
+    entry = {"epochs": 1, "curves": {"test_accuracy_mean": [0.744], "test_accuracy_per_seed": [[0.738], [0.750], [0.745]]}}
+    lo, hi = prediction_interval([0.738, 0.750, 0.745])
+    assert lo < 0.744 < hi and hi - lo > 3 * (0.750 - 0.738)  # one new run scatters more than the mean
+    assert "inside our 95% prediction interval" in gaps({"test_accuracy": {"1": 0.7535}}, entry, entry,
+                                                        {"difference_pp": 0.0})[0]
+    assert "OUTSIDE" in gaps({"test_accuracy": {"1": 0.80}}, entry, entry, {"difference_pp": 0.0})[0]
