@@ -58,6 +58,12 @@ def _complete(workdir: Path, steps_wanted: int | None, epochs: int) -> bool:
     return done["steps"] == steps_wanted if steps_wanted is not None else done["epochs"] == epochs
 
 
+def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list[int]:
+    epochs = load_recipe(model).epochs
+    return [seed for seed in seeds if all(_complete(run_dir(out, model, framework, seed),
+                                                    QUICK_STEPS if quick else None, epochs) for framework in FRAMEWORKS)]
+
+
 def train(out: Path, model: str, framework: str, seed: int, quick: bool, data_dir: str | None) -> None:
     recipe = load_recipe(model)
     workdir = run_dir(out, model, framework, seed)
@@ -106,7 +112,8 @@ def summarise(out: Path, model: str, framework: str, seeds: list[int]) -> dict[s
         "test_accuracy_mean": accuracy_mean, "test_accuracy_std": accuracy_std,
         "test_loss_mean": loss_mean, "test_loss_std": loss_std,
         "test_accuracy_per_seed": [r[-1]["test_accuracy"] for r in runs],
-        "seconds_per_epoch": float(np.mean([_median_epoch_seconds(r) for r in runs])),
+        # median over seeds as well: one run that shared the machine with other work does not move it
+        "seconds_per_epoch": float(np.median([_median_epoch_seconds(r) for r in runs])),
         "seconds_per_epoch_per_seed": [_median_epoch_seconds(r) for r in runs],
         "num_params": summaries[0]["num_params"],
         "curves": {**{f"{k}_mean": v for k, v in curve.items()},
@@ -257,16 +264,18 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
     plt.close(fig)
 
 
-def build_report(out: Path, models: list[str], seeds: list[int], quick: bool) -> dict[str, Any]:
-    report: dict[str, Any] = {"models": {}, "seeds": seeds, "quick": quick, "versions": versions(), "machine": machine_info(),
+def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -> dict[str, Any]:
+    report: dict[str, Any] = {"models": {}, "seeds": seeds_by_model, "quick": quick, "versions": versions(), "machine": machine_info(),
                               "command": " ".join(["python -m cnn_parity.reproduce", *sys.argv[1:]])}
     md = ["# Reproduction report", "",
           f"Command: `{report['command']}`" + (" (QUICK smoke run: not a result)" if quick else ""), "",
+          "Seeds (each in both frameworks): " + "; ".join(f"{m} {', '.join(map(str, v))}" for m, v in seeds_by_model.items())
+          + ".", "",
           "| model | source's figure | source | Flax | PyTorch | Flax test acc | PyTorch test acc | Flax − PyTorch "
           "| Flax test loss | PyTorch test loss | s/epoch Flax | s/epoch PyTorch |",
           "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     details = []
-    for model in models:
+    for model, seeds in seeds_by_model.items():
         recipe = load_recipe(model)
         flax, torch = summarise(out, model, "flax", seeds), summarise(out, model, "torch", seeds)
         entry = {"source": {"description": recipe.source, "reported": recipe.reported},
@@ -297,7 +306,7 @@ def build_report(out: Path, models: list[str], seeds: list[int], quick: bool) ->
                     "- Gaps over 0.5 pp: " + ("; ".join(entry["gaps_over_0_5_pp"]) or "none") + ".", "",
                     *source_metric_table(reported, flax, torch)]
     md += ["", "Accuracy and loss: mean ± sample std over seeds, final epoch, full test split. Seconds per epoch: "
-           "training + evaluation, median over a run's epochs, mean over seeds. Flax − PyTorch: difference of "
+           "training + evaluation, median over a run's epochs, then median over seeds. Flax − PyTorch: difference of "
            "the mean final test accuracies, [95% confidence interval] and p of Welch's t-test.", "", *details,
            f"Device: {report.get('device')}; report built on: {report['machine'].get('cpu_model', '?')}, "
            f"{report['machine']['cpu_count']} logical CPUs, {report['machine'].get('memory_gib', '?')} GiB, "
@@ -312,6 +321,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="N")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report each model over those of --seeds complete in both frameworks")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -331,12 +342,21 @@ def main(argv=None) -> int:
             write_json_atomic(mode_file, mode)
         except OSError as e:
             raise UsageError(f"cannot write to {args.out}: {e.strerror or e}") from None
-        jobs = [(m, f, s) for m in args.models for s in args.seeds for f in FRAMEWORKS]
-        for model, framework, seed in tqdm(jobs, desc="reproduce", unit="run", file=sys.stderr):
-            tqdm.write(f"{model} {framework} seed {seed}", file=sys.stderr)
-            train(args.out, model, framework, seed, args.quick, args.data_dir)
-        build_report(args.out, args.models, args.seeds, args.quick)
-        print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(args.models)} PNGs")
+        seeds_by_model = {model: args.seeds for model in args.models}
+        if args.report_only:
+            seeds_by_model = {model: seeds for model in args.models
+                              if (seeds := complete_seeds(args.out, model, args.seeds, args.quick))}
+            if not seeds_by_model:
+                raise RunError(f"no seed of {', '.join(args.models)} is complete in both frameworks in {args.out}")
+            for model in args.models:
+                print(f"{model}: seeds {seeds_by_model.get(model, 'none')} complete in both frameworks")
+        else:
+            jobs = [(m, f, s) for m in args.models for s in args.seeds for f in FRAMEWORKS]
+            for model, framework, seed in tqdm(jobs, desc="reproduce", unit="run", file=sys.stderr):
+                tqdm.write(f"{model} {framework} seed {seed}", file=sys.stderr)
+                train(args.out, model, framework, seed, args.quick, args.data_dir)
+        build_report(args.out, seeds_by_model, args.quick)
+        print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(seeds_by_model)} PNGs")
         return 0
 
     return report_errors(parser.prog, body)

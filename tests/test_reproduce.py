@@ -42,6 +42,19 @@ def test_quick_reproduction_writes_the_report_and_skips_finished_runs(data_dir, 
     assert _reproduce(tmp_path / "r", data_dir=data_dir).returncode == 0  # resumed: every run is complete, none reruns
     assert [p.stat().st_mtime_ns for p in summaries] == stamps
 
+    # --report-only trains nothing and reports the seeds complete in both frameworks
+    (tmp_path / "r" / "runs" / "mlp" / "torch-seed1" / "summary.json").unlink()
+    result = _reproduce(tmp_path / "r", "--report-only", "--seeds", "0", "1", "2", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "r" / "report.json").read_text())["models"]["mlp"]["flax"]["seeds"] == [0]
+    assert not (tmp_path / "r" / "runs" / "mlp" / "torch-seed1" / "summary.json").exists()
+
+
+def test_report_only_without_complete_runs_is_a_one_line_error(tmp_path):
+    result = _reproduce(tmp_path / "empty", "--report-only")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "no seed of mlp is complete in both frameworks" in result.stderr
+
 
 def test_quick_and_full_reproductions_do_not_mix(tmp_path):
     (tmp_path / "r").mkdir()
