@@ -252,8 +252,9 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
         if name in entry["source"]["reported"]:
             reported = entry["source"]["reported"][name]
             loss_ax.plot(np.arange(1, len(reported) + 1), reported, style, label=f"source {name}")
-    for epoch, value in entry["source"]["reported"].get("test_accuracy", {}).items():
-        acc_ax.plot([int(epoch)], [100 * value], "k*", ms=10)
+    source_points = sorted((int(e), 100 * v) for e, v in entry["source"]["reported"].get("test_accuracy", {}).items())
+    if source_points:
+        acc_ax.plot(*zip(*source_points), "k*", ms=10, linestyle="none", label="source (one run)")
     loss_ax.set(title=f"{model}: train loss", xlabel="epoch", yscale="log")
     acc_ax.set(title=f"{model}: test accuracy (%) — band: min-max over seeds", xlabel="epoch")
     for ax in (loss_ax, acc_ax):
