@@ -77,13 +77,13 @@ def test_gaps_flag_only_differences_over_half_a_point():
     assert gaps(reported, entry(0.904), entry(0.897), {"difference_pp": 0.7}) == [
         "Flax vs PyTorch final test accuracy: +0.70 pp"]
     assert gaps(reported, entry(0.91), entry(0.9), {"difference_pp": 0.4}) == [
-        "Flax vs source test accuracy at epoch 2: +1.00 pp"]
+        "test accuracy at epoch 2 vs source: Flax +1.00 pp, PyTorch +0.00 pp"]
 
 
 def test_a_source_figure_is_judged_against_our_prediction_interval():
     entry = {"epochs": 1, "curves": {"test_accuracy_mean": [0.744], "test_accuracy_per_seed": [[0.738], [0.750], [0.745]]}}
     lo, hi = prediction_interval([0.738, 0.750, 0.745])
     assert lo < 0.744 < hi and hi - lo > 3 * (0.750 - 0.738)  # one new run scatters more than the mean
-    assert "inside our 95% prediction interval" in gaps({"test_accuracy": {"1": 0.7535}}, entry, entry,
+    assert "is inside the 95% prediction interval for one run from our 6 runs" in gaps({"test_accuracy": {"1": 0.7535}}, entry, entry,
                                                         {"difference_pp": 0.0})[0]
     assert "OUTSIDE" in gaps({"test_accuracy": {"1": 0.80}}, entry, entry, {"difference_pp": 0.0})[0]
