@@ -50,25 +50,23 @@ def run_dir(out: Path, model: str, framework: str, seed: int) -> Path:
     return out / "runs" / model / f"{framework}-seed{seed}"
 
 
-def _complete(workdir: Path, steps_wanted: int | None, epochs: int) -> bool:
-    summary = workdir / "summary.json"
+def run_complete(out: Path, model: str, framework: str, seed: int, quick: bool) -> bool:
+    """Whether the run's summary says it finished: all the recipe's epochs (or QUICK_STEPS in --quick)."""
+    summary = run_dir(out, model, framework, seed) / "summary.json"
     if not summary.is_file():
         return False
     done = json.loads(summary.read_text())
-    return done["steps"] == steps_wanted if steps_wanted is not None else done["epochs"] == epochs
+    return done["steps"] == QUICK_STEPS if quick else done["epochs"] == load_recipe(model).epochs
 
 
 def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list[int]:
-    epochs = load_recipe(model).epochs
-    return [seed for seed in seeds if all(_complete(run_dir(out, model, framework, seed),
-                                                    QUICK_STEPS if quick else None, epochs) for framework in FRAMEWORKS)]
+    return [seed for seed in seeds if all(run_complete(out, model, framework, seed, quick) for framework in FRAMEWORKS)]
 
 
 def train(out: Path, model: str, framework: str, seed: int, quick: bool, data_dir: str | None) -> None:
-    recipe = load_recipe(model)
-    workdir = run_dir(out, model, framework, seed)
-    if _complete(workdir, QUICK_STEPS if quick else None, recipe.epochs):
+    if run_complete(out, model, framework, seed, quick):
         return
+    workdir = run_dir(out, model, framework, seed)
     command = [sys.executable, "-m", FRAMEWORKS[framework], "--model", model, "--seed", str(seed),
                "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY)]
     if quick:
@@ -103,6 +101,7 @@ def summarise(out: Path, model: str, framework: str, seeds: list[int]) -> dict[s
     runs = [read_metrics(run_dir(out, model, framework, seed)) for seed in seeds]
     summaries = [json.loads((run_dir(out, model, framework, s) / "summary.json").read_text()) for s in seeds]
     epochs = min(len(r) for r in runs)
+    epoch_seconds = [_median_epoch_seconds(r) for r in runs]
     curve = {key: [_stats([r[e][key] for r in runs])[0] for e in range(epochs)]
              for key in ("train_loss", "test_loss", "test_accuracy")}
     accuracy_mean, accuracy_std = _stats([r[-1]["test_accuracy"] for r in runs])
@@ -113,8 +112,8 @@ def summarise(out: Path, model: str, framework: str, seeds: list[int]) -> dict[s
         "test_loss_mean": loss_mean, "test_loss_std": loss_std,
         "test_accuracy_per_seed": [r[-1]["test_accuracy"] for r in runs],
         # median over seeds as well: one run that shared the machine with other work does not move it
-        "seconds_per_epoch": float(np.median([_median_epoch_seconds(r) for r in runs])),
-        "seconds_per_epoch_per_seed": [_median_epoch_seconds(r) for r in runs],
+        "seconds_per_epoch": float(np.median(epoch_seconds)),
+        "seconds_per_epoch_per_seed": epoch_seconds,
         "num_params": summaries[0]["num_params"],
         "curves": {**{f"{k}_mean": v for k, v in curve.items()},
                    **{f"{key}_per_seed": [[e[key] for e in r[:epochs]] for r in runs]
@@ -152,13 +151,16 @@ def _mean_std(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f}"
 
 
+# The train-loss lists a recipe's [reported] table may hold, and their column names.
+SOURCE_LOSS_LISTS = {"train_loss": "source", "train_loss_run_a": "source run A", "train_loss_run_b": "source run B"}
+
+
 def source_metric_table(reported: dict, flax: dict, torch: dict) -> list[str]:
     """The source's own figures, epoch by epoch, next to ours (mean ± sample std over seeds)."""
     lines = []
-    loss_lists = [name for name in ("train_loss", "train_loss_run_a", "train_loss_run_b") if name in reported]
+    loss_lists = [name for name in SOURCE_LOSS_LISTS if name in reported]
     if loss_lists:
-        heads = [name.replace("train_loss", "source").replace("_run_", " run ").replace(" run a", " run A")
-                 .replace(" run b", " run B") for name in loss_lists]
+        heads = [SOURCE_LOSS_LISTS[name] for name in loss_lists]
         lines += [f"| epoch | {' | '.join(heads)} | Flax | PyTorch |", "|---:|" + "---:|" * (len(heads) + 2)]
         for e in range(min(flax["epochs"], torch["epochs"], *(len(reported[n]) for n in loss_lists))):
             lines.append(f"| {e + 1} | " + " | ".join(f"{reported[n][e]:.4f}" for n in loss_lists)
@@ -180,19 +182,19 @@ def source_metric_table(reported: dict, flax: dict, torch: dict) -> list[str]:
 
 def headline(reported: dict, flax: dict, torch: dict) -> tuple[str, str, str, str]:
     """The source's last reported figure, and ours at the same epoch (mean ± std over seeds)."""
-    for metric, scale, digits in (("test_accuracy", 100, 2), ("train_loss", 1, 4), ("train_loss_run_b", 1, 4)):
+    for metric, label in (("test_accuracy", "test acc (%)"), ("train_loss", "train loss"),
+                          ("train_loss_run_b", "train loss (run B)")):
         if metric not in reported:
             continue
-        if isinstance(reported[metric], dict):
+        if isinstance(reported[metric], dict):  # {epoch: value}
             epoch = max(int(e) for e in reported[metric])
             value = reported[metric][str(epoch)]
-        else:
+        else:  # one value per epoch
             epoch, value = len(reported[metric]), reported[metric][-1]
-        key = "test_accuracy" if metric == "test_accuracy" else "train_loss"
-        if epoch > min(flax["epochs"], torch["epochs"]):
+        if epoch > min(flax["epochs"], torch["epochs"]):  # a --quick run stops before it
             break
-        label = {"test_accuracy": "test acc (%)", "train_loss": "train loss", "train_loss_run_b": "train loss (run B)"}
-        return (f"{label[metric]}, epoch {epoch}", f"{scale * value:.{digits}f}",
+        key, scale, digits = ("test_accuracy", 100, 2) if metric == "test_accuracy" else ("train_loss", 1, 4)
+        return (f"{label}, epoch {epoch}", f"{scale * value:.{digits}f}",
                 *(_mean_std([r[epoch - 1] for r in entry["curves"][f"{key}_per_seed"]], scale, digits)
                   for entry in (flax, torch)))
     return "none reported", "—", "—", "—"
