@@ -58,14 +58,22 @@ def cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(outputs, labels).mean()
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimiser step on `batch` ({"image": float NHWC, "label": int}); `rng` drives dropout."""
+def loss_and_gradients(apply_fn, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None,
+                       train: bool = True) -> tuple[tuple[jax.Array, jax.Array], Any]:
+    """((loss, outputs), gradients w.r.t. `params`) on `batch` ({"image": float NHWC, "label": int});
+    `train` selects training mode (dropout on, driven by `rng`)."""
 
     def loss_fn(params):
-        outputs = state.apply_fn({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+        rngs = {"dropout": rng} if train else {}
+        outputs = apply_fn({"params": params}, batch["image"], train=train, rngs=rngs)
         return cross_entropy(outputs, batch["label"]), outputs
 
-    (loss, outputs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimiser step on `batch` ({"image": float NHWC, "label": int}); `rng` drives dropout."""
+    (loss, outputs), grads = loss_and_gradients(state.apply_fn, state.params, batch, rng)
     correct = jnp.sum(jnp.argmax(outputs, -1) == batch["label"])
     return state.apply_gradients(grads=grads), {"loss": loss, "correct": correct}
 

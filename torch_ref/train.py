@@ -32,6 +32,31 @@ def make_optimizer(params, cfg: Optimizer) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
 
 
+def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (for fashion_cnn: of log-probabilities, which is NLL)."""
+    return F.cross_entropy(outputs, labels)
+
+
+def loss_and_gradients(model: torch.nn.Module, images: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss and backward in the model's current mode: returns (loss, outputs), both detached,
+    with every parameter's `.grad` holding the gradient of this batch alone."""
+    model.zero_grad(set_to_none=True)
+    outputs = model(images)
+    loss = cross_entropy(outputs, labels)
+    loss.backward()
+    return loss.detach(), outputs.detach()
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on a batch (NCHW float images, int labels), the model in training mode;
+    returns (mean loss, correct count) as device tensors, so a caller need not wait for them."""
+    loss, outputs = loss_and_gradients(model, images, labels)
+    optimizer.step()
+    return loss, (outputs.argmax(1) == labels).sum()
+
+
 @torch.inference_mode()
 def evaluation_sums(model: torch.nn.Module, loader, device: torch.device) -> torch.Tensor:
     """(summed loss, correct, examples) of `model` over every batch of `loader`, in evaluation mode."""
@@ -93,18 +118,13 @@ class TorchTrainer:
         for images, labels in itertools.islice(self.train_loader, start, start + num_steps):
             images = images.to(self.torch_device, non_blocking=True)
             labels = labels.to(self.torch_device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            outputs = model(images)
-            loss = F.cross_entropy(outputs, labels)  # fashion_cnn: on log-probabilities, i.e. NLL
-            loss.backward()
-            self.optimizer.step()
-            correct = (outputs.argmax(1) == labels).sum()
+            loss, correct = train_step(model, self.optimizer, images, labels)
             if self.world is None:
-                log.record(loss.detach(), correct, len(labels))
+                log.record(loss, correct, len(labels))
             else:  # the global batch's mean loss and correct count, as one process logs them; every
                 # rank holds an equal share, and the sums stay on the device (no host sync per step)
                 examples = len(labels) * self.world.size
-                totals = distributed.all_sum(torch.stack([loss.detach() * len(labels), correct.to(loss.dtype)]))
+                totals = distributed.all_sum(torch.stack([loss * len(labels), correct.to(loss.dtype)]))
                 log.record(totals[0] / examples, totals[1], examples)
         self._epoch_start_shuffle_state = None
 
