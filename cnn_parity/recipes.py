@@ -15,6 +15,10 @@ from cnn_parity.errors import UsageError
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 OPTIMIZERS = ("sgd", "adam")
 INITS = ("torch", "flax")
+# Where the initial weights and each epoch's shuffling order come from: each framework's own random
+# generators ("framework"), or one neutral numpy generator (cnn_parity/shared_rng.py) that gives both
+# frameworks the same weights and the same batches ("shared": paired runs).
+RNG_SOURCES = ("framework", "shared")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -41,6 +45,8 @@ class Recipe:
     drop_last: bool = False
     init: str = "torch"  # "torch": PyTorch's default init in both frameworks; "flax": Flax's defaults
     eval_batch_size: int = 1000  # evaluation only; any value gives the same metrics
+    init_rng: str = "framework"  # RNG_SOURCES
+    shuffle_rng: str = "framework"
     source: str = ""
     reported: dict[str, Any] = field(default_factory=dict)
 
@@ -146,6 +152,8 @@ def _validate(r: Recipe) -> None:
         (r.epochs > 0, f"epochs must be positive, got {r.epochs}"),
         (r.seed >= 0, f"seed must be non-negative, got {r.seed}"),
         (r.init in INITS, f"unknown init {r.init!r}; choose one of: {', '.join(INITS)}"),
+        (r.init_rng in RNG_SOURCES, f"unknown init_rng {r.init_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
+        (r.shuffle_rng in RNG_SOURCES, f"unknown shuffle_rng {r.shuffle_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
         (math.isfinite(r.normalize_std) and r.normalize_std > 0, f"normalize_std must be positive, got {r.normalize_std}"),
         (math.isfinite(r.normalize_mean), f"normalize_mean must be finite, got {r.normalize_mean}"),
         (o.name in OPTIMIZERS, f"unknown optimizer {o.name!r}; choose one of: {', '.join(OPTIMIZERS)}"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from cnn_parity import runs
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
 
-FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
+FRAMEWORKS = runs.FRAMEWORKS
 QUICK_STEPS = 20
-CHECKPOINT_EVERY = 2000
 
 # What each source did differently, what we did, and what it does to the comparison (README: Deviations).
 DEVIATIONS = {
@@ -51,12 +50,9 @@ def run_dir(out: Path, model: str, framework: str, seed: int) -> Path:
 
 
 def run_complete(out: Path, model: str, framework: str, seed: int, quick: bool) -> bool:
-    """Whether the run's summary says it finished: all the recipe's epochs (or QUICK_STEPS in --quick)."""
-    summary = run_dir(out, model, framework, seed) / "summary.json"
-    if not summary.is_file():
-        return False
-    done = json.loads(summary.read_text())
-    return done["steps"] == QUICK_STEPS if quick else done["epochs"] == load_recipe(model).epochs
+    """Whether the run finished: all the recipe's epochs (or QUICK_STEPS in --quick)."""
+    workdir = run_dir(out, model, framework, seed)
+    return runs.run_complete(workdir, steps=QUICK_STEPS) if quick else runs.run_complete(workdir, load_recipe(model).epochs)
 
 
 def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list[int]:
@@ -64,24 +60,9 @@ def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list
 
 
 def train(out: Path, model: str, framework: str, seed: int, quick: bool, data_dir: str | None) -> None:
-    if run_complete(out, model, framework, seed, quick):
-        return
-    workdir = run_dir(out, model, framework, seed)
-    command = [sys.executable, "-m", FRAMEWORKS[framework], "--model", model, "--seed", str(seed),
-               "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY)]
-    if quick:
-        command += ["--max-steps", str(QUICK_STEPS)]
-    if data_dir:
-        command += ["--data-dir", data_dir]
-    if workdir.exists():
-        command.append("--resume")
-    workdir.parent.mkdir(parents=True, exist_ok=True)
-    log_path = workdir.parent / f"{workdir.name}.log"
-    with open(log_path, "a") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        last = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise RunError(f"{model} {framework} seed {seed} failed (exit {result.returncode}): {last[0]} [log: {log_path}]")
+    if not run_complete(out, model, framework, seed, quick):
+        runs.train(run_dir(out, model, framework, seed), framework, model, seed,
+                   ["--max-steps", str(QUICK_STEPS)] if quick else [], data_dir)
 
 
 def _stats(values: list[float]) -> tuple[float, float]:

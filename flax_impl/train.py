@@ -25,7 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
-from cnn_parity import cli
+from cnn_parity import cli, shared_rng
 from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
@@ -138,6 +138,8 @@ class FlaxTrainer:
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
         init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
         self.state = jax.device_put(create_train_state(recipe, init_key, conv_impl), replicated)
+        if recipe.init_rng == "shared":
+            self.load_canonical(shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
         self.num_params = num_params(self.state.params)
         device = self.mesh.devices.flat[0]
         count = f"{self.mesh.size} × " if self.mesh.size > 1 else ""
@@ -172,7 +174,11 @@ class FlaxTrainer:
         # The permutation and every dropout key are functions of (seed, epoch, step): resuming at
         # `start` needs no saved RNG state.
         n, b = len(self.train_data.labels), self.recipe.batch_size
-        perm = data.epoch_permutation(self.shuffle_key, epoch, n)
+        if self.recipe.shuffle_rng == "shared":
+            order = shared_rng.epoch_permutation(self.recipe.seed, epoch, n).astype(np.int32)
+            perm = jax.device_put(order, distributed.replicated(self.mesh))
+        else:
+            perm = data.epoch_permutation(self.shuffle_key, epoch, n)
         step, end = start, start + num_steps
         while step < min(end, n // b):
             count = log.steps_before_checkpoint(min(STEPS_PER_DISPATCH, min(end, n // b) - step))

@@ -20,7 +20,8 @@ from typing import Iterator
 
 import torch
 
-from cnn_parity import data
+from cnn_parity import data, shared_rng
+from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Recipe
 from torch_ref.distributed import World, local_batch_size
 
@@ -44,12 +45,15 @@ class TensorBatches:
 
     def __init__(self, split: data.Split, batch_size: int, mean: float, std: float, device: torch.device,
                  shuffle: bool = False, drop_last: bool = False, generator: torch.Generator | None = None,
-                 world: World | None = None):
-        """`world`: yield only this rank's contiguous share of each batch (every batch must split evenly)."""
+                 shared_order_seed: int | None = None, world: World | None = None):
+        """Shuffled orders come from `generator`, or with `shared_order_seed` from the neutral
+        cnn_parity.shared_rng (a function of seed and epoch: call `set_epoch` before iterating).
+        `world`: yield only this rank's contiguous share of each batch (every batch must split evenly)."""
         self.images = torch.from_numpy(split.images).to(device)
         self.labels = torch.from_numpy(split.labels).long().to(device)
         self.batch_size, self.mean, self.std = batch_size, mean, std
         self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+        self.shared_order_seed, self.epoch = shared_order_seed, 1
         self.world = world
         if world is not None:
             local_batch_size(batch_size, world)
@@ -60,9 +64,22 @@ class TensorBatches:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor | None:
+        n = len(self.labels)
+        if not self.shuffle:
+            return None
+        if self.shared_order_seed is not None:
+            order = torch.from_numpy(shared_rng.epoch_permutation(self.shared_order_seed, self.epoch, n))
+        else:
+            order = torch.randperm(n, generator=self.generator)
+        return order.to(self.images.device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator).to(self.images.device) if self.shuffle else None
+        order = self._order()
         for i in range(len(self)):
             index = slice(i * self.batch_size, (i + 1) * self.batch_size)
             if order is not None:
@@ -82,7 +99,8 @@ def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: to
         return _torchvision_loaders(recipe, data_dir, generator, world)
     mean, std = recipe.normalize_mean, recipe.normalize_std
     train = TensorBatches(data.load_split(recipe.dataset, "train", data_dir), recipe.batch_size, mean, std,
-                          device, shuffle=True, drop_last=recipe.drop_last, generator=generator, world=world)
+                          device, shuffle=True, drop_last=recipe.drop_last, generator=generator,
+                          shared_order_seed=recipe.seed if recipe.shuffle_rng == "shared" else None, world=world)
     test_split = data.load_split(recipe.dataset, "test", data_dir)
     if world is not None:
         test_split = data.Split(test_split.images[world.rank::world.size], test_split.labels[world.rank::world.size])
@@ -91,10 +109,26 @@ def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: to
 
 
 def set_epoch(loader, epoch: int) -> None:
-    """A DistributedSampler draws its order from (seed, epoch): tell it the epoch before iterating."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    """Orders drawn from (seed, epoch) (shared ones, DistributedSampler's): tell the epoch before iterating."""
+    for target in (loader, getattr(loader, "sampler", None)):
+        if hasattr(target, "set_epoch"):
+            target.set_epoch(epoch)
+
+
+class SharedOrderSampler(torch.utils.data.Sampler[int]):
+    """A DataLoader's shuffling order taken from cnn_parity.shared_rng: a function of (seed, epoch)."""
+
+    def __init__(self, seed: int, num_examples: int):
+        self.seed, self.num_examples, self.epoch = seed, num_examples, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(shared_rng.epoch_permutation(self.seed, self.epoch, self.num_examples).tolist())
 
 
 def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.Generator, world: World | None):
@@ -109,10 +143,15 @@ def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.
     dataset_class = getattr(datasets, class_name)
     train_set = dataset_class(root, train=True, transform=transform, download=False)
     test_set = dataset_class(root, train=False, transform=transform, download=False)
+    shared_order = recipe.shuffle_rng == "shared"
     if world is None:
-        train = DataLoader(train_set, batch_size=recipe.batch_size, shuffle=True, drop_last=recipe.drop_last,
-                           generator=generator)
+        order = {"sampler": SharedOrderSampler(recipe.seed, len(train_set))} if shared_order else {
+            "shuffle": True, "generator": generator}
+        train = DataLoader(train_set, batch_size=recipe.batch_size, drop_last=recipe.drop_last, **order)
         return train, DataLoader(test_set, batch_size=recipe.eval_batch_size)
+    if shared_order:
+        raise UsageError("shuffle_rng = \"shared\" under torchrun needs --pipeline tensor "
+                         "(the seed pipeline shards with DistributedSampler's own order)")
     sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=recipe.seed,
                                  drop_last=recipe.drop_last)
     train = DataLoader(train_set, batch_size=local_batch_size(recipe.batch_size, world), sampler=sampler,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnn_parity import cli
+from cnn_parity import cli, shared_rng
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
 from torch.nn.parallel import DistributedDataParallel
@@ -96,6 +96,8 @@ class TorchTrainer:
         self.device = f"{world.size} × {device} ({world.size} processes)" if world is not None else device
         torch.manual_seed(recipe.seed)
         self.model = create_model(recipe.model, recipe.init).to(self.torch_device)
+        if recipe.init_rng == "shared":  # after torch's own draw, so dropout's stream is the same either way
+            load_canonical(recipe.model, self.model, shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
         self.num_params = num_params(self.model)
         self.optimizer = make_optimizer(self.model.parameters(), recipe.optimizer)
         self._ddp = None
@@ -107,15 +109,18 @@ class TorchTrainer:
                                                                 self.shuffle_generator, world)
         self.steps_per_epoch = len(self.train_loader)
         self._epoch_start_shuffle_state: torch.Tensor | None = None  # set while an epoch is running
+        self._epoch_steps_done = 0
 
     def train_epoch(self, epoch: int, start: int, num_steps: int, log: EpochLog) -> None:
         self.model.train()
         # The shuffle generator is drawn from only when an epoch's iterator starts; keeping its state
-        # from before that draw lets a checkpoint taken mid-epoch replay the same order on resume.
+        # from before that draw lets a checkpoint taken mid-epoch replay the same order on resume,
+        # while one taken after the epoch's last step keeps the drawn state, for the next epoch's order.
         self._epoch_start_shuffle_state = self.shuffle_generator.get_state()
         data.set_epoch(self.train_loader, epoch)
         model = self._ddp if self._ddp is not None else self.model
-        for images, labels in itertools.islice(self.train_loader, start, start + num_steps):
+        batches = itertools.islice(self.train_loader, start, start + num_steps)
+        for self._epoch_steps_done, (images, labels) in enumerate(batches, start=start + 1):
             images = images.to(self.torch_device, non_blocking=True)
             labels = labels.to(self.torch_device, non_blocking=True)
             loss, correct = train_step(model, self.optimizer, images, labels)
@@ -139,7 +144,7 @@ class TorchTrainer:
         load_canonical(self.recipe.model, self.model, arrays)
 
     def save_state(self, folder: Path) -> None:
-        mid_epoch = self._epoch_start_shuffle_state is not None
+        mid_epoch = self._epoch_start_shuffle_state is not None and self._epoch_steps_done < self.steps_per_epoch
         torch.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
