@@ -101,7 +101,10 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     flags = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
              "optimizer.lr": args.lr, "seed": args.seed}
     overrides.update({key: value for key, value in flags.items() if value is not None})
-    return load_recipe(args.model, args.config, overrides)
+    try:
+        return load_recipe(args.model, args.config, overrides)
+    except UnicodeDecodeError:
+        raise UsageError(f"config {args.config} is not UTF-8 text (a TOML recipe file)") from None
 
 
 def default_workdir(framework: str, model: str) -> Path:
@@ -146,18 +149,18 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
             workdir.open_for_resume()
         else:
             workdir.create()
-            workdir.write_config({"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
-                                  "command": command_line(), "recipe": recipe.to_dict()})
         if trainer.is_primary:
             print(f"{framework} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
                   f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
-        summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume)
+        config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
+                  "command": command_line(), "recipe": recipe.to_dict()}
+        summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config)
     except CnnParityError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except Interrupted as e:
-        print(f"{parser.prog}: interrupted; checkpoint {e.checkpoint}; continue with --resume --workdir "
-              f"{workdir.path}", file=sys.stderr)
+        print(f"{parser.prog}: interrupted; checkpoint {e.checkpoint}, weights in {workdir.model_path}; continue "
+              f"with --resume --workdir {workdir.path}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         kept = f"; completed epochs are in {workdir.metrics_path}" if workdir else ""

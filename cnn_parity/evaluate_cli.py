@@ -14,6 +14,7 @@ import numpy as np
 
 from cnn_parity import checkpoints
 from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Recipe, load_recipe, recipe_from_dict
 from cnn_parity.training import EvalResult
 
@@ -34,7 +35,9 @@ def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None)
 
 def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args) -> int:
     model, arrays, info = checkpoints.load_weights(args.checkpoint)
-    recipe = recipe_from_dict(info["recipe"]) if info["recipe"] else load_recipe(model)
+    recipe = recipe_from_dict(info["recipe"], f"{info['path']} recipe") if info["recipe"] else load_recipe(model)
+    if recipe.model != model:
+        raise UsageError(f"{info['path']} holds {model} weights but a {recipe.model} recipe")
     result = evaluate(recipe, arrays, args.data_dir)
     report = {"model": model, "dataset": recipe.dataset, "trained_with": info["framework"],
               "evaluated_with": framework, "test_accuracy": result.accuracy, "test_loss": result.loss,

@@ -12,12 +12,39 @@ from cnn_parity.errors import UsageError
 from cnn_parity.workdir import read_metrics
 
 
+_PLOTTED = ("epoch", "train_loss", "test_accuracy")
+
+
 def _label(workdir: Path) -> str:
     config = workdir / "config.json"
-    if config.is_file():
+    if not config.is_file():
+        return workdir.name
+    try:
         info = json.loads(config.read_text())
         return f"{info['framework']} {info['recipe']['model']} (seed {info['recipe']['seed']})"
-    return workdir.name
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{config} is not a run's config ({type(e).__name__}: {e})") from None
+
+
+def _records(workdir: Path) -> list[dict]:
+    records = read_metrics(workdir)
+    for number, record in enumerate(records, start=1):
+        missing = [key for key in _PLOTTED if not isinstance(record.get(key), (int, float))]
+        if missing:
+            raise UsageError(f"{workdir / 'metrics.jsonl'} record {number} has no number for {', '.join(missing)}")
+    return records
+
+
+def check_output(out: Path) -> None:
+    """Refuse an output path matplotlib cannot write, before anything is drawn."""
+    from matplotlib.figure import Figure
+
+    supported = Figure().canvas.get_supported_filetypes()
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the image file, e.g. {out / 'curves.png'}")
+    if out.suffix.lstrip(".").lower() not in supported:
+        raise UsageError(f"--out {out}: unknown image format {out.suffix or '(none)'!r}; "
+                         f"use one of: {', '.join('.' + s for s in sorted(supported))}")
 
 
 def plot_runs(workdirs: list[Path], out: Path, title: str | None = None) -> None:
@@ -26,15 +53,13 @@ def plot_runs(workdirs: list[Path], out: Path, title: str | None = None) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_output(out)
+    runs = [(_records(workdir), _label(workdir)) for workdir in workdirs]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for workdir in workdirs:
-        try:
-            records = read_metrics(workdir)
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{workdir} has no readable metrics.jsonl ({e})") from None
+    for records, label in runs:
         epochs = [r["epoch"] for r in records]
-        loss_ax.plot(epochs, [r["train_loss"] for r in records], marker="o", label=_label(workdir))
-        acc_ax.plot(epochs, [100 * r["test_accuracy"] for r in records], marker="o", label=_label(workdir))
+        loss_ax.plot(epochs, [r["train_loss"] for r in records], marker="o", label=label)
+        acc_ax.plot(epochs, [100 * r["test_accuracy"] for r in records], marker="o", label=label)
     loss_ax.set(xlabel="epoch", ylabel="train loss (mean over the epoch)", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)")
     for ax in (loss_ax, acc_ax):

@@ -143,14 +143,19 @@ def _build(raw: dict, origin: str) -> Recipe:
 
 
 def _validate(r: Recipe) -> None:
+    from cnn_parity.data import _NUM_EXAMPLES as split_size  # both data sets' sizes, fixed by their checksums
+
     o = r.optimizer
     checks = [
         (r.model in MODELS, f"unknown model {r.model!r}; choose one of: {', '.join(MODELS)}"),
         (r.dataset in DATASETS, f"unknown dataset {r.dataset!r}; choose one of: {', '.join(DATASETS)}"),
-        (r.batch_size > 0, f"batch size must be positive, got {r.batch_size}"),
-        (r.eval_batch_size > 0, f"eval batch size must be positive, got {r.eval_batch_size}"),
+        (0 < r.batch_size <= split_size["train"],
+         f"batch size must be positive and at most {split_size['train']:,} (the training split), got {r.batch_size}"),
+        (0 < r.eval_batch_size <= split_size["test"],
+         f"eval batch size must be positive and at most {split_size['test']:,} (the test split), got {r.eval_batch_size}"),
         (r.epochs > 0, f"epochs must be positive, got {r.epochs}"),
-        (r.seed >= 0, f"seed must be non-negative, got {r.seed}"),
+        # JAX keys take a signed 64-bit seed (torch and numpy take more).
+        (0 <= r.seed < 2**63, f"seed must be in 0 .. 2**63 - 1, got {r.seed}"),
         (r.init in INITS, f"unknown init {r.init!r}; choose one of: {', '.join(INITS)}"),
         (r.init_rng in RNG_SOURCES, f"unknown init_rng {r.init_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
         (r.shuffle_rng in RNG_SOURCES, f"unknown shuffle_rng {r.shuffle_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
@@ -160,7 +165,7 @@ def _validate(r: Recipe) -> None:
         (math.isfinite(o.lr) and o.lr > 0, f"learning rate must be positive, got {o.lr}"),
         (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
         (0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"Adam betas must be in [0, 1), got ({o.b1}, {o.b2})"),
-        (o.eps > 0, f"Adam eps must be positive, got {o.eps}"),
+        (math.isfinite(o.eps) and o.eps > 0, f"Adam eps must be positive and finite, got {o.eps}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from cnn_parity import checkpoints
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import Recipe
-from cnn_parity.workdir import Workdir, command_line, read_metrics, versions
+from cnn_parity.workdir import Workdir, command_line, read_metrics, run_differences, versions
 
 # Losses stay on the device and are read back in chunks, so a step never waits for the previous one;
 # a non-finite loss is therefore caught at most this many steps late, and reported with its step.
@@ -51,6 +51,7 @@ class Progress:
     examples_seen: int = 0
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
+    records: list[dict] = field(default_factory=list)  # the epoch records logged so far (metrics.jsonl)
 
 
 class Trainer(Protocol):
@@ -173,13 +174,18 @@ class Interrupted(KeyboardInterrupt):
 
 
 def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None,
-        checkpoint_every: int | None = None, resume: bool = False) -> dict[str, Any]:
+        checkpoint_every: int | None = None, resume: bool = False,
+        config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train for the recipe's epochs (or until global step `max_steps`), logging every epoch, checkpointing
-    every `checkpoint_every` steps and at each epoch end (if set) and on Ctrl-C; return the summary."""
+    every `checkpoint_every` steps and at each epoch end (if set), on Ctrl-C and at the end; return the
+    summary. The run ends with its final checkpoint and its final weights in WORKDIR/model.safetensors.
+    `config` (the run's configuration, config.json) is recorded once the run is known to start or go on."""
     started = time.time()
-    progress = _resume(recipe, trainer, workdir) if resume else Progress()
     steps_per_epoch = trainer.steps_per_epoch
-    last_record = _last_record(workdir)
+    last_step = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
+    progress = _resume(recipe, trainer, workdir, last_step, config) if resume else Progress()
+    if config is not None:
+        _record_config(workdir, config)
 
     def save(snapshot: Progress) -> Path | None:
         if not workdir.writer:  # every process holds the same state; the primary one writes it
@@ -188,59 +194,70 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
                 "pipeline": trainer.pipeline, **dataclasses.asdict(snapshot)}
         return checkpoints.write(workdir.path, snapshot.steps, meta, trainer.canonical_weights(), trainer.save_state)
 
+    def finish(snapshot: Progress) -> Path | None:
+        """The final checkpoint, and its weights as the run's model."""
+        path = save(snapshot)
+        if path is not None:
+            checkpoints.export_final(workdir.path, path)
+        return path
+
     with _StopRequest() as stop:
-        while progress.epoch <= recipe.epochs:
-            if progress.step_in_epoch >= steps_per_epoch:  # resumed at an epoch's end
-                progress = _next_epoch(progress)
-                continue
-            num_steps = steps_per_epoch - progress.step_in_epoch
-            if max_steps is not None:
-                num_steps = min(num_steps, max_steps - progress.steps)
-            if num_steps <= 0:
-                break
-            tick = time.perf_counter()
+        while True:
+            # This epoch ends at its last step, or earlier where max_steps falls inside it.
+            epoch_end = min(steps_per_epoch, last_step - (progress.steps - progress.step_in_epoch))
+            if progress.step_in_epoch < epoch_end:
+                if progress.records and progress.records[-1]["epoch"] == progress.epoch:
+                    # Recorded when an earlier --max-steps cut this epoch short; the epoch now goes on.
+                    progress = dataclasses.replace(progress, records=progress.records[:-1])
+                    workdir.write_metrics(progress.records)
+                tick = time.perf_counter()
 
-            def on_step(log: EpochLog) -> None:
-                due = checkpoint_every is not None and (log.first_step - 1 + log.steps) % checkpoint_every == 0
-                if due or stop.requested:
+                def on_step(log: EpochLog) -> None:
+                    step = log.first_step - 1 + log.steps
+                    due = (checkpoint_every is not None and step % checkpoint_every == 0) or step == last_step
+                    if due or stop.requested:
+                        log.flush()
+                        snapshot = _snapshot(progress, log, time.perf_counter() - tick)
+                        if stop.requested:
+                            raise Interrupted(finish(snapshot))
+                        save(snapshot)
+
+                with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
+                          desc=f"{trainer.framework} {recipe.model} epoch {progress.epoch}/{recipe.epochs}",
+                          dynamic_ncols=True, disable=not workdir.writer) as bar:
+                    log = EpochLog(progress, bar, on_step, checkpoint_every)
+                    trainer.train_epoch(progress.epoch, progress.step_in_epoch, epoch_end - progress.step_in_epoch, log)
                     log.flush()
-                    path = save(_snapshot(progress, log, time.perf_counter() - tick))
-                    if stop.requested:
-                        raise Interrupted(path)
-
-            with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
-                      desc=f"{trainer.framework} {recipe.model} epoch {progress.epoch}/{recipe.epochs}",
-                      dynamic_ncols=True, disable=not workdir.writer) as bar:
-                log = EpochLog(progress, bar, on_step, checkpoint_every)
-                trainer.train_epoch(progress.epoch, progress.step_in_epoch, num_steps, log)
-                log.flush()
-            progress = _snapshot(progress, log, time.perf_counter() - tick)
-            tick = time.perf_counter()
-            result = trainer.evaluate()
-            progress.eval_time_s += time.perf_counter() - tick
-            last_record = _log_epoch(workdir, recipe, progress, log, result)
-            if checkpoint_every is not None or stop.requested:
-                path = save(progress)
+                progress = _snapshot(progress, log, time.perf_counter() - tick)
+            if not _logged(progress):
+                tick = time.perf_counter()
+                result = trainer.evaluate()
+                progress.eval_time_s += time.perf_counter() - tick
+                progress = _log_epoch(workdir, recipe, progress, result)
                 if stop.requested:
-                    raise Interrupted(path)
-            if progress.step_in_epoch < steps_per_epoch:  # stopped by max_steps
+                    raise Interrupted(finish(progress))
+                if checkpoint_every is not None:
+                    save(progress)
+            if progress.steps >= last_step:
                 break
             progress = _next_epoch(progress)
+    finish(progress)
 
+    last_record = progress.records[-1]
     summary = {
         "model": recipe.model,
         "framework": trainer.framework,
         "pipeline": trainer.pipeline,
         "dataset": recipe.dataset,
-        "epochs": last_record.get("epoch", 0),
+        "epochs": last_record["epoch"],
         "steps": progress.steps,
         "batch_size": recipe.batch_size,
         "seed": recipe.seed,
         "num_params": trainer.num_params,
-        "train_loss": last_record.get("train_loss"),
-        "train_accuracy": last_record.get("train_accuracy"),
-        "test_loss": last_record.get("test_loss"),
-        "test_accuracy": last_record.get("test_accuracy"),
+        "train_loss": last_record["train_loss"],
+        "train_accuracy": last_record["train_accuracy"],
+        "test_loss": last_record["test_loss"],
+        "test_accuracy": last_record["test_accuracy"],
         "train_time_s": progress.train_time_s,
         "eval_time_s": progress.eval_time_s,
         "train_samples_per_s": progress.examples_seen / progress.train_time_s if progress.train_time_s else None,
@@ -270,12 +287,17 @@ def _next_epoch(progress: Progress) -> Progress:
                                epoch_correct=0.0, epoch_examples=0)
 
 
-def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, log: EpochLog, result: EvalResult) -> dict:
+def _logged(progress: Progress) -> bool:
+    """Whether the epoch record of this very position is logged (evaluation done)."""
+    return bool(progress.records) and progress.records[-1]["steps"] == progress.steps
+
+
+def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, result: EvalResult) -> Progress:
     record = {
         "epoch": progress.epoch,
         "steps": progress.steps,
-        "train_loss": float(np.mean(log.losses)),
-        "train_accuracy": log.correct / log.examples,
+        "train_loss": float(np.mean(progress.epoch_losses)),
+        "train_accuracy": progress.epoch_correct / progress.epoch_examples,
         "test_loss": result.loss,
         "test_accuracy": result.accuracy,
         "train_time_s": progress.train_time_s,
@@ -287,34 +309,66 @@ def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, log: EpochL
               f"train acc {100 * record['train_accuracy']:6.2f}%  test loss {result.loss:.4f}  "
               f"test acc {100 * result.accuracy:6.2f}%  (total {progress.train_time_s + progress.eval_time_s:.1f} s)",
               flush=True)
-    return record
+    return dataclasses.replace(progress, records=[*progress.records, record])
 
 
-def _last_record(workdir: Workdir) -> dict:
-    records = read_metrics(workdir.path) if workdir.metrics_path.is_file() else []
-    return records[-1] if records else {}
+def _record_config(workdir: Workdir, config: dict[str, Any]) -> None:
+    """Write config.json unless it already says the same (its command is the one that started the run)."""
+    recorded = workdir.read_config()
+    if recorded is None or {k: v for k, v in recorded.items() if k != "command"} != \
+            {k: v for k, v in config.items() if k != "command"}:
+        workdir.write_config(config)
 
 
-def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir) -> Progress:
-    """Restore the newest complete checkpoint (or start afresh if the run never checkpointed)."""
-    newest = checkpoints.latest(workdir.path)
-    if newest is None:
-        if workdir.metrics_path.is_file():
-            raise UsageError(f"{workdir.path} has no complete checkpoint to resume from")
-        return Progress()
-    meta = checkpoints.read_meta(newest)
-    if meta["framework"] != trainer.framework:
-        raise UsageError(f"{newest} was written by {meta['framework']}; resume it with that framework "
-                         f"(or evaluate it with --checkpoint on either)")
-    if meta["recipe"] != recipe.to_dict():
-        changed = sorted(k for k in meta["recipe"] if meta["recipe"][k] != recipe.to_dict().get(k))
-        raise UsageError(f"{newest} was written with another recipe (differs in: {', '.join(changed)}); "
-                         f"resume with the original flags")
-    trainer.restore_state(newest)
-    progress = Progress(**{k.name: meta[k.name] for k in dataclasses.fields(Progress)})
-    # Epoch records written after this checkpoint are rewritten by the resumed run.
-    epoch_done = progress.step_in_epoch >= trainer.steps_per_epoch
-    workdir.keep_epochs(progress.epoch if epoch_done else progress.epoch - 1)
+def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir, last_step: int,
+            config: dict[str, Any] | None) -> Progress:
+    """Restore the newest usable checkpoint (falling back past damaged ones), or start afresh where the
+    run never checkpointed; refuse anything that would change the run's meaning. The epoch records
+    become those the checkpoint holds."""
+    current = {"framework": trainer.framework, "pipeline": trainer.pipeline, "recipe": recipe.to_dict()}
+    recorded = workdir.read_config()
+    if recorded is not None:
+        changed = run_differences(recorded, current)
+        if changed:
+            raise UsageError(f"{workdir.path} holds another run ({recorded['recipe'].get('model')}, "
+                             f"{recorded.get('framework')}; differs in: {', '.join(changed)}): resume it with its "
+                             f"original flags, or pass another --workdir")
+    found = checkpoints.complete(workdir.path)
+    progress, damaged = None, []
+    for checkpoint in reversed(found):
+        try:
+            meta = checkpoints.read_meta(checkpoint)
+        except UsageError as e:
+            damaged.append(str(e))
+            continue
+        changed = run_differences(meta, current)
+        if changed:
+            raise UsageError(f"{checkpoint} was written by another run (differs in: {', '.join(changed)}); "
+                             f"resume it with its original flags and framework, or evaluate it with --checkpoint")
+        try:
+            trainer.restore_state(checkpoint)
+        except Exception as e:  # a damaged state file fails in whatever way its deserialiser does
+            damaged.append(f"{checkpoint}: its state is unreadable ({type(e).__name__})")
+            continue
+        position = {f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta}
+        progress = Progress(**position)
+        if "records" not in meta:  # written before checkpoints held the records
+            progress.records = [r for r in read_metrics(workdir.path) if r["steps"] <= progress.steps]
+        break
     if workdir.writer:
-        print(f"resuming from {newest} (epoch {progress.epoch}, step {progress.steps})", file=sys.stderr)
+        for reason in damaged:
+            print(f"skipping damaged checkpoint: {reason}", file=sys.stderr)
+    if progress is None:
+        if damaged:
+            raise UsageError(f"{workdir.path} holds no usable checkpoint ({damaged[0]})")
+        if workdir.metrics_path.is_file():
+            raise UsageError(f"{workdir.path} has no complete checkpoint to resume from (it was trained without "
+                             f"--checkpoint-every and stopped); start it again in another --workdir")
+        return Progress()
+    if progress.steps > last_step:
+        raise UsageError(f"the run in {workdir.path} is already at step {progress.steps} (epoch {progress.epoch}); "
+                         f"this command would end it at step {last_step}: pass its --epochs and --max-steps or larger")
+    workdir.write_metrics(progress.records)
+    if workdir.writer:
+        print(f"resuming from {checkpoint} (epoch {progress.epoch}, step {progress.steps})", file=sys.stderr)
     return progress

@@ -17,6 +17,7 @@ from typing import Mapping
 import numpy as np
 
 from cnn_parity.errors import UsageError
+from cnn_parity.files import write_bytes_atomic
 
 # Per model, in forward order: (name, in_features / in_channels, out, kernel size or None for Linear).
 LAYERS: dict[str, list[tuple[str, int, int, int | None]]] = {
@@ -63,24 +64,34 @@ def check_canonical(model: str, arrays: Mapping[str, np.ndarray]) -> None:
 
 def save_safetensors(path: str | os.PathLike, model: str, arrays: Mapping[str, np.ndarray],
                      metadata: Mapping[str, str] | None = None) -> None:
-    """Write canonical weights; the file's metadata names the model (and anything in `metadata`)."""
-    from safetensors.numpy import save_file
+    """Write canonical weights atomically; the file's metadata names the model (and anything in
+    `metadata`). A failed write raises OSError and leaves nothing behind."""
+    from safetensors.numpy import save
 
     check_canonical(model, arrays)
     tensors = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in canonical_shapes(model)}
-    save_file(tensors, os.fspath(path), metadata={"format": "cnn_parity", "model": model, **(metadata or {})})
+    # Serialised in memory and written by us: safetensors' own writer reports a full disk as its own
+    # exception type, not as the OSError every other write raises.
+    write_bytes_atomic(path, save(tensors, metadata={"format": "cnn_parity", "model": model, **(metadata or {})}))
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, str]]:
     """(model, canonical arrays, metadata) from a file written by `save_safetensors`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(os.fspath(path), framework="numpy") as f:
             metadata = f.metadata() or {}
             arrays = {name: f.get_tensor(name) for name in f.keys()}
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read weights {path}: {e}") from None
-    model = metadata.get("model", "")
+    except OSError as e:
+        raise UsageError(f"cannot read weights {path}: {e.strerror or e}") from None
+    except (SafetensorError, ValueError) as e:  # truncated, empty or not a safetensors file at all
+        raise UsageError(f"{path} is not a readable .safetensors file ({e})") from None
+    model = metadata.get("model")
+    if model not in LAYERS:
+        raise UsageError(f"{path} holds no cnn_parity model (its metadata names {model!r})")
     check_canonical(model, arrays)
+    for name, array in arrays.items():
+        if array.dtype != np.float32:
+            raise UsageError(f"{path}: {name} is {array.dtype}, expected float32")
     return model, arrays, metadata

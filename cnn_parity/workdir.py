@@ -1,19 +1,21 @@
-"""A run's folder: `config.json`, `metrics.jsonl` (one JSON object per epoch) and `summary.json`."""
+"""A run's folder: `config.json`, `metrics.jsonl` (one JSON object per epoch), `summary.json`,
+`model.safetensors` (the final weights) and `checkpoints/`; locked by the process that writes it."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.files import write_bytes_atomic
 
 _VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision")
 
@@ -56,61 +58,83 @@ def machine_info() -> dict:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so that a reader never sees a half-written file, even if this process dies."""
-    _write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# What a run leaves in its workdir; a folder holding any of these belongs to a run.
+RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints")
+# The longest path a run writes below its workdir is under 100 bytes
+# (checkpoints/.tmp-step_NNNNNNNNN-PID/.model.safetensors.XXXXXXXX.tmp); checked up front, so a
+# too-deep workdir is refused at the start, not when its first checkpoint is written.
+_LONGEST_INSIDE = 128
 
 
 class Workdir:
-    """The output folder of one training run. With `writer=False` (the other processes of a
-    multi-process run) it is only read: every write is left to the primary process."""
+    """The output folder of one training run, owned by one process at a time (an advisory lock on
+    `.lock`, released when the process ends however it ends). With `writer=False` (the other processes
+    of a multi-process run) it is only read: every write is left to the primary process."""
 
     def __init__(self, path: str | os.PathLike, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
         self.metrics_path = self.path / "metrics.jsonl"
         self.summary_path = self.path / "summary.json"
+        self.config_path = self.path / "config.json"
+        self.model_path = self.path / "model.safetensors"
+        self._lock_file = None
 
     def create(self) -> None:
-        """Make the folder, refusing one that already holds a run (never overwrite results)."""
-        if not self.writer:
-            return
-        if self.metrics_path.exists() or self.summary_path.exists():
-            raise UsageError(f"workdir {self.path} already holds a run; pass another --workdir")
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = tempfile.NamedTemporaryFile(dir=self.path, prefix=".write-test-")
-            probe.close()
-        except OSError as e:
-            raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
+        """Make and lock the folder for a new run, refusing one where a run already left anything."""
+        self._open()
+        if self.writer:
+            left = [name for name in RUN_FILES if (self.path / name).exists()]
+            if left:
+                raise UsageError(f"workdir {self.path} already holds a run ({', '.join(left)}); continue it with "
+                                 f"--resume, or pass another --workdir")
 
     def open_for_resume(self) -> None:
-        """Use an existing run's folder (or make it, if the run never started)."""
-        if not self.path.is_dir():
-            self.create()
-        elif self.writer and not os.access(self.path, os.W_OK):
-            raise UsageError(f"workdir {self.path} is not writable")
+        """Lock an existing run's folder (or make it, if the run never started)."""
+        self._open()
 
-    def keep_epochs(self, last_epoch: int) -> None:
-        """Drop epoch records after `last_epoch` (written after the checkpoint a run resumes from)."""
-        if self.metrics_path.is_file():
-            kept = [r for r in read_metrics(self.path) if r["epoch"] <= last_epoch]
-            lines = "".join(json.dumps(r) + "\n" for r in kept)
-            self._guarded(_write_text_atomic, self.metrics_path, lines)
+    def _open(self) -> None:
+        if not self.writer:
+            return
+        _check_path_length(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_file = open(self.path / ".lock", "a+")
+        except OSError as e:
+            raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            owner = self._lock_file.read().strip() or "another process"
+            raise UsageError(f"workdir {self.path} is in use by a running training process ({owner}); wait for it "
+                             f"to finish, or pass another --workdir") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"pid {os.getpid()} on {platform.node()}\n")
+        self._lock_file.flush()
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The run's recorded configuration, or None if it never wrote one."""
+        if not self.config_path.is_file():
+            return None
+        try:
+            config = json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{self.config_path} is unreadable ({e}); it is not a run's config") from None
+        if not isinstance(config, dict) or not isinstance(config.get("recipe"), dict):
+            raise UsageError(f"{self.config_path} is not a run's config (no recipe)")
+        return config
 
     def write_config(self, config: dict[str, Any]) -> None:
-        self._guarded(write_json_atomic, self.path / "config.json", config)
+        self._guarded(write_json_atomic, self.config_path, config)
+
+    def write_metrics(self, records: list[dict[str, Any]]) -> None:
+        """Replace the epoch records (with those of the checkpoint a run resumes from)."""
+        text = "".join(json.dumps(r) + "\n" for r in records)
+        self._guarded(write_bytes_atomic, self.metrics_path, text.encode())
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         def append():
@@ -130,9 +154,53 @@ class Workdir:
             raise RunError(f"cannot write to workdir {self.path}: {e.strerror or e}") from None
 
 
+def _check_path_length(path: Path) -> None:
+    absolute = path.absolute()
+    limit = os.pathconf(absolute.anchor, "PC_PATH_MAX")
+    if len(os.fsencode(absolute)) + _LONGEST_INSIDE > limit:
+        raise UsageError(f"workdir path is {len(os.fsencode(absolute))} bytes long; the files a run writes inside it "
+                         f"would exceed this system's {limit}-byte path limit: pass a shorter --workdir")
+    existing = Path(absolute.anchor)  # each name is checked against its parent's file system
+    for part in absolute.parts[1:]:
+        name_limit = os.pathconf(existing, "PC_NAME_MAX")
+        if len(os.fsencode(part)) > name_limit:
+            raise UsageError(f"workdir name {part[:30]}... is {len(os.fsencode(part))} bytes long; this file system "
+                             f"allows {name_limit}: pass a shorter --workdir")
+        if not (existing / part).exists():
+            break
+        existing = existing / part
+
+
+def run_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What would change a run's meaning between a recorded configuration (config.json or a checkpoint's
+    meta) and the current one: framework, pipeline, any recipe key but `epochs` (more epochs continue a
+    run exactly as a longer run would have gone on: no recipe has a schedule that depends on them)."""
+    changed = [key for key in ("framework", "pipeline") if key in recorded and recorded[key] != current[key]]
+    old, new = recorded.get("recipe") or {}, current["recipe"]
+    changed += sorted(f"recipe {key}" for key in set(old) | set(new)
+                      if key != "epochs" and old.get(key) != new.get(key))
+    return changed
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(Path(path) / "metrics.jsonl") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The epoch records of the run in `path`; UsageError names a line that is not a record."""
+    metrics = Path(path) / "metrics.jsonl"
+    try:
+        lines = metrics.read_text().splitlines()
+    except OSError as e:
+        raise UsageError(f"cannot read {metrics}: {e.strerror or e}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise UsageError(f"{metrics} line {number} is not an epoch record: {line[:60]!r}")
+        records.append(record)
+    return records
 
 
 def command_line() -> str:

@@ -11,6 +11,7 @@ device: the same code runs on a GPU when JAX sees one (convolutions: see flax_im
 
 from __future__ import annotations
 
+import argparse
 import functools
 import math
 import sys
@@ -23,10 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from flax import serialization
 from flax.training import train_state
 
 from cnn_parity import cli, shared_rng
 from cnn_parity.errors import UsageError
+from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
 from flax_impl import data, distributed
@@ -208,24 +211,40 @@ class FlaxTrainer:
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
     def save_state(self, folder: Path) -> None:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(Path(folder).resolve() / "state", self.state)
-        checkpointer.wait_until_finished()
+        # One msgpack file written by one plain write: a full disk or a missing inode is one OSError,
+        # where Orbax's asynchronous writer hung on its timeouts or sprayed tracebacks.
+        write_bytes_atomic(Path(folder) / "state.msgpack", serialization.to_bytes(jax.device_get(self.state)))
 
     def restore_state(self, folder: Path) -> None:
-        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
-        self.state = ocp.StandardCheckpointer().restore(Path(folder).resolve() / "state", target)
+        folder = Path(folder)
+        if (folder / "state").is_dir():  # checkpoints written before state.msgpack (Orbax)
+            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
+            state = ocp.StandardCheckpointer().restore(folder.resolve() / "state", target)
+        else:
+            state = serialization.from_bytes(self.state, (folder / "state.msgpack").read_bytes())
+        self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
 
 def add_device_flags(parser) -> None:
     parser.add_argument("--devices", type=cli.positive_int, metavar="N",
                         help="train on the first N local devices (default: all), the batch sharded over them")
-    parser.add_argument("--coordinator", metavar="HOST:PORT", help="multi-host: process 0's address (all hosts)")
+    parser.add_argument("--coordinator", type=_host_port, metavar="HOST:PORT",
+                        help="multi-host: process 0's address (all hosts)")
     parser.add_argument("--num-processes", type=cli.positive_int, metavar="P", help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process's index, 0 .. P-1")
 
 
+def _host_port(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1 .. 65535, got {text!r}")
+    return text
+
+
 def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
+    if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process-id must be in 0 .. {args.num_processes - 1} (--num-processes {args.num_processes}), "
+                         f"got {args.process_id}")
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
         # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.

@@ -8,6 +8,7 @@ DistributedDataParallel (torch_ref/distributed.py).
 
 from __future__ import annotations
 
+import io
 import itertools
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cnn_parity import cli, shared_rng
+from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
 from torch.nn.parallel import DistributedDataParallel
@@ -145,13 +147,17 @@ class TorchTrainer:
 
     def save_state(self, folder: Path) -> None:
         mid_epoch = self._epoch_start_shuffle_state is not None and self._epoch_steps_done < self.steps_per_epoch
+        # Serialised in memory, written by one plain write: torch.save to a file reports a full disk as a
+        # RuntimeError after leaving a partial file; this raises OSError and leaves nothing.
+        buffer = io.BytesIO()
         torch.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": torch.get_rng_state(),  # dropout draws from the global generator
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "shuffle": self._epoch_start_shuffle_state if mid_epoch else self.shuffle_generator.get_state(),
-        }, Path(folder) / "state.pt")
+        }, buffer)
+        write_bytes_atomic(Path(folder) / "state.pt", buffer.getvalue())
 
     def restore_state(self, folder: Path) -> None:
         state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
