@@ -21,7 +21,7 @@ from benchmarks.flax_variants import VARIANTS, make_trainer
 from cnn_parity.data import load_split
 from cnn_parity.recipes import load_recipe
 from flax_impl.data import normalize
-from flax_impl.train import create_train_state, train_step
+from flax_impl.train import create_train_state, loss_and_gradients, train_step
 
 TOL = 1e-5
 
@@ -39,11 +39,12 @@ def check_model(model, data_dir, steps=3):
     results = {}
     states = {conv: create_train_state(recipe, jax.random.key(0), conv_impl=conv) for conv in ("xla", "gemm")}
     logits = {c: jax.jit(lambda p, st=st: st.apply_fn({"params": p}, x))(st.params) for c, st in states.items()}
-    grads = {c: jax.grad(lambda p, st=st: train_loss(st, p, x, y))(st.params) for c, st in states.items()}
+    batch = {"image": x, "label": y}
+    grads = {c: loss_and_gradients(st.apply_fn, st.params, batch, None, train=False)[1] for c, st in states.items()}
     step = jax.jit(train_step)
     for conv, st in states.items():
         for i in range(steps):
-            st, _ = step(st, {"image": x, "label": y}, jax.random.key(i))
+            st, _ = step(st, batch, jax.random.key(i))
         states[conv] = st
     results["gemm logits"] = _max_diff(logits["xla"], logits["gemm"])
     results["gemm grads"] = _max_diff(grads["xla"], grads["gemm"])
@@ -57,11 +58,6 @@ def check_model(model, data_dir, steps=3):
         if p != "jit-loop":
             results[f"{p} params after {k} trainer steps"] = _max_diff(trainers["jit-loop"].state.params, t.state.params)
     return results
-
-
-def train_loss(state, params, x, y):
-    from flax_impl.train import cross_entropy
-    return cross_entropy(state.apply_fn({"params": params}, x, train=False), y)
 
 
 def main():

@@ -1,6 +1,7 @@
 """Flax pipelines the benchmark compares. Each is flax_impl.train.FlaxTrainer (same data on the device,
-same per-epoch permutation, same on-device batch gather, same `train_step`, same dropout keys, same
-state donation) with the convolution formulation and the step loop chosen:
+same per-epoch permutation, same dropout keys, same state donation, and every step FlaxTrainer's own
+gathered step: the batch gathered on the device, then `train_step`) with the convolution formulation
+and the step loop chosen:
 
   jit-loop      XLA convolutions and reduce_window pooling; one jitted step per Python iteration
                 (the straightforward Flax implementation).
@@ -16,13 +17,11 @@ benchmarks/check_variants.py verifies that they compute the same function.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from flax_impl import data
-from flax_impl.train import FlaxTrainer, train_step
+from flax_impl.train import FlaxTrainer
 
 VARIANTS = {  # pipeline -> (conv_impl, loop)
     "jit-loop": ("xla", "python"),
@@ -37,14 +36,12 @@ class VariantTrainer(FlaxTrainer):
     def __init__(self, recipe, data_dir=None, conv_impl="gemm", loop="chunked"):
         super().__init__(recipe, "device", data_dir, conv_impl=conv_impl)
         self.loop = loop
-        normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
         b = recipe.batch_size
 
         def train_scan(state, split, perm, rng, start, num_steps):
             def step(state, i):
-                index = jax.lax.dynamic_slice_in_dim(perm, i * b, b)
-                batch = {"image": normalize(split.images[index]), "label": split.labels[index]}
-                state, metrics = train_step(state, batch, jax.random.fold_in(rng, state.step))
+                # FlaxTrainer's jitted gathered step, inlined into the scan (donation applies to the scan's state)
+                state, metrics = self._train_on_slice(state, split, perm, i * b, rng, batch_size=b)
                 return state, (metrics["loss"], metrics["correct"])
             return jax.lax.scan(step, state, start + jnp.arange(num_steps))
 

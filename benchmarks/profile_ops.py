@@ -73,9 +73,7 @@ def conv_rows(model, reps):
         with torch.no_grad():
             out["torch_fwd"] = _time(conv, reps)
 
-        def fb():
-            conv().pow(2).sum().backward()
-        out["torch_fwdbwd"] = _time(fb, reps)
+        out["torch_fwdbwd"] = _time(lambda: torch.autograd.grad(conv().pow(2).sum(), (tx, tk, tb)), reps)
         rows.append((f"{model}.{name} {batch}×{side}²×{cin}→{cout} k{kernel}", out))
     return rows
 
@@ -98,13 +96,13 @@ def pool_rows(model, reps):
         tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
         with torch.no_grad():
             out["torch_fwd"] = _time(lambda: torch.nn.functional.max_pool2d(tx, 2), reps)
-        out["torch_fwdbwd"] = _time(lambda: torch.nn.functional.max_pool2d(tx, 2).pow(2).sum().backward(), reps)
+        out["torch_fwdbwd"] = _time(lambda: torch.autograd.grad(torch.nn.functional.max_pool2d(tx, 2).pow(2).sum(), tx), reps)
         rows.append((f"{model} maxpool {batch}×{side}²×{c}", out))
     return rows
 
 
 def step_rows(model, reps):
-    """The Flax training step with XLA and with GEMM convolutions, and its forward alone."""
+    """The products' training steps (Flax with XLA and with GEMM convolutions, PyTorch's), and their forward alone."""
     from flax_impl.train import create_train_state, train_step
     recipe = load_recipe(model)
     b = recipe.batch_size
@@ -119,20 +117,15 @@ def step_rows(model, reps):
         out[f"{label}_fwd"] = _time(lambda: fwd(state.params).block_until_ready(), reps)
         out[f"{label}_fwdbwd"] = _time(lambda: jax.block_until_ready(step(state, {"image": x, "label": y}, rng)), reps)
     import torch
+    from torch_ref import train as torch_train
     from torch_ref.models import create_model
-    from torch_ref.train import make_optimizer
     m = create_model(model)
-    opt = make_optimizer(m.parameters(), recipe.optimizer)
+    opt = torch_train.make_optimizer(m.parameters(), recipe.optimizer)
     tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
     ty = torch.from_numpy(np.asarray(y)).long()
     with torch.no_grad():
         out["torch_fwd"] = _time(lambda: m(tx), reps)
-
-    def tstep():
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(m(tx), ty).backward()
-        opt.step()
-    out["torch_fwdbwd"] = _time(tstep, reps)
+    out["torch_fwdbwd"] = _time(lambda: torch_train.train_step(m, opt, tx, ty), reps)
     return [(f"{model} whole step (fwdbwd = step incl. update)", out)]
 
 
