@@ -16,6 +16,7 @@ margins declared below. Writes DIR/report.json, DIR/report.md and one PNG per mo
 from __future__ import annotations
 
 import math
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,9 +73,18 @@ def train(out: Path, model: str, design: str, framework: str, seed: int, quick: 
     rng = DESIGNS[design]
     flags = ["--set", f"init_rng={rng}", "--set", f"shuffle_rng={rng}"]
     flags += ["--max-steps", str(QUICK_STEPS)] if quick else ["--epochs", str(BUDGET_EPOCHS[model])]
-    # Flax runs share one persistent XLA compilation cache: the same programs compile once, not per run.
-    env = {"JAX_COMPILATION_CACHE_DIR": str((out / "xla-cache").resolve())}
-    runs.train(run_dir(out, model, design, framework, seed), framework, model, seed, flags, data_dir, env)
+    runs.train(run_dir(out, model, design, framework, seed), framework, model, seed, flags, data_dir,
+               run_environment(out))
+
+
+def run_environment(out: Path) -> dict[str, str]:
+    """Every run on one thread (PyTorch's and XLA's intra-op pools), so results do not depend on how
+    many runs share the machine (--jobs): thread counts change float summation orders. Flax runs
+    share one persistent XLA compilation cache: the same programs compile once, not once per run."""
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
+                                   "intra_op_parallelism_threads=1"]).strip(),
+            "JAX_COMPILATION_CACHE_DIR": str((out / "xla-cache").resolve())}
 
 
 # ---- statistics -------------------------------------------------------------------------------------
@@ -276,7 +286,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=DEFAULT_SEEDS, metavar="N")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
     parser.add_argument("--jobs", type=positive_int, default=1,
-                        help="runs trained at once (default 1); results do not depend on it")
+                        help="runs trained at once, one thread each (default 1); results do not depend on it")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report each model over those of --seeds complete in every run")
     parser.add_argument("--update-readme", metavar="PATH", type=Path, help="replace the marked summary table in this file")
