@@ -1,53 +1,55 @@
-"""Every bound the parity suite asserts, with what was measured to justify it.
+"""Every bound the parity suite asserts, with what was measured to justify it, and the verdicts
+that are more than one comparison (one training step, the float32 trajectory).
 
 Measured on the development machine: 2-core x86-64 CPU, float32, jax 0.10.2 / flax 0.12.8 /
-optax 0.2.8 / torch 2.14.1 (CPU), with the precision settings of harness.configure. The report
-(`python -m parity_tests.report`) re-measures every number quoted here.
+optax 0.2.8 / torch 2.14.1 (CPU), with the settings of precision.configure. The figures quoted are
+those of reports/parity/parity.json (`python -m parity_tests.report` re-measures them), except the
+accuracy seed study (8), the lenet plateau and the pool-window count (3), measured separately.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 # 2. Forward, eval mode, after conversion, both directions, real / uniform-pixel / Gaussian inputs,
-# batches of 1, 7 and 128: the issue's bound. Measured worst per model: cnn_2layer 1.5e-6 (Gaussian
-# inputs, logits up to ~±10), fashion_cnn 4.8e-7, mlp 1.8e-7, cnn_base 6.7e-8, lenet 5.2e-8.
+# batches of 1, 7 and 128: the issue's bound. Measured worst per model: cnn_2layer 1.6e-6 (Gaussian
+# inputs, logits up to ~±10), fashion_cnn 4.8e-7, mlp 1.8e-7, cnn_base 8.2e-8, lenet 6.7e-8.
 FORWARD_ABS = 1e-5
 
 # 3. Gradient of the recipe's loss w.r.t. every parameter, batch 128: the issue's absolute bound.
-# Measured worst (python -m parity_tests.report): mlp, cnn_base, lenet <= 1.7e-8; fashion_cnn 4.9e-8;
-# cnn_2layer 2.2e-7. Before both frameworks normalised through one lookup table, their inputs differed
-# by 1 ulp for half the pixel values, and fashion_cnn's gradient differed by 8.2e-6: it max-pools
-# *before* its ReLUs, so when two conv outputs in a pool window are within float32 rounding of each
-# other the frameworks can pick different winners and the gradient flows to another input patch. Such
-# near-ties can still arise inside the network (seen during training: 1.5e-5 on conv1.bias); neither
-# framework is wrong, and the float64 trajectory (test 5) agrees to 2e-15. A per-tensor relative bound
-# would be no tighter (max|d|/max|g| up to 4e-4), so the absolute one stays.
+# Measured worst: mlp, cnn_base, lenet <= 1.6e-8; cnn_2layer 2.2e-7; fashion_cnn 1.0e-6 in eval mode
+# and 8.2e-6 in train mode (shared dropout mask), both on conv1.weight. fashion_cnn max-pools *before*
+# its ReLUs: when two conv outputs in a pool window are within float32 rounding of each other, the
+# frameworks can pick different winners and that window's gradient flows to another input patch (on
+# the eval-mode batch, one of conv1's pool windows has a different winner). Neither framework is
+# wrong, and the float64 trajectory (test 5) agrees to ~1e-15. A per-tensor relative bound would be
+# no tighter (max|d|/max|g| up to 4.1e-4), so the absolute one stays.
 GRAD_ABS = 1e-5
 
 # 4. One optimiser update: the issue's bound, checked two ways (test_training.py).
 # (a) the optimisers alone, same gradients in, 10 steps: measured worst 1.2e-7 (cnn_2layer, Adam).
-# (b) one full training step (each side's own gradients): measured ≤ 2.2e-7, except cnn_base (Adam),
-#     1.7e-6: Adam's first update lr·g/(|g| + 1e-8) has slope lr/eps = 2e4 at g = 0, and one conv3
-#     weight has g = 2.15e-8 (Flax) vs 2.24e-8 (torch), a rounding difference of 9e-10 that Adam
-#     turns into 1.7e-6. For Adam the check is on what that formula does not explain: 1.5e-8.
+# (b) one full training step (each side's own gradients): measured ≤ 8.8e-8, except cnn_base (Adam),
+#     1.8e-6: Adam's first update lr·g/(|g| + 1e-8) has slope lr/eps = 2e4 at g = 0, so where a
+#     gradient is ~1e-8 a rounding difference of ~1e-9 between the frameworks' gradients becomes
+#     ~1e-6. For Adam the check is on what that formula does not explain (check_first_step): 1.5e-8.
 UPDATE_ABS = 1e-6
 
 # 5. Trajectory, 100 steps of batch 16, the recipe's optimiser: the issue's bounds on the per-step
 # loss and on the final parameters.
-# float64 (same code, both frameworks in double, identical inputs): measured ≤ 2.0e-15 (loss) and
-# ≤ 1.3e-15 (params) for every model, so every model is within the bounds by 10 orders of magnitude:
-# the two frameworks compute the same trajectory.
+# float64 (same code, both frameworks in double, identical inputs, batch 4): measured ≤ 1.4e-15
+# (loss) and ≤ 2.7e-15 (params) for every model, so every model is within the bounds by 10 orders of
+# magnitude: the two frameworks compute the same trajectory.
 # float32: mlp, lenet and fashion_cnn stay within 4.8e-7 (loss) and 6e-8 (params). cnn_base and
 # cnn_2layer (Adam) do not stay within 1e-4, and no float32 implementation could promise that: once
 # a rounding-level tie (see GRAD_ABS) is decided differently, or Adam amplifies a near-zero gradient's
 # rounding (see UPDATE_ABS), training amplifies the difference. Torch against *itself* with other
 # convolution kernels (channels_last: same weights, batches and masks, same mathematics) drifts as
 # far: measured loss / params, torch-vs-torch then flax-vs-torch: cnn_base 2.3e-2 / 1.4e-2 and
-# 3.2e-2 / 1.4e-2; cnn_2layer 7.4e-4 / 4.8e-3 and 1.2e-3 / 5.3e-3. (At batch 32 also fashion_cnn
-# drifted: 5.9e-4 vs 2.5e-4 for the params.) So the float32 bound is the issue's, or, only where
-# the run exceeds it, CONTROL_FACTOR x that control drift. Cross / control ratios measured at
-# batch 16 and 32: 0.25 to 3.9, hence 10.
+# 3.2e-2 / 1.4e-2; cnn_2layer 7.4e-4 / 4.8e-3 and 1.1e-3 / 5.3e-3 (flax-vs-torch over torch-vs-torch:
+# 1.0 to 1.5). So the float32 bound is the issue's, or, only where the run exceeds it, CONTROL_FACTOR
+# x that control drift (check_trajectory); the factor leaves room for that ratio's spread over other
+# batch sizes and seeds, which one report does not measure.
 TRAJECTORY_LOSS = 1e-4
 TRAJECTORY_PARAM = 1e-4
 CONTROL_FACTOR = 10.0
@@ -62,8 +64,8 @@ DROPOUT_SIGMAS = 5.0
 LOSS_ABS = 1e-6
 
 # 8. Accuracy parity with independent inits: each framework initialises, shuffles and drops out
-# with its own RNG (harness.independent_accuracy), trains `steps` steps of the recipe's optimiser on
-# batches of 16 (harness.TRAJECTORY_BATCH), and is scored on the first 1024 test images. One seed
+# with its own RNG (accuracy.independent_accuracy), trains `steps` steps of the recipe's optimiser on
+# batches of 16 (trajectory.TRAJECTORY_BATCH), and is scored on the first 1024 test images. One seed
 # per framework in the test, so the bound is on the difference of two independent runs: 4 x the
 # pooled between-seed standard deviation x sqrt(2), measured over several seeds per framework
 # (a false alarm ~1 in 16,000 runs if the accuracies are normal). `floor`: both runs must beat it,
@@ -98,6 +100,39 @@ ACCURACY = {
 PLANTED_MARGIN = 10.0
 
 
-def trajectory_allowance(bound: float, control_drift: float) -> float:
-    """The float32 trajectory bound: the issue's, or CONTROL_FACTOR x what torch vs torch drifts."""
-    return max(bound, CONTROL_FACTOR * control_drift)
+def check_first_step(max_abs_diff: float, optimizer: str,
+                     excess_over_gradient_rounding: Callable[[], float]) -> dict[str, Any]:
+    """The one-training-step verdict (4b): max |Δθ| after one full step within UPDATE_ABS, or, for
+    Adam only, its excess over what Adam's first-update formula makes of the two frameworks'
+    gradient rounding (`excess_over_gradient_rounding()`: updates.first_update_excess, measured only
+    when needed) within it."""
+    result = {"max_abs_diff": max_abs_diff, "excess_over_gradient_rounding": None, "ok": max_abs_diff <= UPDATE_ABS}
+    if not result["ok"] and optimizer == "adam":
+        excess = excess_over_gradient_rounding()
+        result.update(excess_over_gradient_rounding=excess, ok=excess <= UPDATE_ABS)
+    return result
+
+
+@dataclass(frozen=True)
+class TrajectoryCheck:
+    max_loss_diff: float  # over all steps
+    final_param_diff: float
+    loss_bound: float
+    param_bound: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_loss_diff <= self.loss_bound and self.final_param_diff <= self.param_bound
+
+
+def check_trajectory(trajectory, control: Callable[[], Any]) -> TrajectoryCheck:
+    """The float32 trajectory verdict (5): per-step loss and final parameters of `trajectory`
+    (trajectory.Trajectory) within the issue's bounds, or, only where the run exceeds them, within
+    CONTROL_FACTOR x the drift of `control()` (the torch-vs-torch kernel control, measured only
+    when needed)."""
+    loss_bound, param_bound = TRAJECTORY_LOSS, TRAJECTORY_PARAM
+    if trajectory.max_loss_diff > loss_bound or trajectory.final_param_diff > param_bound:
+        drift = control()
+        loss_bound = max(loss_bound, CONTROL_FACTOR * drift.max_loss_diff)
+        param_bound = max(param_bound, CONTROL_FACTOR * drift.final_param_diff)
+    return TrajectoryCheck(trajectory.max_loss_diff, trajectory.final_param_diff, loss_bound, param_bound)

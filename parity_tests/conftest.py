@@ -1,7 +1,8 @@
 """Parity-suite configuration: full float32 in both frameworks, real data, shared measurements.
 
-Importing `harness` pins the precision (jax_default_matmul_precision="highest", no TF32 in torch),
-single-threaded torch and the XLA compilation cache; see harness.configure and README.md.
+`pytest_configure` pins the precision (jax_default_matmul_precision="highest", no TF32 in torch),
+single-threaded torch and the XLA compilation cache (precision.configure, see README.md) before any
+test module is imported, and points the suite at the real data sets.
 """
 
 from __future__ import annotations
@@ -9,20 +10,22 @@ from __future__ import annotations
 import pytest
 
 from cnn_parity.errors import CnnParityError
-from parity_tests import harness
+from cnn_parity.recipes import load_recipe
+from parity_tests import batches, precision
+from parity_tests.measurements import Measurements
 
 
 def pytest_configure(config):
-    harness.configure()  # again, in case something imported before us changed a setting
-    harness.set_data_dir(harness.default_data_dir())
+    precision.configure()
+    batches.set_data_dir(batches.default_data_dir())
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _real_data():
     """Every parity test uses real MNIST / Fashion-MNIST; say clearly where they were looked for."""
-    for dataset in ("mnist", "fashion_mnist"):
+    for dataset, model in (("mnist", "mlp"), ("fashion_mnist", "fashion_cnn")):
         try:
-            harness.real_images(harness.load_recipe("mlp" if dataset == "mnist" else "fashion_cnn"), 1)
+            batches.real_images(load_recipe(model), 1)
         except CnnParityError as e:  # DataError, with every place looked in its message
             pytest.fail(f"parity tests need real {dataset}: {e}")
 
@@ -30,4 +33,4 @@ def _real_data():
 @pytest.fixture(scope="session")
 def measurements():
     """Per-model measurements computed once per session and shared by several tests."""
-    return harness.Measurements()
+    return Measurements()

@@ -3,8 +3,8 @@
     python -m parity_tests.report --out DIR [--models mlp,lenet] [--data-dir PATH] [--no-accuracy]
                                   [--update-readme README.md]
 
-The numbers are the parity tests' own measurements (parity_tests/harness.py), checked against the
-tests' bounds (parity_tests/bounds.py). --update-readme replaces the text between the lines
+The numbers are the parity tests' own measurements (parity_tests/measurements.py), judged by the
+tests' bounds and verdicts (parity_tests/bounds.py). --update-readme replaces the text between the lines
 `<!-- parity-report:begin -->` and `<!-- parity-report:end -->` of that file with the table, so the
 README's table is regenerated, never typed. Exit status 1 when a model is outside a bound.
 """
@@ -20,21 +20,29 @@ from pathlib import Path
 from typing import Any
 
 from cnn_parity.errors import CnnParityError
-from parity_tests import bounds, harness
+from cnn_parity.recipes import load_recipe
+from cnn_parity.workdir import versions
+from parity_tests import accuracy, batches, bounds, precision
+from parity_tests.gradients import grad_cases
+from parity_tests.measurements import Measurements
+from parity_tests.outputs import forward_cases
+from parity_tests.pairs import MODEL_NAMES
+from parity_tests.trajectory import FLOAT64_BATCH, TRAJECTORY_BATCH, TRAJECTORY_STEPS
+from parity_tests.updates import OPTIMIZER_STEPS
 
 README_BEGIN = "<!-- parity-report:begin -->"
 README_END = "<!-- parity-report:end -->"
 
 
-def measure_model(m: harness.Measurements, name: str, accuracy: bool) -> dict[str, Any]:
-    recipe = harness.load_recipe(name)
+def measure_model(m: Measurements, name: str, with_accuracy: bool) -> dict[str, Any]:
+    recipe = load_recipe(name)
     num_flax, num_torch = m.num_params(name)
-    forward = {f"{d}/{k}/{n}": m.forward(name, d, k, n) for d, k, n in harness.forward_cases()}
-    grads = {f"{kind}/{'train' if train else 'eval'}": m.grads(name, kind, train) for kind, train in m.grad_cases(name)}
+    forward = {f"{d}/{k}/{n}": m.forward(name, d, k, n) for d, k, n in forward_cases()}
+    grads = {f"{kind}/{'train' if train else 'eval'}": m.grads(name, kind, train) for kind, train in grad_cases(name)}
     traj, traj64, control = m.trajectory(name), m.trajectory(name, "float64"), m.control(name)
-    loss_bound, param_bound = m.trajectory_bounds(name)
-    first_step = m.first_step_check(name)
+    trajectory_check = bounds.check_trajectory(traj, lambda: control)
     o = recipe.optimizer
+    first_step = bounds.check_first_step(traj.param_diffs[0], o.name, lambda: m.first_update_excess(name))
     result = {
         "num_params_flax": num_flax,
         "num_params_torch": num_torch,
@@ -50,25 +58,25 @@ def measure_model(m: harness.Measurements, name: str, accuracy: bool) -> dict[st
         "grad_max_rel_diff": max(g.max_rel_diff for g in grads.values()),
         "grad_cases": {k: {"max_abs_diff": g.max_abs_diff, "max_rel_diff": g.max_rel_diff, "loss_diff": g.loss_diff}
                        for k, g in grads.items()},
-        "update_same_gradients_max_abs_diff": max(m.optimizer(name)),
+        "update_same_gradients_max_abs_diff": max(m.same_gradient_updates(name)),
         "update_first_step": first_step,
-        "trajectory_batch_size": harness.TRAJECTORY_BATCH,
+        "trajectory_batch_size": TRAJECTORY_BATCH,
         "trajectory_max_param_diff_any_step": max(traj.param_diffs),
-        "trajectory_loss_bound": loss_bound,
-        "trajectory_param_bound": param_bound,
-        "trajectory_float64": {"batch_size": harness.FLOAT64_BATCH, "steps": traj64.steps,
+        "trajectory_loss_bound": trajectory_check.loss_bound,
+        "trajectory_param_bound": trajectory_check.param_bound,
+        "trajectory_float64": {"batch_size": FLOAT64_BATCH, "steps": traj64.steps,
                                "max_loss_diff": traj64.max_loss_diff, "max_param_diff": traj64.final_param_diff},
         "torch_kernel_control": {"what": "torch vs torch channels_last, same weights/batches/masks",
                                  "max_loss_diff": control.max_loss_diff, "max_param_diff": control.final_param_diff},
         "trajectory_curves": {"float32": traj.to_dict(), "float64": traj64.to_dict(), "control": control.to_dict()},
     }
-    if accuracy:
+    if with_accuracy:
         budget = bounds.ACCURACY[name]
         result["accuracy"] = {
-            "steps": budget.steps, "batch_size": harness.TRAJECTORY_BATCH, "test_images": harness.ACCURACY_TEST_IMAGES,
+            "steps": budget.steps, "batch_size": TRAJECTORY_BATCH, "test_images": accuracy.ACCURACY_TEST_IMAGES,
             "seed": 0, "bound": budget.bound,
-            "flax": harness.independent_accuracy("flax", name, 0, budget.steps),
-            "torch": harness.independent_accuracy("torch", name, 0, budget.steps),
+            "flax": accuracy.independent_accuracy("flax", name, 0, budget.steps),
+            "torch": accuracy.independent_accuracy("torch", name, 0, budget.steps),
         }
     result["within_bounds"] = checks(result)
     return result
@@ -124,14 +132,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"Bounds (parity_tests/bounds.py): forward ≤ {bounds.FORWARD_ABS:g}; gradients ≤ {bounds.GRAD_ABS:g}; "
-        f"optimiser update ≤ {bounds.UPDATE_ABS:g} (same gradients into both, {harness.OPTIMIZER_STEPS} steps; and one "
+        f"optimiser update ≤ {bounds.UPDATE_ABS:g} (same gradients into both, {OPTIMIZER_STEPS} steps; and one "
         f"full train step, where for Adam only the part not explained by its 1/(|g| + eps) amplification of gradient "
         f"rounding counts); trajectory per-step loss and final parameters ≤ {bounds.TRAJECTORY_LOSS:g}, in float32 "
         f"the larger of that and {bounds.CONTROL_FACTOR:g}x torch's own drift against itself with channels_last "
-        f"convolution kernels. Trajectory: {harness.TRAJECTORY_STEPS} steps of real data, batch {harness.TRAJECTORY_BATCH} "
-        f"(float64 run: batch {harness.FLOAT64_BATCH}), the recipe's optimiser, identical start weights, batch order "
+        f"convolution kernels. Trajectory: {TRAJECTORY_STEPS} steps of real data, batch {TRAJECTORY_BATCH} "
+        f"(float64 run: batch {FLOAT64_BATCH}), the recipe's optimiser, identical start weights, batch order "
         f"and dropout masks. Accuracy: independent inits (seed 0 in each framework's own RNG), short budget, "
-        f"first {harness.ACCURACY_TEST_IMAGES} test images.",
+        f"first {accuracy.ACCURACY_TEST_IMAGES} test images.",
         "",
         f"Measured on {d['jax']} / torch {d['torch']} ({d['cpu_count']} CPUs), float32, "
         f"jax_default_matmul_precision={d['jax_default_matmul_precision']}, TF32 "
@@ -151,33 +159,33 @@ def update_readme(path: Path, table: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for parity.json and parity.md")
-    p.add_argument("--models", default=",".join(harness.MODEL_NAMES), help="comma-separated subset")
-    p.add_argument("--data-dir", default=harness.default_data_dir(),
+    p.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated subset")
+    p.add_argument("--data-dir", default=batches.default_data_dir(),
                    help="folder holding mnist/ (default $CNN_PARITY_DATA_DIR, else ../shared/data, else the cache)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the independent-init accuracy runs (test 8)")
     p.add_argument("--update-readme", metavar="PATH", help="replace the marked table block in this file")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in harness.MODEL_NAMES]
+    unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(harness.MODEL_NAMES)}")
-    harness.configure()
-    harness.set_data_dir(args.data_dir)
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
+    precision.configure()
+    batches.set_data_dir(args.data_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    m = harness.Measurements()
+    m = Measurements()
     report: dict[str, Any] = {"models": {}}
     for name in models:
         start = time.time()
         try:
-            report["models"][name] = measure_model(m, name, accuracy=not args.no_accuracy)
+            report["models"][name] = measure_model(m, name, with_accuracy=not args.no_accuracy)
         except CnnParityError as e:  # e.g. a data set not found: one line, not a traceback
             print(f"{p.prog}: error: {e}", file=sys.stderr)
             return e.exit_code
         print(f"{name}: measured in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
-    report["versions"] = harness.environment_versions()
-    report["device"] = harness.device_description()
+    report["versions"] = versions()
+    report["device"] = precision.device_description()
     report["bounds"] = {k: getattr(bounds, k) for k in dir(bounds) if k.isupper() and k != "ACCURACY"}
     report["bounds"]["ACCURACY"] = {k: dataclasses.asdict(v) for k, v in bounds.ACCURACY.items()}
     (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")

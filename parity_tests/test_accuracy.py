@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from parity_tests import bounds, harness
+from parity_tests import bounds
+from parity_tests.accuracy import independent_accuracy
+from parity_tests.pairs import MODEL_NAMES
 
 
-@pytest.mark.parametrize("model", harness.MODEL_NAMES)
+@pytest.mark.parametrize("model", MODEL_NAMES)
 def test_accuracy_parity_with_independent_inits(model):
     budget = bounds.ACCURACY[model]
-    flax_acc = harness.independent_accuracy("flax", model, seed=0, steps=budget.steps)
-    torch_acc = harness.independent_accuracy("torch", model, seed=0, steps=budget.steps)
+    flax_acc = independent_accuracy("flax", model, seed=0, steps=budget.steps)
+    torch_acc = independent_accuracy("torch", model, seed=0, steps=budget.steps)
     assert min(flax_acc, torch_acc) > budget.floor, f"did not learn: flax {flax_acc:.3f}, torch {torch_acc:.3f}"
     assert abs(flax_acc - torch_acc) <= budget.bound, f"flax {flax_acc:.3f} vs torch {torch_acc:.3f}"

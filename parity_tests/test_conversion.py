@@ -11,11 +11,15 @@ import torch
 from cnn_parity import weights
 from flax_impl import convert as flax_convert
 from flax_impl import models as flax_models
-from parity_tests import bounds, harness
+from cnn_parity.recipes import load_recipe
+from parity_tests import bounds
+from parity_tests.batches import make_batch
+from parity_tests.outputs import flax_forward, measure_forward, torch_forward
+from parity_tests.pairs import MODEL_NAMES, ModelPair, flax_init_params, pair_from_torch, torch_init
 from torch_ref import convert as torch_convert
 from torch_ref import models as torch_models
 
-MODELS = harness.MODEL_NAMES
+MODELS = MODEL_NAMES
 INITS = ("torch", "flax")  # torch_ref's two init schemes (PyTorch's defaults; Flax's, emulated)
 
 
@@ -30,7 +34,7 @@ def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("model", MODELS)
 def test_torch_to_flax_to_torch_is_bitwise_identical(model, init):
-    module = harness.torch_init(model, seed=3, init_scheme=init)
+    module = torch_init(model, seed=3, init_scheme=init)
     original = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
     params = flax_convert.params_from_canonical(model, torch_convert.state_dict_to_canonical(model, module))
     back = torch_convert.load_canonical(model, torch_models.create_model(model), flax_convert.params_to_canonical(model, params))
@@ -69,9 +73,9 @@ def test_converted_names_shapes_and_layouts_are_canonical(model, measurements):
 
 
 def test_suite_init_is_the_products_init_params():
-    """harness.flax_init_params (a cached jit) returns exactly flax_impl.models.init_params' values."""
+    """pairs.flax_init_params (a cached jit) returns exactly flax_impl.models.init_params' values."""
     model = flax_models.create_model("mlp")
-    ours, product = harness.flax_init_params(model, jax.random.key(4)), flax_models.init_params(model, jax.random.key(4))
+    ours, product = flax_init_params(model, jax.random.key(4)), flax_models.init_params(model, jax.random.key(4))
     assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(product)
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(product)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -80,31 +84,31 @@ def test_suite_init_is_the_products_init_params():
 @pytest.mark.parametrize("model", MODELS)
 def test_safetensors_round_trip_both_frameworks(model, tmp_path):
     """torch → file → Flax and Flax → file → torch: the loaded model computes what the saved one did."""
-    recipe = harness.load_recipe(model)
-    batch = harness.make_batch(recipe, "real", 7)
-    pair = harness.pair_from_torch(model, seed=5)
+    recipe = load_recipe(model)
+    batch = make_batch(recipe, "real", 7)
+    pair = pair_from_torch(model, seed=5)
 
     path = tmp_path / "from_torch.safetensors"
     weights.save_safetensors(path, model, torch_convert.state_dict_to_canonical(model, pair.torch_model))
     name, arrays, _ = weights.load_safetensors(path)
     assert name == model
     assert_bitwise_equal(pair.canonical, arrays)
-    loaded = harness.Pair(model, recipe, arrays, pair.torch_model, pair.flax_model,
-                          flax_convert.params_from_canonical(model, arrays))
-    assert np.array_equal(harness.flax_forward(loaded, batch), harness.flax_forward(pair, batch))
+    loaded = ModelPair(recipe, pair.torch_model, pair.flax_model, flax_convert.params_from_canonical(model, arrays),
+                       pair.mapping, arrays)
+    assert np.array_equal(flax_forward(loaded, batch), flax_forward(pair, batch))
 
     path = tmp_path / "from_flax.safetensors"
     weights.save_safetensors(path, model, flax_convert.params_to_canonical(model, pair.flax_params))
     _, arrays, _ = weights.load_safetensors(path)
     module = torch_convert.load_canonical(model, torch_models.create_model(model), arrays)
-    loaded = harness.Pair(model, recipe, arrays, module, pair.flax_model, pair.flax_params)
-    assert np.array_equal(harness.torch_forward(loaded, batch), harness.torch_forward(pair, batch))
-    assert harness.measure_forward(loaded, batch) <= bounds.FORWARD_ABS
+    loaded = ModelPair(recipe, module, pair.flax_model, pair.flax_params, pair.mapping, arrays)
+    assert np.array_equal(torch_forward(loaded, batch), torch_forward(pair, batch))
+    assert measure_forward(loaded, batch) <= bounds.FORWARD_ABS
 
 
 def test_converted_weights_do_not_alias_their_source():
     """Converting copies: training one side after conversion never moves the other side's weights."""
-    module = harness.torch_init("lenet")
+    module = torch_init("lenet")
     canonical = torch_convert.state_dict_to_canonical("lenet", module)
     before = {k: v.copy() for k, v in canonical.items()}
     with torch.no_grad():

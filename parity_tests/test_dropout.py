@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from flax_impl import train as flax_train
-from parity_tests import bounds, harness
+from parity_tests import bounds
+from parity_tests.batches import Batch, batch_from_uint8, real_images
+from parity_tests.differences import max_abs_diff
+from parity_tests.dropout_masks import (flax_dropout_io, flax_dropout_mask, flax_train_forward, torch_dropout_io,
+                                        torch_dropout_layer, torch_train_forward)
+from parity_tests.outputs import flax_forward
+from parity_tests.product_steps import flax_train_state, flax_train_step
+from parity_tests.trajectory import TRAJECTORY_BATCH
 
 N = 128  # Fashion-MNIST test images per draw (the shape the gradient tests compile)
 DRAWS = 4  # independent draws pooled: 4 x 128 x 50 = 25,600 dropout decisions per framework
@@ -17,16 +24,16 @@ DRAWS = 4  # independent draws pooled: 4 x 128 x 50 = 25,600 dropout decisions p
 @pytest.fixture(scope="module")
 def fashion(measurements):
     pair = measurements.pair("fashion_cnn")
-    images, labels = harness.real_images(pair.recipe, N, "test")
-    return pair, harness.batch_from_uint8(pair.recipe, images, labels)
+    images, labels = real_images(pair.recipe, N, "test")
+    return pair, batch_from_uint8(pair.recipe, images, labels)
 
 
 def torch_draws(pair, batch, train=True):
-    return [harness.torch_dropout_io(pair.torch_model, batch.torch_x, train=train) for _ in range(DRAWS)]
+    return [torch_dropout_io(pair.torch_model, batch.torch_x, train=train) for _ in range(DRAWS)]
 
 
 def flax_draws(pair, batch, train=True, feed_ones=False):
-    return [harness.flax_dropout_io(pair.flax_model, pair.flax_params, batch.flax_x, jax.random.key(100 + i),
+    return [flax_dropout_io(pair.flax_model, pair.flax_params, batch.flax_x, jax.random.key(100 + i),
                                     train=train, feed_ones=feed_ones) for i in range(DRAWS)]
 
 
@@ -55,7 +62,7 @@ def check_rate_and_scale(draws) -> None:
 
 def test_torch_dropout_rate_scale_and_eval_identity(fashion):
     pair, batch = fashion
-    assert pair.torch_model.dropout.p == bounds.DROPOUT_RATE
+    assert torch_dropout_layer(pair.torch_model).p == bounds.DROPOUT_RATE
     check_rate_and_scale(torch_draws(pair, batch))
     for given, out in torch_draws(pair, batch, train=False)[:2]:
         np.testing.assert_array_equal(out, given)
@@ -80,21 +87,20 @@ def test_frameworks_drop_at_the_same_rate(fashion):
 
 
 def test_read_back_mask_is_the_one_train_step_draws(fashion):
-    """harness.flax_dropout_mask reproduces the mask inside Flax's own train-mode apply bit for bit:
+    """dropout_masks.flax_dropout_mask reproduces the mask inside Flax's own train-mode apply bit for bit:
     replaying it through the injector gives the same outputs, and the same loss as train_step."""
     pair, batch = fashion
     rng = jax.random.key(11)
-    mask = harness.flax_dropout_mask(pair, pair.flax_params, batch.flax_x, rng)
-    native = harness.flax_train_forward(pair, batch, rng)
-    np.testing.assert_array_equal(native, harness.flax_train_forward(pair, batch, jax.random.key(999), mask))
+    mask = flax_dropout_mask(pair.flax_model, pair.flax_params, batch.flax_x, rng)
+    native = flax_train_forward(pair, batch, rng)
+    np.testing.assert_array_equal(native, flax_train_forward(pair, batch, jax.random.key(999), mask))
     # train_step itself, on a batch of the trajectory's size (whose step is compiled already).
-    part = harness.Batch(batch.flax_x[:harness.TRAJECTORY_BATCH], batch.torch_x[:harness.TRAJECTORY_BATCH],
-                         batch.flax_y[:harness.TRAJECTORY_BATCH], batch.torch_y[:harness.TRAJECTORY_BATCH])
-    state = flax_train.TrainState.create(apply_fn=pair.flax_model.apply, params=pair.flax_params,
-                                         tx=harness.shared_flax_optimizer(pair.recipe.optimizer))
-    _, metrics = harness._train_step(state, {"image": part.flax_x, "label": part.flax_y}, rng)
-    small_mask = harness.flax_dropout_mask(pair, pair.flax_params, part.flax_x, rng)
-    replayed = harness.flax_train_forward(pair, part, jax.random.key(999), small_mask)
+    n = TRAJECTORY_BATCH
+    part = Batch(batch.flax_x[:n], batch.torch_x[:n], batch.flax_y[:n], batch.torch_y[:n])
+    _, metrics = flax_train_step(flax_train_state(pair.flax_model.apply, pair.flax_params, pair.recipe.optimizer),
+                                 part.flax_batch, rng)
+    small_mask = flax_dropout_mask(pair.flax_model, pair.flax_params, part.flax_x, rng)
+    replayed = flax_train_forward(pair, part, jax.random.key(999), small_mask)
     replayed_loss = float(flax_train.cross_entropy(replayed, part.flax_y))
     assert abs(float(metrics["loss"]) - replayed_loss) <= bounds.LOSS_ABS
 
@@ -103,7 +109,7 @@ def test_injected_mask_gives_identical_train_mode_outputs(fashion):
     """With the shared mask, torch's train-mode output matches Flax's within the forward bound."""
     pair, batch = fashion
     rng = jax.random.key(12)
-    mask = harness.flax_dropout_mask(pair, pair.flax_params, batch.flax_x, rng)
-    flax_out = harness.flax_train_forward(pair, batch, rng)
-    assert harness.max_abs_diff(flax_out, harness.torch_train_forward(pair, batch, mask)) <= bounds.FORWARD_ABS
-    assert harness.max_abs_diff(flax_out, harness.flax_forward(pair, batch)) > 0.1  # dropout really acted
+    mask = flax_dropout_mask(pair.flax_model, pair.flax_params, batch.flax_x, rng)
+    flax_out = flax_train_forward(pair, batch, rng)
+    assert max_abs_diff(flax_out, torch_train_forward(pair, batch, mask)) <= bounds.FORWARD_ABS
+    assert max_abs_diff(flax_out, flax_forward(pair, batch)) > 0.1  # dropout really acted

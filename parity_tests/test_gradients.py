@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests import bounds, harness
+from cnn_parity.weights import canonical_shapes
+from parity_tests import bounds
+from parity_tests.gradients import grad_cases
+from parity_tests.pairs import MODEL_NAMES
 
-CASES = [(m, kind, train) for m in harness.MODEL_NAMES
-         for kind, train in harness.Measurements().grad_cases(m)]
+CASES = [(m, kind, train) for m in MODEL_NAMES for kind, train in grad_cases(m)]
 
 
 @pytest.mark.parametrize("model,kind,train", CASES)
@@ -16,12 +18,12 @@ def test_gradient_parity(model, kind, train, measurements):
     result = measurements.grads(model, kind, train)
     assert result.loss_diff <= bounds.LOSS_ABS, f"loss {result.flax_loss} vs {result.torch_loss}"
     diffs = result.abs_diffs()
-    assert set(diffs) == set(harness.weights_names(model))
+    assert set(diffs) == set(canonical_shapes(model))
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] <= bounds.GRAD_ABS, f"{model} {worst}: max |Δ| {diffs[worst]:.2e} (relative {result.rel_diffs()[worst]:.2e})"
 
 
-@pytest.mark.parametrize("model", harness.MODEL_NAMES)
+@pytest.mark.parametrize("model", MODEL_NAMES)
 def test_gradients_are_not_degenerate(model, measurements):
     """Every parameter tensor gets a non-zero gradient, so a match is not two zeros agreeing."""
     result = measurements.grads(model)

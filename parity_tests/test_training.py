@@ -1,7 +1,8 @@
 """4. One optimiser update and 5. a 100-step trajectory: identical start weights, identical batches
-in identical order, each recipe's optimiser (SGD, SGD + momentum, Adam), product code on both sides
-(harness.run_training: flax_impl.train.train_step jitted, torch_ref.train.make_optimizer).
-fashion_cnn trains in train mode with one dropout mask per step, drawn by Flax, injected into torch.
+in identical order, each recipe's optimiser (SGD, SGD + momentum, Adam), the products' training
+steps on both sides (trajectory.run_training: flax_impl.train.train_step jitted,
+torch_ref.train.train_step). fashion_cnn trains in train mode with one dropout mask per step, drawn
+by Flax, injected into torch.
 """
 
 from __future__ import annotations
@@ -9,19 +10,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests import bounds, harness
+from cnn_parity.recipes import load_recipe
+from parity_tests import bounds
+from parity_tests.pairs import MODEL_NAMES
+from parity_tests.trajectory import TRAJECTORY_STEPS
+from parity_tests.updates import OPTIMIZER_STEPS
 
 
 def optimizer_id(model: str) -> str:
-    o = harness.load_recipe(model).optimizer
+    o = load_recipe(model).optimizer
     return f"{model}-{o.name}{'+momentum' if o.momentum else ''}"
 
 
-MODELS = [pytest.param(m, id=optimizer_id(m)) for m in harness.MODEL_NAMES]
+MODELS = [pytest.param(m, id=optimizer_id(m)) for m in MODEL_NAMES]
 
 
 def test_recipes_cover_the_three_optimisers():
-    kinds = {optimizer_id(m).split("-")[1] for m in harness.MODEL_NAMES}
+    kinds = {optimizer_id(m).split("-")[1] for m in MODEL_NAMES}
     assert kinds == {"sgd", "sgd+momentum", "adam"}
 
 
@@ -29,8 +34,8 @@ def test_recipes_cover_the_three_optimisers():
 def test_optimiser_update_with_identical_gradients(model, measurements):
     """The optimisers alone (make_optimizer on both sides), fed the same gradients from the same
     weights, agree to 1e-6 after each of the first OPTIMIZER_STEPS updates (measured: ≤ 1.2e-7)."""
-    diffs = measurements.optimizer(model)
-    assert len(diffs) == harness.OPTIMIZER_STEPS
+    diffs = measurements.same_gradient_updates(model)
+    assert len(diffs) == OPTIMIZER_STEPS
     assert max(diffs) <= bounds.UPDATE_ABS, f"per-step max |Δ|: {[f'{d:.1e}' for d in diffs]}"
 
 
@@ -39,23 +44,24 @@ def test_one_training_step(model, measurements):
     """One full step (each side's own forward, backward and update; Flax's train_step) from the same
     weights on the same real batch: weights agree to 1e-6. Adam is the exception that proves the
     rule: its first update lr·g/(|g| + 1e-8) is steep near g = 0, so for a weight whose gradient is
-    ~1e-8 a gradient rounding difference of ~1e-9 moves it by ~1e-6 (measured: cnn_base conv3
-    weight, g = 2.15e-8 vs 2.24e-8, Δθ = 1.7e-6). For Adam the check is that everything beyond 1e-6
-    is explained by that formula applied to the two frameworks' gradients (harness.first_update_excess)."""
+    ~1e-8 a gradient rounding difference of ~1e-9 moves it by ~1e-6 (measured: cnn_base, 1.8e-6).
+    For Adam the check is that everything beyond 1e-6 is explained by that formula applied to the
+    two frameworks' gradients (updates.first_update_excess, bounds.check_first_step)."""
     traj = measurements.trajectory(model)
     # The step did something: it moved some weight by far more than the bound.
     assert traj.first_step_change > bounds.PLANTED_MARGIN * bounds.UPDATE_ABS
-    check = measurements.first_step_check(model)
+    check = bounds.check_first_step(traj.param_diffs[0], load_recipe(model).optimizer.name,
+                                    lambda: measurements.first_update_excess(model))
     assert check["ok"], f"after one step: {check}"
 
 
 @pytest.mark.parametrize("model", MODELS)
 def test_trajectory_float64(model, measurements):
     """The same code with both frameworks in float64 (identical inputs): the issue's bounds hold for
-    every model with 10 orders of magnitude to spare (measured ≤ 2e-15), so the two frameworks
+    every model with 10 orders of magnitude to spare (measured ≤ 3e-15), so the two frameworks
     follow one trajectory; what float32 adds is rounding (next test)."""
     traj = measurements.trajectory(model, "float64")
-    assert traj.steps == harness.TRAJECTORY_STEPS
+    assert traj.steps == TRAJECTORY_STEPS
     assert traj.max_loss_diff <= bounds.TRAJECTORY_LOSS, f"max per-step loss |Δ| {traj.max_loss_diff:.2e}"
     assert max(traj.param_diffs) <= bounds.TRAJECTORY_PARAM, f"params max |Δ| {max(traj.param_diffs):.2e}"
 
@@ -65,11 +71,12 @@ def test_trajectory_float32(model, measurements):
     """Per-step loss and final parameters within the issue's 1e-4, or, where float32 rounding alone
     drifts further, within 10x of torch's drift against itself with other conv kernels (bounds.py)."""
     traj = measurements.trajectory(model)
-    assert traj.steps == harness.TRAJECTORY_STEPS
-    loss_bound, param_bound = measurements.trajectory_bounds(model)
+    assert traj.steps == TRAJECTORY_STEPS
+    check = bounds.check_trajectory(traj, lambda: measurements.control(model))
     worst = int(np.argmax(traj.loss_diffs))
-    assert traj.max_loss_diff <= loss_bound, f"step {worst}: loss |Δ| {traj.max_loss_diff:.2e} > {loss_bound:.1e}"
-    assert traj.final_param_diff <= param_bound, f"final params max |Δ| {traj.final_param_diff:.2e} > {param_bound:.1e}"
+    assert check.max_loss_diff <= check.loss_bound, f"step {worst}: loss |Δ| {check.max_loss_diff:.2e} > {check.loss_bound:.1e}"
+    assert check.final_param_diff <= check.param_bound, \
+        f"final params max |Δ| {check.final_param_diff:.2e} > {check.param_bound:.1e}"
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
