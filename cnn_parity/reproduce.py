@@ -181,7 +181,7 @@ def headline(reported: dict, flax: dict, torch: dict) -> tuple[str, str, str, st
     return "none reported", "—", "—", "—"
 
 
-GAP_PP = 0.5  # the threshold for a gap that needs an explanation
+GAP_PP = 0.5  # a gap this large (percentage points) needs an explanation in the report
 
 
 def prediction_interval(values: list[float]) -> tuple[float, float] | None:

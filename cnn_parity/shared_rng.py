@@ -25,7 +25,7 @@ XAVIER_UNIFORM_WEIGHTS = {"cnn_2layer": ("fc",)}
 
 # Flax's truncated_normal(stddev) draws N(0, 1) truncated to [-2, 2] and divides by this, that
 # truncated distribution's standard deviation, so the result has standard deviation `stddev`.
-_TRUNCATED_NORMAL_STD = 0.87962566103423978
+TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 
 def _generator(seed: int, *stream: int) -> np.random.Generator:
@@ -50,7 +50,7 @@ def initial_weights(model: str, init_scheme: str, seed: int) -> dict[str, np.nda
         elif init_scheme == "torch":
             weight = rng.uniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), shape)
         else:
-            weight = _truncated_standard_normal(rng, shape) * (math.sqrt(1 / fan_in) / _TRUNCATED_NORMAL_STD)
+            weight = _truncated_standard_normal(rng, shape) * (math.sqrt(1 / fan_in) / TRUNCATED_NORMAL_STD)
         if init_scheme == "torch":
             bias = rng.uniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), (out,))
         else:

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from cnn_parity.recipes import load_recipe
+from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD, XAVIER_UNIFORM_WEIGHTS
 from cnn_parity.training import fit
 from cnn_parity.weights import LAYERS
 from cnn_parity.workdir import Workdir
@@ -39,15 +40,14 @@ def check_init_statistics(model: str, scheme: str, weights: dict[str, np.ndarray
     for name, fan_in, fan_out, kernel in LAYERS[model]:
         fan_in = fan_in * (kernel or 1) ** 2
         weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]
-        xavier = model == "cnn_2layer" and name == "fc"  # explicit in the source, under both schemes
-        if xavier:
+        if name in XAVIER_UNIFORM_WEIGHTS.get(model, ()):  # explicit in the source, under both schemes
             bound = math.sqrt(6 / (fan_in + fan_out))
             _check_uniform(weight, bound, f"{name}.weight")
         elif scheme == "torch":
             _check_uniform(weight, 1 / math.sqrt(fan_in), f"{name}.weight")
         else:  # Flax's LeCun normal: std 1/√fan_in, truncated at two (pre-scaling) standard deviations
             std = 1 / math.sqrt(fan_in)
-            assert np.abs(weight).max() <= 2 * std / 0.87962566103423978 + 1e-7, name
+            assert np.abs(weight).max() <= 2 * std / TRUNCATED_NORMAL_STD + 1e-7, name
             if weight.size >= 1000:
                 assert abs(weight.std() / std - 1) < 0.1, (name, weight.std(), std)
         if scheme == "torch":

@@ -1,4 +1,4 @@
-"""Training on N devices / processes computes what one does (issue 7), through the CLIs as users run them.
+"""Training on N devices / processes computes what one does, through the CLIs as users run them.
 
 Flax: N simulated CPU devices (`--xla_force_host_platform_device_count`), `--devices 1` vs `--devices N`
 in the same setting. PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
@@ -76,8 +76,13 @@ def _assert_same_run(one: Path, many: Path) -> None:
     assert abs(ma["test_accuracy"] - mb["test_accuracy"]) <= 2e-4  # at most 2 of 10,000 flip near a tie
 
 
+# Paired-run generators (shared initial weights and batch order) must shard the same way.
+SHARED_RNG = ("--set", "init_rng=shared", "--set", "shuffle_rng=shared")
+
+
 @pytest.mark.parametrize("model, args", [("lenet", ("--epochs", "1")),
-                                         ("fashion_cnn", ("--max-steps", "60"))])
+                                         ("fashion_cnn", ("--max-steps", "60")),
+                                         ("lenet", ("--max-steps", "60", *SHARED_RNG))])
 def test_flax_two_devices_train_as_one(tmp_path, data_dir, model, args):
     common = ("--model", model, *args, "--checkpoint-every", "1000")
     _flax(tmp_path / "one", 1, data_dir, *common)
@@ -86,8 +91,9 @@ def test_flax_two_devices_train_as_one(tmp_path, data_dir, model, args):
     _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
-def test_torch_ddp_two_processes_train_as_one(tmp_path, data_dir):
-    common = ("--model", "lenet", "--epochs", "1", "--checkpoint-every", "1000")
+@pytest.mark.parametrize("args", [("--epochs", "1"), ("--max-steps", "60", *SHARED_RNG)])
+def test_torch_ddp_two_processes_train_as_one(tmp_path, data_dir, args):
+    common = ("--model", "lenet", *args, "--checkpoint-every", "1000")
     _torch(tmp_path / "one", None, data_dir, *common)
     result = _torch(tmp_path / "two", 2, data_dir, *common)
     # Only rank 0 prints and writes.

@@ -10,7 +10,7 @@ from cnn_parity.errors import UsageError
 from cnn_parity.recipes import MODELS, load_recipe, parse_assignment
 from cnn_parity.weights import canonical_shapes
 
-# From ../shared/SEEDS.md.
+# Parameter counts the sources state (docs/sources.md).
 SEEDS_PARAMS = {"mlp": 15910, "cnn_base": 123222, "cnn_2layer": 50186, "lenet": 44426, "fashion_cnn": 21840}
 
 
@@ -55,6 +55,8 @@ def test_parse_assignment(text, expected):
     ({"optimizer.momentum": 1.0}, "momentum"),
     ({"optimizer.name": "rmsprop"}, "unknown optimizer"),
     ({"init": "xavier"}, "unknown init"),
+    ({"init_rng": "numpy"}, "unknown init_rng 'numpy'; choose one of: framework, shared"),
+    ({"shuffle_rng": 1}, "recipe key shuffle_rng must be str"),
     ({"dataset": "cifar10"}, "unknown dataset"),
     ({"batch_size": 1.5}, "batch_size must be int"),
     ({"drop_last": "yes"}, "drop_last must be bool"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 
+from cnn_parity import data as neutral_data, shared_rng
 from cnn_parity.recipes import MODELS, load_recipe
 from torch_ref import data
 from torch_ref.convert import state_dict_to_canonical
@@ -51,6 +54,20 @@ def test_tensor_pipeline_shuffles_each_epoch_and_covers_the_split(data_dir):
     assert len(first) == 469 and len(first[-1]) == 60_000 - 468 * 128  # the last batch is partial
     assert not torch.equal(first[0], second[0])
     assert torch.cat(first).bincount().tolist() == torch.cat(second).bincount().tolist()
+
+
+def test_shared_shuffle_gives_both_pipelines_the_neutral_order(data_dir, tmp_path, monkeypatch):
+    """shuffle_rng = "shared": the DataLoader path and the in-memory path visit epoch 2 in the order
+    cnn_parity.shared_rng draws, batch for batch."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    recipe = load_recipe("lenet", overrides={"shuffle_rng": "shared", "seed": 3})
+    order = shared_rng.epoch_permutation(3, 2, 60_000)
+    expected = torch.from_numpy(neutral_data.load_split("mnist", "train", data_dir).labels[order[:3 * 128]]).long()
+    for pipeline in data.PIPELINES:
+        train, _ = data.make_loaders(recipe, pipeline, data_dir, torch.device("cpu"), torch.Generator().manual_seed(0))
+        data.set_epoch(train, 2)
+        labels = torch.cat([labels for _, labels in itertools.islice(train, 3)])
+        assert torch.equal(labels, expected), pipeline
 
 
 @pytest.mark.parametrize("model", MODELS)

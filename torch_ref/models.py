@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Flax's truncated_normal(stddev) samples N(0, 1) truncated to [-2, 2], then scales by
-# stddev / 0.8796..., the standard deviation of that truncated distribution.
-_TRUNCATED_STD = 0.87962566103423978
+from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD
+
 
 
 class MLP(nn.Module):
@@ -112,7 +111,7 @@ def _flax_default_init(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             if not (isinstance(model, CNN2Layer) and module is model.fc):
-                std = math.sqrt(1.0 / module.weight[0].numel()) / _TRUNCATED_STD
+                std = math.sqrt(1.0 / module.weight[0].numel()) / TRUNCATED_NORMAL_STD
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
             nn.init.zeros_(module.bias)
 
