@@ -80,6 +80,12 @@ class AccuracyBudget:
     bound: float  # |accuracy_flax - accuracy_torch| allowed
     floor: float  # both accuracies must exceed this
 
+    def learned(self, flax_accuracy: float, torch_accuracy: float) -> bool:
+        return min(flax_accuracy, torch_accuracy) > self.floor
+
+    def agree(self, flax_accuracy: float, torch_accuracy: float) -> bool:
+        return abs(flax_accuracy - torch_accuracy) <= self.bound
+
 
 ACCURACY = {
     # measured (seeds per framework): flax mean ± sd | torch mean ± sd; largest |Δ| over all seed pairs
@@ -123,6 +129,11 @@ class TrajectoryCheck:
     @property
     def ok(self) -> bool:
         return self.max_loss_diff <= self.loss_bound and self.final_param_diff <= self.param_bound
+
+
+def float64_trajectory_ok(trajectory) -> bool:
+    """The float64 trajectory verdict (5): the issue's bounds on every step's loss and parameters."""
+    return trajectory.max_loss_diff <= TRAJECTORY_LOSS and max(trajectory.param_diffs) <= TRAJECTORY_PARAM
 
 
 def check_trajectory(trajectory, control: Callable[[], Any]) -> TrajectoryCheck:

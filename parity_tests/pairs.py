@@ -51,6 +51,9 @@ def product_mapping(name: str) -> WeightMapping:
 
 @dataclass(frozen=True)
 class ModelPair:
+    """The torch model's parameter names are the canonical names (torch's gradients are read by
+    name); every measurement leaves the pair's weights as they are."""
+
     recipe: Recipe  # what both sides train with: optimiser, normalisation, data set
     torch_model: torch.nn.Module
     flax_model: nn.Module

@@ -70,33 +70,24 @@ def measure_model(m: Measurements, name: str, with_accuracy: bool) -> dict[str, 
                                  "max_loss_diff": control.max_loss_diff, "max_param_diff": control.final_param_diff},
         "trajectory_curves": {"float32": traj.to_dict(), "float64": traj64.to_dict(), "control": control.to_dict()},
     }
+    result["within_bounds"] = {
+        "num_params": num_flax == num_torch,
+        "forward": result["forward_max_abs_diff"] <= bounds.FORWARD_ABS,
+        "grad": result["grad_max_abs_diff"] <= bounds.GRAD_ABS,
+        "update": first_step["ok"] and result["update_same_gradients_max_abs_diff"] <= bounds.UPDATE_ABS,
+        "trajectory": trajectory_check.ok,
+        "trajectory_float64": bounds.float64_trajectory_ok(traj64),
+    }
     if with_accuracy:
         budget = bounds.ACCURACY[name]
+        flax_acc = accuracy.independent_accuracy("flax", name, 0, budget.steps)
+        torch_acc = accuracy.independent_accuracy("torch", name, 0, budget.steps)
         result["accuracy"] = {
             "steps": budget.steps, "batch_size": TRAJECTORY_BATCH, "test_images": accuracy.ACCURACY_TEST_IMAGES,
-            "seed": 0, "bound": budget.bound,
-            "flax": accuracy.independent_accuracy("flax", name, 0, budget.steps),
-            "torch": accuracy.independent_accuracy("torch", name, 0, budget.steps),
+            "seed": 0, "bound": budget.bound, "floor": budget.floor, "flax": flax_acc, "torch": torch_acc,
         }
-    result["within_bounds"] = checks(result)
+        result["within_bounds"]["accuracy"] = budget.learned(flax_acc, torch_acc) and budget.agree(flax_acc, torch_acc)
     return result
-
-
-def checks(r: dict[str, Any]) -> dict[str, bool]:
-    c = {
-        "num_params": r["num_params_flax"] == r["num_params_torch"],
-        "forward": r["forward_max_abs_diff"] <= bounds.FORWARD_ABS,
-        "grad": r["grad_max_abs_diff"] <= bounds.GRAD_ABS,
-        "update": r["update_first_step"]["ok"] and r["update_same_gradients_max_abs_diff"] <= bounds.UPDATE_ABS,
-        "trajectory": (r["trajectory_max_loss_diff"] <= r["trajectory_loss_bound"]
-                       and r["trajectory_max_param_diff"] <= r["trajectory_param_bound"]),
-        "trajectory_float64": (r["trajectory_float64"]["max_loss_diff"] <= bounds.TRAJECTORY_LOSS
-                               and r["trajectory_float64"]["max_param_diff"] <= bounds.TRAJECTORY_PARAM),
-    }
-    if "accuracy" in r:
-        a = r["accuracy"]
-        c["accuracy"] = abs(a["flax"] - a["torch"]) <= a["bound"]
-    return c
 
 
 def _e(x: float) -> str:
