@@ -8,7 +8,6 @@ Prints a Markdown table; median of N timed repetitions after a warm-up.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
