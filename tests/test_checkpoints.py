@@ -89,6 +89,9 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(framework, baselines, data_dir, tm
     workdir = tmp_path / "interrupted"
     proc = _start_and_stop_after_first_checkpoint(framework, workdir, data_dir, signal.SIGINT)
     assert proc.returncode == 130
+    _, stopped_at, _ = load_safetensors(workdir / "model.safetensors")  # the weights it stopped with
+    _, newest, _ = load_safetensors(checkpoints.latest(workdir) / "model.safetensors")
+    assert all(stopped_at[name].tobytes() == newest[name].tobytes() for name in newest)
     result = run_cli(framework, *RESUME_RUN, "--workdir", str(workdir), "--resume", cwd=tmp_path,
                      env={"CNN_PARITY_DATA_DIR": str(data_dir)})
     assert result.returncode == 0, result.stderr

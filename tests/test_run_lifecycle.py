@@ -142,8 +142,9 @@ def test_resume_falls_back_past_damage(framework, data_dir, tmp_path):
     damages = {
         "state file missing": lambda w: (checkpoints.latest(w) / state_file).unlink(),
         "state file truncated": lambda w: (checkpoints.latest(w) / state_file).write_bytes(b"\x93"),
-        "meta.json corrupt": lambda w: (checkpoints.latest(w) / "meta.json").write_text('{"epoch": 1, "st'),
     }
+    if framework == "torch":  # the rest is framework-neutral code: once is enough
+        damages["meta.json corrupt"] = lambda w: (checkpoints.latest(w) / "meta.json").write_text('{"epoch": 1, "st')
     for damage, apply in damages.items():
         workdir = tmp_path / damage.replace(" ", "-")
         shutil.copytree(intact, workdir)
@@ -154,6 +155,8 @@ def test_resume_falls_back_past_damage(framework, data_dir, tmp_path):
         assert "step_000000010" in result.stderr.split("resuming from")[1], damage
         assert_same_run(workdir, intact)
 
+    if framework != "torch":
+        return
     workdir = tmp_path / "truncated-record"
     shutil.copytree(intact, workdir)
     text = (workdir / "metrics.jsonl").read_text()
