@@ -20,7 +20,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from flax_impl import data
 from flax_impl.train import FlaxTrainer
 
 VARIANTS = {  # pipeline -> (conv_impl, loop)
@@ -41,7 +40,7 @@ class VariantTrainer(FlaxTrainer):
         def train_scan(state, split, perm, rng, start, num_steps):
             def step(state, i):
                 # FlaxTrainer's jitted gathered step, inlined into the scan (donation applies to the scan's state)
-                state, metrics = self._train_on_slice(state, split, perm, i * b, rng, batch_size=b)
+                state, metrics = self.train_on_slice(state, split, perm, i * b, rng, batch_size=b)
                 return state, (metrics["loss"], metrics["correct"])
             return jax.lax.scan(step, state, start + jnp.arange(num_steps))
 
@@ -51,7 +50,7 @@ class VariantTrainer(FlaxTrainer):
         if self.loop == "chunked":
             return super().train_epoch(epoch, start, num_steps, log)
         n, b = len(self.train_data.labels), self.recipe.batch_size
-        perm = data.epoch_permutation(self.shuffle_key, epoch, n)
+        perm = self.epoch_order(epoch)
         full = max(0, min(start + num_steps, n // b) - start) if self.loop == "scan" else 0
         if full:
             self.state, (losses, correct) = self._train_scan(self.state, self.train_data, perm, self.dropout_key,
@@ -59,8 +58,8 @@ class VariantTrainer(FlaxTrainer):
             log.record_steps(losses, correct, full, b)
         for i in range(start + full, start + num_steps):  # python loop; for scan, the last partial batch
             size = min(b, n - i * b)
-            self.state, metrics = self._train_on_slice(self.state, self.train_data, perm, i * b, self.dropout_key,
-                                                       batch_size=size)
+            self.state, metrics = self.train_on_slice(self.state, self.train_data, perm, i * b, self.dropout_key,
+                                                      batch_size=size)
             log.record(metrics["loss"], metrics["correct"], size)
 
 

@@ -168,7 +168,8 @@ class FlaxTrainer:
             buffers = jnp.zeros(STEPS_PER_DISPATCH, jnp.float32), jnp.zeros(STEPS_PER_DISPATCH, jnp.int32)
             return jax.lax.fori_loop(0, count, body, (state, *buffers))
 
-        self._train_on_slice = jax.jit(train_on_slice, donate_argnums=0, static_argnames="batch_size")
+        # One gathered step, jitted on its own: the epoch's last partial batch, and the benchmarks' loops.
+        self.train_on_slice = jax.jit(train_on_slice, donate_argnums=0, static_argnames="batch_size")
         self._train_full_batches = jax.jit(train_full_batches, donate_argnums=0)
         self._evaluate = make_evaluator(recipe, self.mesh)
         self._synchronous = distributed.synchronous_dispatch(self.mesh)
@@ -177,11 +178,7 @@ class FlaxTrainer:
         # The permutation and every dropout key are functions of (seed, epoch, step): resuming at
         # `start` needs no saved RNG state.
         n, b = len(self.train_data.labels), self.recipe.batch_size
-        if self.recipe.shuffle_rng == "shared":
-            order = shared_rng.epoch_permutation(self.recipe.seed, epoch, n).astype(np.int32)
-            perm = jax.device_put(order, distributed.replicated(self.mesh))
-        else:
-            perm = data.epoch_permutation(self.shuffle_key, epoch, n)
+        perm = self.epoch_order(epoch)
         step, end = start, start + num_steps
         while step < min(end, n // b):
             count = log.steps_before_checkpoint(min(STEPS_PER_DISPATCH, min(end, n // b) - step))
@@ -193,11 +190,19 @@ class FlaxTrainer:
             step += count
         if step < end:  # the epoch's last, partial batch (recipes without drop_last)
             size = n - step * b
-            self.state, metrics = self._train_on_slice(self.state, self.train_data, perm, step * b, self.dropout_key,
-                                                       batch_size=size)
+            self.state, metrics = self.train_on_slice(self.state, self.train_data, perm, step * b, self.dropout_key,
+                                                      batch_size=size)
             if self._synchronous:
                 jax.block_until_ready(self.state)
             log.record(metrics["loss"], metrics["correct"], size)
+
+    def epoch_order(self, epoch: int) -> jax.Array:
+        """The order (indices into the training split) in which epoch `epoch` (1-based) visits it."""
+        n = len(self.train_data.labels)
+        if self.recipe.shuffle_rng == "shared":
+            order = shared_rng.epoch_permutation(self.recipe.seed, epoch, n).astype(np.int32)
+            return jax.device_put(order, distributed.replicated(self.mesh))
+        return data.epoch_permutation(self.shuffle_key, epoch, n)
 
     def evaluate(self) -> EvalResult:
         return self._evaluate(self.state.params, self.test_data)
