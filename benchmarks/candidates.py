@@ -91,7 +91,7 @@ def _build_torch(recipe, pipeline, data_dir, quick):
 
     from torch_ref.train import TorchTrainer
 
-    trainer = TorchTrainer(recipe, "seed" if pipeline == "seed-dataloader" else "tensor", data_dir)
+    trainer = TorchTrainer(recipe, "torchvision" if pipeline == "seed-dataloader" else "tensor", data_dir)
     if pipeline == "compile":
         # The model's forward (and, through AOTAutograd, its backward) compiled by Inductor; the data
         # pipeline and the optimiser step are the eager trainer's. Parameters are shared, so the

@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnn_parity.recipes import MODELS
 from benchmarks import flops
 from benchmarks.candidates import PIPELINES, framework_of
 from cnn_parity.workdir import machine_info
 
-MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 REPO = Path(__file__).resolve().parent.parent
 
 # Training steps per timed trial (full mode): about 1-3 s of work each on a 2-core CPU.

@@ -287,7 +287,7 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -
             f", source {reported['num_params']:,}" if "num_params" in reported else "")
         details += [f"## {model}", "", f"Source: {recipe.source}", "", f"![{model}]({model}.png)", "",
                     f"- Epochs run: {flax['epochs']} (Flax), {torch['epochs']} (PyTorch); seeds {seeds}; {params}.",
-                    f"- Final test accuracy per seed: Flax "
+                    "- Final test accuracy per seed: Flax "
                     + ", ".join(f"{100 * a:.2f}" for a in flax["test_accuracy_per_seed"]) + "; PyTorch "
                     + ", ".join(f"{100 * a:.2f}" for a in torch["test_accuracy_per_seed"]) + " (%).",
                     f"- {entry['comparison']['statement']}",

@@ -185,11 +185,12 @@ class FashionCNN(_Layers):
         return nn.log_softmax(self.dense(x, 10, "fc2"))
 
 
-MODELS = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
+# The module class of each model named in cnn_parity.recipes.MODELS.
+MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
 
 
 def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "auto") -> nn.Module:
-    return MODELS[name](init_scheme=init_scheme, conv_impl=resolve_conv_impl(conv_impl))
+    return MODULES[name](init_scheme=init_scheme, conv_impl=resolve_conv_impl(conv_impl))
 
 
 def init_params(model: nn.Module, key: jax.Array) -> Any:

@@ -18,14 +18,13 @@ import jax
 import jax.numpy as jnp
 import torch
 
-from cnn_parity.recipes import MODELS, Recipe, load_recipe
+from cnn_parity.recipes import Recipe, load_recipe
 from flax_impl import convert as flax_convert
 from flax_impl import models as flax_models
 from parity_tests.differences import Canonical
 from torch_ref import convert as torch_convert
 from torch_ref import models as torch_models
 
-MODEL_NAMES = MODELS
 DIRECTIONS = ("torch_to_flax", "flax_to_torch")  # which side initialises; the other gets converted weights
 
 

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from cnn_parity.errors import CnnParityError
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import versions
 from parity_tests import accuracy, batches, bounds, precision
 from parity_tests.gradients import grad_cases
 from parity_tests.measurements import Measurements
 from parity_tests.outputs import forward_cases
-from parity_tests.pairs import MODEL_NAMES
 from parity_tests.trajectory import FLOAT64_BATCH, TRAJECTORY_BATCH, TRAJECTORY_STEPS
 from parity_tests.updates import OPTIMIZER_STEPS
 
@@ -150,16 +149,16 @@ def update_readme(path: Path, table: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for parity.json and parity.md")
-    p.add_argument("--models", default=",".join(MODEL_NAMES), help="comma-separated subset")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     p.add_argument("--data-dir", default=batches.default_data_dir(),
                    help="folder holding mnist/ (default $CNN_PARITY_DATA_DIR, else ../shared/data, else the cache)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the independent-init accuracy runs (test 8)")
     p.add_argument("--update-readme", metavar="PATH", help="replace the marked table block in this file")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODEL_NAMES]
+    unknown = [m for m in models if m not in MODELS]
     if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODEL_NAMES)}")
+        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
     precision.configure()
     batches.set_data_dir(args.data_dir)
     out = Path(args.out)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from cnn_parity.recipes import MODELS
 from parity_tests import bounds
 from parity_tests.accuracy import independent_accuracy
-from parity_tests.pairs import MODEL_NAMES
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_accuracy_parity_with_independent_inits(model):
     budget = bounds.ACCURACY[model]
     flax_acc = independent_accuracy("flax", model, seed=0, steps=budget.steps)

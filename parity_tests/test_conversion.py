@@ -11,16 +11,14 @@ import torch
 from cnn_parity import weights
 from flax_impl import convert as flax_convert
 from flax_impl import models as flax_models
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import INITS, MODELS, load_recipe
 from parity_tests import bounds
 from parity_tests.batches import make_batch
 from parity_tests.outputs import flax_forward, measure_forward, torch_forward
-from parity_tests.pairs import MODEL_NAMES, ModelPair, flax_init_params, pair_from_torch, torch_init
+from parity_tests.pairs import ModelPair, flax_init_params, pair_from_torch, torch_init
 from torch_ref import convert as torch_convert
 from torch_ref import models as torch_models
 
-MODELS = MODEL_NAMES
-INITS = ("torch", "flax")  # torch_ref's two init schemes (PyTorch's defaults; Flax's, emulated)
 
 
 def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:

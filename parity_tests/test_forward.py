@@ -6,21 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import MODELS, load_recipe
 from parity_tests import bounds
 from parity_tests.batches import make_batch
 from parity_tests.outputs import flax_forward, forward_batch, forward_cases, torch_forward
-from parity_tests.pairs import MODEL_NAMES
 
 
 @pytest.mark.parametrize("direction,kind,n", forward_cases())
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_forward_parity(model, direction, kind, n, measurements):
     diff = measurements.forward(model, direction, kind, n)
     assert diff <= bounds.FORWARD_ABS, f"{model} {direction} {kind} n={n}: max |Δ| {diff:.2e}"
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_outputs_are_not_degenerate(model, measurements):
     """A parity check on constant outputs would prove nothing: the outputs vary across examples and
     classes, and both frameworks predict the same class for every real example."""
@@ -31,7 +30,7 @@ def test_outputs_are_not_degenerate(model, measurements):
     assert np.array_equal(flax_out.argmax(1), torch_out.argmax(1))
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_normalisers_agree(model):
     """flax_impl.data.normalize and torch_ref.data.normalize turn the same pixels into bitwise the
     same floats: both look pixels up in cnn_parity.data.normalization_table. (Computed arithmetically

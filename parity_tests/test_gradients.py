@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cnn_parity.recipes import MODELS
 from cnn_parity.weights import canonical_shapes
 from parity_tests import bounds
 from parity_tests.gradients import grad_cases
-from parity_tests.pairs import MODEL_NAMES
 
-CASES = [(m, kind, train) for m in MODEL_NAMES for kind, train in grad_cases(m)]
+CASES = [(m, kind, train) for m in MODELS for kind, train in grad_cases(m)]
 
 
 @pytest.mark.parametrize("model,kind,train", CASES)
@@ -23,7 +23,7 @@ def test_gradient_parity(model, kind, train, measurements):
     assert diffs[worst] <= bounds.GRAD_ABS, f"{model} {worst}: max |Δ| {diffs[worst]:.2e} (relative {result.rel_diffs()[worst]:.2e})"
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_gradients_are_not_degenerate(model, measurements):
     """Every parameter tensor gets a non-zero gradient, so a match is not two zeros agreeing."""
     result = measurements.grads(model)

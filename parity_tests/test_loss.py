@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnn_parity.recipes import MODELS
 from flax_impl import train as flax_train
 from parity_tests import bounds
 from parity_tests.differences import max_abs_diff
 from parity_tests.outputs import flax_forward, forward_batch, torch_forward
-from parity_tests.pairs import MODEL_NAMES
 from torch_ref import train as torch_train
 
 
@@ -58,7 +58,7 @@ def jax_log_softmax(x):
     return jax.nn.log_softmax(jnp.asarray(x))
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_recipe_losses_agree_on_identical_outputs(model, measurements):
     """Same output array into both products' losses: flax_impl.train.cross_entropy vs torch_ref.train.cross_entropy."""
     pair = measurements.pair(model)

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.weights import FLATTENED_INPUT, LAYERS
 from flax_impl import convert as flax_convert
 from flax_impl import train as flax_train
@@ -30,12 +30,12 @@ from parity_tests import bounds
 from parity_tests.batches import Batch, batch_from_uint8, make_batch, real_images
 from parity_tests.gradients import GRAD_BATCH, measure_grads
 from parity_tests.outputs import forward_batch, measure_forward
-from parity_tests.pairs import MODEL_NAMES, pair_from_flax, pair_from_torch, product_mapping
+from parity_tests.pairs import pair_from_flax, pair_from_torch, product_mapping
 from parity_tests.trajectory import run_training
 from parity_tests.updates import OPTIMIZER_STEPS, same_gradient_updates
 from torch_ref import train as torch_train
 
-CONV_MODELS = [m for m in MODEL_NAMES if m != "mlp"]
+CONV_MODELS = [m for m in MODELS if m != "mlp"]
 
 
 def _replace(params, name, kernel):
@@ -95,7 +95,7 @@ def assert_caught(measured: float, bound: float) -> None:
 
 @pytest.fixture(scope="module")
 def real_batches():
-    return {m: forward_batch(load_recipe(m), "real", 128) for m in MODEL_NAMES}
+    return {m: forward_batch(load_recipe(m), "real", 128) for m in MODELS}
 
 
 @pytest.mark.parametrize("bug", [flatten_order_ignored, conv_kernel_spatially_transposed,

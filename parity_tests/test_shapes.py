@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from cnn_parity import weights
+from cnn_parity.recipes import MODELS
 from flax_impl import convert as flax_convert
 from parity_tests.outputs import BATCH_SIZES, flax_layer_shapes, forward_batch, torch_layer_shapes
-from parity_tests.pairs import MODEL_NAMES
 
 # Written from the spec (SEEDS.md), not from the code: torch NCHW output shape of each layer for a
 # batch of N. Flax's are the same in NHWC. fashion_cnn's `dropout` is Flax's unnamed Dropout_0.
@@ -27,7 +27,7 @@ def nhwc(shape):
 
 
 @pytest.mark.parametrize("n", BATCH_SIZES)
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_layer_and_logit_shapes(model, n, measurements):
     pair = measurements.pair(model)
     batch = forward_batch(pair.recipe, "real", n)
@@ -37,7 +37,7 @@ def test_layer_and_logit_shapes(model, n, measurements):
     assert flax_shapes == {FLAX_NAMES.get(k, k): nhwc(v) for k, v in expected.items()}
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_parameter_shapes_and_counts(model, measurements):
     pair = measurements.pair(model)
     shapes = weights.canonical_shapes(model)
@@ -52,7 +52,7 @@ def test_parameter_shapes_and_counts(model, measurements):
     assert num_flax == num_torch == NUM_PARAMS[model] == pair.recipe.reported["num_params"]
 
 
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", MODELS)
 def test_flattened_feature_map_matches_spec(model):
     """The (C, H, W) the converters un-flatten is the spec's last feature map after its 2x2 pool
     (mlp: the image), and its size is the first Dense layer's fan-in."""

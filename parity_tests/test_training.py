@@ -10,9 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import MODELS, load_recipe
 from parity_tests import bounds
-from parity_tests.pairs import MODEL_NAMES
 from parity_tests.trajectory import TRAJECTORY_STEPS
 from parity_tests.updates import OPTIMIZER_STEPS
 
@@ -22,11 +21,11 @@ def optimizer_id(model: str) -> str:
     return f"{model}-{o.name}{'+momentum' if o.momentum else ''}"
 
 
-MODELS = [pytest.param(m, id=optimizer_id(m)) for m in MODEL_NAMES]
+MODELS = [pytest.param(m, id=optimizer_id(m)) for m in MODELS]
 
 
 def test_recipes_cover_the_three_optimisers():
-    kinds = {optimizer_id(m).split("-")[1] for m in MODEL_NAMES}
+    kinds = {optimizer_id(m).split("-")[1] for m in MODELS}
     assert kinds == {"sgd", "sgd+momentum", "adam"}
 
 

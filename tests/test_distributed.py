@@ -21,7 +21,7 @@ from tests.test_cli import assert_one_line_error
 
 # Largest |Δ| between 1 and 2 devices measured on this machine, per-step training loss over the run:
 #   Flax  lenet 1 epoch (469 steps, last batch 96)  1.2e-6;  fashion_cnn 60 steps (dropout)  4.8e-7
-#   torch lenet 1 epoch, tensor pipeline            4.8e-7;  seed pipeline (DistributedSampler) 60 steps  3.6e-7
+#   torch lenet 1 epoch, tensor pipeline            4.8e-7;  torchvision pipeline (DistributedSampler) 60 steps  3.6e-7
 # All float32 summation-order effects (the global batch's gradient is summed in two halves, then
 # all-reduced); a real difference in data, dropout masks or averaging moves the loss by 1e-2 or more
 # within a few steps. Bound: 10x the worst measured. fashion_cnn is compared over 60 steps: its
@@ -102,8 +102,8 @@ def test_torch_ddp_two_processes_train_as_one(tmp_path, data_dir, args):
 
 
 def test_torch_ddp_distributed_sampler_keeps_the_global_batch(tmp_path, data_dir):
-    """The `seed` pipeline under DDP uses a DistributedSampler: 1 and 2 processes see the same global batches."""
-    common = ("--model", "lenet", "--pipeline", "seed", "--max-steps", "60", "--checkpoint-every", "60")
+    """The `torchvision` pipeline under DDP uses a DistributedSampler: 1 and 2 processes see the same global batches."""
+    common = ("--model", "lenet", "--pipeline", "torchvision", "--max-steps", "60", "--checkpoint-every", "60")
     _torch(tmp_path / "one", 1, data_dir, *common)
     _torch(tmp_path / "two", 2, data_dir, *common)
     _assert_same_run(tmp_path / "one", tmp_path / "two")

@@ -35,16 +35,16 @@ def test_normalize_is_totensor_then_normalize():
 
 
 @pytest.mark.parametrize("model", ["lenet", "fashion_cnn"])
-def test_seed_pipeline_yields_the_same_tensors_as_the_tensor_pipeline(model, data_dir, tmp_path, monkeypatch):
+def test_torchvision_pipeline_yields_the_same_tensors_as_the_tensor_pipeline(model, data_dir, tmp_path, monkeypatch):
     """torchvision's own ToTensor/Normalize/DataLoader path and the in-memory path agree bitwise."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the torchvision layout is prepared afresh
     recipe = load_recipe(model)
     device = torch.device("cpu")
-    _, seed_test = data.make_loaders(recipe, "seed", data_dir, device, torch.Generator().manual_seed(0))
+    _, torchvision_test = data.make_loaders(recipe, "torchvision", data_dir, device, torch.Generator().manual_seed(0))
     _, tensor_test = data.make_loaders(recipe, "tensor", data_dir, device, torch.Generator().manual_seed(0))
-    for (seed_images, seed_labels), (images, labels) in zip(seed_test, tensor_test):
-        assert torch.equal(seed_images, images) and torch.equal(seed_labels, labels)
-    assert len(seed_test) == len(tensor_test) == 10
+    for (torchvision_images, torchvision_labels), (images, labels) in zip(torchvision_test, tensor_test):
+        assert torch.equal(torchvision_images, images) and torch.equal(torchvision_labels, labels)
+    assert len(torchvision_test) == len(tensor_test) == 10
 
 
 def test_tensor_pipeline_shuffles_each_epoch_and_covers_the_split(data_dir):

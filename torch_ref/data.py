@@ -2,13 +2,13 @@
 
 `tensor` (default): each split held as one tensor on the device; a fresh `torch.randperm` per epoch
 from a seeded generator; batches are index gathers. The mirror of flax_impl/data.py.
-`seed`: what the sources ran: torchvision's `datasets.MNIST` / `FashionMNIST` with `ToTensor` and
+`torchvision`: what the sources ran: torchvision's `datasets.MNIST` / `FashionMNIST` with `ToTensor` and
 `Normalize`, through a shuffling `DataLoader`. torchvision reads its own raw layout, which is prepared
 from the verified files (never from the network) under the per-user cache.
 
 Under DDP (a `World`), each rank gets batch_size / N examples of every global batch: `tensor` takes
 its contiguous share of the single-process batch (so the global batches and their order are exactly
-one process's), `seed` uses a `DistributedSampler` (seeded with the recipe's seed, as PyTorch users
+one process's), `torchvision` uses a `DistributedSampler` (seeded with the recipe's seed, as PyTorch users
 launch it). Test splits are divided between ranks without padding.
 """
 
@@ -25,7 +25,7 @@ from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Recipe
 from torch_ref.distributed import World, local_batch_size
 
-PIPELINES = ("tensor", "seed")
+PIPELINES = ("tensor", "torchvision")
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
@@ -95,7 +95,7 @@ class TensorBatches:
 def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: torch.device,
                  generator: torch.Generator, world: World | None = None):
     """(train, test) iterables of (images, labels) batches for `recipe` (this rank's, under DDP)."""
-    if pipeline == "seed":
+    if pipeline == "torchvision":
         return _torchvision_loaders(recipe, data_dir, generator, world)
     mean, std = recipe.normalize_mean, recipe.normalize_std
     train = TensorBatches(data.load_split(recipe.dataset, "train", data_dir), recipe.batch_size, mean, std,
@@ -151,7 +151,7 @@ def _torchvision_loaders(recipe: Recipe, data_dir: str | None, generator: torch.
         return train, DataLoader(test_set, batch_size=recipe.eval_batch_size)
     if shared_order:
         raise UsageError("shuffle_rng = \"shared\" under torchrun needs --pipeline tensor "
-                         "(the seed pipeline shards with DistributedSampler's own order)")
+                         "(the torchvision pipeline shards with DistributedSampler's own order)")
     sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=recipe.seed,
                                  drop_last=recipe.drop_last)
     train = DataLoader(train_set, batch_size=local_batch_size(recipe.batch_size, world), sampler=sampler,

@@ -96,11 +96,12 @@ class FashionCNN(nn.Module):
         return F.log_softmax(self.fc2(x), dim=1)
 
 
-MODELS = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
+# The module class of each model named in cnn_parity.recipes.MODELS.
+MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
 
 
 def create_model(name: str, init_scheme: str = "torch") -> nn.Module:
-    model = MODELS[name]()
+    model = MODULES[name]()
     if init_scheme == "flax":
         _flax_default_init(model)
     return model
