@@ -32,7 +32,11 @@ from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
 
-DESIGNS = {"independent": "framework", "paired": "shared"}  # design -> init_rng and shuffle_rng
+# design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
+# bisecting a difference the independent design shows: which of the two random streams carries it.
+DESIGNS = {"independent": ("framework", "framework"), "paired": ("shared", "shared"),
+           "shared-init": ("shared", "framework"), "shared-order": ("framework", "shared")}
+DEFAULT_DESIGNS = ["independent", "paired"]
 
 # Equivalence margins, declared before any data were seen.
 # Final test accuracy: ±0.3 percentage points. Below the 0.5 pp this project flags as a gap needing an
@@ -62,16 +66,16 @@ def _complete(out: Path, model: str, design: str, framework: str, seed: int, qui
     return runs.run_complete(workdir, steps=QUICK_STEPS) if quick else runs.run_complete(workdir, BUDGET_EPOCHS[model])
 
 
-def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list[int]:
-    """The seeds whose runs are complete in both frameworks and both designs."""
-    return [s for s in seeds if all(_complete(out, model, d, f, s, quick) for d in DESIGNS for f in runs.FRAMEWORKS)]
+def complete_seeds(out: Path, model: str, seeds: list[int], designs: list[str], quick: bool) -> list[int]:
+    """The seeds whose runs are complete in both frameworks and every one of `designs`."""
+    return [s for s in seeds if all(_complete(out, model, d, f, s, quick) for d in designs for f in runs.FRAMEWORKS)]
 
 
 def train(out: Path, model: str, design: str, framework: str, seed: int, quick: bool, data_dir: str | None) -> None:
     if _complete(out, model, design, framework, seed, quick):
         return
-    rng = DESIGNS[design]
-    flags = ["--set", f"init_rng={rng}", "--set", f"shuffle_rng={rng}"]
+    init_rng, shuffle_rng = DESIGNS[design]
+    flags = ["--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
     flags += ["--max-steps", str(QUICK_STEPS)] if quick else ["--epochs", str(BUDGET_EPOCHS[model])]
     runs.train(run_dir(out, model, design, framework, seed), framework, model, seed, flags, data_dir,
                run_environment(out))
@@ -183,8 +187,10 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for offset, (design, colour) in zip((-0.08, 0.08), (("independent", "tab:purple"), ("paired", "tab:green"))):
-        result = entry[design]
+    designs = [d for d in DESIGNS if d in entry]
+    colours = dict(zip(DESIGNS, ("tab:purple", "tab:green", "tab:orange", "tab:blue")))
+    for offset, design in zip(np.linspace(-0.15, 0.15, len(designs)), designs):
+        result, colour = entry[design], colours[design]
         tests = result["train_loss_log_ratio_tests"]
         epochs = np.arange(1, len(tests) + 1) + offset
         mid = [_ratio_pct(t["difference"]) for t in tests]
@@ -200,7 +206,7 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
         ax.axhline(0, color="k", lw=0.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    n = len(entry["independent"]["seeds"])
+    n = len(entry[designs[0]]["seeds"])
     loss_ax.set(title=f"{model}: train loss, Flax vs PyTorch (%), {n} seeds", xlabel="epoch", ylabel="Flax / PyTorch − 1 (%)")
     acc_ax.set(title=f"{model}: final test accuracy, Flax − PyTorch (pp)", xticks=[], ylabel="pp")
     fig.tight_layout()
@@ -214,7 +220,7 @@ def summary_table(report: dict) -> list[str]:
              f"| train loss verdict (±{100 * (TRAIN_LOSS_MARGIN_RATIO - 1):.0f} %, every epoch) |",
              "|---|---|---|---:|---|---|---|---|---|"]
     for model, entry in report["models"].items():
-        for design in DESIGNS:
+        for design in (d for d in DESIGNS if d in entry):
             r = entry[design]
             a, last = r["test_accuracy_test"], r["train_loss_log_ratio_tests"][-1]
             loss_verdict = "equivalent" if r["train_loss_equivalent_every_epoch"] else "not shown: " + ", ".join(
@@ -227,19 +233,20 @@ def summary_table(report: dict) -> list[str]:
     return lines
 
 
-def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -> dict[str, Any]:
+def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str], quick: bool) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": " ".join(["python -m cnn_parity.equivalence", *sys.argv[1:]]), "quick": quick,
-        "designs": DESIGNS, "margins": {"test_accuracy_pp": ACCURACY_MARGIN_PP, "train_loss_ratio": TRAIN_LOSS_MARGIN_RATIO},
+        "designs": {d: {"init_rng": DESIGNS[d][0], "shuffle_rng": DESIGNS[d][1]} for d in designs},
+        "margins": {"test_accuracy_pp": ACCURACY_MARGIN_PP, "train_loss_ratio": TRAIN_LOSS_MARGIN_RATIO},
         "alpha": ALPHA, "target_power": TARGET_POWER, "versions": versions(), "machine": machine_info(), "models": {}}
     details = []
     for model, seeds in seeds_by_model.items():
         budget = f"{QUICK_STEPS} steps" if quick else f"{BUDGET_EPOCHS[model]} of {load_recipe(model).epochs} epochs"
-        entry = {"budget": budget, **{design: analyse(out, model, design, seeds) for design in DESIGNS}}
+        entry = {"budget": budget, **{design: analyse(out, model, design, seeds) for design in designs}}
         report["models"][model] = entry
         plot_model(out / f"{model}.png", model, entry)
         details += [f"## {model}", "", f"![{model}]({model}.png)", ""]
-        for design in DESIGNS:
+        for design in designs:
             r = entry[design]
             a = r["test_accuracy_test"]
             details += [f"**{design}** ({r['steps']} steps per run, seeds {', '.join(map(str, seeds))}):", "",
@@ -262,7 +269,11 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -
           f"Command: `{report['command']}`" + (" (QUICK smoke run: not a result)" if quick else ""), "",
           "Designs: **independent**, each framework's own random generators (init_rng = shuffle_rng = \"framework\"); "
           "**paired**, both \"shared\": per seed, both frameworks start from the same weights and see the same batches "
-          "(fashion_cnn's dropout masks stay each framework's own).", "",
+          "(fashion_cnn's dropout masks stay each framework's own)."
+          + ("" if set(designs) <= set(DEFAULT_DESIGNS) else
+             " Bisection designs share one random stream only: **shared-init** (init_rng \"shared\", each framework's "
+             "own shuffling), **shared-order** (each framework's own initial weights, shuffle_rng \"shared\"); their "
+             "runs are compared like independent ones (Welch)."), "",
           f"Tests: TOST (two one-sided t-tests, α = {ALPHA} each; Welch's t for independent runs, one-sample t on "
           f"per-seed differences for paired ones) against margins declared in cnn_parity/equivalence.py before the "
           f"runs: final test accuracy ±{ACCURACY_MARGIN_PP} pp; each epoch's mean train loss within "
@@ -284,6 +295,8 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m cnn_parity.equivalence", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
     parser.add_argument("--seeds", nargs="+", type=int, default=DEFAULT_SEEDS, metavar="N")
+    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=DEFAULT_DESIGNS, metavar="DESIGN",
+                        help=f"any of: {', '.join(DESIGNS)} (default: {' '.join(DEFAULT_DESIGNS)})")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="runs trained at once, one thread each (default 1); results do not depend on it")
@@ -307,7 +320,7 @@ def main(argv=None) -> int:
         except OSError as e:
             raise UsageError(f"cannot write to {args.out}: {e.strerror or e}") from None
         if not args.report_only:
-            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in DESIGNS for f in runs.FRAMEWORKS]
+            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in runs.FRAMEWORKS]
             with ThreadPoolExecutor(args.jobs) as pool, tqdm(total=len(jobs), desc="equivalence", unit="run",
                                                                 file=sys.stderr) as bar:
                 def job(spec):
@@ -319,12 +332,13 @@ def main(argv=None) -> int:
                 except BaseException:  # a failed run (or Ctrl-C): start no more; finished runs are kept
                     pool.shutdown(cancel_futures=True)
                     raise
-        seeds_by_model = {m: seeds for m in args.models if len(seeds := complete_seeds(args.out, m, args.seeds, args.quick)) >= 2}
+        seeds_by_model = {m: seeds for m in args.models
+                          if len(seeds := complete_seeds(args.out, m, args.seeds, args.designs, args.quick)) >= 2}
         if not seeds_by_model:
             raise RunError(f"no model has 2 seeds complete in both frameworks and designs in {args.out}")
         for model in args.models:
             print(f"{model}: seeds {seeds_by_model.get(model, 'fewer than 2')} complete")
-        report = build_report(args.out, seeds_by_model, args.quick)
+        report = build_report(args.out, seeds_by_model, args.designs, args.quick)
         if args.update_readme:
             replace_marked_block(args.update_readme, README_MARKER, "\n".join(summary_table(report)))
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(seeds_by_model)} PNGs")
