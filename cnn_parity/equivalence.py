@@ -207,6 +207,7 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     n = len(entry[designs[0]]["seeds"])
+    loss_ax.set_xticks(range(1, max(len(entry[d]["train_loss_log_ratio_tests"]) for d in designs) + 1))
     loss_ax.set(title=f"{model}: train loss, Flax vs PyTorch (%), {n} seeds", xlabel="epoch", ylabel="Flax / PyTorch − 1 (%)")
     acc_ax.set(title=f"{model}: final test accuracy, Flax − PyTorch (pp)", xticks=[], ylabel="pp")
     fig.tight_layout()
