@@ -309,11 +309,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        unknown = [m for m in args.models if m not in MODELS]
-        if unknown:
-            raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
-        if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
-            raise UsageError("seeds must be distinct and non-negative")
+        runs.check_models_and_seeds(args.models, args.seeds)
         if len(args.seeds) < 2:
             raise UsageError("an equivalence test needs at least 2 seeds")
         try:

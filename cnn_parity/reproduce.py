@@ -317,11 +317,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        unknown = [m for m in args.models if m not in MODELS]
-        if unknown:
-            raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
-        if any(s < 0 for s in args.seeds):
-            raise UsageError("seeds must be non-negative")
+        runs.check_models_and_seeds(args.models, args.seeds)
         mode_file = args.out / "mode.json"
         mode = {"quick": args.quick}
         try:

@@ -12,10 +12,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from cnn_parity.errors import RunError
+from cnn_parity.errors import RunError, UsageError
+from cnn_parity.recipes import MODELS
 
 FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 CHECKPOINT_EVERY = 2000
+
+
+def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
+    """A command's --models and --seeds: known models, distinct non-negative seeds."""
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise UsageError("seeds must be distinct and non-negative")
 
 
 def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = None) -> bool:
