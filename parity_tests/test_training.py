@@ -21,7 +21,7 @@ def optimizer_id(model: str) -> str:
     return f"{model}-{o.name}{'+momentum' if o.momentum else ''}"
 
 
-MODELS = [pytest.param(m, id=optimizer_id(m)) for m in MODELS]
+MODEL_CASES = [pytest.param(m, id=optimizer_id(m)) for m in MODELS]
 
 
 def test_recipes_cover_the_three_optimisers():
@@ -29,7 +29,7 @@ def test_recipes_cover_the_three_optimisers():
     assert kinds == {"sgd", "sgd+momentum", "adam"}
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CASES)
 def test_optimiser_update_with_identical_gradients(model, measurements):
     """The optimisers alone (make_optimizer on both sides), fed the same gradients from the same
     weights, agree to 1e-6 after each of the first OPTIMIZER_STEPS updates (measured: ≤ 1.2e-7)."""
@@ -38,7 +38,7 @@ def test_optimiser_update_with_identical_gradients(model, measurements):
     assert max(diffs) <= bounds.UPDATE_ABS, f"per-step max |Δ|: {[f'{d:.1e}' for d in diffs]}"
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CASES)
 def test_one_training_step(model, measurements):
     """One full step (each side's own forward, backward and update; Flax's train_step) from the same
     weights on the same real batch: weights agree to 1e-6. Adam is the exception that proves the
@@ -54,7 +54,7 @@ def test_one_training_step(model, measurements):
     assert check["ok"], f"after one step: {check}"
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CASES)
 def test_trajectory_float64(model, measurements):
     """The same code with both frameworks in float64 (identical inputs): the issue's bounds hold for
     every model with 10 orders of magnitude to spare (measured ≤ 3e-15), so the two frameworks
@@ -65,7 +65,7 @@ def test_trajectory_float64(model, measurements):
         f"max per-step loss |Δ| {traj.max_loss_diff:.2e}, params max |Δ| {max(traj.param_diffs):.2e}"
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CASES)
 def test_trajectory_float32(model, measurements):
     """Per-step loss and final parameters within the issue's 1e-4, or, where float32 rounding alone
     drifts further, within 10x of torch's drift against itself with other conv kernels (bounds.py)."""
@@ -83,7 +83,7 @@ def test_trajectory_float32_within_issue_bound(model, measurements):
     assert max(traj.param_diffs) <= bounds.TRAJECTORY_PARAM
 
 
-@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("model", MODEL_CASES)
 def test_trajectory_is_real_training(model, measurements):
     """The compared runs go somewhere: training moves the weights by far more than the bound (and
     the loss falls, except lenet's, whose recipe (SGD 1e-3) sits on the initial plateau this early)."""
