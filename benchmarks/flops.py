@@ -8,16 +8,7 @@ the inputs of every layer but the first (the first layer's input gradient is nev
 
 from __future__ import annotations
 
-from cnn_parity.weights import LAYERS
-
-# Output height = width of each convolution, per model, from SEEDS.md (all square, stride 1).
-CONV_OUT = {
-    "mlp": {},
-    "cnn_base": {"conv1": 24, "conv2": 20, "conv3": 6},
-    "cnn_2layer": {"conv1": 28, "conv2": 14},
-    "lenet": {"conv1": 24, "conv2": 8},
-    "fashion_cnn": {"conv1": 24, "conv2": 8},
-}
+from cnn_parity.weights import LAYERS, conv_output_side
 
 
 def layer_flops(model: str) -> list[tuple[str, int]]:
@@ -25,7 +16,7 @@ def layer_flops(model: str) -> list[tuple[str, int]]:
     out = []
     for name, fan_in, fan_out, kernel in LAYERS[model]:
         if kernel:
-            side = CONV_OUT[model][name]
+            side = conv_output_side(model, name)
             out.append((name, 2 * fan_in * kernel * kernel * fan_out * side * side))
         else:
             out.append((name, 2 * fan_in * fan_out))

@@ -16,15 +16,7 @@ import numpy as np
 
 from flax_impl.models import gemm_conv, max_pool_2x2
 from cnn_parity.recipes import load_recipe
-from cnn_parity.weights import LAYERS
-
-# Input side (H = W) and padding of each conv, per model.
-CONV_IN = {
-    "cnn_base": {"conv1": (28, 0), "conv2": (24, 0), "conv3": (10, 0)},
-    "cnn_2layer": {"conv1": (28, 1), "conv2": (14, 1)},
-    "lenet": {"conv1": (28, 0), "conv2": (12, 0)},
-    "fashion_cnn": {"conv1": (28, 0), "conv2": (12, 0)},
-}
+from cnn_parity.weights import CONV_GEOMETRY, LAYERS, conv_output_side
 
 
 def _time(fn, reps):
@@ -54,7 +46,7 @@ def conv_rows(model, reps):
     for name, cin, cout, kernel in LAYERS[model]:
         if not kernel:
             continue
-        side, pad = CONV_IN[model][name]
+        side, pad, _ = CONV_GEOMETRY[model][name]
         rng = np.random.default_rng(0)
         x = jnp.asarray(rng.standard_normal((batch, side, side, cin), np.float32))
         k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) * 0.1)
@@ -81,8 +73,9 @@ def pool_rows(model, reps):
     import flax.linen as nn
     import torch
     batch = load_recipe(model).batch_size
-    shapes = {"cnn_base": [(20, 32), (6, 64)], "cnn_2layer": [(28, 32), (14, 64)],
-              "lenet": [(24, 6), (8, 16)], "fashion_cnn": [(24, 10), (8, 20)]}.get(model, [])
+    channels = {name: out for name, _, out, _ in LAYERS[model]}
+    shapes = [(conv_output_side(model, name), channels[name])
+              for name, (_, _, pooled) in CONV_GEOMETRY[model].items() if pooled]
     rows = []
     for side, c in shapes:
         x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, side, side, c), np.float32))

@@ -43,7 +43,7 @@ _FILES = {
 }
 _NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 
-# SHA-256 of the uncompressed IDX files (the originals; also in ../shared/data/SHA256SUMS).
+# SHA-256 of the uncompressed IDX files (the originals, as LeCun's and Zalando's archives hold them).
 SHA256 = {
     "mnist": {
         "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",

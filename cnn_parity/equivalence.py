@@ -88,7 +88,7 @@ def run_environment(out: Path) -> dict[str, str]:
     return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
                                    "intra_op_parallelism_threads=1"]).strip(),
-            "JAX_COMPILATION_CACHE_DIR": str((out / "xla-cache").resolve())}
+            "CNN_PARITY_JAX_CACHE": str((out / "xla-cache").resolve())}
 
 
 # ---- statistics -------------------------------------------------------------------------------------

@@ -30,6 +30,24 @@ LAYERS: dict[str, list[tuple[str, int, int, int | None]]] = {
     "fashion_cnn": [("conv1", 1, 10, 5), ("conv2", 10, 20, 5), ("fc1", 320, 50, None), ("fc2", 50, 10, None)],
 }
 
+# Per convolution: input height = width, zero padding, and whether a 2x2 max-pool follows it. All are
+# square, stride 1, undilated.
+CONV_GEOMETRY: dict[str, dict[str, tuple[int, int, bool]]] = {
+    "mlp": {},
+    "cnn_base": {"conv1": (28, 0, False), "conv2": (24, 0, True), "conv3": (10, 0, True)},
+    "cnn_2layer": {"conv1": (28, 1, True), "conv2": (14, 1, True)},
+    "lenet": {"conv1": (28, 0, True), "conv2": (12, 0, True)},
+    "fashion_cnn": {"conv1": (28, 0, True), "conv2": (12, 0, True)},
+}
+
+
+def conv_output_side(model: str, layer: str) -> int:
+    """Output height = width of a convolution of `model` (before its pooling)."""
+    side, padding, _ = CONV_GEOMETRY[model][layer]
+    kernel = {name: k for name, _, _, k in LAYERS[model]}[layer]
+    return side + 2 * padding - kernel + 1
+
+
 # The Linear layer that consumes flattened feature maps, with the (C, H, W) shape it flattens.
 FLATTENED_INPUT: dict[str, tuple[str, tuple[int, int, int]]] = {
     "mlp": ("fc1", (1, 28, 28)),

@@ -10,12 +10,13 @@ import numpy as np
 from cnn_parity import evaluate_cli
 from cnn_parity.recipes import Recipe
 from cnn_parity.training import EvalResult
-from flax_impl import data, distributed
+from flax_impl import compilation_cache, data, distributed
 from flax_impl.convert import params_from_canonical
 from flax_impl.train import make_evaluator
 
 
 def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None) -> EvalResult:
+    compilation_cache.enable()
     mesh = distributed.make_mesh()
     replicated = distributed.replicated(mesh)
     test = data.to_device(data.load_split(recipe.dataset, "test", "device", data_dir), replicated)

@@ -32,7 +32,7 @@ from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
-from flax_impl import data, distributed
+from flax_impl import compilation_cache, data, distributed
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 
@@ -230,7 +230,10 @@ class FlaxTrainer:
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
 
-def add_device_flags(parser) -> None:
+def add_flax_flags(parser) -> None:
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
+                             "default ~/.cache/cnn_parity/jax-compilation-cache)")
     parser.add_argument("--devices", type=cli.positive_int, metavar="N",
                         help="train on the first N local devices (default: all), the batch sharded over them")
     parser.add_argument("--coordinator", type=_host_port, metavar="HOST:PORT",
@@ -250,6 +253,8 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     if args.process_id is not None and args.num_processes is not None and not 0 <= args.process_id < args.num_processes:
         raise UsageError(f"--process-id must be in 0 .. {args.num_processes - 1} (--num-processes {args.num_processes}), "
                          f"got {args.process_id}")
+    if not args.no_compile_cache:
+        compilation_cache.enable()
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
         # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
@@ -258,7 +263,7 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
 
 
 def main(argv=None) -> int:
-    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_device_flags)
+    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +24,9 @@ _data_dir: str | None = None  # set_data_dir; None: cnn_parity.data's own search
 
 
 def default_data_dir() -> str | None:
-    """Real MNIST's folder as tests/ finds it: $CNN_PARITY_DATA_DIR, else ../shared/data beside the
-    checkout when it holds mnist/; None leaves the search to cnn_parity.data (cache, download)."""
-    if env := os.environ.get("CNN_PARITY_DATA_DIR"):
-        return env
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
-    return str(shared) if (shared / "mnist").is_dir() else None
+    """Real MNIST's folder: $CNN_PARITY_DATA_DIR; None leaves the search to cnn_parity.data (cache,
+    download)."""
+    return os.environ.get("CNN_PARITY_DATA_DIR")
 
 
 def set_data_dir(path: str | os.PathLike | None) -> None:

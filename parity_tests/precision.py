@@ -11,7 +11,7 @@ import platform
 import jax
 import torch
 
-from cnn_parity import data as neutral_data
+from flax_impl import compilation_cache
 
 
 def configure() -> None:
@@ -26,9 +26,8 @@ def configure() -> None:
     pool on a 2-core machine (plus any other load) that made a lenet step 30x slower (440 ms vs
     14 ms measured). One thread also makes torch's reductions run in one fixed order.
 
-    Compilation cache: XLA:CPU takes 1-6 s to compile each model's train step; a persistent cache
-    (keyed by the program and the jax/XLA versions, so never stale) makes repeated runs fast. Set
-    CNN_PARITY_JAX_CACHE to another folder, or to "off".
+    Compilation cache: the Flax commands' persistent one (flax_impl/compilation_cache.py), so that
+    repeated runs skip XLA's seconds of compilation per model.
     """
     jax.config.update("jax_default_matmul_precision", "highest")
     # Like with like: torch runs on CPU here, so JAX does too, even where it sees a GPU.
@@ -37,10 +36,7 @@ def configure() -> None:
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     torch.set_num_threads(1)
-    cache = os.environ.get("CNN_PARITY_JAX_CACHE", str(neutral_data.cache_dir() / "jax-compilation-cache"))
-    if cache and cache.lower() != "off":
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.enable()
 
 
 def device_description() -> dict[str, str]:

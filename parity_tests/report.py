@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for parity.json and parity.md")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     p.add_argument("--data-dir", default=batches.default_data_dir(),
-                   help="folder holding mnist/ (default $CNN_PARITY_DATA_DIR, else ../shared/data, else the cache)")
+                   help="folder holding mnist/ (default $CNN_PARITY_DATA_DIR, else the cache)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the independent-init accuracy runs (test 8)")
     p.add_argument("--update-readme", metavar="PATH", help="replace the marked table block in this file")
     args = p.parse_args(argv)

@@ -1,4 +1,5 @@
-"""1. Shapes: every layer's output, the logits, every parameter, and parameter counts, per SEEDS.md."""
+"""1. Shapes: every layer's output, the logits, every parameter, and parameter counts, as the sources
+state them (docs/sources.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from cnn_parity.recipes import MODELS
 from flax_impl import convert as flax_convert
 from parity_tests.outputs import BATCH_SIZES, flax_layer_shapes, forward_batch, torch_layer_shapes
 
-# Written from the spec (SEEDS.md), not from the code: torch NCHW output shape of each layer for a
+# Written from the sources (docs/sources.md), not from the code: torch NCHW output shape of each layer for a
 # batch of N. Flax's are the same in NHWC. fashion_cnn's `dropout` is Flax's unnamed Dropout_0.
 LAYER_OUTPUTS = {
     "mlp": {"fc1": (20,), "fc2": (10,)},
@@ -18,7 +19,6 @@ LAYER_OUTPUTS = {
     "lenet": {"conv1": (6, 24, 24), "conv2": (16, 8, 8), "fc1": (120,), "fc2": (84,), "fc3": (10,)},
     "fashion_cnn": {"conv1": (10, 24, 24), "conv2": (20, 8, 8), "fc1": (50,), "dropout": (50,), "fc2": (10,)},
 }
-NUM_PARAMS = {"mlp": 15_910, "cnn_base": 123_222, "cnn_2layer": 50_186, "lenet": 44_426, "fashion_cnn": 21_840}
 FLAX_NAMES = {"dropout": "Dropout_0"}
 
 
@@ -49,7 +49,7 @@ def test_parameter_shapes_and_counts(model, measurements):
         assert pair.flax_params[name]["kernel"].shape == expected
         assert pair.flax_params[name]["bias"].shape == (out,)
     num_flax, num_torch = measurements.num_params(model)
-    assert num_flax == num_torch == NUM_PARAMS[model] == pair.recipe.reported["num_params"]
+    assert num_flax == num_torch == pair.recipe.reported["num_params"]
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -62,3 +62,16 @@ def test_flattened_feature_map_matches_spec(model):
     assert chw == expected
     fan_in = {name: fan for name, fan, _, _ in weights.LAYERS[model]}[layer]
     assert chw[0] * chw[1] * chw[2] == fan_in
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_convolution_geometry_matches_spec(model):
+    """weights.CONV_GEOMETRY (what benchmarks count FLOPs from) gives the sources' conv outputs, and each
+    convolution's input is the previous one's output, pooled where the geometry says so."""
+    convs = {name: shape for name, shape in LAYER_OUTPUTS[model].items() if name.startswith("conv")}
+    assert list(convs) == list(weights.CONV_GEOMETRY[model])
+    side = 28
+    for name, (channels, height, width) in convs.items():
+        input_side, _, pooled = weights.CONV_GEOMETRY[model][name]
+        assert input_side == side and weights.conv_output_side(model, name) == height == width
+        side = height // 2 if pooled else height

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from cnn_parity import data
 
 
-def shared_data_dir() -> Path:
-    """Real MNIST: $CNN_PARITY_DATA_DIR, else ../shared/data beside the checkout."""
-    return Path(os.environ.get("CNN_PARITY_DATA_DIR") or REPO.parent / "shared" / "data")
+def real_data_dir() -> Path:
+    """Real MNIST: $CNN_PARITY_DATA_DIR, else the per-user cache a first training run downloads into."""
+    return Path(os.environ.get("CNN_PARITY_DATA_DIR") or data.cache_dir())
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = shared_data_dir()
+    path = real_data_dir()
     if not (path / "mnist").is_dir():
         pytest.fail(f"real MNIST not found in {path}; set CNN_PARITY_DATA_DIR (see README: Data)")
     return path

@@ -27,6 +27,11 @@ LEARNING_STEPS = {"mlp": 200, "cnn_base": 100, "cnn_2layer": 100, "lenet": 1407,
 MIN_TEST_ACCURACY = {"mlp": 0.5, "cnn_base": 0.7, "cnn_2layer": 0.8, "lenet": 0.3, "fashion_cnn": 0.45}
 
 
+def source_num_params(model: str) -> int:
+    """The parameter count the model's source states, as its recipe records it ([reported])."""
+    return load_recipe(model).reported["num_params"]
+
+
 def short_run(trainer_class, model: str, seed: int, workdir, data_dir) -> dict:
     recipe = load_recipe(model, overrides={"seed": seed})
     run = Workdir(workdir)

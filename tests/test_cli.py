@@ -13,7 +13,8 @@ import pytest
 
 from cnn_parity.recipes import MODELS
 
-from .test_recipes import SEEDS_PARAMS
+from .helpers import source_num_params
+
 
 FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_every_model_runs_from_the_cli(framework, model, data_dir, tmp_path):
     (workdir,) = (tmp_path / "runs").iterdir()
     assert workdir.name.startswith(f"{framework}-{model}-")
     summary = json.loads((workdir / "summary.json").read_text())
-    assert summary["num_params"] == SEEDS_PARAMS[model]
+    assert summary["num_params"] == source_num_params(model)
     assert (summary["model"], summary["framework"], summary["steps"]) == (model, framework, 20)
     for key in ("dataset", "epochs", "batch_size", "seed", "test_accuracy", "test_loss", "train_time_s",
                 "train_samples_per_s", "device", "versions"):
@@ -52,6 +53,24 @@ def test_every_model_runs_from_the_cli(framework, model, data_dir, tmp_path):
     (epoch,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert epoch["epoch"] == 1 and epoch["test_accuracy"] == summary["test_accuracy"]
     assert "epoch  1/" in result.stdout and "test acc" in result.stdout
+
+
+def test_flax_runs_share_a_persistent_compilation_cache(data_dir, tmp_path):
+    """The second identical run loads its programs from the cache the first wrote (no timing asserted:
+    what is checked is that the cache is written, reused unchanged, and turned off on request)."""
+    cache = tmp_path / "xla"
+    env = {"CNN_PARITY_DATA_DIR": str(data_dir), "CNN_PARITY_JAX_CACHE": str(cache)}
+    flags = ("--model", "mlp", "--max-steps", "5", "--set", "eval_batch_size=10000")
+    first = run_cli("flax", *flags, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    entries = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert any(name.startswith("jit_train_full_batches") for name in entries), sorted(entries)
+    second = run_cli("flax", *flags, cwd=tmp_path, env=env)
+    assert second.returncode == 0, second.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == entries
+    off = run_cli("flax", *flags, "--no-compile-cache", cwd=tmp_path, env={**env, "CNN_PARITY_JAX_CACHE": str(tmp_path / "unused")})
+    assert off.returncode == 0, off.stderr
+    assert not (tmp_path / "unused").exists()
 
 
 @pytest.fixture

@@ -136,7 +136,7 @@ def test_nothing_found_names_every_place_looked(isolated_env, monkeypatch):
 
 @pytest.fixture
 def mirror(data_dir):
-    """An HTTP server on 127.0.0.1 serving a copy of ../shared/data; yields (base URL, served folder)."""
+    """An HTTP server on 127.0.0.1 serving a copy of the real data folder; yields (base URL, served folder)."""
     served = Path(__import__("tempfile").mkdtemp())
     shutil.copytree(data_dir, served, dirs_exist_ok=True)
     handler = functools.partial(_QuietHandler, directory=str(served))

@@ -15,15 +15,14 @@ from flax_impl.convert import params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 from flax_impl.train import FlaxTrainer, create_train_state, train_step
 
-from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY, check_init_statistics, short_run
-from .test_recipes import SEEDS_PARAMS
+from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY, check_init_statistics, short_run, source_num_params
 
 
 @pytest.mark.parametrize("scheme", ["torch", "flax"])
 @pytest.mark.parametrize("model", MODELS)
 def test_initialisation_schemes(model, scheme):
     params = init_params(create_model(model, scheme), jax.random.key(0))
-    assert num_params(params) == SEEDS_PARAMS[model]
+    assert num_params(params) == source_num_params(model)
     check_init_statistics(model, scheme, params_to_canonical(model, params))
 
 

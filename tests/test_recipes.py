@@ -10,19 +10,16 @@ from cnn_parity.errors import UsageError
 from cnn_parity.recipes import MODELS, load_recipe, parse_assignment
 from cnn_parity.weights import canonical_shapes
 
-# Parameter counts the sources state (docs/sources.md).
-SEEDS_PARAMS = {"mlp": 15910, "cnn_base": 123222, "cnn_2layer": 50186, "lenet": 44426, "fashion_cnn": 21840}
-
+from .helpers import source_num_params
 
 @pytest.mark.parametrize("model", MODELS)
-def test_every_recipe_loads_and_matches_the_spec(model):
+def test_every_recipe_loads_and_its_layers_have_the_sources_parameter_count(model):
     recipe = load_recipe(model)
     assert recipe.model == model
-    assert recipe.reported["num_params"] == SEEDS_PARAMS[model]
-    assert sum(math.prod(s) for s in canonical_shapes(model).values()) == SEEDS_PARAMS[model]
+    assert sum(math.prod(s) for s in canonical_shapes(model).values()) == source_num_params(model)
 
 
-def test_source_recipes_as_seeds_md_states():
+def test_source_recipes_as_docs_sources_states():
     lenet, fashion, cnn2 = load_recipe("lenet"), load_recipe("fashion_cnn"), load_recipe("cnn_2layer")
     assert (lenet.batch_size, lenet.epochs, lenet.optimizer.name, lenet.optimizer.lr, lenet.optimizer.momentum) == \
         (128, 21, "sgd", 1e-3, 0.9)

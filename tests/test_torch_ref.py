@@ -15,8 +15,7 @@ from torch_ref.convert import state_dict_to_canonical
 from torch_ref.models import create_model, num_params
 from torch_ref.train import TorchTrainer
 
-from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY, check_init_statistics, short_run
-from .test_recipes import SEEDS_PARAMS
+from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY, check_init_statistics, short_run, source_num_params
 
 
 @pytest.mark.parametrize("scheme", ["torch", "flax"])
@@ -24,7 +23,7 @@ from .test_recipes import SEEDS_PARAMS
 def test_initialisation_schemes(model, scheme):
     torch.manual_seed(0)
     module = create_model(model, scheme)
-    assert num_params(module) == SEEDS_PARAMS[model]
+    assert num_params(module) == source_num_params(model)
     check_init_statistics(model, scheme, state_dict_to_canonical(model, module))
 
 
