@@ -52,15 +52,19 @@ def resolve_conv_impl(conv_impl: str = "auto") -> str:
 def gemm_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """Stride-1 2-D convolution (NHWC input, HWIO kernel) as one matrix product (im2col).
 
-    The patch matrix stacks the kh·kw shifted slices of the padded input in (i, j, c) order, the row
-    order of the HWIO kernel reshaped to (kh·kw·C, O). Under autodiff the slices' transposes are pads
-    and adds that XLA fuses, and both gradients are matrix products.
+    The patch matrix holds the kh·kw shifted windows of the padded input in (i, j, c) order, the row
+    order of the HWIO kernel reshaped to (kh·kw·C, O). It is built as kw column shifts stacked, then
+    kh row shifts of those stacked, on a new axis before the channels: XLA:CPU fuses a stack of ≤ 8
+    operands into one loop, where one concatenate of all kh·kw slices along the channel axis stays
+    kh·kw copies and an unfused concatenate (measured: benchmarks/FINDINGS.md). Under autodiff the
+    slices' transposes are pads and adds that XLA fuses, and both gradients are matrix products.
     """
     kh, kw, cin, cout = kernel.shape
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     n, h, w, _ = x.shape
     ho, wo = h - kh + 1, w - kw + 1
-    patches = jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    columns = jnp.stack([x[:, :, j:j + wo, :] for j in range(kw)], axis=3)  # (n, h, wo, kw, c)
+    patches = jnp.stack([columns[:, i:i + ho] for i in range(kh)], axis=3)  # (n, ho, wo, kh, kw, c)
     y = jnp.dot(patches.reshape(n * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
     return y.reshape(n, ho, wo, cout)
 
