@@ -2,7 +2,7 @@
 
 For every model: logits and gradients with XLA vs GEMM convolutions (flax_impl.models conv_impl) on
 a real batch, and the parameters after 3 training steps (so optimiser updates too); then the parameters
-after a few steps of every benchmark pipeline vs `jit-loop`, on the same data, permutation and dropout
+after a few steps of every benchmark variant vs `jit-loop`, on the same data, permutation and dropout
 keys. Prints max |Δ| per check; exits 1 if any exceeds 1e-5.
 Run: `python -m benchmarks.check_variants [--models ...]`.
 """
@@ -49,7 +49,7 @@ def check_model(model, data_dir, steps=3):
     results["gemm logits"] = _max_diff(logits["xla"], logits["gemm"])
     results["gemm grads"] = _max_diff(grads["xla"], grads["gemm"])
     results[f"gemm params after {steps} steps"] = _max_diff(states["xla"].params, states["gemm"].params)
-    # Whole trainers: K steps of epoch 1 through train_epoch, each pipeline vs jit-loop.
+    # Whole trainers: K steps of epoch 1 through train_epoch, each variant vs jit-loop.
     k = 5
     trainers = {p: make_trainer(p, recipe, data_dir) for p in VARIANTS}
     for t in trainers.values():

@@ -1,4 +1,4 @@
-"""Flax pipelines the benchmark compares. Each is flax_impl.train.FlaxTrainer (same data on the device,
+"""Flax variants the benchmark compares. Each is flax_impl.train.FlaxTrainer (same data on the device,
 same per-epoch permutation, same dropout keys, same state donation, and every step FlaxTrainer's own
 gathered step: the batch gathered on the device, then `train_step`) with the convolution formulation
 and the step loop chosen:
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from flax_impl.train import FlaxTrainer
 
-VARIANTS = {  # pipeline -> (conv_impl, loop)
+VARIANTS = {  # variant -> (conv_impl, loop)
     "jit-loop": ("xla", "python"),
     "jit-scan": ("xla", "scan"),
     "gemm-loop": ("gemm", "python"),
@@ -63,7 +63,7 @@ class VariantTrainer(FlaxTrainer):
             log.record(metrics["loss"], metrics["correct"], size)
 
 
-def make_trainer(pipeline: str, recipe, data_dir=None) -> FlaxTrainer:
-    conv_impl, loop = VARIANTS[pipeline]
+def make_trainer(variant: str, recipe, data_dir=None) -> FlaxTrainer:
+    conv_impl, loop = VARIANTS[variant]
     return VariantTrainer(recipe, data_dir, conv_impl, loop)
 

@@ -1,8 +1,8 @@
 """Side-by-side Flax / PyTorch benchmarks of the five recipes.
 
-    python -m benchmarks.run [--models lenet mlp ...] [--pipelines ...] [--quick] --out DIR
+    python -m benchmarks.run [--models lenet mlp ...] [--variants ...] [--quick] --out DIR
 
-For each model, every candidate pipeline runs in its own worker process (benchmarks/worker.py), all of
+For each model, every candidate variant runs in its own worker process (benchmarks/worker.py), all of
 them alive at once and driven in turn: a warm-up trial each (its excess over a steady trial is the
 compile / first-step time), then `--repeats` rounds in which the candidates' order rotates, each
 trial being `--steps` training steps followed by a full test-set evaluation. Reported: medians over
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import select
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from cnn_parity.recipes import MODELS
 from benchmarks import flops
-from benchmarks.candidates import PIPELINES, framework_of
+from benchmarks.candidates import TRAINER_VARIANTS, VARIANTS, framework_of
+from cnn_parity.markdown import replace_marked_block
 from cnn_parity.workdir import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +39,8 @@ FULL_STEPS = {"mlp": 600, "cnn_base": 12, "cnn_2layer": 25, "lenet": 120, "fashi
 SLOW_TRIAL_S = 25.0
 QUICK_STEPS = 3
 WORKER_TIMEOUT_S = 900
+# The README block `--update-readme` regenerates.
+README_MARKER = "benchmark-goals"
 
 
 class UsageError(Exception):
@@ -51,24 +55,33 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv):
     p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL", help=f"any of: {', '.join(MODELS)}")
-    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), metavar="PIPELINE",
-                   help=f"any of: {', '.join(PIPELINES)} (default: all)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+                   help=f"any of: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few steps, one round (CI)")
     p.add_argument("--repeats", type=int, help="timed rounds per candidate (default 3; 1 with --quick)")
     p.add_argument("--steps", type=int, help="training steps per trial (default: per model; 4 with --quick)")
     p.add_argument("--data-dir", help="folder holding <dataset>/ (default: the project's search order)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--update-readme", metavar="PATH",
+                   help=f"replace the '{README_MARKER}' block of this Markdown file with the goals table")
     args = p.parse_args(argv)
     for m in args.models:
         if m not in MODELS:
             raise UsageError(f"unknown model {m!r}; choose from: {', '.join(MODELS)}")
-    for q in args.pipelines:
-        if q not in PIPELINES:
-            raise UsageError(f"unknown pipeline {q!r}; choose from: {', '.join(PIPELINES)}")
+    for q in args.variants:
+        if q not in VARIANTS:
+            raise UsageError(f"unknown variant {q!r}; choose from: {', '.join(VARIANTS)}")
     if args.repeats is not None and args.repeats < 1:
         raise UsageError(f"--repeats must be positive, got {args.repeats}")
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be positive, got {args.steps}")
+    if args.update_readme:  # checked now, not after a long run
+        try:
+            text = Path(args.update_readme).read_text()
+        except OSError as e:
+            raise UsageError(f"--update-readme {args.update_readme}: {e.strerror or e}") from None
+        if f"<!-- {README_MARKER}:begin -->" not in text or f"<!-- {README_MARKER}:end -->" not in text:
+            raise UsageError(f"--update-readme {args.update_readme} has no '<!-- {README_MARKER}:begin/end -->' block")
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -84,15 +97,19 @@ def parse_args(argv):
 class Worker:
     """A worker process hosting one or more candidates of one model and one framework."""
 
-    def __init__(self, model, pipelines, data_dir, log_dir: Path, quick=False):
-        self.model, self.pipelines = model, list(pipelines)
-        self.log_path = log_dir / f"{model}-{'+'.join(self.pipelines)}.log"
-        cmd = [sys.executable, "-m", "benchmarks.worker", "--model", model, "--pipelines", *self.pipelines]
+    def __init__(self, model, variants, data_dir, log_dir: Path, quick=False, compile_cache: Path | None = None,
+                 log_suffix=""):
+        """`compile_cache`: the JAX persistent compilation cache folder a Flax worker uses, as the
+        training CLI uses its own."""
+        self.model, self.variants = model, list(variants)
+        self.log_path = log_dir / f"{model}-{'+'.join(self.variants)}{log_suffix}.log"
+        cmd = [sys.executable, "-m", "benchmarks.worker", "--model", model, "--variants", *self.variants]
         if data_dir:
             cmd += ["--data-dir", data_dir]
         if quick:
             cmd.append("--quick")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+        env["CNN_PARITY_JAX_CACHE"] = str(compile_cache) if compile_cache else "off"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, bufsize=1)
@@ -150,8 +167,8 @@ class Worker:
 
 
 class Candidate:
-    def __init__(self, worker: Worker, pipeline: str):
-        self.worker, self.pipeline = worker, pipeline
+    def __init__(self, worker: Worker, variant: str):
+        self.worker, self.variant = worker, variant
         self.info, self.error = {}, None
 
     def ask(self, command):
@@ -180,6 +197,17 @@ def measure_gemm(quick: bool) -> dict:
     return {"by_framework": results, "peak_gflops": max(peaks) if peaks else None}
 
 
+IDLE_BUSY_FRACTION = 0.1
+
+
+def busy_cpu_fraction(seconds: float = 3.0) -> float:
+    """Fraction of the machine's CPU time others use over `seconds` (load averages include the
+    benchmark's own threads, so they cannot say whether the machine was idle)."""
+    import psutil
+
+    return psutil.cpu_percent(interval=seconds) / 100
+
+
 # ----------------------------------------------------------------------------------------------
 # Benchmark.
 
@@ -187,20 +215,48 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def bench_model(model, pipelines, steps, repeats, data_dir, log_dir, peak_gflops, progress, shared):
+def _compile_cache(log_dir: Path, model: str, variants) -> Path:
+    """A fresh compilation cache folder for one Flax worker: its first compilations are cold."""
+    folder = log_dir / "xla-cache" / f"{model}-{'+'.join(variants)}"
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
+def second_run_compile_s(model, variant, steps, data_dir, log_dir, cache: Path, shared) -> float | None:
+    """Compile seconds of `variant` in a second process that finds the first one's programs in the
+    persistent cache: its warm-up trial minus a steady one, training and evaluation."""
+    worker = Worker(model, [variant], data_dir, log_dir, quick=shared, compile_cache=cache, log_suffix="-second-run")
+    try:
+        setup = worker.ask(None)
+        if "error" in setup or "error" in setup.get(variant, {}):
+            return None
+        trials = []
+        for epoch in (1, 2):
+            train, evaluate = worker.ask(f"train {variant} {epoch} {steps}"), worker.ask(f"eval {variant}")
+            if "error" in train or "error" in evaluate:
+                return None
+            trials.append((train["seconds"], evaluate["seconds"]))
+        (train_warm, eval_warm), (train, evaluate) = trials
+        return max(0.0, train_warm - train) + max(0.0, eval_warm - evaluate)
+    finally:
+        worker.close()
+
+
+def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops, progress, shared):
     # All workers start at once (set-up is not what is measured); with `shared`, one per framework.
-    groups = ([[p for p in pipelines if framework_of(p) == fw] for fw in ("flax", "torch")] if shared
-              else [[p] for p in pipelines])
-    workers = [Worker(model, g, data_dir, log_dir, quick=shared) for g in groups if g]
+    groups = ([[p for p in variants if framework_of(p) == fw] for fw in ("flax", "torch")] if shared
+              else [[p] for p in variants])
+    caches = {tuple(g): _compile_cache(log_dir, model, g) for g in groups if g and framework_of(g[0]) == "flax"}
+    workers = [Worker(model, g, data_dir, log_dir, quick=shared, compile_cache=caches.get(tuple(g))) for g in groups if g]
     candidates = []
     for w in workers:
         setup = w.ask(None)
-        for p in w.pipelines:
+        for p in w.variants:
             c = Candidate(w, p)
             c.info = setup.get(p, setup) if "error" not in setup else setup
             c.error = c.info.get("error")
             candidates.append(c)
-    trials = {c.pipeline: {"train": [], "eval": [], "load": []} for c in candidates}
+    trials = {c.variant: {"train": [], "eval": [], "load": []} for c in candidates}
     first = {}
     epoch = 1
     for r in [None] + list(range(repeats)):  # None: the warm-up round
@@ -208,40 +264,48 @@ def bench_model(model, pipelines, steps, repeats, data_dir, log_dir, peak_gflops
         for c in order:
             if c.error:
                 continue
-            done = trials[c.pipeline]["train"]
+            done = trials[c.variant]["train"]
             if r is not None and done and done[0][0] > SLOW_TRIAL_S:
                 continue
-            t = c.ask(f"train {c.pipeline} {epoch} {steps}")
+            t = c.ask(f"train {c.variant} {epoch} {steps}")
             if r is None and shared:  # --quick: the warm-up compiles training only; eval runs once
                 e = {"seconds": float("nan"), "examples": 0}
             else:
-                e = c.ask(f"eval {c.pipeline}") if not c.error else {}
+                e = c.ask(f"eval {c.variant}") if not c.error else {}
             if c.error:
-                progress(f"  {model:12s} {c.pipeline:16s} ERROR {c.error}")
+                progress(f"  {model:12s} {c.variant:16s} ERROR {c.error}")
                 continue
             if r is None:
-                first[c.pipeline] = (t["seconds"], e["seconds"])
+                first[c.variant] = (t["seconds"], e["seconds"])
             else:
-                trials[c.pipeline]["train"].append((t["seconds"], t["examples"]))
-                trials[c.pipeline]["eval"].append((e["seconds"], e["examples"]))
-                trials[c.pipeline]["load"].append(t["load"])
-            progress(f"  {model:12s} {c.pipeline:16s} {'warm-up' if r is None else f'round {r + 1}'}: "
+                trials[c.variant]["train"].append((t["seconds"], t["examples"]))
+                trials[c.variant]["eval"].append((e["seconds"], e["examples"]))
+                trials[c.variant]["load"].append(t["load"])
+            progress(f"  {model:12s} {c.variant:16s} {'warm-up' if r is None else f'round {r + 1}'}: "
                      f"train {t['examples'] / t['seconds']:9.0f} samples/s, eval {e['examples'] / e['seconds']:9.0f} samples/s"
                      f"  ({t['seconds']:.2f} s + {e['seconds']:.2f} s)")
         epoch += 1
     rss = {}
     for w in workers:
         peak = w.close()
-        for p in w.pipelines:
-            rss[p] = peak if len(w.pipelines) == 1 else None  # a shared process's RSS is no one candidate's
+        for p in w.variants:
+            rss[p] = peak if len(w.variants) == 1 else None  # a shared process's RSS is no one candidate's
+    second_run = {}
+    for c in candidates:
+        if c.variant == TRAINER_VARIANTS["flax"] and not c.error:
+            cache = next(folder for group, folder in caches.items() if c.variant in group)
+            second_run[c.variant] = second_run_compile_s(model, c.variant, steps, data_dir, log_dir, cache, shared)
+            progress(f"  {model:12s} {c.variant:16s} second run (compilation cache filled): "
+                     f"compile {_fmt(second_run[c.variant], '.2f')} s")
     records = []
     train_flops = flops.train_flops(model)
     for w in candidates:
-        rec = {"model": model, "framework": framework_of(w.pipeline), "pipeline": w.pipeline,
+        rec = {"model": model, "framework": framework_of(w.variant), "variant": w.variant,
                "batch_size": (w.info or {}).get("batch_size"), "train_samples_per_s": None,
-               "eval_samples_per_s": None, "epoch_s": None, "compile_s": None, "peak_rss_mb": rss.get(w.pipeline),
-               "flops_per_sample": train_flops, "roofline_fraction": None}
-        tr = trials[w.pipeline]
+               "eval_samples_per_s": None, "epoch_s": None, "compile_s": None,
+               "compile_s_second_run": second_run.get(w.variant), "peak_rss_mb": rss.get(w.variant),
+               "flops_per_sample": train_flops, "gemm_peak_fraction": None}
+        tr = trials[w.variant]
         if w.error and not tr["train"]:
             rec["error"] = w.error
             records.append(rec)
@@ -260,9 +324,9 @@ def bench_model(model, pipelines, steps, repeats, data_dir, log_dir, peak_gflops
             "epoch_s": spe * step_s + eval_s,
             "epoch_measured": steps >= spe,
             # Warm-up trial minus a steady one, training and evaluation (--quick: training only).
-            "compile_s": max(0.0, first[w.pipeline][0] - _median([s for s, _ in tr["train"]]))
-                         + (max(0.0, first[w.pipeline][1] - eval_s) if first[w.pipeline][1] == first[w.pipeline][1] else 0.0),
-            "first_train_trial_s": first[w.pipeline][0],
+            "compile_s": max(0.0, first[w.variant][0] - _median([s for s, _ in tr["train"]]))
+                         + (max(0.0, first[w.variant][1] - eval_s) if first[w.variant][1] == first[w.variant][1] else 0.0),
+            "first_train_trial_s": first[w.variant][0],
             "train_samples_per_s_all": train_rates,
             "eval_samples_per_s_all": eval_rates,
             "train_spread": (max(train_rates) - min(train_rates)) / _median(train_rates),
@@ -274,7 +338,7 @@ def bench_model(model, pipelines, steps, repeats, data_dir, log_dir, peak_gflops
             "device": w.info.get("device"),
         })
         if peak_gflops:
-            rec["roofline_fraction"] = rec["train_samples_per_s"] * train_flops / (peak_gflops * 1e9)
+            rec["gemm_peak_fraction"] = rec["train_samples_per_s"] * train_flops / (peak_gflops * 1e9)
         records.append(rec)
     return records
 
@@ -287,23 +351,26 @@ def _fmt(x, spec):
 
 
 def markdown_table(records, meta) -> str:
-    lines = ["| model | framework | pipeline | batch | train samples/s (min–max) | eval samples/s | epoch s | "
-             "compile s | peak RSS MB | MFLOP/sample | % roofline | ×eager | ×seed epoch |",
+    lines = ["| model | framework | variant | batch | train samples/s (min–max) | eval samples/s | epoch s | "
+             "compile s (first run / cached) | peak RSS MB | MFLOP/sample | % GEMM peak | ×eager | "
+             "×torchvision-dataloader epoch |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    by = {(r["model"], r["pipeline"]): r for r in records}
+    by = {(r["model"], r["variant"]): r for r in records}
     for r in records:
         eager = by.get((r["model"], "eager"), {}).get("train_samples_per_s")
-        seed = by.get((r["model"], "seed-dataloader"), {}).get("epoch_s")
+        seed = by.get((r["model"], "torchvision-dataloader"), {}).get("epoch_s")
         rate = r["train_samples_per_s"]
         if r.get("error") and rate is None:
-            lines.append(f"| {r['model']} | {r['framework']} | {r['pipeline']} | {r['batch_size'] or '—'} | "
+            lines.append(f"| {r['model']} | {r['framework']} | {r['variant']} | {r['batch_size'] or '—'} | "
                          f"error: {r['error'][:120].replace('|', '/')} | | | | | | | | |")
             continue
         spread = f"{rate:,.0f} ({min(r['train_samples_per_s_all']):,.0f}–{max(r['train_samples_per_s_all']):,.0f})"
         lines.append(
-            f"| {r['model']} | {r['framework']} | {r['pipeline']} | {r['batch_size']} | {spread} | "
-            f"{r['eval_samples_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['compile_s']:.2f} | {_fmt(r['peak_rss_mb'], '.0f')} | "
-            f"{r['flops_per_sample'] / 1e6:.2f} | {_fmt(r['roofline_fraction'] and 100 * r['roofline_fraction'], '.1f')} | "
+            f"| {r['model']} | {r['framework']} | {r['variant']} | {r['batch_size']} | {spread} | "
+            f"{r['eval_samples_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['compile_s']:.2f}"
+            f"{' / ' + _fmt(r['compile_s_second_run'], '.2f') if r.get('compile_s_second_run') is not None else ''} | "
+            f"{_fmt(r['peak_rss_mb'], '.0f')} | "
+            f"{r['flops_per_sample'] / 1e6:.2f} | {_fmt(r['gemm_peak_fraction'] and 100 * r['gemm_peak_fraction'], '.1f')} | "
             f"{_fmt(eager and rate / eager, '.2f')} | {_fmt(seed and seed / r['epoch_s'], '.2f')} |")
     return "\n".join(lines)
 
@@ -314,25 +381,48 @@ def summary_lines(records) -> list[str]:
     for m in models:
         rs = [r for r in records if r["model"] == m and r["train_samples_per_s"]]
         flax = [r for r in rs if r["framework"] == "flax"]
-        eager = next((r for r in rs if r["pipeline"] == "eager"), None)
-        seed = next((r for r in rs if r["pipeline"] == "seed-dataloader"), None)
+        eager = next((r for r in rs if r["variant"] == "eager"), None)
+        seed = next((r for r in rs if r["variant"] == "torchvision-dataloader"), None)
         torch_best = max((r for r in rs if r["framework"] == "torch"), key=lambda r: r["train_samples_per_s"], default=None)
         if not flax:
             continue
         best = max(flax, key=lambda r: r["train_samples_per_s"])
         fastest_epoch = min(flax, key=lambda r: r["epoch_s"])
-        parts = [f"{m}: best Flax `{best['pipeline']}`"]
+        parts = [f"{m}: best Flax `{best['variant']}`"]
         if eager:
             parts.append(f"{best['train_samples_per_s'] / eager['train_samples_per_s']:.2f}× torch eager train throughput")
         if torch_best:
-            parts.append(f"{best['train_samples_per_s'] / torch_best['train_samples_per_s']:.2f}× best torch (`{torch_best['pipeline']}`)")
+            parts.append(f"{best['train_samples_per_s'] / torch_best['train_samples_per_s']:.2f}× best torch (`{torch_best['variant']}`)")
         if seed:
-            parts.append(f"epoch {seed['epoch_s'] / fastest_epoch['epoch_s']:.2f}× faster than seed-dataloader "
-                         f"(`{fastest_epoch['pipeline']}` {fastest_epoch['epoch_s']:.2f} s vs {seed['epoch_s']:.2f} s)")
-        if best.get("roofline_fraction") is not None:
-            parts.append(f"{100 * best['roofline_fraction']:.1f} % of roofline")
+            parts.append(f"epoch {seed['epoch_s'] / fastest_epoch['epoch_s']:.2f}× faster than torchvision-dataloader "
+                         f"(`{fastest_epoch['variant']}` {fastest_epoch['epoch_s']:.2f} s vs {seed['epoch_s']:.2f} s)")
+        if best.get("gemm_peak_fraction") is not None:
+            parts.append(f"{100 * best['gemm_peak_fraction']:.1f} % of the GEMM peak")
         out.append("; ".join(parts))
     return out
+
+
+def goals_table(records) -> str:
+    """Per model, the figures the performance goals are stated in: the best Flax variant and the
+    trainer's own against PyTorch eager (train samples/s), the fastest Flax epoch against the
+    sources' torchvision DataLoader epoch, and the best Flax variant's fraction of the GEMM peak."""
+    lines = ["| model | best Flax variant | ×torch eager (best Flax) | ×torch eager (`python -m flax_impl.train`) | "
+             "Flax epoch ×faster than torchvision-dataloader | % GEMM peak (best Flax) | first / cached compile s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for m in dict.fromkeys(r["model"] for r in records):
+        rs = {r["variant"]: r for r in records if r["model"] == m and r["train_samples_per_s"]}
+        flax = [r for r in rs.values() if r["framework"] == "flax"]
+        eager, loader, trainer = rs.get("eager"), rs.get("torchvision-dataloader"), rs.get(TRAINER_VARIANTS["flax"])
+        if not flax or not eager:
+            continue
+        best = max(flax, key=lambda r: r["train_samples_per_s"])
+        epoch = min(r["epoch_s"] for r in flax)
+        ratio = lambda r: r and r["train_samples_per_s"] / eager["train_samples_per_s"]
+        compile_s = trainer and f"{trainer['compile_s']:.1f} / {_fmt(trainer.get('compile_s_second_run'), '.1f')}"
+        lines.append(f"| {m} | `{best['variant']}` | {ratio(best):.2f} | {_fmt(ratio(trainer), '.2f')} | "
+                     f"{_fmt(loader and loader['epoch_s'] / epoch, '.2f')} | "
+                     f"{_fmt(best['gemm_peak_fraction'] and 100 * best['gemm_peak_fraction'], '.1f')} | {compile_s or '—'} |")
+    return "\n".join(lines)
 
 
 def write_chart(records, path: Path, meta) -> None:
@@ -341,18 +431,18 @@ def write_chart(records, path: Path, meta) -> None:
     import matplotlib.pyplot as plt
 
     models = list(dict.fromkeys(r["model"] for r in records))
-    pipelines = list(dict.fromkeys(r["pipeline"] for r in records))
+    variants = list(dict.fromkeys(r["variant"] for r in records))
     fig, axes = plt.subplots(1, 2, figsize=(14, 5))
-    width = 0.8 / max(1, len(pipelines))
+    width = 0.8 / max(1, len(variants))
     colors = plt.get_cmap("tab10")
     for ax, key, title in ((axes[0], "train_samples_per_s", "train samples/s (log; bars: min–max)"),
                            (axes[1], "epoch_s", "end-to-end epoch s (log; lower is better)")):
-        for j, p in enumerate(pipelines):
+        for j, p in enumerate(variants):
             xs, ys, lo, hi = [], [], [], []
             for i, m in enumerate(models):
-                r = next((r for r in records if r["model"] == m and r["pipeline"] == p), None)
+                r = next((r for r in records if r["model"] == m and r["variant"] == p), None)
                 if r and r.get(key):
-                    xs.append(i + (j - (len(pipelines) - 1) / 2) * width)
+                    xs.append(i + (j - (len(variants) - 1) / 2) * width)
                     ys.append(r[key])
                     allv = r.get("train_samples_per_s_all") if key == "train_samples_per_s" else None
                     lo.append(r[key] - min(allv) if allv else 0)
@@ -381,7 +471,11 @@ def main(argv=None) -> int:
     started = time.time()
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "quick": args.quick, "repeats": repeats,
-            "loadavg_start": os.getloadavg(), "machine": machine_info(), "command": " ".join(sys.argv)}
+            "loadavg_start": os.getloadavg(), "cpu_busy_before_start": busy_cpu_fraction(),
+            "machine": machine_info(), "command": " ".join(sys.argv)}
+    if meta["cpu_busy_before_start"] > IDLE_BUSY_FRACTION:
+        log(f"warning: the machine is not idle ({100 * meta['cpu_busy_before_start']:.0f} % of its CPU busy before "
+            "the run): timings will be low and PyTorch's OpenMP threads can stall far more than XLA's")
     log(f"measuring peak f32 GEMM ({'quick' if args.quick else 'full'}) ...")
     meta["gemm"] = measure_gemm(args.quick)
     log(f"  peak f32 GEMM: {_fmt(meta['gemm']['peak_gflops'], '.0f')} GFLOP/s "
@@ -390,11 +484,11 @@ def main(argv=None) -> int:
     log_dir = out / "logs"
     log_dir.mkdir(exist_ok=True)
     records = []
-    pipelines = [p for p in PIPELINES if p in args.pipelines]
+    variants = [p for p in VARIANTS if p in args.variants]
     for model in [m for m in MODELS if m in args.models]:
         steps = args.steps or (QUICK_STEPS if args.quick else FULL_STEPS[model])
-        log(f"{model}: {len(pipelines)} candidates, {steps} steps per trial, {repeats} round(s)")
-        records += bench_model(model, pipelines, steps, repeats, args.data_dir, log_dir,
+        log(f"{model}: {len(variants)} candidates, {steps} steps per trial, {repeats} round(s)")
+        records += bench_model(model, variants, steps, repeats, args.data_dir, log_dir,
                                meta["gemm"]["peak_gflops"], log, shared=args.quick)
         (out / "bench.json").write_text(json.dumps(records, indent=2) + "\n")  # partial results so far
     meta["loadavg_end"] = os.getloadavg()
@@ -409,17 +503,24 @@ def main(argv=None) -> int:
     header = (f"Machine: {m.get('cpu_model', '?')}, {m.get('cpu_count')} logical CPUs, {m.get('memory_gib', '?')} GiB"
               f"{', GPUs: ' + ', '.join(m['gpus']) if m.get('gpus') else ', no GPU'}; {m['platform']}.  \n"
               f"Versions: {', '.join(f'{k} {v}' for k, v in m['versions'].items())}.  \n"
-              f"Peak f32 GEMM: {_fmt(meta['gemm']['peak_gflops'], '.0f')} GFLOP/s. Load average at start "
+              f"Peak f32 GEMM: {_fmt(meta['gemm']['peak_gflops'], '.0f')} GFLOP/s. CPU busy before the run "
+              f"{100 * meta['cpu_busy_before_start']:.0f} %; load average at start "
               f"{meta['loadavg_start'][0]:.2f}, at end {meta['loadavg_end'][0]:.2f}. "
               f"{'QUICK smoke run. ' if args.quick else ''}{repeats} timed round(s); run took {meta['wall_s']:.0f} s.")
     summary = summary_lines(records)
-    md = f"# Benchmarks ({meta['started']})\n\n{header}\n\n{table}\n\n" + "\n".join(f"- {s}" for s in summary) + "\n"
+    goals = goals_table(records)
+    md = (f"# Benchmarks ({meta['started']})\n\n{header}\n\n{table}\n\n" + "\n".join(f"- {s}" for s in summary)
+          + f"\n\n## Against the goals\n\n{goals}\n")
     (out / "bench.md").write_text(md)
     try:
         write_chart(records, out / "bench.png", meta)
     except Exception as e:
         log(f"chart not written: {type(e).__name__}: {e}")
+    if args.update_readme:
+        replace_marked_block(args.update_readme, README_MARKER, goals)
     print(table)
+    print()
+    print(goals)
     print()
     for s in summary:
         print(s)

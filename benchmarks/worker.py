@@ -1,8 +1,8 @@
 """One benchmark candidate in its own process, driven by benchmarks.run over stdin/stdout.
 
-It hosts the candidates named by --pipelines (one in a full run, so that its peak RSS, `ru_maxrss`, is
+It hosts the candidates named by --variants (one in a full run, so that its peak RSS, `ru_maxrss`, is
 that candidate's alone; all of a framework's in a --quick run, to save start-up time). Commands, one
-per line on stdin: `train PIPELINE EPOCH STEPS`, `eval PIPELINE`, `quit`. Each answer is one line on
+per line on stdin: `train VARIANT EPOCH STEPS`, `eval VARIANT`, `quit`. Each answer is one line on
 stdout: `@@ ` and JSON. The process imports only its own framework.
 """
 
@@ -25,7 +25,7 @@ def _reply(out, obj) -> None:
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True)
-    p.add_argument("--pipelines", nargs="+", required=True)
+    p.add_argument("--variants", nargs="+", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
@@ -37,15 +37,15 @@ def main() -> int:
     from benchmarks.candidates import build
 
     candidates, setup = {}, {}
-    for pipeline in args.pipelines:
+    for variant in args.variants:
         tick = time.perf_counter()
         try:
-            cand = candidates[pipeline] = build(args.model, pipeline, args.data_dir, args.quick)
-            setup[pipeline] = {"setup_s": time.perf_counter() - tick, "steps_per_epoch": cand.steps_per_epoch,
+            cand = candidates[variant] = build(args.model, variant, args.data_dir, args.quick)
+            setup[variant] = {"setup_s": time.perf_counter() - tick, "steps_per_epoch": cand.steps_per_epoch,
                                "batch_size": cand.batch_size, "device": cand.device, "num_params": cand.num_params}
         except Exception as e:
             traceback.print_exc()
-            setup[pipeline] = {"error": f"setup failed: {_describe(e)}"}
+            setup[variant] = {"error": f"setup failed: {_describe(e)}"}
     _reply(out, setup)
     for line in sys.stdin:
         words = line.split()
