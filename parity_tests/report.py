@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cnn_parity.errors import CnnParityError
+from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import versions
 from parity_tests import accuracy, batches, bounds, precision
@@ -29,8 +30,7 @@ from parity_tests.outputs import forward_cases
 from parity_tests.trajectory import FLOAT64_BATCH, TRAJECTORY_BATCH, TRAJECTORY_STEPS
 from parity_tests.updates import OPTIMIZER_STEPS
 
-README_BEGIN = "<!-- parity-report:begin -->"
-README_END = "<!-- parity-report:end -->"
+README_MARKER = "parity-report"  # the README block --update-readme regenerates
 
 
 def measure_model(m: Measurements, name: str, with_accuracy: bool) -> dict[str, Any]:
@@ -138,14 +138,6 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(path: Path, table: str) -> None:
-    text = path.read_text()
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < begin:
-        raise SystemExit(f"{path}: no '{README_BEGIN}' ... '{README_END}' block to replace")
-    path.write_text(text[:begin + len(README_BEGIN)] + "\n" + table + text[end:])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m parity_tests.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for parity.json and parity.md")
@@ -182,7 +174,11 @@ def main(argv=None) -> int:
     table = markdown(report)
     (out / "parity.md").write_text("# Flax ↔ PyTorch parity\n\n" + table)
     if args.update_readme:
-        update_readme(Path(args.update_readme), table)
+        try:
+            replace_marked_block(args.update_readme, README_MARKER, table)
+        except CnnParityError as e:  # parity.json and parity.md are written: say so, in one line
+            print(f"{p.prog}: error: {e} (the report is in {out})", file=sys.stderr)
+            return e.exit_code
     print(table)
     ok = all(all(r["within_bounds"].values()) for r in report["models"].values())
     return 0 if ok else 1
