@@ -49,22 +49,31 @@ def resolve_conv_impl(conv_impl: str = "auto") -> str:
     return conv_impl
 
 
+# Channels from which one channel-axis concatenate of the kh·kw shifted slices builds the patches
+# fastest: each slice then copies runs of >= 64 bytes (16 float32, a cache line). With fewer channels
+# those runs are a few bytes, and two stacks on a new axis are faster (XLA:CPU fuses each stack of
+# <= 8 operands into one loop; it leaves a 25-operand concatenate unfused). Measured per layer,
+# forward + backward: benchmarks/FINDINGS.md, section 6.
+CONCATENATE_FROM_CHANNELS = 16
+
+
 def gemm_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     """Stride-1 2-D convolution (NHWC input, HWIO kernel) as one matrix product (im2col).
 
     The patch matrix holds the kh·kw shifted windows of the padded input in (i, j, c) order, the row
-    order of the HWIO kernel reshaped to (kh·kw·C, O). It is built as kw column shifts stacked, then
-    kh row shifts of those stacked, on a new axis before the channels: XLA:CPU fuses a stack of ≤ 8
-    operands into one loop, where one concatenate of all kh·kw slices along the channel axis stays
-    kh·kw copies and an unfused concatenate (measured: benchmarks/FINDINGS.md). Under autodiff the
-    slices' transposes are pads and adds that XLA fuses, and both gradients are matrix products.
+    order of the HWIO kernel reshaped to (kh·kw·C, O); how it is assembled depends on C (above), the
+    values do not. Under autodiff the slices' transposes are pads and adds that XLA fuses, and both
+    gradients are matrix products.
     """
     kh, kw, cin, cout = kernel.shape
     x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     n, h, w, _ = x.shape
     ho, wo = h - kh + 1, w - kw + 1
-    columns = jnp.stack([x[:, :, j:j + wo, :] for j in range(kw)], axis=3)  # (n, h, wo, kw, c)
-    patches = jnp.stack([columns[:, i:i + ho] for i in range(kh)], axis=3)  # (n, ho, wo, kh, kw, c)
+    if cin >= CONCATENATE_FROM_CHANNELS:
+        patches = jnp.concatenate([x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)], axis=-1)
+    else:
+        columns = jnp.stack([x[:, :, j:j + wo, :] for j in range(kw)], axis=3)  # (n, h, wo, kw, c)
+        patches = jnp.stack([columns[:, i:i + ho] for i in range(kh)], axis=3)  # (n, ho, wo, kh, kw, c)
     y = jnp.dot(patches.reshape(n * ho * wo, kh * kw * cin), kernel.reshape(kh * kw * cin, cout))
     return y.reshape(n, ho, wo, cout)
 
