@@ -41,6 +41,7 @@ def _metrics(framework: str, model: str, rng: str, workdir) -> dict:
     return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 def test_paired_cli_runs_differ_only_by_rounding(model, tmp_path):
     paired = {f: _metrics(f, model, "shared", tmp_path / f"{f}-shared") for f in ("flax", "torch")}

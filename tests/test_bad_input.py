@@ -89,6 +89,7 @@ def test_recipe_metadata_that_is_not_json(framework, weights_file, tmp_path):
                        "recipe metadata is not a JSON recipe")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_values_the_libraries_refuse(framework, data_dir, tmp_path):
     env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
@@ -160,6 +161,7 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(mount_point)], check=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exhausted", ["space", "inodes"])
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_a_checkpoint_that_cannot_be_written(framework, exhausted, data_dir, tmp_path, small_filesystem):

@@ -62,6 +62,7 @@ def _start_and_stop_after_first_checkpoint(framework, workdir, data_dir, sig) ->
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_sigkill_then_resume_equals_an_uninterrupted_run(framework, baselines, data_dir, tmp_path):
     workdir = tmp_path / "killed"
@@ -83,6 +84,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(framework, baselines, d
         np.testing.assert_array_equal(final[name], final_reference[name])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_ctrl_c_leaves_a_resumable_checkpoint(framework, baselines, data_dir, tmp_path):
     workdir = tmp_path / "interrupted"
@@ -97,6 +99,7 @@ def test_ctrl_c_leaves_a_resumable_checkpoint(framework, baselines, data_dir, tm
     assert _without_timings(read_metrics(workdir)) == _without_timings(read_metrics(baselines(framework)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_same_seed_gives_identical_metrics(framework, data_dir, tmp_path):
     runs = []
@@ -108,6 +111,7 @@ def test_same_seed_gives_identical_metrics(framework, data_dir, tmp_path):
     assert runs[0] == runs[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained_with", FRAMEWORKS)
 def test_a_model_evaluates_the_same_in_both_frameworks(trained_with, data_dir, tmp_path):
     env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
@@ -133,6 +137,7 @@ def test_a_model_evaluates_the_same_in_both_frameworks(trained_with, data_dir, t
     assert reports["flax"]["test_loss"] == pytest.approx(reports["torch"]["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_export_then_import_into_the_other_framework(data_dir, tmp_path):
     env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
     result = run_cli("torch", "--model", "mlp", "--max-steps", "50", "--checkpoint-every", "50",

@@ -36,6 +36,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, exit_code: int, *
         assert fragment in last, last
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("model", MODELS)
 def test_every_model_runs_from_the_cli(framework, model, data_dir, tmp_path):

@@ -19,6 +19,8 @@ import pytest
 
 from tests.test_cli import assert_one_line_error
 
+pytestmark = pytest.mark.slow  # multi-process and multi-device runs
+
 # Largest |Δ| between 1 and 2 devices measured on this machine, per-step training loss over the run:
 #   Flax  lenet 1 epoch (469 steps, last batch 96)  1.2e-6;  fashion_cnn 60 steps (dropout)  4.8e-7
 #   torch lenet 1 epoch, tensor pipeline            4.8e-7;  torchvision pipeline (DistributedSampler) 60 steps  3.6e-7

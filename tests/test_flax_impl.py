@@ -68,6 +68,7 @@ def test_tfds_pipeline_with_mock_data(tmp_path):
     assert result["steps"] == 3 and np.isfinite(result["test_loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
     summary = short_run(FlaxTrainer, model, seed=0, workdir=tmp_path / "run", data_dir=data_dir)

@@ -16,6 +16,8 @@ from cnn_parity import checkpoints
 from .lifecycle import assert_same_run, start, train
 from .test_cli import FRAMEWORKS
 
+pytestmark = pytest.mark.slow  # every test trains, kills and resumes runs many times
+
 # Batch 500: 120-step epochs; evaluation in batches of 20 (500 of them) leaves time to be killed in.
 MLP_RUN = ("--model", "mlp", "--epochs", "2", "--set", "batch_size=500", "--set", "eval_batch_size=20")
 # fashion_cnn adds dropout, whose RNG state a resume must restore.
@@ -108,8 +110,7 @@ def test_random_kills_resume_to_the_uninterrupted_run(framework, every, referenc
     assert_same_run(workdir, reference_runs(framework, MLP_RUN))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("trial", range(4))
+@pytest.mark.parametrize("trial", range(2))
 @pytest.mark.parametrize("every", [40, 50])
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_many_random_kills_with_dropout(framework, every, trial, reference_runs, data_dir, tmp_path):

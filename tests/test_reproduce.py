@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from cnn_parity.reproduce import _median_epoch_seconds, gaps, prediction_interval
 
 from .test_cli import REPO
@@ -19,6 +21,7 @@ def _reproduce(out, *extra, data_dir=REPO.parent / "shared" / "data"):
                           text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_quick_reproduction_writes_the_report_and_skips_finished_runs(data_dir, tmp_path):
     result = _reproduce(tmp_path / "r", data_dir=data_dir)
     assert result.returncode == 0, result.stderr

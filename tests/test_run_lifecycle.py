@@ -17,6 +17,8 @@ from cnn_parity.workdir import Workdir
 from .lifecycle import SHORT, assert_same_run, evaluate, litter, metrics, module_command, start, summary, train
 from .test_cli import FRAMEWORKS, assert_one_line_error
 
+pytestmark = pytest.mark.slow  # every test trains and resumes runs through the CLIs
+
 OTHER = {"flax": "torch", "torch": "flax"}
 
 

@@ -49,6 +49,7 @@ def test_recipe_keys_default_to_the_frameworks_own_generators(key):
     assert getattr(load_recipe("lenet", overrides={key: "shared"}), key) == "shared"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["flax_impl.train", "torch_ref.train"])
 @pytest.mark.parametrize("rng, stop", [("shared", 700), ("framework", 600)])
 def test_run_resumes_exactly_across_an_epoch_boundary(module, rng, stop, tmp_path, data_dir):

@@ -69,6 +69,7 @@ def test_shared_shuffle_gives_both_pipelines_the_neutral_order(data_dir, tmp_pat
         assert torch.equal(labels, expected), pipeline
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
     summary = short_run(TorchTrainer, model, seed=0, workdir=tmp_path / "run", data_dir=data_dir)
