@@ -124,9 +124,12 @@ def _initial_weights(path: str, recipe: Recipe):
 
 def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe, argparse.Namespace], Trainer],
         argv: Sequence[str] | None = None,
-        add_flags: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
-    """Parse `argv`, train, and return the exit code. `add_flags` adds a framework's own flags; in a
-    multi-process run only the trainer whose `is_primary` is true writes the workdir and prints."""
+        add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
+        recorded_flags: Sequence[str] = ()) -> int:
+    """Parse `argv`, train, and return the exit code. `add_flags` adds a framework's own flags, of
+    which those named in `recorded_flags` (argparse dests) change what is trained and are recorded
+    as the run's `options` in config.json and summary.json; in a multi-process run only the trainer
+    whose `is_primary` is true writes the workdir and prints."""
     parser = build_parser(framework, pipelines)
     if add_flags is not None:
         add_flags(parser)
@@ -149,10 +152,13 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
             workdir.open_for_resume()
         else:
             workdir.create()
+        options = {name: getattr(args, name) for name in recorded_flags}
         if trainer.is_primary:
-            print(f"{framework} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
+            shown = "".join(f" ({name} {value})" for name, value in options.items())
+            print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
                   f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
         config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
+                  "options": options,
                   "command": command_line(), "recipe": recipe.to_dict()}
         summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config)
     except CnnParityError as e:

@@ -7,8 +7,9 @@ converts from those and evaluates on the recipe's whole test split.
 
 from __future__ import annotations
 
+import argparse
 import json
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -18,10 +19,14 @@ from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Recipe, load_recipe, recipe_from_dict
 from cnn_parity.training import EvalResult
 
-EvaluateFn = Callable[[Recipe, dict[str, np.ndarray], "str | None"], EvalResult]
+# (recipe, canonical weights, data dir, **the values of the framework's own flags) -> result
+EvaluateFn = Callable[..., EvalResult]
 
 
-def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None) -> int:
+def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None,
+        add_flags: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse `argv`, evaluate, print, and return the exit code. `add_flags` adds a framework's own
+    flags; their values reach `evaluate` as keywords and the report as its `options`."""
     module = {"flax": "flax_impl", "torch": "torch_ref"}[framework]
     parser = OneLineParser(prog=f"python -m {module}.evaluate",
                      description=f"Evaluate trained weights (from either framework) with {framework}.")
@@ -29,22 +34,26 @@ def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None)
                         help="a checkpoint folder, a workdir (newest checkpoint) or a .safetensors export")
     parser.add_argument("--data-dir", help="folder holding <dataset>/ (see README: Data)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    if add_flags is not None:
+        add_flags(parser)
     args = parser.parse_args(argv)
-    return report_errors(parser.prog, lambda: _evaluate_and_print(framework, evaluate, args))
+    options = {name: value for name, value in vars(args).items() if name not in ("checkpoint", "data_dir", "json")}
+    return report_errors(parser.prog, lambda: _evaluate_and_print(framework, evaluate, args, options))
 
 
-def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args) -> int:
+def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args, options: dict[str, Any]) -> int:
     model, arrays, info = checkpoints.load_weights(args.checkpoint)
     recipe = recipe_from_dict(info["recipe"], f"{info['path']} recipe") if info["recipe"] else load_recipe(model)
     if recipe.model != model:
         raise UsageError(f"{info['path']} holds {model} weights but a {recipe.model} recipe")
-    result = evaluate(recipe, arrays, args.data_dir)
+    result = evaluate(recipe, arrays, args.data_dir, **options)
     report = {"model": model, "dataset": recipe.dataset, "trained_with": info["framework"],
-              "evaluated_with": framework, "test_accuracy": result.accuracy, "test_loss": result.loss,
+              "evaluated_with": framework, "options": options, "test_accuracy": result.accuracy, "test_loss": result.loss,
               "examples": result.examples, "step": info["step"], "checkpoint": info["path"]}
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"{model} trained with {info['framework']}, evaluated with {framework} on {recipe.dataset} test "
+        shown = "".join(f" ({name} {value})" for name, value in options.items())
+        print(f"{model} trained with {info['framework']}, evaluated with {framework}{shown} on {recipe.dataset} test "
               f"({result.examples} images): accuracy {100 * result.accuracy:.2f}%, loss {result.loss:.4f}")
     return 0

@@ -248,6 +248,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
         "model": recipe.model,
         "framework": trainer.framework,
         "pipeline": trainer.pipeline,
+        "options": (config or {}).get("options", {}),
         "dataset": recipe.dataset,
         "epochs": last_record["epoch"],
         "steps": progress.steps,

@@ -1,4 +1,5 @@
-"""Evaluate weights from either framework with Flax: `python -m flax_impl.evaluate --checkpoint PATH`."""
+"""Evaluate weights from either framework with Flax: `python -m flax_impl.evaluate --checkpoint PATH
+[--api linen|nnx]`."""
 
 from __future__ import annotations
 
@@ -12,20 +13,21 @@ from cnn_parity.recipes import Recipe
 from cnn_parity.training import EvalResult
 from flax_impl import compilation_cache, data, distributed
 from flax_impl.convert import params_from_canonical
-from flax_impl.train import make_evaluator
+from flax_impl.train import add_api_flag, make_evaluator
 
 
-def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None) -> EvalResult:
+def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None,
+                       api: str = "linen") -> EvalResult:
     compilation_cache.enable()
     mesh = distributed.make_mesh()
     replicated = distributed.replicated(mesh)
     test = data.to_device(data.load_split(recipe.dataset, "test", "device", data_dir), replicated)
     params = jax.device_put(params_from_canonical(recipe.model, arrays), replicated)
-    return make_evaluator(recipe, mesh)(params, test)
+    return make_evaluator(recipe, mesh, api)(params, test)
 
 
 def main(argv=None) -> int:
-    return evaluate_cli.run("flax", evaluate_canonical, argv)
+    return evaluate_cli.run("flax", evaluate_canonical, argv, add_flags=add_api_flag)
 
 
 if __name__ == "__main__":

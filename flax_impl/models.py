@@ -114,6 +114,27 @@ def _max_pool_bwd(x, g):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+def layer_inits(init_scheme: str, fan_in: int, kernel_init=None) -> dict[str, Any]:
+    """The kernel_init / bias_init keywords of a Dense or Conv layer with `fan_in` inputs (Linen's
+    nn.Dense / nn.Conv and NNX's nnx.Linear / nnx.Conv take the same ones); none: Flax's defaults.
+    `kernel_init`: a layer the source initialised explicitly, under either scheme."""
+    if init_scheme == "torch":
+        return {"kernel_init": kernel_init or _torch_kernel_init, "bias_init": _torch_bias_init(fan_in)}
+    return {"kernel_init": kernel_init} if kernel_init else {}
+
+
+def conv_function(conv_impl: str) -> dict[str, Any]:
+    """The conv_general_dilated keyword of nn.Conv / nnx.Conv for `conv_impl` ("xla" or "gemm")."""
+    return {"conv_general_dilated": _gemm_conv_general_dilated} if conv_impl == "gemm" else {}
+
+
+def pool_2x2(x: jax.Array, conv_impl: str) -> jax.Array:
+    """2x2 max-pooling, stride 2, as `conv_impl` ("xla" or "gemm") computes it."""
+    if conv_impl == "gemm":
+        return max_pool_2x2(x)
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
 class _Layers(nn.Module):
     """Base: builds Dense / Conv layers initialised by `init_scheme`, convolving and pooling per
     `conv_impl` ("xla" or "gemm"; create_model resolves "auto")."""
@@ -122,36 +143,25 @@ class _Layers(nn.Module):
     conv_impl: str = "xla"
 
     def dense(self, x, features: int, name: str, kernel_init=None):
-        if self.init_scheme == "torch":
-            fan_in = x.shape[-1]
-            layer = nn.Dense(features, name=name, kernel_init=kernel_init or _torch_kernel_init,
-                             bias_init=_torch_bias_init(fan_in))
-        else:
-            layer = nn.Dense(features, name=name, **({"kernel_init": kernel_init} if kernel_init else {}))
-        return layer(x)
+        return nn.Dense(features, name=name, **layer_inits(self.init_scheme, x.shape[-1], kernel_init))(x)
 
     def conv(self, x, features: int, kernel: int, name: str, padding: int = 0):
-        kwargs: dict[str, Any] = {}
-        if self.init_scheme == "torch":
-            kwargs = {"kernel_init": _torch_kernel_init, "bias_init": _torch_bias_init(x.shape[-1] * kernel * kernel)}
-        if self.conv_impl == "gemm":
-            kwargs["conv_general_dilated"] = _gemm_conv_general_dilated
-        return nn.Conv(features, (kernel, kernel), padding=[(padding, padding)] * 2, name=name, **kwargs)(x)
+        return nn.Conv(features, (kernel, kernel), padding=[(padding, padding)] * 2, name=name,
+                       **layer_inits(self.init_scheme, x.shape[-1] * kernel * kernel),
+                       **conv_function(self.conv_impl))(x)
 
     def pool(self, x):
-        if self.conv_impl == "gemm":
-            return max_pool_2x2(x)
-        return nn.max_pool(x, (2, 2), strides=(2, 2))
+        return pool_2x2(x, self.conv_impl)
 
 
-def _flatten(x):
+def flatten(x):
     return x.reshape((x.shape[0], -1))
 
 
 class MLP(_Layers):
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = nn.sigmoid(self.dense(_flatten(x), 20, "fc1"))
+        x = nn.sigmoid(self.dense(flatten(x), 20, "fc1"))
         return self.dense(x, 10, "fc2")
 
 
@@ -161,7 +171,7 @@ class CNNBase(_Layers):
         x = nn.relu(self.conv(x, 16, 5, "conv1"))
         x = self.pool(nn.relu(self.conv(x, 32, 5, "conv2")))
         x = self.pool(nn.relu(self.conv(x, 64, 5, "conv3")))
-        x = nn.relu(self.dense(_flatten(x), 100, "fc1"))
+        x = nn.relu(self.dense(flatten(x), 100, "fc1"))
         return self.dense(x, 10, "fc2")
 
 
@@ -170,7 +180,7 @@ class CNN2Layer(_Layers):
     def __call__(self, x, train: bool = False):
         x = self.pool(nn.relu(self.conv(x, 32, 3, "conv1", padding=1)))
         x = self.pool(nn.relu(self.conv(x, 64, 3, "conv2", padding=1)))
-        return self.dense(_flatten(x), 10, "fc", kernel_init=nn.initializers.xavier_uniform())
+        return self.dense(flatten(x), 10, "fc", kernel_init=nn.initializers.xavier_uniform())
 
 
 class LeNet(_Layers):
@@ -178,7 +188,7 @@ class LeNet(_Layers):
     def __call__(self, x, train: bool = False):
         x = self.pool(nn.relu(self.conv(x, 6, 5, "conv1")))
         x = self.pool(nn.relu(self.conv(x, 16, 5, "conv2")))
-        x = nn.relu(self.dense(_flatten(x), 120, "fc1"))
+        x = nn.relu(self.dense(flatten(x), 120, "fc1"))
         x = nn.relu(self.dense(x, 84, "fc2"))
         return self.dense(x, 10, "fc3")
 
@@ -192,7 +202,7 @@ class FashionCNN(_Layers):
     def __call__(self, x, train: bool = False):
         x = nn.relu(self.pool(self.conv(x, 10, 5, "conv1")))
         x = nn.relu(self.pool(self.conv(x, 20, 5, "conv2")))
-        x = nn.relu(self.dense(_flatten(x), 50, "fc1"))
+        x = nn.relu(self.dense(flatten(x), 50, "fc1"))
         # The source's Dropout2d on a (N, 50) tensor acts element-wise; plain dropout is the intent.
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.log_softmax(self.dense(x, 10, "fc2"))

@@ -7,6 +7,12 @@ host↔device exchange per chunk, not per step; Python's per-step dispatch cost 
 of a LeNet step on a 2-core CPU). Every full batch runs through that same compiled loop body whatever
 the chunking, so where checkpoints and resumes cut an epoch changes no result. Nothing here names a
 device: the same code runs on a GPU when JAX sees one (convolutions: see flax_impl/models.py).
+
+`--api linen` (default) trains the Linen modules of flax_impl/models.py, `--api nnx` the NNX ones of
+flax_impl/models_nnx.py through this same step: an NNX model is split once (`nnx.split`) into a
+params dict laid out as Linen's and a `FunctionalModel` whose `apply` merges it back inside the
+traced step, so TrainState, the optimiser (optax on the split state, not `nnx.Optimizer`: the same
+optax update, one checkpoint layout), checkpoints, converters and multi-device code are shared.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
-from flax_impl import compilation_cache, data, distributed
+from flax_impl import compilation_cache, data, distributed, models_nnx
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 
@@ -51,9 +57,25 @@ def make_optimizer(cfg: Optimizer) -> optax.GradientTransformation:
 STEPS_PER_DISPATCH = 50
 
 
-def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str = "auto") -> TrainState:
-    model = create_model(recipe.model, recipe.init, conv_impl)
-    return TrainState.create(apply_fn=model.apply, params=init_params(model, key), tx=make_optimizer(recipe.optimizer))
+APIS = ("linen", "nnx")
+
+
+def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str = "auto", api: str = "linen") -> TrainState:
+    """The initial state of `recipe`'s model in Flax API `api`, its parameters drawn from `key` (each
+    API by its own init: the same distributions, not the same draws)."""
+    if api == "nnx":
+        model, params = models_nnx.init_params(recipe.model, key, recipe.init, conv_impl)
+    else:
+        model = create_model(recipe.model, recipe.init, conv_impl)
+        params = init_params(model, key)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(recipe.optimizer))
+
+
+def apply_function(recipe: Recipe, conv_impl: str, api: str):
+    """`recipe`'s model's Linen-style `apply` in Flax API `api`, without parameters."""
+    if api == "nnx":
+        return models_nnx.functional_model(recipe.model, recipe.init, conv_impl).apply
+    return create_model(recipe.model, recipe.init, conv_impl).apply
 
 
 def cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -89,13 +111,13 @@ def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
 
 
-def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh):
+def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh, api: str = "linen"):
     """A function (params, DeviceSplit) -> EvalResult over the whole split, jitted per chunk of
     `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once, and no example is
     dropped or counted twice), each chunk sharded over the mesh's devices. The forward pass uses XLA's
     own convolutions on every backend: only their CPU *gradients* are slow, and the im2col patches of a
     1,000-image chunk would take ~0.9 GB (cnn_base); same parameters, same function."""
-    apply_fn = create_model(recipe.model, recipe.init, conv_impl="xla").apply
+    apply_fn = apply_function(recipe, "xla", api)
     normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
     distributed.check_batch_size(mesh, recipe.eval_batch_size, "eval batch size")
 
@@ -126,9 +148,10 @@ class FlaxTrainer:
     framework = "flax"
 
     def __init__(self, recipe: Recipe, pipeline: str = "device", data_dir: str | None = None, conv_impl: str = "auto",
-                 mesh: jax.sharding.Mesh | None = None):
-        """`mesh`: the devices to train on (default: every local device, flax_impl.distributed)."""
-        self.recipe, self.pipeline = recipe, pipeline
+                 mesh: jax.sharding.Mesh | None = None, api: str = "linen"):
+        """`mesh`: the devices to train on (default: every local device, flax_impl.distributed);
+        `api`: the Flax API of the model, "linen" or "nnx" (APIS)."""
+        self.recipe, self.pipeline, self.api = recipe, pipeline, api
         self.is_primary, self.is_single_process = jax.process_index() == 0, jax.process_count() == 1
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
         replicated = distributed.replicated(self.mesh)
@@ -140,7 +163,7 @@ class FlaxTrainer:
             distributed.check_batch_size(self.mesh, n % b or b, "the last batch's size")
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
         init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
-        self.state = jax.device_put(create_train_state(recipe, init_key, conv_impl), replicated)
+        self.state = jax.device_put(create_train_state(recipe, init_key, conv_impl, api), replicated)
         if recipe.init_rng == "shared":
             self.load_canonical(shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
         self.num_params = num_params(self.state.params)
@@ -171,7 +194,7 @@ class FlaxTrainer:
         # One gathered step, jitted on its own: the epoch's last partial batch, and the benchmarks' loops.
         self.train_on_slice = jax.jit(train_on_slice, donate_argnums=0, static_argnames="batch_size")
         self._train_full_batches = jax.jit(train_full_batches, donate_argnums=0)
-        self._evaluate = make_evaluator(recipe, self.mesh)
+        self._evaluate = make_evaluator(recipe, self.mesh, api)
         self._synchronous = distributed.synchronous_dispatch(self.mesh)
 
     def train_epoch(self, epoch: int, start: int, num_steps: int, log: EpochLog) -> None:
@@ -230,7 +253,13 @@ class FlaxTrainer:
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
 
+def add_api_flag(parser) -> None:
+    parser.add_argument("--api", choices=APIS, default="linen",
+                        help="Flax API of the model: linen (flax_impl/models.py, default) or nnx (flax_impl/models_nnx.py)")
+
+
 def add_flax_flags(parser) -> None:
+    add_api_flag(parser)
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")
@@ -259,11 +288,11 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
         # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
         raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
-    return FlaxTrainer(recipe, args.pipeline, args.data_dir, mesh=distributed.make_mesh(args.devices))
+    return FlaxTrainer(recipe, args.pipeline, args.data_dir, mesh=distributed.make_mesh(args.devices), api=args.api)
 
 
 def main(argv=None) -> int:
-    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags)
+    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags, recorded_flags=("api",))
 
 
 if __name__ == "__main__":

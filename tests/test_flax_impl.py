@@ -1,17 +1,21 @@
-"""The Flax side on its own: initialisation, purity of the step, its pipelines, and that it learns."""
+"""The Flax side on its own (Linen and NNX models): initialisation, purity of the step, its pipelines,
+and that it learns."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.training import fit
 from cnn_parity.workdir import Workdir
-from flax_impl import data
-from flax_impl.convert import params_to_canonical
+from flax_impl import data, models, models_nnx
+from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 from flax_impl.train import FlaxTrainer, create_train_state, train_step
 
@@ -26,12 +30,50 @@ def test_initialisation_schemes(model, scheme):
     check_init_statistics(model, scheme, params_to_canonical(model, params))
 
 
-def test_train_step_is_a_pure_function_of_its_inputs(data_dir):
+@pytest.mark.parametrize("scheme", ["torch", "flax"])
+@pytest.mark.parametrize("model", MODELS)
+def test_nnx_initialisation_schemes_and_linen_layout(model, scheme):
+    """NNX models draw their own initial weights (same distributions as Linen's, not the same draws)
+    into a params dict laid out exactly as Linen's: same tree, shapes and dtypes, so the converters,
+    checkpoints and train step serve both."""
+    _, params = models_nnx.init_params(model, jax.random.key(0), scheme)
+    linen = jax.eval_shape(lambda: init_params(create_model(model, scheme), jax.random.key(0)))
+    assert jax.tree.structure(params) == jax.tree.structure(linen)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == jax.tree.map(lambda a: (a.shape, a.dtype), linen)
+    assert num_params(params) == source_num_params(model)
+    canonical = params_to_canonical(model, params)
+    check_init_statistics(model, scheme, canonical)
+    assert jax.tree.all(jax.tree.map(np.array_equal, params_from_canonical(model, canonical), params))
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "gemm"])
+def test_nnx_layers_use_the_linen_models_convolution_and_pooling(conv_impl):
+    """One implementation of the GEMM convolution and pooling serves both APIs: the NNX layers hold
+    flax_impl.models' functions, and pool as its pool_2x2."""
+    model = models_nnx.create_model("lenet", conv_impl=conv_impl, rngs=nnx.Rngs(params=0))
+    expected = models._gemm_conv_general_dilated if conv_impl == "gemm" else jax.lax.conv_general_dilated
+    assert model.conv1.conv_general_dilated is expected and model.conv2.conv_general_dilated is expected
+    assert model.conv_impl == conv_impl
+
+
+@pytest.mark.parametrize("model", ["lenet", "fashion_cnn"])
+def test_nnx_functional_model_is_static_and_holds_no_state(model):
+    """The split graph is hashable and equal across instances (jax.jit caches one compilation), and the
+    model's only state is its parameters (no RNG stream: dropout keys come with each call)."""
+    first, params = models_nnx.init_params(model, jax.random.key(0))
+    second = models_nnx.functional_model(model)
+    assert first == second and hash(first) == hash(second)
+    _, _, rest = nnx.split(nnx.merge(first.graphdef, params), nnx.Param, ...)
+    assert not jax.tree.leaves(rest)
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+def test_train_step_is_a_pure_function_of_its_inputs(api, data_dir):
     recipe = load_recipe("fashion_cnn")
     split = data.load_split("fashion_mnist", "train", "device", data_dir)
     batch = {"image": data.normalize(jnp.asarray(split.images[:64]), 0.1307, 0.3081),
              "label": jnp.asarray(split.labels[:64], jnp.int32)}
-    state = create_train_state(recipe, jax.random.key(0))
+    state = create_train_state(recipe, jax.random.key(0), api=api)
     step = jax.jit(train_step)
     a, metrics_a = step(state, batch, jax.random.key(1))
     b, metrics_b = step(state, batch, jax.random.key(1))
@@ -72,5 +114,15 @@ def test_tfds_pipeline_with_mock_data(tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
     summary = short_run(FlaxTrainer, model, seed=0, workdir=tmp_path / "run", data_dir=data_dir)
+    assert summary["steps"] == LEARNING_STEPS[model]
+    assert summary["test_accuracy"] >= MIN_TEST_ACCURACY[model]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn_2layer", "fashion_cnn"])
+def test_nnx_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
+    """The NNX models through the same trainer (their training is Linen's bit for bit from the same
+    weights, parity_tests/test_nnx_vs_linen.py; here, from their own initialisation)."""
+    nnx_trainer = functools.partial(FlaxTrainer, api="nnx")
+    summary = short_run(nnx_trainer, model, seed=0, workdir=tmp_path / "run", data_dir=data_dir)
     assert summary["steps"] == LEARNING_STEPS[model]
     assert summary["test_accuracy"] >= MIN_TEST_ACCURACY[model]

@@ -1,0 +1,174 @@
+"""The five models as Flax NNX modules: the same layers, names, initialisation and convolutions as
+the Linen ones in flax_impl/models.py (whose layer helpers they call: `layer_inits`,
+`conv_function`, `pool_2x2`, `flatten`), so speed work on the GEMM convolutions serves both APIs.
+
+Split into a pure pytree (`nnx.split(model, nnx.Param)`, then `to_pure_dict`), an NNX model's
+parameters have exactly the structure of Linen's params dict ({"conv1": {"kernel", "bias"}, ...}), and
+`FunctionalModel.apply` has Linen's `apply` signature. The training step, the evaluator, Orbax /
+msgpack checkpoints, the canonical-weight converters and the multi-device code therefore run NNX
+models unchanged (flax_impl/train.py, `api="nnx"`): the graph is split once, outside `jax.jit`, and
+merged inside the traced function, as the Flax performance guide recommends for small models
+(docs_nnx/guides/performance.md: `nnx.split` / `nnx.merge` under `jax.jit`).
+
+Dropout takes an explicit key per call (no `nnx.Rngs` stream lives in the model, so its state is
+parameters only), and derives from it the very key Linen's `make_rng("dropout")` gives FashionCNN's
+`Dropout_0`: given the same key, both APIs draw the same mask (parity_tests/test_nnx_vs_linen.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+from flax import nnx
+from flax.core.scope import LazyRng
+
+from flax_impl.models import conv_function, flatten, layer_inits, pool_2x2, resolve_conv_impl
+
+
+class _Layers(nnx.Module):
+    """Base: builds Linear / Conv layers initialised by `init_scheme`, convolving and pooling per
+    `conv_impl` ("xla" or "gemm"; create_model resolves "auto")."""
+
+    def __init__(self, init_scheme: str, conv_impl: str):
+        self.init_scheme, self.conv_impl = init_scheme, conv_impl
+
+    def linear(self, fan_in: int, features: int, rngs: nnx.Rngs, kernel_init=None) -> nnx.Linear:
+        return nnx.Linear(fan_in, features, rngs=rngs, **layer_inits(self.init_scheme, fan_in, kernel_init))
+
+    def conv(self, channels: int, features: int, kernel: int, rngs: nnx.Rngs, padding: int = 0) -> nnx.Conv:
+        return nnx.Conv(channels, features, (kernel, kernel), padding=((padding, padding),) * 2, rngs=rngs,
+                        **layer_inits(self.init_scheme, channels * kernel * kernel), **conv_function(self.conv_impl))
+
+    def pool(self, x):
+        return pool_2x2(x, self.conv_impl)
+
+
+class MLP(_Layers):
+    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, conv_impl)
+        self.fc1 = self.linear(28 * 28, 20, rngs)
+        self.fc2 = self.linear(20, 10, rngs)
+
+    def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
+        return self.fc2(nnx.sigmoid(self.fc1(flatten(x))))
+
+
+class CNNBase(_Layers):
+    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, conv_impl)
+        self.conv1 = self.conv(1, 16, 5, rngs)
+        self.conv2 = self.conv(16, 32, 5, rngs)
+        self.conv3 = self.conv(32, 64, 5, rngs)
+        self.fc1 = self.linear(64 * 3 * 3, 100, rngs)
+        self.fc2 = self.linear(100, 10, rngs)
+
+    def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
+        x = nnx.relu(self.conv1(x))
+        x = self.pool(nnx.relu(self.conv2(x)))
+        x = self.pool(nnx.relu(self.conv3(x)))
+        x = nnx.relu(self.fc1(flatten(x)))
+        return self.fc2(x)
+
+
+class CNN2Layer(_Layers):
+    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, conv_impl)
+        self.conv1 = self.conv(1, 32, 3, rngs, padding=1)
+        self.conv2 = self.conv(32, 64, 3, rngs, padding=1)
+        self.fc = self.linear(64 * 7 * 7, 10, rngs, kernel_init=nn.initializers.xavier_uniform())
+
+    def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
+        x = self.pool(nnx.relu(self.conv1(x)))
+        x = self.pool(nnx.relu(self.conv2(x)))
+        return self.fc(flatten(x))
+
+
+class LeNet(_Layers):
+    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, conv_impl)
+        self.conv1 = self.conv(1, 6, 5, rngs)
+        self.conv2 = self.conv(6, 16, 5, rngs)
+        self.fc1 = self.linear(16 * 4 * 4, 120, rngs)
+        self.fc2 = self.linear(120, 84, rngs)
+        self.fc3 = self.linear(84, 10, rngs)
+
+    def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
+        x = self.pool(nnx.relu(self.conv1(x)))
+        x = self.pool(nnx.relu(self.conv2(x)))
+        x = nnx.relu(self.fc1(flatten(x)))
+        x = nnx.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def linen_dropout_key(dropout_key: jax.Array) -> jax.Array:
+    """The key Linen's FashionCNN hands its dropout layer when applied with rngs={"dropout": dropout_key}:
+    make_rng folds the layer's scope path ("Dropout_0") and its call count (1) into the key
+    (flax.core.scope.LazyRng). Drawing from this key, NNX draws Linen's mask, bit for bit."""
+    return LazyRng.create(dropout_key, "Dropout_0", 1).as_jax_rng()
+
+
+class FashionCNN(_Layers):
+    """Outputs log-probabilities, as the source does; its loss is cross-entropy on them (= NLL)."""
+
+    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", dropout_rate: float = 0.5, *,
+                 rngs: nnx.Rngs):
+        super().__init__(init_scheme, conv_impl)
+        self.conv1 = self.conv(1, 10, 5, rngs)
+        self.conv2 = self.conv(10, 20, 5, rngs)
+        self.fc1 = self.linear(20 * 4 * 4, 50, rngs)
+        # The source's Dropout2d on a (N, 50) tensor acts element-wise; plain dropout is the intent.
+        self.dropout = nnx.Dropout(dropout_rate)
+        self.fc2 = self.linear(50, 10, rngs)
+
+    def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
+        x = nnx.relu(self.pool(self.conv1(x)))
+        x = nnx.relu(self.pool(self.conv2(x)))
+        x = nnx.relu(self.fc1(flatten(x)))
+        key = linen_dropout_key(dropout_key) if train else None
+        x = self.dropout(x, deterministic=not train, rngs=key)
+        return nnx.log_softmax(self.fc2(x))
+
+
+# The module class of each model named in cnn_parity.recipes.MODELS.
+MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
+
+
+def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "auto", *, rngs: nnx.Rngs) -> nnx.Module:
+    """Model `name`, its parameters drawn from `rngs` (its "params" stream, in layer order)."""
+    return MODULES[name](init_scheme, resolve_conv_impl(conv_impl), rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionalModel:
+    """An NNX model's graph definition, to apply to a Linen-layout params dict: `apply` has
+    `nn.Module.apply`'s signature, so the code written for Linen's (train_step, loss_and_gradients,
+    the evaluator, the parity suite) runs NNX models as they are. Hashable and compared by its
+    graph definition, so `jax.jit` treats it as static (a TrainState's `apply_fn`)."""
+
+    graphdef: nnx.GraphDef
+
+    def apply(self, variables: dict[str, Any], x: jax.Array, train: bool = False,
+              rngs: dict[str, jax.Array] | None = None) -> jax.Array:
+        model = nnx.merge(self.graphdef, variables["params"])
+        return model(x, train=train, dropout_key=(rngs or {}).get("dropout"))
+
+
+def split_params(model: nnx.Module) -> tuple[FunctionalModel, dict[str, Any]]:
+    """(graph definition, parameters as a plain nested dict); the model holds parameters only."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    return FunctionalModel(graphdef), nnx.to_pure_dict(params)
+
+
+def init_params(name: str, key: jax.Array, init_scheme: str = "torch",
+                conv_impl: str = "auto") -> tuple[FunctionalModel, dict[str, Any]]:
+    """Model `name` initialised from `key`, split: what the trainer trains."""
+    return split_params(create_model(name, init_scheme, conv_impl, rngs=nnx.Rngs(params=key)))
+
+
+def functional_model(name: str, init_scheme: str = "torch", conv_impl: str = "auto") -> FunctionalModel:
+    """The graph definition alone (traced abstractly: no parameters are drawn)."""
+    abstract = nnx.eval_shape(lambda: create_model(name, init_scheme, conv_impl, rngs=nnx.Rngs(params=0)))
+    return split_params(abstract)[0]
