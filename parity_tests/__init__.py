@@ -1,4 +1,5 @@
-"""Cross-framework parity suite: Flax (flax_impl) against PyTorch (torch_ref), all five models.
+"""Cross-framework parity suite: Flax (flax_impl; Linen and NNX models) against PyTorch (torch_ref),
+all five models, and the NNX models against the Linen ones, bit for bit.
 
 `pytest parity_tests` runs it; `python -m parity_tests.report --out DIR` writes the numbers.
 The only place besides benchmarks/ that imports both frameworks. The library the tests and the
@@ -17,7 +18,8 @@ and training steps; none computes a loss or a gradient itself):
   trajectory      both sides trained side by side (product train_step)
   kernel_control  torch against itself with other convolution kernels: float32's own drift
   accuracy        accuracy after short runs from independent initialisations
-  measurements    Measurements: every per-model measurement, computed once
+  measurements    Measurements: every per-model measurement, computed once (per Flax API)
+  apis            Linen against NNX: the same weights, batches and dropout keys, compared bitwise
   bounds          every bound and verdict, with what justifies it
 
 To check another model pair: build a `pairs.ModelPair` (torch module, Flax module and params,

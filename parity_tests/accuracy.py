@@ -12,10 +12,9 @@ import torch
 
 from cnn_parity.recipes import Recipe, load_recipe
 from flax_impl import data as flax_data
-from flax_impl import models as flax_models
 from parity_tests.batches import load_split, real_images
 from parity_tests.outputs import jitted_flax_forward
-from parity_tests.pairs import flax_init_params
+from parity_tests.pairs import flax_init
 from parity_tests.product_steps import flax_train_state, flax_train_step
 from parity_tests.trajectory import TRAJECTORY_BATCH
 from torch_ref import data as torch_data
@@ -38,20 +37,20 @@ def _run_order(permutation: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([permutation] * (n // len(permutation) + 1))[:n]
 
 
-def independent_accuracy(framework: str, name: str, seed: int, steps: int,
-                         batch_size: int = TRAJECTORY_BATCH, n_test: int = ACCURACY_TEST_IMAGES) -> float:
+def independent_accuracy(framework: str, name: str, seed: int, steps: int, batch_size: int = TRAJECTORY_BATCH,
+                         n_test: int = ACCURACY_TEST_IMAGES, api: str = "linen") -> float:
     """Test accuracy (first `n_test` test images) after `steps` steps of the recipe's optimiser,
     from the framework's own initialisation, shuffling and dropout, all seeded by `seed`. Each side
     normalises its whole run's images at once with its own `normalize` (per-step Python overhead,
-    not compute, dominates these small steps on CPU)."""
+    not compute, dominates these small steps on CPU). `api`: the Flax side's models, "linen" or "nnx"."""
     recipe = load_recipe(name, overrides={"seed": seed})
     train = load_split(recipe.dataset, "train")
     mean, std = recipe.normalize_mean, recipe.normalize_std
     n = steps * batch_size
     if framework == "flax":
         init_key, shuffle_key, dropout_key = jax.random.split(jax.random.key(seed), 3)
-        model = flax_models.create_model(name, recipe.init)
-        state = flax_train_state(model.apply, flax_init_params(model, init_key), recipe.optimizer)
+        model, params = flax_init(name, init_key, recipe.init, api)
+        state = flax_train_state(model.apply, params, recipe.optimizer)
         order = _run_order(np.asarray(jax.random.permutation(shuffle_key, len(train.labels))), n)
         images = flax_data.normalize(jnp.asarray(train.images[order]), mean, std)
         labels = jnp.asarray(train.labels[order], jnp.int32)

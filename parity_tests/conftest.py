@@ -13,6 +13,7 @@ from cnn_parity.errors import CnnParityError
 from cnn_parity.recipes import load_recipe
 from parity_tests import batches, precision
 from parity_tests.measurements import Measurements
+from parity_tests.pairs import APIS
 
 
 def pytest_configure(config):
@@ -30,7 +31,8 @@ def _real_data():
             pytest.fail(f"parity tests need real {dataset}: {e}")
 
 
-@pytest.fixture(scope="session")
-def measurements():
-    """Per-model measurements computed once per session and shared by several tests."""
-    return Measurements()
+@pytest.fixture(scope="session", params=APIS)
+def measurements(request):
+    """Per-model measurements computed once per session and shared by several tests; every test that
+    takes them runs for each Flax API (Linen and NNX models) against PyTorch."""
+    return Measurements(request.param)

@@ -9,6 +9,10 @@ mask reproduces train_step's own output bit for bit). Torch then applies that ma
 drawing its own: a forward hook on the model's nn.Dropout replaces its output by
 input * mask / keep_prob, F.dropout's own formula. Each framework's own rate and scaling are tested
 in test_dropout.py. A model has at most one dropout layer here.
+
+NNX models have no interceptors; their layers are plain attributes, so inside one traced apply
+(`_nnx_apply`, what FunctionalModel.apply does) the merged model's nnx.Dropout is swapped for a
+function that feeds it ones and records, or that applies a given mask with nnx.Dropout's formula.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from flax import nnx
+
+from flax_impl.models_nnx import FunctionalModel
 from parity_tests.batches import Batch
-from parity_tests.pairs import ModelPair
+from parity_tests.pairs import FlaxModel, ModelPair
 
 
 def torch_dropout_layer(module: torch.nn.Module) -> torch.nn.Dropout | None:
@@ -43,45 +50,60 @@ def _is_dropout_call(context) -> bool:
     return isinstance(context.module, nn.Dropout) and context.method_name == "__call__"
 
 
+def _nnx_apply(model: FunctionalModel, params, x, train: bool, rng, replace_dropout):
+    """FunctionalModel.apply with the model's nnx.Dropout replaced by `replace_dropout(dropout)`."""
+    net = nnx.merge(model.graphdef, params)
+    (name,) = [name for name, layer in vars(net).items() if isinstance(layer, nnx.Dropout)]
+    setattr(net, name, replace_dropout(getattr(net, name)))
+    return net(x, train=train, dropout_key=rng)
+
+
 @functools.lru_cache(maxsize=None)
-def _flax_dropout_probe(model: nn.Module, train: bool, feed_ones: bool):
+def _flax_dropout_probe(model: FlaxModel, train: bool, feed_ones: bool):
     """Jitted (params, x, rng) → (Dropout input, Dropout output), optionally feeding it ones."""
 
     def probe(params, x, rng):
         found = []
 
-        def interceptor(next_fun, args, kwargs, context):
-            if not _is_dropout_call(context):
-                return next_fun(*args, **kwargs)
-            given = jnp.ones_like(args[0]) if feed_ones else args[0]
-            out = next_fun(given, *args[1:], **kwargs)
+        def record(call, inputs, *args, **kwargs):
+            given = jnp.ones_like(inputs) if feed_ones else inputs
+            out = call(given, *args, **kwargs)
             found.append((given, out))
             return out
 
-        with nn.intercept_methods(interceptor):
-            model.apply({"params": params}, x, train=train, rngs={"dropout": rng})
+        if isinstance(model, FunctionalModel):
+            _nnx_apply(model, params, x, train, rng, lambda dropout: functools.partial(record, dropout))
+        else:
+            def interceptor(next_fun, args, kwargs, context):
+                if not _is_dropout_call(context):
+                    return next_fun(*args, **kwargs)
+                return record(next_fun, *args, **kwargs)
+
+            with nn.intercept_methods(interceptor):
+                model.apply({"params": params}, x, train=train, rngs={"dropout": rng})
         (io,) = found
         return io
 
     return jax.jit(probe)
 
 
-def flax_dropout_io(model: nn.Module, params, x: jax.Array, rng: jax.Array, train: bool,
+def flax_dropout_io(model: FlaxModel, params, x: jax.Array, rng: jax.Array, train: bool,
                     feed_ones: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(input, output) of the model's nn.Dropout in one apply with `rng`, optionally fed ones."""
     given, out = _flax_dropout_probe(model, train, feed_ones)(params, x, rng)
     return np.asarray(given), np.asarray(out)
 
 
-def flax_dropout_mask(model: nn.Module, params, x: jax.Array, rng: jax.Array) -> np.ndarray:
-    """The boolean keep-mask Flax's dropout draws in `apply(..., train=True, rngs={"dropout": rng})`."""
+def flax_dropout_mask(model: FlaxModel, params, x: jax.Array, rng: jax.Array) -> np.ndarray:
+    """The boolean keep-mask Flax's dropout draws in `apply(..., train=True, rngs={"dropout": rng})`
+    (Linen's nn.Dropout or NNX's nnx.Dropout)."""
     _, scaled = flax_dropout_io(model, params, x, rng, train=True, feed_ones=True)
     return scaled != 0
 
 
 @contextlib.contextmanager
 def inject_flax_dropout_mask(mask) -> Iterator[None]:
-    """Within the block, Flax's nn.Dropout (train mode) applies `mask` instead of drawing one."""
+    """Within the block, Linen's nn.Dropout (train mode) applies `mask` instead of drawing one."""
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
@@ -118,9 +140,28 @@ def inject_torch_dropout_mask(module: torch.nn.Module, mask, scale: float | None
         handle.remove()
 
 
+def _nnx_masked_dropout(mask):
+    """An nnx.Dropout replacement that applies `mask` in train mode, with nnx.Dropout's own formula."""
+
+    def replace(dropout: nnx.Dropout):
+        def call(inputs, deterministic: bool, rngs=None):
+            if deterministic:
+                return inputs
+            keep = 1.0 - dropout.rate
+            return jax.lax.select(mask, inputs / keep, jnp.zeros_like(inputs))
+
+        return call
+
+    return replace
+
+
 @functools.lru_cache(maxsize=None)
-def _jitted_train_forward(model: nn.Module, masked: bool):
+def _jitted_train_forward(model: FlaxModel, masked: bool):
     def forward(params, x, rng, mask):
+        if isinstance(model, FunctionalModel):
+            if masked:
+                return _nnx_apply(model, params, x, True, rng, _nnx_masked_dropout(mask))
+            return model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
         with inject_flax_dropout_mask(mask) if masked else contextlib.nullcontext():
             return model.apply({"params": params}, x, train=True, rngs={"dropout": rng})
 

@@ -8,18 +8,20 @@ import flax.linen as nn
 import jax
 import numpy as np
 import torch
+from flax import nnx
 
+from flax_impl.models_nnx import FunctionalModel
 from cnn_parity.recipes import Recipe
 from parity_tests.batches import Batch, make_batch
 from parity_tests.differences import max_abs_diff
-from parity_tests.pairs import DIRECTIONS, ModelPair
+from parity_tests.pairs import DIRECTIONS, FlaxModel, ModelPair
 
 FORWARD_KINDS = ("real", "uniform", "gaussian")  # real data; random uint8 pixels; N(0, 1) floats
 BATCH_SIZES = (1, 7, 128)
 
 
 @functools.lru_cache(maxsize=None)
-def jitted_flax_forward(model: nn.Module):
+def jitted_flax_forward(model: FlaxModel):
     """(params, x) → eval-mode outputs, jitted once per model."""
     return jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
 
@@ -50,8 +52,10 @@ def forward_batch(recipe: Recipe, kind: str, n: int) -> Batch:
 
 
 def flax_layer_shapes(pair: ModelPair, batch: Batch) -> dict[str, tuple[int, ...]]:
-    """Output shape of every submodule (conv1, fc1, Dropout_0, ...) and of the model ("output").
-    Traced abstractly (jax.eval_shape): shapes without computing or compiling anything."""
+    """Output shape of every submodule (conv1, fc1, Linen's Dropout_0 / NNX's dropout, ...) and of the
+    model ("output"). Traced abstractly (jax.eval_shape): shapes without computing or compiling anything."""
+    if isinstance(pair.flax_model, FunctionalModel):
+        return _nnx_layer_shapes(pair.flax_model, pair.flax_params, batch.flax_x)
 
     def run(params, x):
         return pair.flax_model.apply({"params": params}, x, train=False, capture_intermediates=True,
@@ -61,6 +65,29 @@ def flax_layer_shapes(pair: ModelPair, batch: Batch) -> dict[str, tuple[int, ...
     inter = state["intermediates"]
     shapes = {name: tuple(v["__call__"][0].shape) for name, v in inter.items() if name != "__call__"}
     shapes["output"] = tuple(inter["__call__"][0].shape)
+    return shapes
+
+
+def _nnx_layer_shapes(model: FunctionalModel, params, x) -> dict[str, tuple[int, ...]]:
+    """NNX layers are plain attributes: inside one abstract apply, each is wrapped to record its output."""
+    shapes = {}
+
+    def recording(name, layer):
+        def call(*args, **kwargs):
+            out = layer(*args, **kwargs)
+            shapes[name] = tuple(out.shape)
+            return out
+
+        return call
+
+    def run(params, x):
+        net = nnx.merge(model.graphdef, params)
+        for name, layer in list(vars(net).items()):
+            if isinstance(layer, nnx.Module):
+                setattr(net, name, recording(name, layer))
+        shapes["output"] = tuple(net(x, train=False).shape)
+
+    jax.eval_shape(run, params, x)
     return shapes
 
 

@@ -1,9 +1,11 @@
 """A model in both frameworks holding the same weights: the unit every measurement takes.
 
-A `ModelPair` is a torch module and a Flax module with its parameters, the recipe they train with,
+A `ModelPair` is a torch module and a Flax model with its parameters, the recipe they train with,
 and the `WeightMapping` between the two through canonical arrays (PyTorch state_dict names and
-layouts). The five models' pairs use the product's converters (`product_mapping`); another model
-pair can be checked by building a `ModelPair` with its own mapping.
+layouts). The Flax model is a Linen module or, for the NNX models, their `FunctionalModel`: both
+have Linen's `apply`, and both APIs' params dicts have one layout, so every measurement and the
+product converters serve either. The five models' pairs use the product's converters
+(`product_mapping`); another model pair can be checked by building a `ModelPair` with its own mapping.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import flax.linen as nn
 import jax
@@ -21,11 +23,16 @@ import torch
 from cnn_parity.recipes import Recipe, load_recipe
 from flax_impl import convert as flax_convert
 from flax_impl import models as flax_models
+from flax_impl import models_nnx as flax_models_nnx
+from flax_impl import train as flax_train
 from parity_tests.differences import Canonical
 from torch_ref import convert as torch_convert
 from torch_ref import models as torch_models
 
 DIRECTIONS = ("torch_to_flax", "flax_to_torch")  # which side initialises; the other gets converted weights
+APIS = flax_train.APIS  # the Flax APIs whose models the suite checks: "linen", "nnx"
+
+FlaxModel = Union[nn.Module, flax_models_nnx.FunctionalModel]  # anything with Linen's `apply`
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class ModelPair:
 
     recipe: Recipe  # what both sides train with: optimiser, normalisation, data set
     torch_model: torch.nn.Module
-    flax_model: nn.Module
+    flax_model: FlaxModel
     flax_params: Any
     mapping: WeightMapping
     canonical: Canonical  # the weights both sides were built from
@@ -88,26 +95,40 @@ def flax_init_params(model: nn.Module, key: jax.Array):
     return _jitted_init(model)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
 
 
+def flax_model(name: str, init_scheme: str = "torch", api: str = "linen") -> FlaxModel:
+    """The product's model `name` in Flax API `api`, without parameters."""
+    if api == "nnx":
+        return flax_models_nnx.functional_model(name, init_scheme)
+    return flax_models.create_model(name, init_scheme)
+
+
+def flax_init(name: str, key: jax.Array, init_scheme: str = "torch", api: str = "linen") -> tuple[FlaxModel, Any]:
+    """The product's model `name` in API `api` and its own initial parameters drawn from `key`."""
+    if api == "nnx":
+        return flax_models_nnx.init_params(name, key, init_scheme)
+    model = flax_models.create_model(name, init_scheme)
+    return model, flax_init_params(model, key)
+
+
 def pair_from_torch(name: str, seed: int = 0, init_scheme: str = "torch",
-                    mapping: WeightMapping | None = None) -> ModelPair:
+                    mapping: WeightMapping | None = None, api: str = "linen") -> ModelPair:
     """Torch initialises; Flax gets the weights through the mapping (direction torch → flax)."""
     mapping = mapping or product_mapping(name)
     module = torch_init(name, seed, init_scheme)
     canonical = mapping.torch_to_canonical(module)
-    return ModelPair(load_recipe(name), module, flax_models.create_model(name, init_scheme),
+    return ModelPair(load_recipe(name), module, flax_model(name, init_scheme, api),
                      mapping.canonical_to_flax(canonical), mapping, canonical)
 
 
 def pair_from_flax(name: str, seed: int = 0, init_scheme: str = "torch",
-                   mapping: WeightMapping | None = None) -> ModelPair:
+                   mapping: WeightMapping | None = None, api: str = "linen") -> ModelPair:
     """Flax initialises; torch gets the weights through the mapping (direction flax → torch)."""
     mapping = mapping or product_mapping(name)
-    model = flax_models.create_model(name, init_scheme)
-    params = flax_init_params(model, jax.random.key(seed))
+    model, params = flax_init(name, jax.random.key(seed), init_scheme, api)
     canonical = mapping.flax_to_canonical(params)
     module = mapping.load_into_torch(torch_models.create_model(name, init_scheme), canonical)
     return ModelPair(load_recipe(name), module, model, params, mapping, canonical)
 
 
-def make_pair(name: str, direction: str, seed: int = 0) -> ModelPair:
-    return {"torch_to_flax": pair_from_torch, "flax_to_torch": pair_from_flax}[direction](name, seed)
+def make_pair(name: str, direction: str, seed: int = 0, api: str = "linen") -> ModelPair:
+    return {"torch_to_flax": pair_from_torch, "flax_to_torch": pair_from_flax}[direction](name, seed, api=api)

@@ -1,4 +1,5 @@
-"""Measure Flax-vs-PyTorch parity for all five models and write DIR/parity.json and DIR/parity.md.
+"""Measure Flax-vs-PyTorch parity for all five models, with the Flax side in each API (Linen, NNX),
+and NNX against Linen, and write DIR/parity.json and DIR/parity.md.
 
     python -m parity_tests.report --out DIR [--models mlp,lenet] [--data-dir PATH] [--no-accuracy]
                                   [--update-readme README.md]
@@ -24,8 +25,10 @@ from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import versions
 from parity_tests import accuracy, batches, bounds, precision
+from parity_tests.apis import measure_apis
 from parity_tests.gradients import grad_cases
 from parity_tests.measurements import Measurements
+from parity_tests.pairs import APIS
 from parity_tests.outputs import forward_cases
 from parity_tests.trajectory import FLOAT64_BATCH, TRAJECTORY_BATCH, TRAJECTORY_STEPS
 from parity_tests.updates import OPTIMIZER_STEPS
@@ -79,7 +82,7 @@ def measure_model(m: Measurements, name: str, with_accuracy: bool) -> dict[str, 
     }
     if with_accuracy:
         budget = bounds.ACCURACY[name]
-        flax_acc = accuracy.independent_accuracy("flax", name, 0, budget.steps)
+        flax_acc = accuracy.independent_accuracy("flax", name, 0, budget.steps, api=m.api)
         torch_acc = accuracy.independent_accuracy("torch", name, 0, budget.steps)
         result["accuracy"] = {
             "steps": budget.steps, "batch_size": TRAJECTORY_BATCH, "test_images": accuracy.ACCURACY_TEST_IMAGES,
@@ -94,15 +97,14 @@ def _e(x: float) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    models = report["models"]
     lines = [
-        "| model | optimiser | params (flax / torch) | forward max \\|Δ\\| | grad max \\|Δ\\| "
+        "| model | Flax API | optimiser | params (flax / torch) | forward max \\|Δ\\| | grad max \\|Δ\\| "
         "| update, same grads | one train step | trajectory steps | loss max \\|Δ\\| (fp32) "
         "| final params max \\|Δ\\| (fp32) | fp32 bound (loss / params) | fp64 loss / params "
-        "| torch vs torch (loss / params) | accuracy flax / torch | within bounds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| torch vs torch (loss / params) | accuracy flax / torch | NNX vs Linen max \\|Δ\\| | within bounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in models.items():
+    for name, api, r in ((name, api, r) for name, by_api in report["models"].items() for api, r in by_api.items()):
         o = r["optimizer"]
         opt = f"{o['name']} {o['lr']:g}" + (f", momentum {o['momentum']:g}" if o["momentum"] else "")
         f64, ctl, step = r["trajectory_float64"], r["torch_kernel_control"], r["update_first_step"]
@@ -111,13 +113,14 @@ def markdown(report: dict[str, Any]) -> str:
             step_text += f" ({_e(max(step['excess_over_gradient_rounding'], 0.0))} beyond Adam's rounding)"
         acc = f"{r['accuracy']['flax']:.3f} / {r['accuracy']['torch']:.3f}" if "accuracy" in r else "—"
         failed = [k for k, v in r["within_bounds"].items() if not v]
+        versus_linen = _e(r["nnx_vs_linen"]["worst"]) if "nnx_vs_linen" in r else "—"
         lines.append(
-            f"| {name} | {opt} | {r['num_params_flax']:,} / {r['num_params_torch']:,} | {_e(r['forward_max_abs_diff'])} "
+            f"| {name} | {api} | {opt} | {r['num_params_flax']:,} / {r['num_params_torch']:,} | {_e(r['forward_max_abs_diff'])} "
             f"| {_e(r['grad_max_abs_diff'])} | {_e(r['update_same_gradients_max_abs_diff'])} | {step_text} "
             f"| {r['trajectory_steps']} | {_e(r['trajectory_max_loss_diff'])} | {_e(r['trajectory_max_param_diff'])} "
             f"| {_e(r['trajectory_loss_bound'])} / {_e(r['trajectory_param_bound'])} "
             f"| {_e(f64['max_loss_diff'])} / {_e(f64['max_param_diff'])} | {_e(ctl['max_loss_diff'])} / {_e(ctl['max_param_diff'])} "
-            f"| {acc} | {'yes' if not failed else 'NO: ' + ', '.join(failed)} |")
+            f"| {acc} | {versus_linen} | {'yes' if not failed else 'NO: ' + ', '.join(failed)} |")
     d, v = report["device"], report["versions"]
     lines += [
         "",
@@ -129,7 +132,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"convolution kernels. Trajectory: {TRAJECTORY_STEPS} steps of real data, batch {TRAJECTORY_BATCH} "
         f"(float64 run: batch {FLOAT64_BATCH}), the recipe's optimiser, identical start weights, batch order "
         f"and dropout masks. Accuracy: independent inits (seed 0 in each framework's own RNG), short budget, "
-        f"first {accuracy.ACCURACY_TEST_IMAGES} test images.",
+        f"first {accuracy.ACCURACY_TEST_IMAGES} test images. NNX vs Linen: the largest |Δ| between the two Flax "
+        f"APIs' eval and train-mode outputs, dropout masks, losses, gradients and {TRAJECTORY_STEPS}-step "
+        f"trajectories from the same weights, batches and dropout keys (bound: {bounds.NNX_VS_LINEN_ABS:g}, bitwise).",
         "",
         f"Measured on {d['jax']} / torch {d['torch']} ({d['cpu_count']} CPUs), float32, "
         f"jax_default_matmul_precision={d['jax_default_matmul_precision']}, TF32 "
@@ -156,12 +161,17 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    m = Measurements()
+    by_api = {api: Measurements(api) for api in APIS}
     report: dict[str, Any] = {"models": {}}
     for name in models:
         start = time.time()
         try:
-            report["models"][name] = measure_model(m, name, with_accuracy=not args.no_accuracy)
+            report["models"][name] = {api: measure_model(m, name, with_accuracy=not args.no_accuracy)
+                                      for api, m in by_api.items()}
+            versus_linen = measure_apis(name)
+            nnx = report["models"][name]["nnx"]
+            nnx["nnx_vs_linen"] = {**dataclasses.asdict(versus_linen), "worst": versus_linen.worst}
+            nnx["within_bounds"]["nnx_vs_linen"] = versus_linen.worst <= bounds.NNX_VS_LINEN_ABS
         except CnnParityError as e:  # e.g. a data set not found: one line, not a traceback
             print(f"{p.prog}: error: {e}", file=sys.stderr)
             return e.exit_code
@@ -180,7 +190,7 @@ def main(argv=None) -> int:
             print(f"{p.prog}: error: {e} (the report is in {out})", file=sys.stderr)
             return e.exit_code
     print(table)
-    ok = all(all(r["within_bounds"].values()) for r in report["models"].values())
+    ok = all(all(r["within_bounds"].values()) for by_api in report["models"].values() for r in by_api.values())
     return 0 if ok else 1
 
 

@@ -30,7 +30,7 @@ from parity_tests import bounds
 from parity_tests.batches import Batch, batch_from_uint8, make_batch, real_images
 from parity_tests.gradients import GRAD_BATCH, measure_grads
 from parity_tests.outputs import forward_batch, measure_forward
-from parity_tests.pairs import pair_from_flax, pair_from_torch, product_mapping
+from parity_tests.pairs import APIS, pair_from_flax, pair_from_torch, product_mapping
 from parity_tests.trajectory import run_training
 from parity_tests.updates import OPTIMIZER_STEPS, same_gradient_updates
 from torch_ref import train as torch_train
@@ -101,15 +101,17 @@ def real_batches():
 @pytest.mark.parametrize("bug", [flatten_order_ignored, conv_kernel_spatially_transposed,
                                  dense_kernel_reshaped_not_transposed])
 @pytest.mark.parametrize("model", CONV_MODELS)
-def test_forward_catches_wrong_torch_to_flax_conversion(model, bug, real_batches):
-    pair = pair_from_torch(model, mapping=mapping_with(model, canonical_to_flax=bug))
+@pytest.mark.parametrize("api", APIS)
+def test_forward_catches_wrong_torch_to_flax_conversion(api, model, bug, real_batches):
+    pair = pair_from_torch(model, mapping=mapping_with(model, canonical_to_flax=bug), api=api)
     assert_caught(measure_forward(pair, real_batches[model]), bounds.FORWARD_ABS)
 
 
 @pytest.mark.parametrize("bug", [to_canonical_flatten_order_ignored, to_canonical_conv_kernel_spatially_transposed])
 @pytest.mark.parametrize("model", CONV_MODELS)
-def test_forward_catches_wrong_flax_to_torch_conversion(model, bug, real_batches):
-    pair = pair_from_flax(model, mapping=mapping_with(model, flax_to_canonical=bug))
+@pytest.mark.parametrize("api", APIS)
+def test_forward_catches_wrong_flax_to_torch_conversion(api, model, bug, real_batches):
+    pair = pair_from_flax(model, mapping=mapping_with(model, flax_to_canonical=bug), api=api)
     assert_caught(measure_forward(pair, real_batches[model]), bounds.FORWARD_ABS)
 
 

@@ -11,7 +11,7 @@ from flax_impl import convert as flax_convert
 from parity_tests.outputs import BATCH_SIZES, flax_layer_shapes, forward_batch, torch_layer_shapes
 
 # Written from the sources (docs/sources.md), not from the code: torch NCHW output shape of each layer for a
-# batch of N. Flax's are the same in NHWC. fashion_cnn's `dropout` is Flax's unnamed Dropout_0.
+# batch of N. Flax's are the same in NHWC. fashion_cnn's `dropout` is Linen's unnamed Dropout_0 (NNX: `dropout`).
 LAYER_OUTPUTS = {
     "mlp": {"fc1": (20,), "fc2": (10,)},
     "cnn_base": {"conv1": (16, 24, 24), "conv2": (32, 20, 20), "conv3": (64, 6, 6), "fc1": (100,), "fc2": (10,)},
@@ -19,7 +19,7 @@ LAYER_OUTPUTS = {
     "lenet": {"conv1": (6, 24, 24), "conv2": (16, 8, 8), "fc1": (120,), "fc2": (84,), "fc3": (10,)},
     "fashion_cnn": {"conv1": (10, 24, 24), "conv2": (20, 8, 8), "fc1": (50,), "dropout": (50,), "fc2": (10,)},
 }
-FLAX_NAMES = {"dropout": "Dropout_0"}
+FLAX_NAMES = {"linen": {"dropout": "Dropout_0"}, "nnx": {}}  # per API
 
 
 def nhwc(shape):
@@ -34,7 +34,8 @@ def test_layer_and_logit_shapes(model, n, measurements):
     expected = {layer: (n, *shape) for layer, shape in LAYER_OUTPUTS[model].items()} | {"output": (n, 10)}
     assert torch_layer_shapes(pair, batch) == expected
     flax_shapes = flax_layer_shapes(pair, batch)
-    assert flax_shapes == {FLAX_NAMES.get(k, k): nhwc(v) for k, v in expected.items()}
+    names = FLAX_NAMES[measurements.api]
+    assert flax_shapes == {names.get(k, k): nhwc(v) for k, v in expected.items()}
 
 
 @pytest.mark.parametrize("model", MODELS)
