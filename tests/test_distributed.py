@@ -84,7 +84,8 @@ SHARED_RNG = ("--set", "init_rng=shared", "--set", "shuffle_rng=shared")
 
 @pytest.mark.parametrize("model, args", [("lenet", ("--epochs", "1")),
                                          ("fashion_cnn", ("--max-steps", "60")),
-                                         ("lenet", ("--max-steps", "60", *SHARED_RNG))])
+                                         ("lenet", ("--max-steps", "60", *SHARED_RNG)),
+                                         ("fashion_cnn", ("--max-steps", "60", "--api", "nnx"))])
 def test_flax_two_devices_train_as_one(tmp_path, data_dir, model, args):
     common = ("--model", model, *args, "--checkpoint-every", "1000")
     _flax(tmp_path / "one", 1, data_dir, *common)
