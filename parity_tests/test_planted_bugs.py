@@ -6,7 +6,8 @@ run the product) or the plumbing between the two frameworks (the normalisation f
 dropout mask's scaling, the batch order).
 
 Each bug is a mistake that has really been made porting PyTorch models to Flax (flatten order,
-kernel layouts, SGD dampening, Adam's eps placement, unscaled dropout).
+kernel layouts, SGD dampening, Adam's eps placement, unscaled dropout). Last, bugs in the NNX models
+that the bitwise NNX-vs-Linen check (test 10) must catch.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.weights import FLATTENED_INPUT, LAYERS
 from flax_impl import convert as flax_convert
+from flax_impl import models_nnx as flax_models_nnx
 from flax_impl import train as flax_train
 from parity_tests import bounds
+from parity_tests.apis import measure_apis
 from parity_tests.batches import Batch, batch_from_uint8, make_batch, real_images
 from parity_tests.gradients import GRAD_BATCH, measure_grads
 from parity_tests.outputs import forward_batch, measure_forward
@@ -247,3 +250,22 @@ def test_trajectory_catches_wrong_dropout_rate(measurements):
     """Flax's masks at p = 0.5, torch scaling survivors as if p were 0.2 (x1.25)."""
     traj = run_training(measurements.pair("fashion_cnn"), measurements.batches("fashion_cnn")[:3], torch_dropout_scale=1.25)
     assert_trajectory_check_fails(traj, measurements.control("fashion_cnn"))
+
+
+# --- NNX bugs: the NNX model differs from the Linen one; the bitwise NNX-vs-Linen check (apis.py) ----
+
+NNX_BUGS = {  # bug: (model, the flax_impl.models_nnx function replaced, its wrong version)
+    "NNX dropout drawing from the step key, not the key Linen derives from it": (
+        "fashion_cnn", "linen_dropout_key", lambda key: key),
+    "NNX flattening (C, H, W), torch's order, instead of Linen's (H, W, C)": (
+        "lenet", "flatten", lambda x: x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)),
+}
+
+
+@pytest.mark.parametrize("bug", list(NNX_BUGS))
+def test_nnx_vs_linen_check_catches_a_wrong_nnx_model(bug, monkeypatch):
+    """Bound 0: any difference fails; these fail by far more than even the forward bound."""
+    model, name, wrong = NNX_BUGS[bug]
+    with patched(monkeypatch, flax_models_nnx, name, wrong):
+        result = measure_apis(model)
+    assert_caught(result.worst, bounds.FORWARD_ABS)
