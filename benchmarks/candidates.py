@@ -7,13 +7,15 @@ Every candidate exposes the same small interface the worker times:
   steps_per_epoch, batch_size, device
   train(epoch, steps) -> examples   runs `steps` training steps of epoch `epoch`, fully synchronised
   evaluate() -> examples            the whole test split, as the trainers' `evaluate()` does it
+  tiny_step_seconds() -> s | None   one step on a 1-example batch (Flax per-step loops): overhead
 Training goes through the trainers' own `train_epoch` with the shared `EpochLog` (losses read back
 every 50 steps, as in a real run), so the numbers describe the product, not a stripped-down loop.
 """
 
 from __future__ import annotations
 
-FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked")
+FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked",
+                 "nnx-jit-loop", "nnx-cached-loop", "nnx-split-loop", "nnx-chunked")
 TORCH_VARIANTS = ("eager", "compile", "torchvision-dataloader")
 VARIANTS = FLAX_VARIANTS + TORCH_VARIANTS
 # What the training CLIs run by default on this machine: the goals are stated for these.
@@ -54,6 +56,10 @@ class _Candidate:
     def evaluate(self) -> int:
         return self.trainer.evaluate().examples
 
+    def tiny_step_seconds(self) -> float | None:
+        measure = getattr(self.trainer, "tiny_step_seconds", None)
+        return measure() if measure else None
+
     def limit_eval(self, n: int) -> None:
         """Evaluate on the first `n` test examples only (--quick smoke runs)."""
         t = self.trainer
@@ -78,15 +84,13 @@ def build(model: str, variant: str, data_dir: str | None, quick: bool = False) -
 
     recipe = load_recipe(model)
     if framework_of(variant) == "flax":
-        import jax
-
         from benchmarks import flax_variants
         from flax_impl import compilation_cache
 
         compilation_cache.enable()  # as `python -m flax_impl.train` does ($CNN_PARITY_JAX_CACHE)
 
         trainer = flax_variants.make_trainer(variant, recipe, data_dir)
-        cand = _Candidate(trainer, lambda: jax.block_until_ready(trainer.state))
+        cand = _Candidate(trainer, trainer.sync)
     else:
         cand = _build_torch(recipe, variant, data_dir, quick)
     if quick:

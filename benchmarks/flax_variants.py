@@ -12,30 +12,59 @@ and the step loop chosen:
   gemm-chunked  FlaxTrainer as shipped on a CPU: GEMM convolutions, STEPS_PER_DISPATCH steps per
                 jitted `fori_loop` (what `python -m flax_impl.train` runs).
 
+The NNX models (flax_impl/models_nnx.py, GEMM convolutions), four ways of driving the same step:
+  nnx-jit-loop    `nnx.jit` per step, as NNX's own examples train: the model and an `nnx.Optimizer`
+                  are Python objects that nnx.jit splits before and merges after every call. The body
+                  is the product's gathered batch and loss_and_gradients; the update, nnx.Optimizer's
+                  (the same optax update; check_variants holds it to the others).
+  nnx-cached-loop the same nnx.jit step through `nnx.cached_partial` over the model and optimizer, which
+                  caches their graph traversal (the Flax performance guide's other remedy).
+  nnx-split-loop  FlaxTrainer(api="nnx"): the graph split once, `jax.jit` per step over the split state
+                  (the guide's "functional training loop", docs_nnx/guides/performance.md).
+  nnx-chunked     FlaxTrainer(api="nnx") as shipped (`python -m flax_impl.train --api nnx`).
+
+`tiny_step_seconds`: one step of the variant's per-step function on a 1-example batch, what a step
+costs beyond its arithmetic (dispatch, and for nnx.jit its object-graph traversal).
+
 benchmarks/check_variants.py verifies that they compute the same function.
 """
 
 from __future__ import annotations
 
+import functools
+import time
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from flax_impl.train import FlaxTrainer
+from flax_impl import data, models_nnx
+from flax_impl.train import FlaxTrainer, loss_and_gradients
 
-VARIANTS = {  # variant -> (conv_impl, loop)
-    "jit-loop": ("xla", "python"),
-    "jit-scan": ("xla", "scan"),
-    "gemm-loop": ("gemm", "python"),
-    "gemm-scan": ("gemm", "scan"),
-    "gemm-chunked": ("gemm", "chunked"),
+VARIANTS = {  # variant -> (api, conv_impl, loop)
+    "jit-loop": ("linen", "xla", "python"),
+    "jit-scan": ("linen", "xla", "scan"),
+    "gemm-loop": ("linen", "gemm", "python"),
+    "gemm-scan": ("linen", "gemm", "scan"),
+    "gemm-chunked": ("linen", "gemm", "chunked"),
+    "nnx-jit-loop": ("nnx", "gemm", "nnx-jit"),
+    "nnx-cached-loop": ("nnx", "gemm", "nnx-cached"),
+    "nnx-split-loop": ("nnx", "gemm", "python"),
+    "nnx-chunked": ("nnx", "gemm", "chunked"),
 }
+NNX_OBJECT_LOOPS = ("nnx-jit", "nnx-cached")  # loops that step NNX objects, not FlaxTrainer's state
+TINY_STEPS = 100  # timed 1-example steps (after one to compile)
 
 
 class VariantTrainer(FlaxTrainer):
-    def __init__(self, recipe, data_dir=None, conv_impl="gemm", loop="chunked"):
-        super().__init__(recipe, "device", data_dir, conv_impl=conv_impl)
-        self.loop = loop
+    def __init__(self, recipe, data_dir=None, conv_impl="gemm", loop="chunked", api="linen"):
+        # Before FlaxTrainer's init, which may load_canonical (init_rng=shared), rebuilding the NNX objects.
+        self.loop, self.conv_impl = loop, conv_impl
+        self._nnx_step = _nnx_jit_step(recipe) if loop in NNX_OBJECT_LOOPS else None
+        super().__init__(recipe, "device", data_dir, conv_impl=conv_impl, api=api)
         b = recipe.batch_size
+        if loop in NNX_OBJECT_LOOPS:
+            self._build_nnx_objects()
 
         def train_scan(state, split, perm, rng, start, num_steps):
             def step(state, i):
@@ -45,6 +74,52 @@ class VariantTrainer(FlaxTrainer):
             return jax.lax.scan(step, state, start + jnp.arange(num_steps))
 
         self._train_scan = jax.jit(train_scan, donate_argnums=0, static_argnames="num_steps")
+
+    def _build_nnx_objects(self):
+        """The NNX model and a fresh nnx.Optimizer holding this trainer's current parameters."""
+        graphdef = models_nnx.functional_model(self.recipe.model, self.recipe.init, self.conv_impl).graphdef
+        self.model = nnx.merge(graphdef, self.state.params)
+        self.optimizer = nnx.Optimizer(self.model, self.state.tx, wrt=nnx.Param)
+        if self.loop == "nnx-cached":
+            self._cached_step = nnx.cached_partial(self._nnx_step, self.model, self.optimizer)
+
+    def load_canonical(self, arrays):
+        super().load_canonical(arrays)
+        if self.loop in NNX_OBJECT_LOOPS:
+            self._build_nnx_objects()
+
+    def step_once(self, perm, start, batch_size):
+        """One step of this variant's per-step function (python and NNX-object loops)."""
+        if self.loop == "nnx-cached":
+            return self._cached_step(self.train_data, perm, start, self.dropout_key, batch_size=batch_size)
+        if self.loop == "nnx-jit":
+            return self._nnx_step(self.model, self.optimizer, self.train_data, perm, start, self.dropout_key,
+                                  batch_size=batch_size)
+        self.state, metrics = self.train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
+                                                  batch_size=batch_size)
+        return metrics
+
+    def sync(self):
+        """Wait for the dispatched steps; for NNX-object loops, bring the objects' parameters into
+        `state` (what evaluate() and canonical_weights() read)."""
+        if self.loop in NNX_OBJECT_LOOPS:
+            self.state = self.state.replace(step=self.optimizer.step[...], params=models_nnx.split_params(self.model)[1])
+        jax.block_until_ready(self.state)
+
+    def tiny_step_seconds(self) -> float | None:
+        """Seconds per step of the per-step function on 1-example batches (None for scan / chunked
+        loops, whose steps are not dispatched one by one)."""
+        if self.loop not in ("python", *NNX_OBJECT_LOOPS):
+            return None
+        perm = self.epoch_order(1)
+        jax.block_until_ready(self.step_once(perm, 0, 1))  # compiles the 1-example step
+        tick = time.perf_counter()
+        for i in range(TINY_STEPS):
+            metrics = self.step_once(perm, i + 1, 1)
+        jax.block_until_ready(metrics)
+        seconds = (time.perf_counter() - tick) / TINY_STEPS
+        self.sync()
+        return seconds
 
     def train_epoch(self, epoch, start, num_steps, log):
         if self.loop == "chunked":
@@ -56,14 +131,31 @@ class VariantTrainer(FlaxTrainer):
             self.state, (losses, correct) = self._train_scan(self.state, self.train_data, perm, self.dropout_key,
                                                              start, num_steps=full)
             log.record_steps(losses, correct, full, b)
-        for i in range(start + full, start + num_steps):  # python loop; for scan, the last partial batch
+        for i in range(start + full, start + num_steps):  # python / NNX-object loop; for scan, the last partial batch
             size = min(b, n - i * b)
-            self.state, metrics = self.train_on_slice(self.state, self.train_data, perm, i * b, self.dropout_key,
-                                                      batch_size=size)
+            metrics = self.step_once(perm, i * b, size)
             log.record(metrics["loss"], metrics["correct"], size)
 
 
-def make_trainer(variant: str, recipe, data_dir=None) -> FlaxTrainer:
-    conv_impl, loop = VARIANTS[variant]
-    return VariantTrainer(recipe, data_dir, conv_impl, loop)
+def _nnx_jit_step(recipe):
+    """The NNX-object step, under nnx.jit: (model, optimizer, split, perm, start, rng, batch_size) -> metrics."""
+    normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
+
+    @functools.partial(nnx.jit, donate_argnums=(0, 1), static_argnames="batch_size")
+    def nnx_step(model, optimizer, split, perm, start, rng, batch_size):
+        index = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+        batch = {"image": normalize(split.images[index]), "label": split.labels[index]}
+        functional, params = models_nnx.split_params(model)
+        (loss, outputs), grads = loss_and_gradients(functional.apply, params, batch,
+                                                    jax.random.fold_in(rng, optimizer.step[...]))
+        # nnx.Optimizer takes gradients as the model's Param state: the gradients merged into the graph.
+        optimizer.update(model, nnx.state(nnx.merge(functional.graphdef, grads), nnx.Param))
+        return {"loss": loss, "correct": jnp.sum(jnp.argmax(outputs, -1) == batch["label"])}
+
+    return nnx_step
+
+
+def make_trainer(variant: str, recipe, data_dir=None) -> VariantTrainer:
+    api, conv_impl, loop = VARIANTS[variant]
+    return VariantTrainer(recipe, data_dir, conv_impl, loop, api)
 

@@ -285,6 +285,9 @@ def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops,
                      f"train {t['examples'] / t['seconds']:9.0f} samples/s, eval {e['examples'] / e['seconds']:9.0f} samples/s"
                      f"  ({t['seconds']:.2f} s + {e['seconds']:.2f} s)")
         epoch += 1
+    # After the timed rounds (it trains on 1-example batches): per-step overhead of the Flax loops.
+    tiny = {c.variant: c.ask(f"tiny {c.variant}").get("tiny_step_s")
+            for c in candidates if framework_of(c.variant) == "flax" and not c.error}
     rss = {}
     for w in workers:
         peak = w.close()
@@ -304,7 +307,7 @@ def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops,
                "batch_size": (w.info or {}).get("batch_size"), "train_samples_per_s": None,
                "eval_samples_per_s": None, "epoch_s": None, "compile_s": None,
                "compile_s_second_run": second_run.get(w.variant), "peak_rss_mb": rss.get(w.variant),
-               "flops_per_sample": train_flops, "gemm_peak_fraction": None}
+               "flops_per_sample": train_flops, "gemm_peak_fraction": None, "tiny_step_s": tiny.get(w.variant)}
         tr = trials[w.variant]
         if w.error and not tr["train"]:
             rec["error"] = w.error
@@ -352,9 +355,9 @@ def _fmt(x, spec):
 
 def markdown_table(records, meta) -> str:
     lines = ["| model | framework | variant | batch | train samples/s (min–max) | eval samples/s | epoch s | "
-             "compile s (first run / cached) | peak RSS MB | MFLOP/sample | % GEMM peak | ×eager | "
-             "×torchvision-dataloader epoch |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "compile s (first run / cached) | 1-example step ms | peak RSS MB | MFLOP/sample | % GEMM peak | "
+             "×eager | ×torchvision-dataloader epoch |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by = {(r["model"], r["variant"]): r for r in records}
     for r in records:
         eager = by.get((r["model"], "eager"), {}).get("train_samples_per_s")
@@ -362,17 +365,27 @@ def markdown_table(records, meta) -> str:
         rate = r["train_samples_per_s"]
         if r.get("error") and rate is None:
             lines.append(f"| {r['model']} | {r['framework']} | {r['variant']} | {r['batch_size'] or '—'} | "
-                         f"error: {r['error'][:120].replace('|', '/')} | | | | | | | | |")
+                         f"error: {r['error'][:120].replace('|', '/')} | | | | | | | | | |")
             continue
         spread = f"{rate:,.0f} ({min(r['train_samples_per_s_all']):,.0f}–{max(r['train_samples_per_s_all']):,.0f})"
         lines.append(
             f"| {r['model']} | {r['framework']} | {r['variant']} | {r['batch_size']} | {spread} | "
             f"{r['eval_samples_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['compile_s']:.2f}"
             f"{' / ' + _fmt(r['compile_s_second_run'], '.2f') if r.get('compile_s_second_run') is not None else ''} | "
-            f"{_fmt(r['peak_rss_mb'], '.0f')} | "
+            f"{_fmt(r.get('tiny_step_s') and 1e3 * r['tiny_step_s'], '.2f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
             f"{r['flops_per_sample'] / 1e6:.2f} | {_fmt(r['gemm_peak_fraction'] and 100 * r['gemm_peak_fraction'], '.1f')} | "
             f"{_fmt(eager and rate / eager, '.2f')} | {_fmt(seed and seed / r['epoch_s'], '.2f')} |")
     return "\n".join(lines)
+
+
+# NNX variant against its Linen / NNX counterpart: the same loop, or the same step another way.
+NNX_COMPARISONS = (("nnx-chunked", "gemm-chunked"), ("nnx-split-loop", "gemm-loop"), ("nnx-jit-loop", "nnx-split-loop"),
+                   ("nnx-cached-loop", "nnx-split-loop"))
+
+
+def _ratio(records, a, b, key):
+    values = {r["variant"]: r.get(key) for r in records}
+    return values[a] / values[b] if values.get(a) and values.get(b) else None
 
 
 def summary_lines(records) -> list[str]:
@@ -399,6 +412,12 @@ def summary_lines(records) -> list[str]:
         if best.get("gemm_peak_fraction") is not None:
             parts.append(f"{100 * best['gemm_peak_fraction']:.1f} % of the GEMM peak")
         out.append("; ".join(parts))
+        nnx_parts = [f"`{a}` {_ratio(rs, a, b, 'train_samples_per_s'):.2f}× `{b}` train throughput"
+                     for a, b in NNX_COMPARISONS if _ratio(rs, a, b, "train_samples_per_s")]
+        nnx_parts += [f"1-example step `{a}` {_ratio(rs, a, b, 'tiny_step_s'):.2f}× `{b}`"
+                      for a, b in NNX_COMPARISONS if _ratio(rs, a, b, "tiny_step_s")]
+        if nnx_parts:
+            out.append(f"{m} NNX: " + "; ".join(nnx_parts))
     return out
 
 

@@ -2,7 +2,8 @@
 
 It hosts the candidates named by --variants (one in a full run, so that its peak RSS, `ru_maxrss`, is
 that candidate's alone; all of a framework's in a --quick run, to save start-up time). Commands, one
-per line on stdin: `train VARIANT EPOCH STEPS`, `eval VARIANT`, `quit`. Each answer is one line on
+per line on stdin: `train VARIANT EPOCH STEPS`, `eval VARIANT`, `tiny VARIANT` (seconds per
+1-example step), `quit`. Each answer is one line on
 stdout: `@@ ` and JSON. The process imports only its own framework.
 """
 
@@ -61,6 +62,8 @@ def main() -> int:
                 tick = time.perf_counter()
                 examples = cand.train(epoch, steps)
                 _reply(out, {"seconds": time.perf_counter() - tick, "examples": examples, "load": os.getloadavg()[0]})
+            elif words[0] == "tiny":
+                _reply(out, {"tiny_step_s": cand.tiny_step_seconds()})
             elif words[0] == "eval":
                 tick = time.perf_counter()
                 examples = cand.evaluate()
