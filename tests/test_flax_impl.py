@@ -118,6 +118,7 @@ def test_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
     assert summary["test_accuracy"] >= MIN_TEST_ACCURACY[model]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "cnn_2layer", "fashion_cnn"])
 def test_nnx_learns_far_above_chance_on_real_data(model, data_dir, tmp_path):
     """The NNX models through the same trainer (their training is Linen's bit for bit from the same
