@@ -82,6 +82,7 @@ class Workdir:
         self.config_path = self.path / "config.json"
         self.model_path = self.path / "model.safetensors"
         self._lock_file = None
+        self.events = None  # the TensorBoard event log mirroring metrics.jsonl, once started
 
     def create(self) -> None:
         """Make and lock the folder for a new run, refusing one where a run already left anything."""
@@ -135,12 +136,27 @@ class Workdir:
         """Replace the epoch records (with those of the checkpoint a run resumes from)."""
         text = "".join(json.dumps(r) + "\n" for r in records)
         self._guarded(write_bytes_atomic, self.metrics_path, text.encode())
+        if self.events is not None:
+            self._guarded(self.events.rewrite, records)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         def append():
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         self._guarded(append)
+        if self.events is not None:
+            self._guarded(self.events.append, record)
+
+    def start_tensorboard(self, recipe: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """From now on keep TensorBoard event files beside metrics.jsonl, holding the recipe and the same
+        records (cnn_parity/tensorboard_log.py)."""
+        if not self.writer:
+            return
+        from cnn_parity.tensorboard_log import EventLog  # loads tensorboard: only runs that log to it
+
+        def start():
+            self.events = EventLog(self.path, recipe, records)
+        self._guarded(start)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._guarded(write_json_atomic, self.summary_path, summary)
