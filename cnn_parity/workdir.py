@@ -17,18 +17,47 @@ from typing import Any
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_bytes_atomic
 
-_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision")
+_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "tensorflow-datasets", "tensorboard")
+# The verified set of exact versions, in a source checkout (README: Quickstart).
+CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 
 def versions(packages=_VERSIONED) -> dict[str, str]:
-    """Python's and the installed packages' versions (read from metadata: imports nothing)."""
+    """Python's and the installed packages' versions (read from metadata: imports nothing), and under
+    `constraints` whether the installed packages are constraints.txt's verified set."""
     found = {"python": platform.python_version()}
     for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if (constraints := constraints_match()) is not None:
+        found["constraints"] = constraints
     return found
+
+
+def constraints_match(path: Path = CONSTRAINTS) -> str | None:
+    """"constraints.txt" where every installed package it pins has its pinned version; else "none" and
+    the packages that differ; None without the file (an install from a wheel, not a checkout)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    differing = []
+    for line in lines:
+        name, pinned = (part.strip() for part in line.split("#")[0].partition("==")[::2])
+        if not (name and pinned):
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:  # not needed here (e.g. another platform's CUDA wheels)
+            continue
+        if installed != pinned:
+            differing.append(f"{name} {installed} (pinned {pinned})")
+    if not differing:
+        return path.name
+    return f"none: {len(differing)} installed package(s) differ from {path.name}: {', '.join(differing[:3])}" + \
+        (", ..." if len(differing) > 3 else "")
 
 
 def machine_info() -> dict:
