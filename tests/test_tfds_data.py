@@ -15,8 +15,8 @@ import pytest
 
 from cnn_parity import data, tfds_data, tfds_prepare
 
-from .conftest import REPO
 from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY
+from .test_cli import REPO
 
 pytest.importorskip("tensorflow_datasets")
 
