@@ -43,29 +43,29 @@ def _tfds():
 
 
 def _builder_class(dataset: str):
-    """A subclass of TFDS's builder for `dataset` that reads the verified IDX files instead of downloading."""
+    """A subclass of TFDS's builder for `dataset` whose examples are given (verified splits), not downloaded."""
     import PIL.Image
     from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
     stock = {"mnist": tfds_mnist.MNIST, "fashion_mnist": tfds_mnist.FashionMNIST}[dataset]
 
-    class VerifiedIdxBuilder(stock, skip_registration=True):  # the stock builder stays the registered one
+    class VerifiedSplitsBuilder(stock, skip_registration=True):  # the stock builder stays the registered one
         name = stock.name
 
-        def __init__(self, *, idx_data_dir: str | os.PathLike | None, **kwargs):
-            self.idx_data_dir = idx_data_dir
+        def __init__(self, *, splits: dict[str, data.Split], **kwargs):
+            self.splits = splits
             super().__init__(**kwargs)
 
         def _split_generators(self, dl_manager):
-            return {split: self._generate_examples(split) for split in data.SPLITS}
+            return {name: self._generate_examples(split) for name, split in self.splits.items()}
 
-        def _generate_examples(self, split):
-            verified = data.load_split(dataset, split, self.idx_data_dir)
-            for index, (image, label) in enumerate(zip(verified.images, verified.labels)):
-                # A PIL image: TFDS encodes it with Pillow (a numpy array would go through TensorFlow).
-                yield index, {"image": PIL.Image.fromarray(image, mode="L"), "label": int(label)}
+        def _generate_examples(self, split: data.Split):
+            for index, (image, label) in enumerate(zip(split.images, split.labels)):
+                # A PIL image (grey, from uint8): TFDS encodes it with Pillow; a numpy array would go
+                # through TensorFlow.
+                yield index, {"image": PIL.Image.fromarray(image), "label": int(label)}
 
-    return VerifiedIdxBuilder
+    return VerifiedSplitsBuilder
 
 
 def is_prepared(dataset: str, tfds_dir: str | os.PathLike) -> bool:
@@ -78,20 +78,17 @@ def prepare(dataset: str, tfds_dir: str | os.PathLike, idx_data_dir: str | os.Pa
     """Write `dataset` into the TFDS data dir `tfds_dir` from the verified IDX files (found as
     cnn_parity.data finds them, `idx_data_dir` first); return the prepared folder. TFDS assembles it in
     a temporary folder and renames it into place, so an interrupted preparation leaves nothing half-done."""
-    data.locate(dataset, idx_data_dir)  # a missing data set is reported by the data module, not by tfds
-    _tfds()
+    tfds = _tfds()
+    # Read and verified before TFDS starts: a missing or corrupt file is the data module's one-line error.
+    splits = {split: data.load_split(dataset, split, idx_data_dir) for split in data.SPLITS}
     try:
         Path(tfds_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="cnn_parity-tfds-") as scratch, \
                 contextlib.redirect_stdout(io.StringIO()):  # tfds prints its own banners
-            import tensorflow_datasets as tfds
-
-            builder = _builder_class(dataset)(idx_data_dir=idx_data_dir, data_dir=os.fspath(tfds_dir))
+            builder = _builder_class(dataset)(splits=splits, data_dir=os.fspath(tfds_dir))
             builder.download_and_prepare(
                 download_dir=scratch, file_format=FILE_FORMAT,
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except DataError:
-        raise
     except OSError as e:
         raise UsageError(f"cannot prepare the TFDS data set {dataset} in {tfds_dir}: {e.strerror or e}") from None
     return Path(builder.data_dir)
