@@ -89,6 +89,8 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
                    help="continue the run in --workdir from its newest complete checkpoint")
     p.add_argument("--init-weights", metavar="PATH",
                    help="start from these weights: a .safetensors export, a checkpoint or a workdir (either framework)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="write no TensorBoard event files into the workdir (written by default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set optimizer.momentum=0.5 (repeatable)")
     return p
@@ -160,7 +162,8 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
         config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
                   "options": options,
                   "command": command_line(), "recipe": recipe.to_dict()}
-        summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config)
+        summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config,
+                      tensorboard=not args.no_tensorboard)
     except CnnParityError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -175,17 +175,20 @@ class Interrupted(KeyboardInterrupt):
 
 def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None,
         checkpoint_every: int | None = None, resume: bool = False,
-        config: dict[str, Any] | None = None) -> dict[str, Any]:
+        config: dict[str, Any] | None = None, tensorboard: bool = False) -> dict[str, Any]:
     """Train for the recipe's epochs (or until global step `max_steps`), logging every epoch, checkpointing
     every `checkpoint_every` steps and at each epoch end (if set), on Ctrl-C and at the end; return the
     summary. The run ends with its final checkpoint and its final weights in WORKDIR/model.safetensors.
-    `config` (the run's configuration, config.json) is recorded once the run is known to start or go on."""
+    `config` (the run's configuration, config.json) is recorded once the run is known to start or go on.
+    `tensorboard`: also log the epochs as TensorBoard events in the workdir (cnn_parity/tensorboard_log.py)."""
     started = time.time()
     steps_per_epoch = trainer.steps_per_epoch
     last_step = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
     progress = _resume(recipe, trainer, workdir, last_step, config) if resume else Progress()
     if config is not None:
         _record_config(workdir, config)
+    if tensorboard:
+        workdir.start_tensorboard(recipe.to_dict(), progress.records)
 
     def save(snapshot: Progress) -> Path | None:
         if not workdir.writer:  # every process holds the same state; the primary one writes it

@@ -17,18 +17,47 @@ from typing import Any
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_bytes_atomic
 
-_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision")
+_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "tensorflow-datasets", "tensorboard")
+# The verified set of exact versions, in a source checkout (README: Quickstart).
+CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 
 def versions(packages=_VERSIONED) -> dict[str, str]:
-    """Python's and the installed packages' versions (read from metadata: imports nothing)."""
+    """Python's and the installed packages' versions (read from metadata: imports nothing), and under
+    `constraints` whether the installed packages are constraints.txt's verified set."""
     found = {"python": platform.python_version()}
     for name in packages:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if (constraints := constraints_match()) is not None:
+        found["constraints"] = constraints
     return found
+
+
+def constraints_match(path: Path = CONSTRAINTS) -> str | None:
+    """"constraints.txt" where every installed package it pins has its pinned version; else "none" and
+    the packages that differ; None without the file (an install from a wheel, not a checkout)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return None
+    differing = []
+    for line in lines:
+        name, pinned = (part.strip() for part in line.split("#")[0].partition("==")[::2])
+        if not (name and pinned):
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:  # not needed here (e.g. another platform's CUDA wheels)
+            continue
+        if installed != pinned:
+            differing.append(f"{name} {installed} (pinned {pinned})")
+    if not differing:
+        return path.name
+    return f"none: {len(differing)} installed package(s) differ from {path.name}: {', '.join(differing[:3])}" + \
+        (", ..." if len(differing) > 3 else "")
 
 
 def machine_info() -> dict:
@@ -82,6 +111,7 @@ class Workdir:
         self.config_path = self.path / "config.json"
         self.model_path = self.path / "model.safetensors"
         self._lock_file = None
+        self.events = None  # the TensorBoard event log mirroring metrics.jsonl, once started
 
     def create(self) -> None:
         """Make and lock the folder for a new run, refusing one where a run already left anything."""
@@ -135,12 +165,27 @@ class Workdir:
         """Replace the epoch records (with those of the checkpoint a run resumes from)."""
         text = "".join(json.dumps(r) + "\n" for r in records)
         self._guarded(write_bytes_atomic, self.metrics_path, text.encode())
+        if self.events is not None:
+            self._guarded(self.events.rewrite, records)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         def append():
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         self._guarded(append)
+        if self.events is not None:
+            self._guarded(self.events.append, record)
+
+    def start_tensorboard(self, recipe: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """From now on keep TensorBoard event files beside metrics.jsonl, holding the recipe and the same
+        records (cnn_parity/tensorboard_log.py)."""
+        if not self.writer:
+            return
+        from cnn_parity.tensorboard_log import EventLog  # loads tensorboard: only runs that log to it
+
+        def start():
+            self.events = EventLog(self.path, recipe, records)
+        self._guarded(start)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._guarded(write_json_atomic, self.summary_path, summary)

@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
 from cnn_parity import checkpoints
 from cnn_parity.weights import load_safetensors
 from cnn_parity.workdir import read_metrics
@@ -18,6 +22,9 @@ from .test_cli import FRAMEWORKS, REPO, run_cli
 # mlp at batch 2,000: a 30-step epoch, so runs of a few epochs take seconds.
 SHORT = ("--model", "mlp", "--set", "batch_size=2000")
 _TIMINGS = ("train_time_s", "eval_time_s")
+# The TensorBoard tags both CLIs write, and the epoch record's key each one holds.
+TENSORBOARD_SCALARS = {"train/loss": "train_loss", "train/accuracy": "train_accuracy",
+                       "test/loss": "test_loss", "test/accuracy": "test_accuracy"}
 
 
 def train(framework: str, workdir: Path, *flags: str, data_dir: Path) -> subprocess.CompletedProcess:
@@ -69,6 +76,28 @@ def assert_same_run(workdir: Path, reference: Path) -> None:
         assert got[name].tobytes() == expected[name].tobytes(), name
     assert checkpoints.latest(workdir).name == checkpoints.latest(reference).name
     assert summary(workdir)["steps"] == summary(reference)["steps"]
+    assert_events_mirror_metrics(workdir)
+
+
+def tensorboard_events(workdir: Path) -> dict[str, list[tuple[int, object]]]:
+    """tag → [(step, value)] as TensorBoard loads them from the workdir."""
+    accumulator = EventAccumulator(str(workdir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return {tag: [(event.step, tensor_util.make_ndarray(event.tensor_proto).item())
+                  for event in accumulator.Tensors(tag)]
+            for tag in accumulator.Tags()["tensors"]}
+
+
+def assert_events_mirror_metrics(workdir: Path) -> None:
+    """The workdir's TensorBoard events hold its recipe and exactly its epoch records, once each, in
+    one event file."""
+    records, events = read_metrics(workdir), tensorboard_events(workdir)
+    assert set(events) == {"recipe", *TENSORBOARD_SCALARS}
+    for tag, key in TENSORBOARD_SCALARS.items():  # float32: what TensorBoard stores a scalar as
+        assert events[tag] == [(r["epoch"], float(np.float32(r[key]))) for r in records], tag
+    ((step, text),) = events["recipe"]
+    assert step == 0 and json.loads(text.decode()) == json.loads((workdir / "config.json").read_text())["recipe"]
+    assert len(list(workdir.glob("*tfevents*"))) == 1
 
 
 def litter(workdir: Path) -> list[Path]:

@@ -12,8 +12,6 @@ import pytest
 from flax import nnx
 
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.training import fit
-from cnn_parity.workdir import Workdir
 from flax_impl import data, models, models_nnx
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
@@ -95,19 +93,6 @@ def test_each_epoch_draws_a_fresh_permutation():
     first, second = (np.asarray(data.epoch_permutation(key, e, 1000)) for e in (1, 2))
     assert sorted(first) == list(range(1000)) and not np.array_equal(first, second)
     np.testing.assert_array_equal(first, np.asarray(data.epoch_permutation(key, 1, 1000)))
-
-
-def test_tfds_pipeline_with_mock_data(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    recipe = load_recipe("lenet", overrides={"batch_size": 32})
-    with tfds.testing.mock_data(num_examples=96):
-        trainer = FlaxTrainer(recipe, pipeline="tfds")
-    assert trainer.train_data.images.shape == (96, 28, 28) and trainer.train_data.images.dtype == jnp.uint8
-    assert trainer.steps_per_epoch == 3
-    run = Workdir(tmp_path / "run")
-    run.create()
-    result = fit(recipe, trainer, run, max_steps=3)
-    assert result["steps"] == 3 and np.isfinite(result["test_loss"])
 
 
 @pytest.mark.slow
