@@ -11,12 +11,11 @@ import argparse
 import json
 from typing import Any, Callable, Sequence
 
-import numpy as np
 
 from cnn_parity import checkpoints
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
-from cnn_parity.recipes import Recipe, load_recipe, recipe_from_dict
+from cnn_parity.recipes import load_recipe, recipe_from_dict
 from cnn_parity.training import EvalResult
 
 # (recipe, canonical weights, data dir, **the values of the framework's own flags) -> result

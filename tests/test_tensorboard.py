@@ -16,6 +16,7 @@ from .lifecycle import SHORT, assert_events_mirror_metrics, litter, tensorboard_
 from .test_cli import FRAMEWORKS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_events_mirror_the_metrics_through_a_resume(framework, data_dir, tmp_path):
     workdir = tmp_path / "run"

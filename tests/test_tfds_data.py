@@ -32,6 +32,8 @@ with open(sys.argv[1], "w") as f:
 # any import of it leaves a mark (and fails).
 TENSORFLOW_STAND_IN = """
 import os
+
+pytestmark = pytest.mark.slow  # prepares TFDS data sets from the IDX files and trains through the CLI
 with open(os.environ["TENSORFLOW_IMPORT_MARK"], "a") as mark:
     mark.write("tensorflow was imported\\n")
 raise ImportError("a test's stand-in for TensorFlow")
