@@ -215,13 +215,6 @@ def _median(xs):
     return statistics.median(xs) if xs else None
 
 
-def _compile_cache(log_dir: Path, model: str, variants) -> Path:
-    """A fresh compilation cache folder for one Flax worker: its first compilations are cold."""
-    folder = log_dir / "xla-cache" / f"{model}-{'+'.join(variants)}"
-    shutil.rmtree(folder, ignore_errors=True)
-    return folder
-
-
 def second_run_compile_s(model, variant, steps, data_dir, log_dir, cache: Path, shared) -> float | None:
     """Compile seconds of `variant` in a second process that finds the first one's programs in the
     persistent cache: its warm-up trial minus a steady one, training and evaluation."""
@@ -246,7 +239,10 @@ def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops,
     # All workers start at once (set-up is not what is measured); with `shared`, one per framework.
     groups = ([[p for p in variants if framework_of(p) == fw] for fw in ("flax", "torch")] if shared
               else [[p] for p in variants])
-    caches = {tuple(g): _compile_cache(log_dir, model, g) for g in groups if g and framework_of(g[0]) == "flax"}
+    # A fresh compilation cache per Flax worker, so its first compilations are cold; a temporary folder,
+    # removed with the model's workers (it holds nothing a reader of DIR needs).
+    cache_root = Path(tempfile.mkdtemp(prefix=f"cnn-parity-bench-{model}-"))
+    caches = {tuple(g): cache_root / "+".join(g) for g in groups if g and framework_of(g[0]) == "flax"}
     workers = [Worker(model, g, data_dir, log_dir, quick=shared, compile_cache=caches.get(tuple(g))) for g in groups if g]
     candidates = []
     for w in workers:
@@ -300,6 +296,7 @@ def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops,
             second_run[c.variant] = second_run_compile_s(model, c.variant, steps, data_dir, log_dir, cache, shared)
             progress(f"  {model:12s} {c.variant:16s} second run (compilation cache filled): "
                      f"compile {_fmt(second_run[c.variant], '.2f')} s")
+    shutil.rmtree(cache_root, ignore_errors=True)
     records = []
     train_flops = flops.train_flops(model)
     for w in candidates:
