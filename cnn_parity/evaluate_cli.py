@@ -11,7 +11,6 @@ import argparse
 import json
 from typing import Any, Callable, Sequence
 
-
 from cnn_parity import checkpoints
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
