@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import write_json_atomic
 
 WARMUP_STEPS = 50
+PROG = "python -m benchmarks.scaling"
 
 
 def _time_trainer(trainer, steps: int, sync) -> float:
@@ -69,7 +71,17 @@ def worker(framework: str, model: str, devices: int, steps: int) -> None:
         print("@@ " + json.dumps({"train_samples_per_s": rate, "device": trainer.device}), flush=True)
 
 
-def measure(framework: str, model: str, devices: int, steps: int, max_devices: int) -> dict:
+def failure_reason(stderr: str) -> str:
+    """The line that says why a worker failed: its own one-line error, else the last exception line
+    that is not torchrun's summary (whose closing line is a rule of '=' signs)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith(f"{PROG}: error:")]
+    exceptions = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt): ", line)
+                  and "ChildFailedError" not in line]
+    return (ours or exceptions or lines or ["(no output)"])[-1]
+
+
+def measure(framework: str, model: str, devices: int, steps: int, max_devices: int, out: Path) -> dict:
     args = ["--worker", framework, "--models", model, "--devices", str(devices), "--steps", str(steps)]
     env = dict(os.environ)  # torchrun itself sets OMP_NUM_THREADS=1 per process when N > 1
     if framework == "flax":
@@ -81,8 +93,10 @@ def measure(framework: str, model: str, devices: int, steps: int, max_devices: i
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line[3:] for line in result.stdout.splitlines() if line.startswith("@@ ")]
     if result.returncode != 0 or not lines:
-        last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RunError(f"{framework} {model} on {devices} device(s) failed (exit {result.returncode}): {last}")
+        log = out / f"{framework}-{model}-{devices}.log"
+        log.write_text(result.stdout + result.stderr)
+        raise RunError(f"{framework} {model} on {devices} device(s) failed (exit {result.returncode}): "
+                       f"{failure_reason(result.stderr)} (whole output: {log})")
     return {"model": model, "framework": framework, "devices": devices, "batch_size": load_recipe(model).batch_size,
             **json.loads(lines[-1])}
 
@@ -97,7 +111,7 @@ def table(records: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = OneLineParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["lenet"], metavar="MODEL")
     p.add_argument("--devices", nargs="+", type=positive_int, default=[1, 2], metavar="N")
     p.add_argument("--steps", type=positive_int, default=200)
@@ -120,7 +134,7 @@ def main(argv=None) -> int:
         except OSError as e:
             raise UsageError(f"cannot write to {args.out}: {e.strerror or e}") from None
         steps = 20 if args.quick else args.steps
-        records = [measure(f, m, d, steps, max(args.devices))
+        records = [measure(f, m, d, steps, max(args.devices), args.out)
                    for m in args.models for f in ("flax", "torch") for d in sorted(args.devices)]
         write_json_atomic(args.out / "scaling.json", records)
         (args.out / "scaling.md").write_text(table(records) + "\n")
