@@ -1,8 +1,10 @@
 """Per-op timing behind benchmarks/FINDINGS.md: every convolution and pooling of the five models at
 their training batch size, forward and forward+backward, as XLA's convolution, as im2col + GEMM
-(flax_impl/models.py, conv_impl="gemm"), and as PyTorch's (oneDNN) conv2d; then the whole training step split
-into its parts. Run: `python -m benchmarks.profile_ops [--models lenet ...] [--reps N]`.
-Prints a Markdown table; median of N timed repetitions after a warm-up.
+(flax_impl/models.py, conv_impl="gemm"), through oneDNN (flax_impl/onednn_conv.py, where it builds) and as
+PyTorch's (oneDNN) conv2d; then the whole training step split into its parts. Run:
+`python -m benchmarks.profile_ops [--models lenet ...] [--reps N]`. Prints a Markdown table; the minimum
+of N timed repetitions after a warm-up, the candidates of a row timed in turn (interleaved), so that
+a change in the machine's load reaches them all alike.
 """
 
 from __future__ import annotations
@@ -14,20 +16,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax_impl import onednn_conv
 from flax_impl.models import gemm_conv, max_pool_2x2
 from cnn_parity.recipes import load_recipe
 from cnn_parity.weights import CONV_GEOMETRY, LAYERS, conv_output_side
 
 
-def _time(fn, reps):
-    """Minimum over `reps` (the machine is shared: the minimum is the least disturbed run), in ms."""
-    fn()
-    times = []
-    for _ in range(reps):
-        tick = time.perf_counter()
+def _times(fns, reps):
+    """{label: ms} for {label: fn}: the minimum over `reps` runs of each (the machine is shared: the
+    minimum is the least disturbed run), the functions called in turn."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - tick)
-    return min(times) * 1e3
+    times = {label: float("inf") for label in fns}
+    for _ in range(reps):
+        for label, fn in fns.items():
+            tick = time.perf_counter()
+            fn()
+            times[label] = min(times[label], time.perf_counter() - tick)
+    return {label: t * 1e3 for label, t in times.items()}
+
+
+def _jax_impls(*impls):
+    """`impls`, less "onednn" where the extension does not build."""
+    return [impl for impl in impls if impl != "onednn" or onednn_conv.available()[0]]
 
 
 def xla_conv(x, k, b, pad):
@@ -37,6 +48,13 @@ def xla_conv(x, k, b, pad):
 
 def gemm_conv_bias(x, k, b, pad):
     return gemm_conv(x, k, pad) + b
+
+
+def onednn_conv_bias(x, k, b, pad):
+    return onednn_conv.conv(x, k, pad) + b
+
+
+CONVS = {"xla": xla_conv, "gemm": gemm_conv_bias, "onednn": onednn_conv_bias}
 
 
 def conv_rows(model, reps):
@@ -51,20 +69,24 @@ def conv_rows(model, reps):
         x = jnp.asarray(rng.standard_normal((batch, side, side, cin), np.float32))
         k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) * 0.1)
         b = jnp.zeros((cout,), jnp.float32)
-        out = {}
-        for label, f in (("xla", xla_conv), ("gemm", gemm_conv_bias)):
+        fns = {}
+        for label in _jax_impls(*CONVS):
+            f = CONVS[label]
             fwd = jax.jit(f, static_argnums=3)
             grad = jax.jit(jax.grad(lambda x, k, b, f=f: jnp.sum(f(x, k, b, pad) ** 2), argnums=(0, 1, 2)))
-            out[f"{label}_fwd"] = _time(lambda: fwd(x, k, b, pad).block_until_ready(), reps)
-            out[f"{label}_fwdbwd"] = _time(lambda: jax.block_until_ready(grad(x, k, b)), reps)
+            fns[f"{label}_fwd"] = lambda fwd=fwd: fwd(x, k, b, pad).block_until_ready()
+            fns[f"{label}_fwdbwd"] = lambda grad=grad: jax.block_until_ready(grad(x, k, b))
         tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
         tk = torch.from_numpy(np.asarray(k).transpose(3, 2, 0, 1).copy()).requires_grad_()
         tb = torch.zeros(cout, requires_grad=True)
         conv = lambda: torch.nn.functional.conv2d(tx, tk, tb, padding=pad)
-        with torch.no_grad():
-            out["torch_fwd"] = _time(conv, reps)
 
-        out["torch_fwdbwd"] = _time(lambda: torch.autograd.grad(conv().pow(2).sum(), (tx, tk, tb)), reps)
+        def torch_fwd():
+            with torch.no_grad():
+                conv()
+        fns["torch_fwd"] = torch_fwd
+        fns["torch_fwdbwd"] = lambda: torch.autograd.grad(conv().pow(2).sum(), (tx, tk, tb))
+        out = _times(fns, reps)
         rows.append((f"{model}.{name} {batch}×{side}²×{cin}→{cout} k{kernel}", out))
     return rows
 
@@ -79,35 +101,39 @@ def pool_rows(model, reps):
     rows = []
     for side, c in shapes:
         x = jnp.asarray(np.random.default_rng(0).standard_normal((batch, side, side, c), np.float32))
-        out = {}
+        fns = {}
         for label, f in (("xla", lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))), ("gemm", max_pool_2x2)):
             fwd = jax.jit(f)
             grad = jax.jit(jax.grad(lambda x, f=f: jnp.sum(f(x) ** 2)))
-            out[f"{label}_fwd"] = _time(lambda: fwd(x).block_until_ready(), reps)
-            out[f"{label}_fwdbwd"] = _time(lambda: grad(x).block_until_ready(), reps)
+            fns[f"{label}_fwd"] = lambda fwd=fwd: fwd(x).block_until_ready()
+            fns[f"{label}_fwdbwd"] = lambda grad=grad: grad(x).block_until_ready()
         tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()).requires_grad_()
-        with torch.no_grad():
-            out["torch_fwd"] = _time(lambda: torch.nn.functional.max_pool2d(tx, 2), reps)
-        out["torch_fwdbwd"] = _time(lambda: torch.autograd.grad(torch.nn.functional.max_pool2d(tx, 2).pow(2).sum(), tx), reps)
+
+        def torch_fwd():
+            with torch.no_grad():
+                torch.nn.functional.max_pool2d(tx, 2)
+        fns["torch_fwd"] = torch_fwd
+        fns["torch_fwdbwd"] = lambda: torch.autograd.grad(torch.nn.functional.max_pool2d(tx, 2).pow(2).sum(), tx)
+        out = _times(fns, reps)
         rows.append((f"{model} maxpool {batch}×{side}²×{c}", out))
     return rows
 
 
 def step_rows(model, reps):
-    """The products' training steps (Flax with XLA and with GEMM convolutions, PyTorch's), and their forward alone."""
+    """The products' training steps (Flax with each conv_impl, PyTorch's), and their forward alone."""
     from flax_impl.train import create_train_state, train_step
     recipe = load_recipe(model)
     b = recipe.batch_size
     x = jnp.asarray(np.random.default_rng(0).random((b, 28, 28, 1), np.float32))
     y = jnp.asarray(np.random.default_rng(1).integers(0, 10, b), jnp.int32)
-    out = {}
-    for label in ("xla", "gemm"):
+    fns = {}
+    step, rng = jax.jit(train_step), jax.random.key(0)
+    for label in _jax_impls(*CONVS):
         state = create_train_state(recipe, jax.random.key(0), conv_impl=label)
-        fwd = jax.jit(lambda p: state.apply_fn({"params": p}, x, train=False))
-        step = jax.jit(train_step)
-        rng = jax.random.key(0)
-        out[f"{label}_fwd"] = _time(lambda: fwd(state.params).block_until_ready(), reps)
-        out[f"{label}_fwdbwd"] = _time(lambda: jax.block_until_ready(step(state, {"image": x, "label": y}, rng)), reps)
+        fwd = jax.jit(lambda p, apply_fn=state.apply_fn: apply_fn({"params": p}, x, train=False))
+        fns[f"{label}_fwd"] = lambda fwd=fwd, state=state: fwd(state.params).block_until_ready()
+        fns[f"{label}_fwdbwd"] = lambda state=state: jax.block_until_ready(
+            step(state, {"image": x, "label": y}, rng))
     import torch
     from torch_ref import train as torch_train
     from torch_ref.models import create_model
@@ -115,10 +141,13 @@ def step_rows(model, reps):
     opt = torch_train.make_optimizer(m.parameters(), recipe.optimizer)
     tx = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
     ty = torch.from_numpy(np.asarray(y)).long()
-    with torch.no_grad():
-        out["torch_fwd"] = _time(lambda: m(tx), reps)
-    out["torch_fwdbwd"] = _time(lambda: torch_train.train_step(m, opt, tx, ty), reps)
-    return [(f"{model} whole step (fwdbwd = step incl. update)", out)]
+
+    def torch_fwd():
+        with torch.no_grad():
+            m(tx)
+    fns["torch_fwd"] = torch_fwd
+    fns["torch_fwdbwd"] = lambda: torch_train.train_step(m, opt, tx, ty)
+    return [(f"{model} whole step (fwdbwd = step incl. update)", _times(fns, reps))]
 
 
 def main():
@@ -126,14 +155,14 @@ def main():
     p.add_argument("--models", nargs="+", default=["lenet", "fashion_cnn", "cnn_2layer", "cnn_base", "mlp"])
     p.add_argument("--reps", type=int, default=20)
     args = p.parse_args()
-    cols = ["xla_fwd", "gemm_fwd", "torch_fwd", "xla_fwdbwd", "gemm_fwdbwd", "torch_fwdbwd"]
+    cols = [f"{impl}_{part}" for part in ("fwd", "fwdbwd") for impl in ("xla", "gemm", "onednn", "torch")]
     print("| op (ms, min) | " + " | ".join(cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
     for model in args.models:
         rows = (conv_rows(model, args.reps) + pool_rows(model, args.reps) if model != "mlp" else []) \
             + step_rows(model, args.reps)
         for label, out in rows:
-            print(f"| {label} | " + " | ".join(f"{out[c]:.2f}" for c in cols) + " |", flush=True)
+            print(f"| {label} | " + " | ".join(f"{out[c]:.2f}" if c in out else "–" for c in cols) + " |", flush=True)
 
 
 if __name__ == "__main__":

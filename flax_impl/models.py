@@ -6,14 +6,18 @@ initialisation, U(±1/√fan_in) for weights and biases; `"flax"` keeps Flax's d
 weights, zero biases). A layer the source initialised explicitly (cnn_2layer's final Linear,
 Xavier-uniform) keeps that under both schemes.
 
-`conv_impl` chooses how convolutions and 2x2 max-pooling are computed; both compute the same function
-with the same parameters (parity_tests hold both to the same bounds against PyTorch):
+`conv_impl` chooses how convolutions and 2x2 max-pooling are computed; all compute the same function
+with the same parameters (parity_tests hold them to the same bounds against PyTorch):
   "xla"   `lax.conv_general_dilated` and `nn.max_pool` (reduce_window): cuDNN / the GPU's own kernels.
   "gemm"  im2col + one matrix product per convolution, and pooling as a reshape + max. XLA:CPU's
           convolution *gradients* are 5-17x slower than its forward for these shapes, its
           select_and_scatter (max-pool gradient) is a scalar loop, and a convolution inside
           `lax.scan` loses its fast runtime kernel; matrix products have none of these problems
           (measurements: benchmarks/FINDINGS.md).
+  "onednn" pooling as "gemm"; convolutions (forward and both gradients) through oneDNN's direct
+          convolution, faster than "gemm" on every layer of the five models (benchmarks/FINDINGS.md,
+          section 10): flax_impl/onednn_conv.py, an XLA FFI extension built on first use
+          (`apt-get install libdnnl-dev g++`). CPU only.
   "auto"  (default) "gemm" when JAX's default backend is the CPU, else "xla".
 """
 
@@ -24,6 +28,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from flax_impl import onednn_conv
 
 # PyTorch's kaiming_uniform_(a=√5) is U(±gain·√(3/fan_in)) with gain √(1/3): U(±1/√fan_in).
 _torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -38,14 +44,17 @@ def _torch_bias_init(fan_in: int):
     return init
 
 
-CONV_IMPLS = ("auto", "xla", "gemm")
+CONV_IMPLS = ("auto", "xla", "gemm", "onednn")
 
 
 def resolve_conv_impl(conv_impl: str = "auto") -> str:
+    """The conv_impl "auto" stands for here; UsageError if "onednn" is chosen and cannot be built."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, not {conv_impl!r}")
     if conv_impl == "auto":
         return "gemm" if jax.default_backend() == "cpu" else "xla"
+    if conv_impl == "onednn":
+        onednn_conv.require()
     return conv_impl
 
 
@@ -78,15 +87,26 @@ def gemm_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
     return y.reshape(n, ho, wo, cout)
 
 
-def _gemm_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                               dimension_numbers=None, feature_group_count=1, precision=None, **unused):
-    """`lax.conv_general_dilated` as nn.Conv calls it, for the stride-1, undilated, symmetrically
-    padded NHWC/HWIO convolutions these models have (anything else is a programming error)."""
-    (top, bottom), (left, right) = padding
-    if (tuple(window_strides) != (1, 1) or feature_group_count != 1 or not top == bottom == left == right
-            or any(d not in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))):
-        raise NotImplementedError("gemm convolution: only stride 1, no dilation, equal padding")
-    return gemm_conv(lhs, rhs, top)
+def _conv_general_dilated(conv, conv_impl: str):
+    """`lax.conv_general_dilated` as nn.Conv calls it, computed by `conv(x, kernel, padding)`, for the
+    stride-1, undilated, symmetrically padded NHWC/HWIO convolutions these models have (anything
+    else is a programming error)."""
+
+    def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                             dimension_numbers=None, feature_group_count=1, precision=None, **unused):
+        (top, bottom), (left, right) = padding
+        if (tuple(window_strides) != (1, 1) or feature_group_count != 1 or not top == bottom == left == right
+                or any(d not in (None, 1, (1, 1)) for d in (lhs_dilation, rhs_dilation))):
+            raise NotImplementedError(f"conv_impl {conv_impl}: only stride 1, no dilation, equal padding")
+        return conv(lhs, rhs, top)
+
+    return conv_general_dilated
+
+
+_gemm_conv_general_dilated = _conv_general_dilated(gemm_conv, "gemm")
+# Every convolution of the five models: oneDNN's beats gemm_conv on each, first layers included
+# (forward + backward, interleaved, loaded machine; benchmarks/FINDINGS.md, section 10).
+_onednn_conv_general_dilated = _conv_general_dilated(onednn_conv.conv, "onednn")
 
 
 @jax.custom_vjp
@@ -123,21 +143,24 @@ def layer_inits(init_scheme: str, fan_in: int, kernel_init=None) -> dict[str, An
     return {"kernel_init": kernel_init} if kernel_init else {}
 
 
+_CONV_GENERAL_DILATED = {"gemm": _gemm_conv_general_dilated, "onednn": _onednn_conv_general_dilated}
+
+
 def conv_function(conv_impl: str) -> dict[str, Any]:
-    """The conv_general_dilated keyword of nn.Conv / nnx.Conv for `conv_impl` ("xla" or "gemm")."""
-    return {"conv_general_dilated": _gemm_conv_general_dilated} if conv_impl == "gemm" else {}
+    """The conv_general_dilated keyword of nn.Conv / nnx.Conv for a resolved `conv_impl` (none: XLA's)."""
+    return {"conv_general_dilated": _CONV_GENERAL_DILATED[conv_impl]} if conv_impl in _CONV_GENERAL_DILATED else {}
 
 
 def pool_2x2(x: jax.Array, conv_impl: str) -> jax.Array:
-    """2x2 max-pooling, stride 2, as `conv_impl` ("xla" or "gemm") computes it."""
-    if conv_impl == "gemm":
+    """2x2 max-pooling, stride 2, as a resolved `conv_impl` computes it ("onednn" pools as "gemm")."""
+    if conv_impl in ("gemm", "onednn"):
         return max_pool_2x2(x)
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
 
 class _Layers(nn.Module):
     """Base: builds Dense / Conv layers initialised by `init_scheme`, convolving and pooling per
-    `conv_impl` ("xla" or "gemm"; create_model resolves "auto")."""
+    `conv_impl` ("xla", "gemm" or "onednn"; create_model resolves "auto")."""
 
     init_scheme: str = "torch"
     conv_impl: str = "xla"

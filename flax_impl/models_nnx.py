@@ -30,7 +30,7 @@ from flax_impl.models import conv_function, flatten, layer_inits, pool_2x2, reso
 
 class _Layers(nnx.Module):
     """Base: builds Linear / Conv layers initialised by `init_scheme`, convolving and pooling per
-    `conv_impl` ("xla" or "gemm"; create_model resolves "auto")."""
+    `conv_impl` ("xla", "gemm" or "onednn"; create_model resolves "auto")."""
 
     def __init__(self, init_scheme: str, conv_impl: str):
         self.init_scheme, self.conv_impl = init_scheme, conv_impl

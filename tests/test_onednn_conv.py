@@ -1,0 +1,148 @@
+"""conv_impl="onednn" (flax_impl/onednn_conv.py): oneDNN's forward, input gradient and weight gradient
+against XLA's convolution on every conv layer of the five models, a whole training step against
+"gemm", both Flax APIs' layers, concurrent calls, and the one-line error when the extension cannot be
+built. Skipped, with the reason, where it cannot be built; CI installs libdnnl-dev and checks that
+it builds, so they run there."""
+
+from __future__ import annotations
+
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from cnn_parity.errors import UsageError
+from cnn_parity.recipes import load_recipe
+from cnn_parity.weights import CONV_GEOMETRY, LAYERS
+from flax_impl import models, models_nnx, onednn_conv
+from flax_impl.train import create_train_state, train_step
+
+_AVAILABLE, _REASON = onednn_conv.available()
+pytestmark = pytest.mark.skipif(not _AVAILABLE, reason=f"conv_impl onednn: {_REASON}")
+
+# max |Δ| / max |reference| against lax.conv_general_dilated at "highest" precision, float32, batch
+# CONV_BATCH of Gaussian inputs, kernels scaled 0.1. Measured, worst layer: forward 1.05e-6
+# (cnn_base.conv3), input gradient 1.64e-6 (cnn_base.conv3), weight gradient 3.04e-6 (cnn_2layer.conv1,
+# a sum over ~25,000 terms). Each bound is about 4x its measurement: float32 rounding of differently
+# ordered sums; a wrong index or layout would be O(1).
+FORWARD_REL = 5e-6
+INPUT_GRAD_REL = 7e-6
+WEIGHT_GRAD_REL = 1.2e-5
+CONV_BATCH = 32
+
+CONV_LAYERS = [(model, name, cin, cout, kernel) for model, layers in LAYERS.items()
+               for name, cin, cout, kernel in layers if kernel]
+
+
+def reference_conv(x, kernel, padding):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), [(padding, padding)] * 2,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest")
+
+
+def layer_inputs(model, name, cin, cout, kernel, seed=0):
+    side, padding, _ = CONV_GEOMETRY[model][name]
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal((CONV_BATCH, side, side, cin), np.float32))
+    w = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) * 0.1)
+    return x, w, padding
+
+
+def relative_diffs(x, w, padding):
+    """(forward, input gradient, weight gradient) max |Δ| / max |reference|, oneDNN vs XLA."""
+    y, pullback = jax.vjp(lambda a, b: onednn_conv.conv(a, b, padding), x, w)
+    y_ref, pullback_ref = jax.vjp(lambda a, b: reference_conv(a, b, padding), x, w)
+    dy = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape, np.float32))
+    pairs = [(y, y_ref), *zip(pullback(dy), pullback_ref(dy))]
+    return tuple(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in pairs)
+
+
+@pytest.mark.parametrize("model,name,cin,cout,kernel", CONV_LAYERS, ids=[f"{m}.{n}" for m, n, *_ in CONV_LAYERS])
+def test_forward_and_gradients_match_xla(model, name, cin, cout, kernel):
+    forward, input_grad, weight_grad = relative_diffs(*layer_inputs(model, name, cin, cout, kernel))
+    assert forward <= FORWARD_REL and input_grad <= INPUT_GRAD_REL and weight_grad <= WEIGHT_GRAD_REL, \
+        (forward, input_grad, weight_grad)
+
+
+# One jitted train_step from the same state on the same batch, "onednn" against "gemm": loss and
+# parameters afterwards. Measured (loss, parameters): cnn_base 2.4e-7, 1.7e-6; cnn_2layer 0, 1.5e-5.
+# The parameters' differences are Adam's: its first update lr·g/(|g| + eps) turns a gradient rounding
+# difference near g = 0 into ~lr (parity_tests/bounds.py, UPDATE_ABS); "xla" against "gemm" differs
+# as much (1.7e-6, 1.1e-5). Bounds about 4x.
+STEP_LOSS_ABS = 1e-6
+STEP_PARAM_ABS = {"cnn_base": 7e-6, "cnn_2layer": 6e-5}
+
+
+@pytest.mark.parametrize("model", ["cnn_base", "cnn_2layer"])
+def test_train_step_matches_gemm(model):
+    recipe = load_recipe(model)
+    rng = np.random.default_rng(0)
+    batch = {"image": jnp.asarray(rng.standard_normal((recipe.batch_size, 28, 28, 1), np.float32)),
+             "label": jnp.asarray(rng.integers(0, 10, recipe.batch_size), jnp.int32)}
+    step = jax.jit(train_step)
+    results = {}
+    for conv_impl in ("gemm", "onednn"):
+        state = create_train_state(recipe, jax.random.key(0), conv_impl=conv_impl)
+        results[conv_impl] = step(state, batch, jax.random.key(1))
+    compiled = step.lower(state, batch, jax.random.key(1)).compile().as_text()
+    assert "onednn_conv_backward_weights" in compiled  # the step really runs oneDNN's convolutions
+    (gemm_state, gemm_metrics), (onednn_state, onednn_metrics) = results["gemm"], results["onednn"]
+    assert abs(float(gemm_metrics["loss"]) - float(onednn_metrics["loss"])) <= STEP_LOSS_ABS
+    param_diff = max(float(jnp.max(jnp.abs(a - b)))
+                     for a, b in zip(jax.tree.leaves(gemm_state.params), jax.tree.leaves(onednn_state.params)))
+    assert param_diff <= STEP_PARAM_ABS[model], param_diff
+
+
+def test_both_apis_convolve_through_onednn_and_pool_as_gemm():
+    linen = models.create_model("lenet", conv_impl="onednn")
+    nnx_model = models_nnx.create_model("lenet", conv_impl="onednn", rngs=nnx.Rngs(params=0))
+    assert models.conv_function(linen.conv_impl)["conv_general_dilated"] is models._onednn_conv_general_dilated
+    assert nnx_model.conv1.conv_general_dilated is models._onednn_conv_general_dilated
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3), np.float32))
+    np.testing.assert_array_equal(models.pool_2x2(x, "onednn"), models.max_pool_2x2(x))
+
+
+def test_concurrent_calls_agree_with_a_single_call():
+    """Two threads running the same shape at once (JAX releases the GIL while XLA runs) get what one
+    call alone gets, bit for bit: no call writes into another's buffers."""
+    x, w, padding = layer_inputs("cnn_base", "conv2", 16, 32, 5)
+
+    @jax.jit
+    def forward_and_gradients(x, w):
+        y, pullback = jax.vjp(lambda a, b: onednn_conv.conv(a, b, padding), x, w)
+        return (y, *pullback(jnp.sin(y)))
+
+    expected = forward_and_gradients(x, w)
+    results = [[] for _ in range(2)]
+
+    def worker(out):
+        for _ in range(10):
+            out.append(jax.block_until_ready(forward_and_gradients(x, w)))
+
+    threads = [threading.Thread(target=worker, args=(out,)) for out in results]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got in (r for out in results for r in out):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_a_failed_build_is_a_usage_error_naming_the_package(monkeypatch, tmp_path):
+    def failing_build(output):
+        raise RuntimeError("fatal error: oneapi/dnnl/dnnl.hpp: No such file or directory")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no earlier build to load
+    monkeypatch.setattr(onednn_conv, "build", failing_build)
+    onednn_conv.available.cache_clear()
+    try:
+        assert onednn_conv.available() == (False, "cannot build or load libonednn_conv.so (fatal error: "
+                                                  "oneapi/dnnl/dnnl.hpp: No such file or directory)")
+        with pytest.raises(UsageError, match=r"apt-get install libdnnl-dev g\+\+.*dnnl\.hpp: No such file") as raised:
+            models.create_model("cnn_base", conv_impl="onednn")
+        assert "\n" not in str(raised.value)
+    finally:
+        onednn_conv.available.cache_clear()  # the real build again, for the tests after this one
