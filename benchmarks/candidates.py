@@ -14,7 +14,7 @@ every 50 steps, as in a real run), so the numbers describe the product, not a st
 
 from __future__ import annotations
 
-FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked",
+FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked", "onednn-chunked",
                  "nnx-jit-loop", "nnx-cached-loop", "nnx-split-loop", "nnx-chunked")
 TORCH_VARIANTS = ("eager", "compile", "torchvision-dataloader")
 VARIANTS = FLAX_VARIANTS + TORCH_VARIANTS

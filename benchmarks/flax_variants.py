@@ -11,6 +11,8 @@ and the step loop chosen:
   gemm-scan     GEMM convolutions; the epoch's full batches under one jitted `lax.scan`.
   gemm-chunked  FlaxTrainer as shipped on a CPU: GEMM convolutions, STEPS_PER_DISPATCH steps per
                 jitted `fori_loop` (what `python -m flax_impl.train` runs).
+  onednn-chunked  gemm-chunked with oneDNN's convolutions (conv_impl="onednn", flax_impl/onednn_conv.py;
+                `python -m flax_impl.train --conv-impl onednn`).
 
 The NNX models (flax_impl/models_nnx.py, GEMM convolutions), four ways of driving the same step:
   nnx-jit-loop    `nnx.jit` per step, as NNX's own examples train: the model and an `nnx.Optimizer`
@@ -47,6 +49,7 @@ VARIANTS = {  # variant -> (api, conv_impl, loop)
     "gemm-loop": ("linen", "gemm", "python"),
     "gemm-scan": ("linen", "gemm", "scan"),
     "gemm-chunked": ("linen", "gemm", "chunked"),
+    "onednn-chunked": ("linen", "onednn", "chunked"),
     "nnx-jit-loop": ("nnx", "gemm", "nnx-jit"),
     "nnx-cached-loop": ("nnx", "gemm", "nnx-cached"),
     "nnx-split-loop": ("nnx", "gemm", "python"),

@@ -110,30 +110,35 @@ Plan make_plan(const typename Primitive::primitive_desc& pd, const memory::desc&
   return plan;
 }
 
+// The backward-data or backward-weights primitive descriptor (`Backward`), `forward` its hint.
+template <typename Backward>
+typename Backward::primitive_desc backward_pd(const Descs& d, const dnnl::primitive_attr& attr,
+                                              const dnnl::convolution_forward::primitive_desc& forward) {
+  const auto algorithm = dnnl::algorithm::convolution_direct;
+#if DNNL_VERSION_MAJOR >= 3
+  return {cpu_engine(), algorithm, d.src, d.kernel_any, d.dst, d.strides, d.padding, d.padding, forward, attr};
+#else
+  return {{algorithm, d.src, d.kernel_any, d.dst, d.strides, d.padding, d.padding}, attr, cpu_engine(), forward};
+#endif
+}
+
 Plan build_plan(Op op, const Geometry& g) {
   const Descs d(g);
   const auto attr = user_scratchpad();
-  const auto algorithm = dnnl::algorithm::convolution_direct;
-  const auto forward = forward_pd(d, attr);  // also the backward primitives' hint
-  if (op == Op::kForward) return make_plan<dnnl::convolution_forward>(forward, forward.weights_desc(), d, false);
-  if (op == Op::kBackwardData) {
-#if DNNL_VERSION_MAJOR >= 3
-    dnnl::convolution_backward_data::primitive_desc pd(cpu_engine(), algorithm, d.src, d.kernel_any, d.dst, d.strides,
-                                                       d.padding, d.padding, forward, attr);
-#else
-    dnnl::convolution_backward_data::primitive_desc pd(
-        {algorithm, d.src, d.kernel_any, d.dst, d.strides, d.padding, d.padding}, attr, cpu_engine(), forward);
-#endif
-    return make_plan<dnnl::convolution_backward_data>(pd, pd.weights_desc(), d, false);
+  const auto forward = forward_pd(d, attr);
+  switch (op) {
+    case Op::kForward:
+      return make_plan<dnnl::convolution_forward>(forward, forward.weights_desc(), d, false);
+    case Op::kBackwardData: {
+      const auto pd = backward_pd<dnnl::convolution_backward_data>(d, attr, forward);
+      return make_plan<dnnl::convolution_backward_data>(pd, pd.weights_desc(), d, false);
+    }
+    case Op::kBackwardWeights: {
+      const auto pd = backward_pd<dnnl::convolution_backward_weights>(d, attr, forward);
+      return make_plan<dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc(), d, true);
+    }
   }
-#if DNNL_VERSION_MAJOR >= 3
-  dnnl::convolution_backward_weights::primitive_desc pd(cpu_engine(), algorithm, d.src, d.kernel_any, d.dst, d.strides,
-                                                        d.padding, d.padding, forward, attr);
-#else
-  dnnl::convolution_backward_weights::primitive_desc pd(
-      {algorithm, d.src, d.kernel_any, d.dst, d.strides, d.padding, d.padding}, attr, cpu_engine(), forward);
-#endif
-  return make_plan<dnnl::convolution_backward_weights>(pd, pd.diff_weights_desc(), d, true);
+  throw dnnl::error(dnnl_invalid_arguments, "unknown op");
 }
 
 // A growable 64-byte-aligned buffer; one of each per thread.

@@ -40,7 +40,7 @@ from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
 from flax_impl import compilation_cache, data, distributed, models_nnx
 from flax_impl.convert import params_from_canonical, params_to_canonical
-from flax_impl.models import create_model, init_params, num_params
+from flax_impl.models import CONV_IMPLS, create_model, init_params, num_params, resolve_conv_impl
 
 TrainState = train_state.TrainState
 
@@ -260,6 +260,10 @@ def add_api_flag(parser) -> None:
 
 def add_flax_flags(parser) -> None:
     add_api_flag(parser)
+    parser.add_argument("--conv-impl", choices=CONV_IMPLS, default="auto",
+                        help="how the training step convolves (flax_impl/models.py): auto (default: gemm on a CPU, "
+                             "xla elsewhere), xla, gemm, or onednn (CPU; needs `apt-get install libdnnl-dev g++`); "
+                             "evaluation always uses XLA's forward")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")
@@ -288,11 +292,13 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
         # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
         raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
-    return FlaxTrainer(recipe, args.pipeline, args.data_dir, mesh=distributed.make_mesh(args.devices), api=args.api)
+    conv_impl = resolve_conv_impl(args.conv_impl)  # before the data loads: an unusable choice fails at once
+    return FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=conv_impl,
+                       mesh=distributed.make_mesh(args.devices), api=args.api)
 
 
 def main(argv=None) -> int:
-    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags, recorded_flags=("api",))
+    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags, recorded_flags=("api", "conv_impl"))
 
 
 if __name__ == "__main__":

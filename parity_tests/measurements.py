@@ -19,10 +19,10 @@ from torch_ref import models as torch_models
 
 class Measurements:
     """Per-model measurements of the five product model pairs, the Flax side in API `api` ("linen" or
-    "nnx"), each computed on first request."""
+    "nnx"), convolving per `conv_impl` (flax_impl.models), each computed on first request."""
 
-    def __init__(self, api: str = "linen"):
-        self.api = api
+    def __init__(self, api: str = "linen", conv_impl: str = "auto"):
+        self.api, self.conv_impl = api, conv_impl
         self._cache: dict[tuple, Any] = {}
 
     def _get(self, key: tuple, compute: Callable[[], Any]):
@@ -32,7 +32,8 @@ class Measurements:
 
     def pair(self, name: str, direction: str = "torch_to_flax") -> ModelPair:
         """The model pair, initialised by one side (seed 0), the other side converted."""
-        return self._get(("pair", name, direction), lambda: make_pair(name, direction, api=self.api))
+        return self._get(("pair", name, direction), lambda: make_pair(name, direction, api=self.api,
+                                                                        conv_impl=self.conv_impl))
 
     def forward(self, name: str, direction: str, kind: str, n: int) -> float:
         """max |Δ| of the eval-mode outputs on `n` inputs of `kind` (outputs.forward_cases)."""

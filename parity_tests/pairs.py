@@ -95,40 +95,42 @@ def flax_init_params(model: nn.Module, key: jax.Array):
     return _jitted_init(model)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
 
 
-def flax_model(name: str, init_scheme: str = "torch", api: str = "linen") -> FlaxModel:
-    """The product's model `name` in Flax API `api`, without parameters."""
+def flax_model(name: str, init_scheme: str = "torch", api: str = "linen", conv_impl: str = "auto") -> FlaxModel:
+    """The product's model `name` in Flax API `api`, convolving per `conv_impl`, without parameters."""
     if api == "nnx":
-        return flax_models_nnx.functional_model(name, init_scheme)
-    return flax_models.create_model(name, init_scheme)
+        return flax_models_nnx.functional_model(name, init_scheme, conv_impl)
+    return flax_models.create_model(name, init_scheme, conv_impl)
 
 
-def flax_init(name: str, key: jax.Array, init_scheme: str = "torch", api: str = "linen") -> tuple[FlaxModel, Any]:
+def flax_init(name: str, key: jax.Array, init_scheme: str = "torch", api: str = "linen",
+              conv_impl: str = "auto") -> tuple[FlaxModel, Any]:
     """The product's model `name` in API `api` and its own initial parameters drawn from `key`."""
     if api == "nnx":
-        return flax_models_nnx.init_params(name, key, init_scheme)
-    model = flax_models.create_model(name, init_scheme)
+        return flax_models_nnx.init_params(name, key, init_scheme, conv_impl)
+    model = flax_models.create_model(name, init_scheme, conv_impl)
     return model, flax_init_params(model, key)
 
 
 def pair_from_torch(name: str, seed: int = 0, init_scheme: str = "torch",
-                    mapping: WeightMapping | None = None, api: str = "linen") -> ModelPair:
+                    mapping: WeightMapping | None = None, api: str = "linen", conv_impl: str = "auto") -> ModelPair:
     """Torch initialises; Flax gets the weights through the mapping (direction torch → flax)."""
     mapping = mapping or product_mapping(name)
     module = torch_init(name, seed, init_scheme)
     canonical = mapping.torch_to_canonical(module)
-    return ModelPair(load_recipe(name), module, flax_model(name, init_scheme, api),
+    return ModelPair(load_recipe(name), module, flax_model(name, init_scheme, api, conv_impl),
                      mapping.canonical_to_flax(canonical), mapping, canonical)
 
 
 def pair_from_flax(name: str, seed: int = 0, init_scheme: str = "torch",
-                   mapping: WeightMapping | None = None, api: str = "linen") -> ModelPair:
+                   mapping: WeightMapping | None = None, api: str = "linen", conv_impl: str = "auto") -> ModelPair:
     """Flax initialises; torch gets the weights through the mapping (direction flax → torch)."""
     mapping = mapping or product_mapping(name)
-    model, params = flax_init(name, jax.random.key(seed), init_scheme, api)
+    model, params = flax_init(name, jax.random.key(seed), init_scheme, api, conv_impl)
     canonical = mapping.flax_to_canonical(params)
     module = mapping.load_into_torch(torch_models.create_model(name, init_scheme), canonical)
     return ModelPair(load_recipe(name), module, model, params, mapping, canonical)
 
 
-def make_pair(name: str, direction: str, seed: int = 0, api: str = "linen") -> ModelPair:
-    return {"torch_to_flax": pair_from_torch, "flax_to_torch": pair_from_flax}[direction](name, seed, api=api)
+def make_pair(name: str, direction: str, seed: int = 0, api: str = "linen", conv_impl: str = "auto") -> ModelPair:
+    return {"torch_to_flax": pair_from_torch, "flax_to_torch": pair_from_flax}[direction](name, seed, api=api,
+                                                                                          conv_impl=conv_impl)

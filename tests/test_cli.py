@@ -154,10 +154,10 @@ def test_flax_nnx_api_trains_resumes_and_evaluates(data_dir, tmp_path):
     assert run_cli("flax", *common, "--max-steps", "10", cwd=tmp_path, env=env).returncode == 0
     resumed = run_cli("flax", *common, "--max-steps", "20", "--resume", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert "flax (api nnx) lenet: 44,426 parameters" in resumed.stdout
+    assert "flax (api nnx) (conv_impl auto) lenet: 44,426 parameters" in resumed.stdout
     summary = json.loads((workdir / "summary.json").read_text())
-    assert (summary["steps"], summary["options"]) == (20, {"api": "nnx"})
-    assert json.loads((workdir / "config.json").read_text())["options"] == {"api": "nnx"}
+    assert (summary["steps"], summary["options"]) == (20, {"api": "nnx", "conv_impl": "auto"})
+    assert json.loads((workdir / "config.json").read_text())["options"] == {"api": "nnx", "conv_impl": "auto"}
     evaluate = [sys.executable, "-m", "flax_impl.evaluate", "--checkpoint", str(workdir), "--json"]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     evaluated = subprocess.run([*evaluate, "--api", "nnx"], cwd=tmp_path, env=full_env, capture_output=True, text=True)
@@ -170,6 +170,13 @@ def test_flax_unknown_api_is_one_line(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "flax_impl.evaluate", "--checkpoint", str(tmp_path), "--api", "haiku"],
                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert_one_line_error(refused, 2, "--api", "'haiku'")
+
+
+def test_flax_conv_impl_onednn_without_a_compiler_is_one_line(tmp_path):
+    """No g++ on PATH and no earlier build: --conv-impl onednn is refused at once, naming the packages."""
+    result = run_cli("flax", "--model", "lenet", "--conv-impl", "onednn", cwd=tmp_path,
+                     env={"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert_one_line_error(result, 2, "conv_impl onednn", "apt-get install libdnnl-dev g++")
 
 
 @pytest.mark.slow
