@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_parity.errors import UsageError
 from flax_impl import onednn_conv
 
 # PyTorch's kaiming_uniform_(a=√5) is U(±gain·√(3/fan_in)) with gain √(1/3): U(±1/√fan_in).
@@ -54,6 +55,8 @@ def resolve_conv_impl(conv_impl: str = "auto") -> str:
     if conv_impl == "auto":
         return "gemm" if jax.default_backend() == "cpu" else "xla"
     if conv_impl == "onednn":
+        if jax.default_backend() != "cpu":
+            raise UsageError(f"conv_impl onednn runs on the CPU only; JAX's backend here is {jax.default_backend()}")
         onednn_conv.require()
     return conv_impl
 

@@ -146,3 +146,9 @@ def test_a_failed_build_is_a_usage_error_naming_the_package(monkeypatch, tmp_pat
         assert "\n" not in str(raised.value)
     finally:
         onednn_conv.available.cache_clear()  # the real build again, for the tests after this one
+
+
+def test_onednn_off_the_cpu_backend_is_a_usage_error(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(UsageError, match="conv_impl onednn runs on the CPU only; JAX's backend here is gpu"):
+        models.resolve_conv_impl("onednn")
