@@ -5,6 +5,8 @@ or its data pipeline (the training CLIs' `--pipeline` chooses only the last).
 
 Every candidate exposes the same small interface the worker times:
   steps_per_epoch, batch_size, device
+  trainer_default                   whether it is what its framework's training CLI runs by default
+                                    on this machine (the goals are stated for these)
   train(epoch, steps) -> examples   runs `steps` training steps of epoch `epoch`, fully synchronised
   evaluate() -> examples            the whole test split, as the trainers' `evaluate()` does it
   tiny_step_seconds() -> s | None   one step on a 1-example batch (Flax per-step loops): overhead
@@ -18,8 +20,6 @@ FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked
                  "nnx-jit-loop", "nnx-cached-loop", "nnx-split-loop", "nnx-chunked")
 TORCH_VARIANTS = ("eager", "compile", "torchvision-dataloader")
 VARIANTS = FLAX_VARIANTS + TORCH_VARIANTS
-# What the training CLIs run by default on this machine: the goals are stated for these.
-TRAINER_VARIANTS = {"flax": "gemm-chunked", "torch": "eager"}
 QUICK_EVAL_EXAMPLES = 1000
 
 
@@ -38,9 +38,10 @@ class _NullProgress:
 
 
 class _Candidate:
-    def __init__(self, trainer, sync):
+    def __init__(self, trainer, sync, trainer_default: bool):
         self.trainer = trainer
         self._sync = sync
+        self.trainer_default = trainer_default
         self.steps_per_epoch = trainer.steps_per_epoch
         self.batch_size = trainer.recipe.batch_size
         self.device = trainer.device
@@ -90,7 +91,7 @@ def build(model: str, variant: str, data_dir: str | None, quick: bool = False) -
         compilation_cache.enable()  # as `python -m flax_impl.train` does ($CNN_PARITY_JAX_CACHE)
 
         trainer = flax_variants.make_trainer(variant, recipe, data_dir)
-        cand = _Candidate(trainer, trainer.sync)
+        cand = _Candidate(trainer, trainer.sync, flax_variants.is_trainer_default(variant))
     else:
         cand = _build_torch(recipe, variant, data_dir, quick)
     if quick:
@@ -112,4 +113,4 @@ def _build_torch(recipe, variant, data_dir, quick):
         # generation, which alone takes ~30-60 s per model on a 2-core CPU.
         trainer.model = torch.compile(trainer.model, backend="aot_eager" if quick else "inductor")
     sync = torch.cuda.synchronize if trainer.torch_device.type == "cuda" else (lambda: None)
-    return _Candidate(trainer, sync)
+    return _Candidate(trainer, sync, variant == "eager")

@@ -9,12 +9,14 @@ and the step loop chosen:
   gemm-loop     im2col + GEMM convolutions and reshape pooling (flax_impl.models, conv_impl="gemm");
                 one jitted step per Python iteration.
   gemm-scan     GEMM convolutions; the epoch's full batches under one jitted `lax.scan`.
-  gemm-chunked  FlaxTrainer as shipped on a CPU: GEMM convolutions, STEPS_PER_DISPATCH steps per
-                jitted `fori_loop` (what `python -m flax_impl.train` runs).
-  onednn-chunked  gemm-chunked with oneDNN's convolutions (conv_impl="onednn", flax_impl/onednn_conv.py;
-                `python -m flax_impl.train --conv-impl onednn`).
+  gemm-chunked  FlaxTrainer's loop, STEPS_PER_DISPATCH steps per jitted `fori_loop`, with GEMM
+                convolutions (`python -m flax_impl.train --conv-impl gemm`, the CPU default where the
+                oneDNN extension cannot be built).
+  onednn-chunked  the same with oneDNN's convolutions (conv_impl="onednn", flax_impl/onednn_conv.py):
+                what `python -m flax_impl.train` runs on a CPU where the extension builds.
 
-The NNX models (flax_impl/models_nnx.py, GEMM convolutions), four ways of driving the same step:
+The NNX models (flax_impl/models_nnx.py) with GEMM convolutions, so that each compares with a Linen
+variant above in its API alone, four ways of driving the same step:
   nnx-jit-loop    `nnx.jit` per step, as NNX's own examples train: the model and an `nnx.Optimizer`
                   are Python objects that nnx.jit splits before and merges after every call. The body
                   is the product's gathered batch and loss_and_gradients; the update, nnx.Optimizer's
@@ -23,7 +25,7 @@ The NNX models (flax_impl/models_nnx.py, GEMM convolutions), four ways of drivin
                   caches their graph traversal (the Flax performance guide's other remedy).
   nnx-split-loop  FlaxTrainer(api="nnx"): the graph split once, `jax.jit` per step over the split state
                   (the guide's "functional training loop", docs_nnx/guides/performance.md).
-  nnx-chunked     FlaxTrainer(api="nnx") as shipped (`python -m flax_impl.train --api nnx`).
+  nnx-chunked     FlaxTrainer(api="nnx")'s loop (`python -m flax_impl.train --api nnx --conv-impl gemm`).
 
 `tiny_step_seconds`: one step of the variant's per-step function on a 1-example batch, what a step
 costs beyond its arithmetic (dispatch, and for nnx.jit its object-graph traversal).
@@ -41,6 +43,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flax_impl import data, models_nnx
+from flax_impl.models import resolve_conv_impl
 from flax_impl.train import FlaxTrainer, loss_and_gradients
 
 VARIANTS = {  # variant -> (api, conv_impl, loop)
@@ -156,6 +159,13 @@ def _nnx_jit_step(recipe):
         return {"loss": loss, "correct": jnp.sum(jnp.argmax(outputs, -1) == batch["label"])}
 
     return nnx_step
+
+
+def is_trainer_default(variant: str) -> bool:
+    """Whether `variant` is what `python -m flax_impl.train` runs here: the chunked Linen trainer with
+    the convolutions conv_impl "auto" chooses on one device."""
+    api, conv_impl, loop = VARIANTS[variant]
+    return (api, loop) == ("linen", "chunked") and conv_impl == resolve_conv_impl("auto")
 
 
 def make_trainer(variant: str, recipe, data_dir=None) -> VariantTrainer:

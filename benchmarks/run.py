@@ -26,7 +26,7 @@ from pathlib import Path
 
 from cnn_parity.recipes import MODELS
 from benchmarks import flops
-from benchmarks.candidates import TRAINER_VARIANTS, VARIANTS, framework_of
+from benchmarks.candidates import VARIANTS, framework_of
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.workdir import machine_info
 
@@ -291,7 +291,7 @@ def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops,
             rss[p] = peak if len(w.variants) == 1 else None  # a shared process's RSS is no one candidate's
     second_run = {}
     for c in candidates:
-        if c.variant == TRAINER_VARIANTS["flax"] and not c.error:
+        if framework_of(c.variant) == "flax" and c.info.get("trainer_default") and not c.error:
             cache = next(folder for group, folder in caches.items() if c.variant in group)
             second_run[c.variant] = second_run_compile_s(model, c.variant, steps, data_dir, log_dir, cache, shared)
             progress(f"  {model:12s} {c.variant:16s} second run (compilation cache filled): "
@@ -301,7 +301,8 @@ def bench_model(model, variants, steps, repeats, data_dir, log_dir, peak_gflops,
     train_flops = flops.train_flops(model)
     for w in candidates:
         rec = {"model": model, "framework": framework_of(w.variant), "variant": w.variant,
-               "batch_size": (w.info or {}).get("batch_size"), "train_samples_per_s": None,
+               "batch_size": (w.info or {}).get("batch_size"),
+               "trainer_default": bool((w.info or {}).get("trainer_default")), "train_samples_per_s": None,
                "eval_samples_per_s": None, "epoch_s": None, "compile_s": None,
                "compile_s_second_run": second_run.get(w.variant), "peak_rss_mb": rss.get(w.variant),
                "flops_per_sample": train_flops, "gemm_peak_fraction": None, "tiny_step_s": tiny.get(w.variant)}
@@ -428,7 +429,8 @@ def goals_table(records) -> str:
     for m in dict.fromkeys(r["model"] for r in records):
         rs = {r["variant"]: r for r in records if r["model"] == m and r["train_samples_per_s"]}
         flax = [r for r in rs.values() if r["framework"] == "flax"]
-        eager, loader, trainer = rs.get("eager"), rs.get("torchvision-dataloader"), rs.get(TRAINER_VARIANTS["flax"])
+        eager, loader = rs.get("eager"), rs.get("torchvision-dataloader")
+        trainer = next((r for r in flax if r.get("trainer_default")), None)
         if not flax or not eager:
             continue
         best = max(flax, key=lambda r: r["train_samples_per_s"])

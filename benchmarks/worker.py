@@ -43,7 +43,8 @@ def main() -> int:
         try:
             cand = candidates[variant] = build(args.model, variant, args.data_dir, args.quick)
             setup[variant] = {"setup_s": time.perf_counter() - tick, "steps_per_epoch": cand.steps_per_epoch,
-                               "batch_size": cand.batch_size, "device": cand.device, "num_params": cand.num_params}
+                               "batch_size": cand.batch_size, "device": cand.device, "num_params": cand.num_params,
+                               "trainer_default": cand.trainer_default}
         except Exception as e:
             traceback.print_exc()
             setup[variant] = {"error": f"setup failed: {_describe(e)}"}

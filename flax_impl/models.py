@@ -18,7 +18,8 @@ with the same parameters (parity_tests hold them to the same bounds against PyTo
           convolution, faster than "gemm" on every layer of the five models (benchmarks/FINDINGS.md,
           section 10): flax_impl/onednn_conv.py, an XLA FFI extension built on first use
           (`apt-get install libdnnl-dev g++`). CPU only.
-  "auto"  (default) "gemm" when JAX's default backend is the CPU, else "xla".
+  "auto"  (default) on one CPU device "onednn" where its extension builds, else "gemm"; on several
+          CPU devices "gemm"; on any other backend "xla".
 """
 
 from __future__ import annotations
@@ -48,15 +49,22 @@ def _torch_bias_init(fan_in: int):
 CONV_IMPLS = ("auto", "xla", "gemm", "onednn")
 
 
-def resolve_conv_impl(conv_impl: str = "auto") -> str:
-    """The conv_impl "auto" stands for here; UsageError if "onednn" is chosen and cannot be built."""
+def resolve_conv_impl(conv_impl: str = "auto", devices: int = 1) -> str:
+    """The conv_impl "auto" stands for when training on `devices` devices; UsageError if "onednn" is
+    chosen and cannot run. oneDNN's calls are opaque to XLA's partitioner, which would gather the
+    whole batch onto every device to run them, so it trains on one device only."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, not {conv_impl!r}")
     if conv_impl == "auto":
-        return "gemm" if jax.default_backend() == "cpu" else "xla"
+        if jax.default_backend() != "cpu":
+            return "xla"
+        return "onednn" if devices == 1 and onednn_conv.available()[0] else "gemm"
     if conv_impl == "onednn":
         if jax.default_backend() != "cpu":
             raise UsageError(f"conv_impl onednn runs on the CPU only; JAX's backend here is {jax.default_backend()}")
+        if devices > 1:
+            raise UsageError(f"conv_impl onednn trains on one device, not {devices} (XLA would run every call on the "
+                             "whole batch on each device): pass --devices 1, or --conv-impl gemm")
         onednn_conv.require()
     return conv_impl
 
@@ -106,10 +114,18 @@ def _conv_general_dilated(conv, conv_impl: str):
     return conv_general_dilated
 
 
+def onednn_or_gemm_conv(x: jax.Array, kernel: jax.Array, padding: int) -> jax.Array:
+    """oneDNN's convolution in float32, the only dtype the extension computes; `gemm_conv` in any
+    other (the parity suite's float64 trajectory)."""
+    if x.dtype == kernel.dtype == jnp.float32:
+        return onednn_conv.conv(x, kernel, padding)
+    return gemm_conv(x, kernel, padding)
+
+
 _gemm_conv_general_dilated = _conv_general_dilated(gemm_conv, "gemm")
 # Every convolution of the five models: oneDNN's beats gemm_conv on each, first layers included
 # (forward + backward, interleaved, loaded machine; benchmarks/FINDINGS.md, section 10).
-_onednn_conv_general_dilated = _conv_general_dilated(onednn_conv.conv, "onednn")
+_onednn_conv_general_dilated = _conv_general_dilated(onednn_or_gemm_conv, "onednn")
 
 
 @jax.custom_vjp

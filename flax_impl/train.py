@@ -163,7 +163,8 @@ class FlaxTrainer:
             distributed.check_batch_size(self.mesh, n % b or b, "the last batch's size")
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
         init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
-        self.state = jax.device_put(create_train_state(recipe, init_key, conv_impl, api), replicated)
+        self.conv_impl = resolve_conv_impl(conv_impl, self.mesh.size)
+        self.state = jax.device_put(create_train_state(recipe, init_key, self.conv_impl, api), replicated)
         if recipe.init_rng == "shared":
             self.load_canonical(shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
         self.num_params = num_params(self.state.params)
@@ -261,9 +262,10 @@ def add_api_flag(parser) -> None:
 def add_flax_flags(parser) -> None:
     add_api_flag(parser)
     parser.add_argument("--conv-impl", choices=CONV_IMPLS, default="auto",
-                        help="how the training step convolves (flax_impl/models.py): auto (default: gemm on a CPU, "
-                             "xla elsewhere), xla, gemm, or onednn (CPU; needs `apt-get install libdnnl-dev g++`); "
-                             "evaluation always uses XLA's forward")
+                        help="how the training step convolves (flax_impl/models.py): auto (default: onednn on one CPU "
+                             "device where it builds, else gemm on a CPU, xla elsewhere), xla, gemm, or onednn (one "
+                             "CPU device; needs `apt-get install libdnnl-dev g++`); evaluation always uses XLA's "
+                             "forward; the run records the choice")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")
@@ -292,9 +294,10 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
         # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
         raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
-    conv_impl = resolve_conv_impl(args.conv_impl)  # before the data loads: an unusable choice fails at once
-    return FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=conv_impl,
-                       mesh=distributed.make_mesh(args.devices), api=args.api)
+    mesh = distributed.make_mesh(args.devices)
+    # Before the data loads, so that an unusable choice fails at once; the run records what "auto" chose.
+    args.conv_impl = resolve_conv_impl(args.conv_impl, mesh.size)
+    return FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl, mesh=mesh, api=args.api)
 
 
 def main(argv=None) -> int:

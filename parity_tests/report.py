@@ -24,6 +24,7 @@ from cnn_parity.errors import CnnParityError
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import versions
+from flax_impl import models as flax_models
 from parity_tests import accuracy, batches, bounds, precision
 from parity_tests.apis import measure_apis
 from parity_tests.gradients import grad_cases
@@ -136,6 +137,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"APIs' eval and train-mode outputs, dropout masks, losses, gradients and {TRAJECTORY_STEPS}-step "
         f"trajectories from the same weights, batches and dropout keys (bound: {bounds.NNX_VS_LINEN_ABS:g}, bitwise).",
         "",
+        f"Flax convolutions: conv_impl {report['conv_impl']}, what `auto` chooses here (flax_impl/models.py"
+        f"{'; the float64 run convolves as gemm, oneDNN computing float32 only' if report['conv_impl'] == 'onednn' else ''}).",
+        "",
         f"Measured on {d['jax']} / torch {d['torch']} ({d['cpu_count']} CPUs), float32, "
         f"jax_default_matmul_precision={d['jax_default_matmul_precision']}, TF32 "
         f"{'on' if d['torch_tf32'] == 'True' else 'off'}; " + ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "optax", "torch") if k in v) + ".",
@@ -176,6 +180,7 @@ def main(argv=None) -> int:
             print(f"{p.prog}: error: {e}", file=sys.stderr)
             return e.exit_code
         print(f"{name}: measured in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
+    report["conv_impl"] = flax_models.resolve_conv_impl("auto")
     report["versions"] = versions()
     report["device"] = precision.device_description()
     report["bounds"] = {k: getattr(bounds, k) for k in dir(bounds) if k.isupper() and k != "ACCURACY"}

@@ -1,7 +1,8 @@
 """Training on N devices / processes computes what one does, through the CLIs as users run them.
 
 Flax: N simulated CPU devices (`--xla_force_host_platform_device_count`), `--devices 1` vs `--devices N`
-in the same setting. PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
+in the same setting, both with conv_impl gemm (oneDNN's convolutions train on one device only, and
+"auto" picks gemm on several). PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
 losses of a whole epoch come from the epoch-end checkpoint's metadata; the test loss and accuracy from
 metrics.jsonl (an example dropped or counted twice by the split evaluation would move them).
 """
@@ -47,8 +48,8 @@ def _run(command: list[str], env: dict, cwd: Path) -> subprocess.CompletedProces
 
 def _flax(workdir: Path, devices: int, data_dir, *args: str) -> subprocess.CompletedProcess:
     env = _env(data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    return _run([sys.executable, "-m", "flax_impl.train", "--devices", str(devices), "--workdir", str(workdir), *args],
-                env, workdir.parent)
+    return _run([sys.executable, "-m", "flax_impl.train", "--devices", str(devices), "--conv-impl", "gemm",
+                 "--workdir", str(workdir), *args], env, workdir.parent)
 
 
 def _torch(workdir: Path, processes: int | None, data_dir, *args: str) -> subprocess.CompletedProcess:
@@ -119,6 +120,15 @@ def test_flax_more_devices_than_exist_is_one_line(tmp_path, data_dir):
     assert_one_line_error(result, 2, "--devices 3", "only 2")
 
 
+def test_flax_onednn_on_two_devices_is_one_line_and_auto_records_gemm(tmp_path, data_dir):
+    env = _env(data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    command = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--devices", "2"]
+    result = subprocess.run([*command, "--conv-impl", "onednn"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert_one_line_error(result, 2, "conv_impl onednn trains on one device, not 2", "--conv-impl gemm")
+    _run([*command, "--max-steps", "2", "--workdir", str(tmp_path / "auto")], env, tmp_path)
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["options"]["conv_impl"] == "gemm"
+
+
 def test_flax_partial_multi_host_flags_are_one_line(tmp_path, data_dir):
     result = subprocess.run([sys.executable, "-m", "flax_impl.train", "--model", "mlp", "--coordinator", "localhost:1234",
                              "--workdir", str(tmp_path / "w")], cwd=tmp_path, env=_env(data_dir),
@@ -141,7 +151,7 @@ def test_flax_multi_process_launch_trains_as_one_device(tmp_path, data_dir):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    common = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--max-steps", "100"]
+    common = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--max-steps", "100", "--conv-impl", "gemm"]
     env = _env(data_dir)
     processes = [subprocess.Popen([*common, "--workdir", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
                                    "--num-processes", "2", "--process-id", str(i)], cwd=tmp_path, env=env,
