@@ -122,6 +122,11 @@ def load_weights(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], d
     if not weights_file.is_file():
         raise UsageError(f"no checkpoint or weights file at {path}")
     model, arrays, metadata = load_safetensors(weights_file)
+    non_finite = [name for name, array in arrays.items() if not np.all(np.isfinite(array))]
+    if non_finite:
+        more = f" and {len(non_finite) - 1} more" if len(non_finite) > 1 else ""
+        raise UsageError(f"{weights_file} holds non-finite values (NaN or inf) in {non_finite[0]}{more}: "
+                         f"not usable weights")
     recipe = None
     if "recipe" in metadata:
         try:

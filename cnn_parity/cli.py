@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from cnn_parity import checkpoints
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import CnnParityError, UsageError
-from cnn_parity.recipes import MODELS, Recipe, load_recipe, parse_assignment
+from cnn_parity.recipes import MODELS, Recipe, load_recipe, parse_assignment, recipe_from_dict
 from cnn_parity.training import Interrupted, Trainer, fit
 from cnn_parity.workdir import Workdir, command_line
+
+
+FRAMEWORK_MODULES = {"flax": "flax_impl", "torch": "torch_ref"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -67,8 +72,7 @@ def _float(text: str) -> float:
 
 
 def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentParser:
-    module = {"flax": "flax_impl", "torch": "torch_ref"}[framework]
-    p = OneLineParser(prog=f"python -m {module}.train",
+    p = OneLineParser(prog=f"python -m {FRAMEWORK_MODULES[framework]}.train",
                 description=f"Train one of the five recipes with {framework}; the recipe comes from configs/<model>.toml.")
     p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml")
@@ -96,17 +100,69 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     return p
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    if args.model is None and args.config is None:
-        raise UsageError(f"--model is required (one of: {', '.join(MODELS)}), or --config PATH")
+class _Unset:
+    """The value of a flag the command line did not give (so a resumed run can take its recorded one)."""
+
+    def __repr__(self):
+        return "unset"
+
+
+UNSET = _Unset()
+
+
+def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, set[str]]:
+    """`parser`'s arguments with their defaults filled in, and the names (dests) of those `argv` gave."""
+    # argparse sets a default only where the namespace has no value yet: pre-filled, the rest stay UNSET.
+    # (Repeatable flags, such as --set, start from their default list.)
+    args = parser.parse_args(argv, argparse.Namespace(**{
+        a.dest: list(a.default or []) if isinstance(a, argparse._AppendAction) else UNSET
+        for a in parser._actions if a.dest != argparse.SUPPRESS}))
+    given = {name for name, value in vars(args).items() if value is not UNSET}
+    for name in set(vars(args)) - given:
+        setattr(args, name, parser.get_default(name))
+    return args, given
+
+
+def recipe_from_args(args: argparse.Namespace, recorded: dict[str, Any] | None = None) -> Recipe:
+    """The recipe the flags ask for; with `recorded` (the config.json of a run being resumed) that run's
+    recipe, changed only where the flags say so (and refused later if that changes the run)."""
     overrides = dict(parse_assignment(text) for text in args.set)
     flags = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
              "optimizer.lr": args.lr, "seed": args.seed}
     overrides.update({key: value for key, value in flags.items() if value is not None})
+    if recorded is not None and args.config is None:
+        model = recorded["recipe"].get("model")
+        if args.model is not None and args.model != model:
+            raise UsageError(f"--workdir {args.workdir} holds a {model} run, not a {args.model} one: resume it "
+                             f"without --model, or pass another --workdir")
+        return recipe_from_dict(recorded["recipe"], f"{args.workdir}/config.json", overrides)
+    if args.model is None and args.config is None:
+        raise UsageError(f"--model is required (one of: {', '.join(MODELS)}), or --config PATH")
     try:
         return load_recipe(args.model, args.config, overrides)
     except UnicodeDecodeError:
         raise UsageError(f"config {args.config} is not UTF-8 text (a TOML recipe file)") from None
+
+
+def _continue_recorded(framework: str, args: argparse.Namespace, given: set[str], recorded: dict[str, Any],
+                       names: Sequence[str]) -> None:
+    """Flags a resume does not give take the values the run recorded (`--resume --workdir W` alone
+    continues the run as it was started); a changed target is said."""
+    if recorded.get("framework") != framework:
+        raise UsageError(f"--workdir {args.workdir} holds a {recorded.get('framework')} run: resume it with "
+                         f"python -m {FRAMEWORK_MODULES.get(recorded.get('framework'), '?')}.train")
+    options = {**recorded, **(recorded.get("options") or {})}
+    if "epochs" in given and "max_steps" not in given:  # a new target in epochs replaces a step limit
+        options["max_steps"] = None
+    for name in names:
+        if name not in given and name in options:
+            setattr(args, name, options[name])
+    old_epochs = recorded["recipe"].get("epochs")
+    if "epochs" in given and args.epochs != old_epochs:
+        print(f"resume: the run's target changes from {old_epochs} to {args.epochs} epochs", file=sys.stderr)
+    if args.max_steps != recorded.get("max_steps"):
+        print(f"resume: the run's step limit changes from {recorded.get('max_steps') or 'none'} to "
+              f"{args.max_steps or 'none'}", file=sys.stderr)
 
 
 def default_workdir(framework: str, model: str) -> Path:
@@ -135,14 +191,19 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
     parser = build_parser(framework, pipelines)
     if add_flags is not None:
         add_flags(parser)
-    args = parser.parse_args(argv)
+    args, given = parse_flags(parser, argv)
     workdir = None
     try:
-        recipe = recipe_from_args(args)
+        if args.workdir is not None and not args.workdir.strip():
+            raise UsageError("--workdir is empty: name a folder")
         if args.resume and not args.workdir:
             raise UsageError("--resume needs the --workdir of the run to continue")
         if args.init_weights and args.resume:
             raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
+        recorded = Workdir(args.workdir).read_config() if args.resume else None
+        if recorded is not None:
+            _continue_recorded(framework, args, given, recorded, ("pipeline", "max_steps", "devices", *recorded_flags))
+        recipe = recipe_from_args(args, recorded)
         initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
         trainer = make_trainer(recipe, args)
         if initial is not None:
@@ -160,7 +221,7 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
             print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
                   f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
         config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
-                  "options": options,
+                  "options": {**options, "devices": trainer.num_devices},
                   "command": command_line(), "recipe": recipe.to_dict()}
         summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config,
                       tensorboard=not args.no_tensorboard)
@@ -168,9 +229,10 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return e.exit_code
     except Interrupted as e:
-        print(f"{parser.prog}: interrupted; checkpoint {e.checkpoint}, weights in {workdir.model_path}; continue "
-              f"with --resume --workdir {workdir.path}", file=sys.stderr)
-        return 130
+        print(f"{parser.prog}: stopped by {signal.Signals(e.signum).name}; checkpoint {e.checkpoint}, weights in "
+              f"{workdir.model_path}; continue with: {parser.prog} --resume --workdir {shlex.quote(str(workdir.path))}",
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         kept = f"; completed epochs are in {workdir.metrics_path}" if workdir else ""
         print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 from typing import Any, Callable, Sequence
 
 from cnn_parity import checkpoints
@@ -48,8 +50,11 @@ def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args, options: dic
     report = {"model": model, "dataset": recipe.dataset, "trained_with": info["framework"],
               "evaluated_with": framework, "options": options, "test_accuracy": result.accuracy, "test_loss": result.loss,
               "examples": result.examples, "step": info["step"], "checkpoint": info["path"]}
-    if args.json:
-        print(json.dumps(report))
+    if not (math.isfinite(result.loss) and math.isfinite(result.accuracy)):
+        print(f"warning: the test loss of these weights is {result.loss} (not finite)", file=sys.stderr)
+    if args.json:  # strict JSON: a non-finite number is null
+        print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in report.items()},
+                         allow_nan=False))
     else:
         shown = "".join(f" ({name} {value})" for name, value in options.items())
         print(f"{model} trained with {info['framework']}, evaluated with {framework}{shown} on {recipe.dataset} test "

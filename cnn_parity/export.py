@@ -10,18 +10,30 @@ import sys
 from cnn_parity import checkpoints
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
-from cnn_parity.weights import save_safetensors
+from cnn_parity.weights import load_safetensors, save_safetensors
+from cnn_parity.workdir import check_new_output
 
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m cnn_parity.export", description=__doc__)
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a workdir")
-    parser.add_argument("--out", required=True, metavar="FILE", help="the .safetensors file to write")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="the .safetensors file to write (not inside a run's workdir; an existing file only if "
+                             "it is an export of this project, or with --force)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file whatever it holds")
     args = parser.parse_args(argv)
-    return report_errors(parser.prog, lambda: export(args.checkpoint, args.out))
+    return report_errors(parser.prog, lambda: export(args.checkpoint, args.out, args.force))
 
 
-def export(checkpoint: str, out: str) -> int:
+def _is_export(path) -> bool:
+    try:
+        return load_safetensors(path)[2].get("format") == "cnn_parity"
+    except UsageError:
+        return False
+
+
+def export(checkpoint: str, out: str, force: bool = False) -> int:
+    check_new_output(out, _is_export, force)
     model, arrays, info = checkpoints.load_weights(checkpoint)
     metadata = {"framework": info["framework"], "step": str(info["step"])}
     if info["recipe"]:

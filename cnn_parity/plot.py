@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
-from cnn_parity.workdir import read_metrics
+from cnn_parity.workdir import check_new_output, read_metrics
 
 
 _PLOTTED = ("epoch", "train_loss", "test_accuracy")
@@ -35,25 +35,41 @@ def _records(workdir: Path) -> list[dict]:
     return records
 
 
-def check_output(out: Path) -> None:
-    """Refuse an output path matplotlib cannot write, before anything is drawn."""
+# Recorded in every image this command writes, so that it replaces its own images and nothing else.
+_SOFTWARE = "cnn_parity.plot"
+
+
+def _is_plot(path: Path) -> bool:
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as image:
+            return image.info.get("Software") == _SOFTWARE
+    except (OSError, ValueError):
+        return False
+
+
+def check_output(out: Path, force: bool = False) -> None:
+    """Refuse an output path matplotlib cannot write, or one this command must not replace, before
+    anything is drawn."""
     from matplotlib.figure import Figure
 
     supported = Figure().canvas.get_supported_filetypes()
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; name the image file, e.g. {out / 'curves.png'}")
+    check_new_output(out, _is_plot, force)
     if out.suffix.lstrip(".").lower() not in supported:
         raise UsageError(f"--out {out}: unknown image format {out.suffix or '(none)'!r}; "
                          f"use one of: {', '.join('.' + s for s in sorted(supported))}")
 
 
-def plot_runs(workdirs: list[Path], out: Path, title: str | None = None) -> None:
+def plot_runs(workdirs: list[Path], out: Path, title: str | None = None, force: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    check_output(out)
+    check_output(out, force)
     runs = [(_records(workdir), _label(workdir)) for workdir in workdirs]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for records, label in runs:
@@ -69,7 +85,7 @@ def plot_runs(workdirs: list[Path], out: Path, title: str | None = None) -> None
         fig.suptitle(title)
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=120)
+        fig.savefig(out, dpi=120, metadata={"Software": _SOFTWARE} if out.suffix.lower() == ".png" else None)
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
@@ -81,10 +97,11 @@ def main(argv=None) -> int:
     parser.add_argument("workdirs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("curves.png"))
     parser.add_argument("--title")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file whatever it holds")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        plot_runs(args.workdirs, args.out, args.title)
+        plot_runs(args.workdirs, args.out, args.title, args.force)
         print(f"wrote {args.out}")
         return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -19,7 +20,16 @@ INITS = ("torch", "flax")
 # generators ("framework"), or one neutral numpy generator (cnn_parity/shared_rng.py) that gives both
 # frameworks the same weights and the same batches ("shared": paired runs).
 RNG_SOURCES = ("framework", "shared")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def recipe_folder():
+    """The recipe files: the package data `cnn_parity.configs` where the project is installed (a wheel,
+    or an editable install, which maps it to the repository's `configs/`), else a source checkout's
+    `configs/`."""
+    try:
+        return importlib.resources.files("cnn_parity.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass(frozen=True)
@@ -54,12 +64,13 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def config_path(model: str) -> Path:
+def config_path(model: str):
+    """The recipe file of `model` (a Path, or an importlib.resources Traversable)."""
     if model not in MODELS:
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
-    path = CONFIG_DIR / f"{model}.toml"
+    path = recipe_folder() / f"{model}.toml"
     if not path.is_file():
-        raise UsageError(f"recipe file {path} is missing; install the project from its source tree (pip install -e .)")
+        raise UsageError(f"recipe file {path} is missing: reinstall cnn-parity")
     return path
 
 
@@ -68,7 +79,7 @@ def load_recipe(model: str | None = None, config: str | Path | None = None,
     """The recipe of `model` (or the file `config`), with dotted-key `overrides` applied, validated."""
     path = Path(config) if config is not None else config_path(model or "")
     try:
-        with open(path, "rb") as f:
+        with path.open("rb") as f:
             raw = tomllib.load(f)
     except OSError as e:
         raise UsageError(f"cannot read config {path}: {e.strerror}") from None
@@ -81,9 +92,14 @@ def load_recipe(model: str | None = None, config: str | Path | None = None,
     return _build(raw, str(path))
 
 
-def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe") -> Recipe:
-    """A Recipe from `Recipe.to_dict()` output (e.g. stored in a checkpoint), validated."""
-    return _build({**raw, "optimizer": dict(raw.get("optimizer") or {})}, origin)
+def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",
+                     overrides: dict[str, Any] | None = None) -> Recipe:
+    """A Recipe from `Recipe.to_dict()` output (e.g. stored in a checkpoint), with dotted-key
+    `overrides` applied, validated."""
+    raw = {**raw, "optimizer": dict(raw.get("optimizer") or {})}
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return _build(raw, origin)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -154,8 +170,9 @@ def _validate(r: Recipe) -> None:
         (0 < r.eval_batch_size <= split_size["test"],
          f"eval batch size must be positive and at most {split_size['test']:,} (the test split), got {r.eval_batch_size}"),
         (r.epochs > 0, f"epochs must be positive, got {r.epochs}"),
-        # JAX keys take a signed 64-bit seed (torch and numpy take more).
-        (0 <= r.seed < 2**63, f"seed must be in 0 .. 2**63 - 1, got {r.seed}"),
+        # JAX's keys (without x64) and PyTorch's CPU generator both keep only a seed's low 32 bits, so
+        # seeds 2**32 apart would be the same run.
+        (0 <= r.seed < 2**32, f"seed must be in 0 .. 2**32 - 1 (both frameworks' generators use 32 bits), got {r.seed}"),
         (r.init in INITS, f"unknown init {r.init!r}; choose one of: {', '.join(INITS)}"),
         (r.init_rng in RNG_SOURCES, f"unknown init_rng {r.init_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
         (r.shuffle_rng in RNG_SOURCES, f"unknown shuffle_rng {r.shuffle_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),

@@ -12,8 +12,10 @@ tensorflow-datasets is an optional extra (`pip install -e '.[tfds]'`), imported 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -116,10 +118,37 @@ def load_split(dataset: str, split: str, tfds_dir: str | os.PathLike) -> data.Sp
 
 def load_or_prepare_split(dataset: str, split: str, tfds_dir: str | os.PathLike | None) -> data.Split:
     """The tfds pipeline's split: read from `tfds_dir` (default: the per-user cache's TFDS folder),
-    prepared there from the verified IDX files first if it is not there yet."""
+    prepared there from the verified IDX files first if it is not there yet. Preparations of one data
+    set take turns (a lock in `tfds_dir`): whoever comes second finds the data set prepared."""
     tfds_dir = Path(tfds_dir) if tfds_dir is not None else default_dir()
     if not is_prepared(dataset, tfds_dir):
-        print(f"preparing the TFDS data set {dataset} in {tfds_dir} from the verified IDX files (once)",
-              file=sys.stderr, flush=True)
-        prepare(dataset, tfds_dir)
+        with _preparation_lock(dataset, tfds_dir):
+            _check_no_damaged_version(dataset, tfds_dir)
+            if not is_prepared(dataset, tfds_dir):
+                for stale in Path(tfds_dir, dataset).glob("incomplete.*"):  # left by a killed preparation
+                    shutil.rmtree(stale, ignore_errors=True)
+                print(f"preparing the TFDS data set {dataset} in {tfds_dir} from the verified IDX files (once)",
+                      file=sys.stderr, flush=True)
+                prepare(dataset, tfds_dir)
     return load_split(dataset, split, tfds_dir)
+
+
+@contextlib.contextmanager
+def _preparation_lock(dataset: str, tfds_dir: Path):
+    try:
+        tfds_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(tfds_dir / f".{dataset}.lock", "a")
+    except OSError as e:
+        raise UsageError(f"cannot prepare the TFDS data set {dataset} in {tfds_dir}: {e.strerror or e}") from None
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
+        yield
+
+
+def _check_no_damaged_version(dataset: str, tfds_dir: Path) -> None:
+    """A version folder without its dataset_info.json is damaged (TFDS itself renames complete ones
+    into place); TFDS would misread it, so name it."""
+    for version in Path(tfds_dir, dataset).glob("[0-9]*"):
+        if version.is_dir() and not (version / "dataset_info.json").is_file():
+            raise DataError(f"{version} is not a complete TFDS data set (it has no dataset_info.json); delete it "
+                            f"to have it prepared again")

@@ -1,5 +1,5 @@
 """The epoch loop both frameworks share: progress, per-epoch metrics, checkpoints and exact resume,
-the non-finite-loss stop, Ctrl-C, and the run summary.
+the non-finite-loss stop, stop signals (Ctrl-C, SIGTERM), and the run summary.
 
 Each framework supplies a `Trainer` (flax_impl/train.py, torch_ref/train.py) that runs training steps,
 evaluates, and saves/restores its own state; everything around that (what is printed, written and
@@ -59,6 +59,7 @@ class Trainer(Protocol):
     pipeline: str
     is_primary: bool  # the process that writes the workdir and prints (the only one, unless multi-process)
     is_single_process: bool
+    num_devices: int  # devices (Flax) or processes (PyTorch) the batch is split over
     num_params: int
     device: str
     steps_per_epoch: int
@@ -76,6 +77,10 @@ class Trainer(Protocol):
         """Write everything an exact resume needs (parameters, optimiser, RNG) into `folder`."""
 
     def restore_state(self, folder: Path) -> None: ...
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether `flag` is true in any process of the run; every process calls it at the same point
+        (so that a stop signal reaching one rank stops them all at the same step)."""
 
 
 class EpochLog:
@@ -145,50 +150,63 @@ class EpochLog:
 
 
 class _StopRequest:
-    """First Ctrl-C: finish the current step, checkpoint, stop. A second one stops at once."""
+    """The first SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a scheduler's pre-emption): finish the
+    current step, checkpoint, stop. Another one, a second or more later, stops at once; one sooner is
+    the same request delivered twice (a launcher such as torchrun forwards what the terminal already
+    sent to its whole process group)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_WITHIN_S = 1.0
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signal: int | None = None  # the first stop signal received
+        self._received_at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: checkpointing after this step (press again to stop at once)", file=sys.stderr)
+        now = time.monotonic()
+        if self.signal is not None:
+            if now - self._received_at >= self.REPEAT_WITHIN_S:
+                raise KeyboardInterrupt
+            return
+        self.signal, self._received_at = signum, now
+        print(f"\n{signal.Signals(signum).name}: checkpointing after this step (send it again to stop at once)",
+              file=sys.stderr)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 class Interrupted(KeyboardInterrupt):
-    def __init__(self, checkpoint: Path | None):
+    """A run stopped by a signal after writing its checkpoint; the CLI exits 128 + the signal's number."""
+
+    def __init__(self, checkpoint: Path | None, signum: int):
         super().__init__()
-        self.checkpoint = checkpoint
+        self.checkpoint, self.signum = checkpoint, signum
 
 
 def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None,
         checkpoint_every: int | None = None, resume: bool = False,
         config: dict[str, Any] | None = None, tensorboard: bool = False) -> dict[str, Any]:
     """Train for the recipe's epochs (or until global step `max_steps`), logging every epoch, checkpointing
-    every `checkpoint_every` steps and at each epoch end (if set), on Ctrl-C and at the end; return the
+    every `checkpoint_every` steps and at each epoch end (if set), on SIGINT / SIGTERM and at the end; return the
     summary. The run ends with its final checkpoint and its final weights in WORKDIR/model.safetensors.
     `config` (the run's configuration, config.json) is recorded once the run is known to start or go on.
     `tensorboard`: also log the epochs as TensorBoard events in the workdir (cnn_parity/tensorboard_log.py)."""
     started = time.time()
     steps_per_epoch = trainer.steps_per_epoch
     last_step = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
-    progress = _resume(recipe, trainer, workdir, last_step, config) if resume else Progress()
-    if config is not None:
-        _record_config(workdir, config)
-    if tensorboard:
-        workdir.start_tensorboard(recipe.to_dict(), progress.records)
 
     def save(snapshot: Progress) -> Path | None:
         if not workdir.writer:  # every process holds the same state; the primary one writes it
@@ -204,7 +222,12 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
             checkpoints.export_final(workdir.path, path)
         return path
 
-    with _StopRequest() as stop:
+    with _StopRequest() as stop:  # from here on a stop signal leaves a checkpoint
+        progress = _resume(recipe, trainer, workdir, last_step, config) if resume else Progress()
+        if config is not None:
+            config = _record_config(workdir, config, progress.steps)
+        if tensorboard:
+            workdir.start_tensorboard(recipe.to_dict(), progress.records)
         while True:
             # This epoch ends at its last step, or earlier where max_steps falls inside it.
             epoch_end = min(steps_per_epoch, last_step - (progress.steps - progress.step_in_epoch))
@@ -218,11 +241,12 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
                 def on_step(log: EpochLog) -> None:
                     step = log.first_step - 1 + log.steps
                     due = (checkpoint_every is not None and step % checkpoint_every == 0) or step == last_step
-                    if due or stop.requested:
+                    stopping = trainer.any_process(stop.requested)
+                    if due or stopping:
                         log.flush()
                         snapshot = _snapshot(progress, log, time.perf_counter() - tick)
-                        if stop.requested:
-                            raise Interrupted(finish(snapshot))
+                        if stopping:
+                            raise Interrupted(finish(snapshot), stop.signal or signal.SIGTERM)
                         save(snapshot)
 
                 with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
@@ -237,8 +261,8 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
                 result = trainer.evaluate()
                 progress.eval_time_s += time.perf_counter() - tick
                 progress = _log_epoch(workdir, recipe, progress, result)
-                if stop.requested:
-                    raise Interrupted(finish(progress))
+                if trainer.any_process(stop.requested):
+                    raise Interrupted(finish(progress), stop.signal or signal.SIGTERM)
                 if checkpoint_every is not None:
                     save(progress)
             if progress.steps >= last_step:
@@ -252,6 +276,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
         "framework": trainer.framework,
         "pipeline": trainer.pipeline,
         "options": (config or {}).get("options", {}),
+        "segments": (config or {}).get("segments", []),
         "dataset": recipe.dataset,
         "epochs": last_record["epoch"],
         "steps": progress.steps,
@@ -316,12 +341,33 @@ def _log_epoch(workdir: Workdir, recipe: Recipe, progress: Progress, result: Eva
     return dataclasses.replace(progress, records=[*progress.records, record])
 
 
-def _record_config(workdir: Workdir, config: dict[str, Any]) -> None:
-    """Write config.json unless it already says the same (its command is the one that started the run)."""
+# Options under which a resumed run still computes bitwise what an uninterrupted one would; the others
+# (conv_impl, devices) change float rounding.
+_EXACT_ACROSS = ("api",)
+
+
+def _record_config(workdir: Workdir, config: dict[str, Any], step: int) -> dict[str, Any]:
+    """Write config.json (unless it already says the same; its command is the one that started the
+    run) and return it. Its `segments` say from which step the run ran with which options: a resume
+    with other options starts a segment, and says whether results stay bitwise those of one run."""
     recorded = workdir.read_config()
+    segments = list((recorded or {}).get("segments") or
+                    ([{"from_step": 0, "options": recorded.get("options", {})}] if recorded else []))
+    if not segments or segments[-1]["options"] != config["options"]:
+        if segments and workdir.writer:
+            before, after = segments[-1]["options"], config["options"]
+            changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            exact = all(k in _EXACT_ACROSS for k in changed)
+            changes = ", ".join(f"{k} {before.get(k)} -> {after.get(k)}" for k in changed)
+            effect = ("results stay bitwise those of an uninterrupted run" if exact else
+                      "float rounding differs from here on: no longer bitwise an uninterrupted run")
+            print(f"resume: from step {step} the run changes {changes} ({effect})", file=sys.stderr)
+        segments.append({"from_step": step, "options": config["options"]})
+    config = {**config, "segments": segments}
     if recorded is None or {k: v for k, v in recorded.items() if k != "command"} != \
             {k: v for k, v in config.items() if k != "command"}:
         workdir.write_config(config)
+    return config
 
 
 def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir, last_step: int,
@@ -367,7 +413,9 @@ def _resume(recipe: Recipe, trainer: Trainer, workdir: Workdir, last_step: int,
             raise UsageError(f"{workdir.path} holds no usable checkpoint ({damaged[0]})")
         if workdir.metrics_path.is_file():
             raise UsageError(f"{workdir.path} has no complete checkpoint to resume from (it was trained without "
-                             f"--checkpoint-every and stopped); start it again in another --workdir")
+                             f"--checkpoint-every and stopped); start it again in another --workdir, or delete this one")
+        if workdir.writer:
+            print(f"resume: {workdir.path} holds no checkpoint yet; starting the run from step 0", file=sys.stderr)
         return Progress()
     if progress.steps > last_step:
         raise UsageError(f"the run in {workdir.path} is already at step {progress.steps} (epoch {progress.epoch}); "

@@ -98,6 +98,29 @@ RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "model.safetensors"
 _LONGEST_INSIDE = 128
 
 
+def run_holding(path: str | os.PathLike) -> Path | None:
+    """The run workdir `path` lies in (a folder with a run's lock, records or checkpoints), or None."""
+    for folder in Path(path).absolute().parents:
+        if any((folder / name).exists() for name in (".lock", "metrics.jsonl", "checkpoints")):
+            return folder
+    return None
+
+
+def check_new_output(path: str | os.PathLike, is_ours, force: bool = False) -> None:
+    """Refuse to write an output file into a run's workdir (it belongs to that run), or over an existing
+    file that `is_ours(path)` does not recognise as this project's own output of the same kind (unless
+    `force`): no command overwrites what it did not make."""
+    path = Path(path)
+    run = run_holding(path)
+    if run is not None:
+        raise UsageError(f"{path} is inside the workdir of a run ({run}), which belongs to that run: write elsewhere")
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; name the file to write")
+    if path.exists() and not force and not is_ours(path):
+        raise UsageError(f"{path} exists and was not written by this command: pass --force to replace it, "
+                         f"or name another file")
+
+
 class Workdir:
     """The output folder of one training run, owned by one process at a time (an advisory lock on
     `.lock`, released when the process ends however it ends). With `writer=False` (the other processes
@@ -118,9 +141,22 @@ class Workdir:
         self._open()
         if self.writer:
             left = [name for name in RUN_FILES if (self.path / name).exists()]
-            if left:
+            if left == ["config.json"]:  # a run that failed before it logged or kept anything
+                self._clear_unstarted_run()
+            elif left:
                 raise UsageError(f"workdir {self.path} already holds a run ({', '.join(left)}); continue it with "
                                  f"--resume, or pass another --workdir")
+
+    def _clear_unstarted_run(self) -> None:
+        """Take over a folder whose run stopped before its first epoch record or checkpoint: only its
+        config and TensorBoard events (both written by this project) are there, and they go."""
+        print(f"workdir {self.path}: its earlier run stopped before its first record or checkpoint; starting anew",
+              file=sys.stderr)
+        try:
+            for path in [self.config_path, *self.path.glob("events.out.tfevents.*")]:
+                path.unlink()
+        except OSError as e:
+            raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
 
     def open_for_resume(self) -> None:
         """Lock an existing run's folder (or make it, if the run never started)."""

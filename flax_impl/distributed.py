@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cnn_parity.errors import UsageError
@@ -43,6 +44,12 @@ def make_mesh(devices_per_process: int | None = None) -> Mesh:
     if count > local:
         raise UsageError(f"--devices {count}: this process sees only {local} {jax.default_backend()} device(s)")
     return Mesh(np.array([d for p in sorted(by_process) for d in by_process[p][:count]]), (DATA_AXIS,))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true in any process of a multi-process run (every process calls this at the
+    same point)."""
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def synchronous_dispatch(mesh: Mesh) -> bool:

@@ -171,6 +171,7 @@ class FlaxTrainer:
         device = self.mesh.devices.flat[0]
         count = f"{self.mesh.size} × " if self.mesh.size > 1 else ""
         self.device = f"{count}{device.platform} ({device.device_kind})"
+        self.num_devices = self.mesh.size
         normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
 
         def train_on_slice(state, split, perm, start, rng, batch_size):
@@ -252,6 +253,9 @@ class FlaxTrainer:
         else:
             state = serialization.from_bytes(self.state, (folder / "state.msgpack").read_bytes())
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
+
+    def any_process(self, flag: bool) -> bool:
+        return flag if self.is_single_process else distributed.any_process(flag)
 
 
 def add_api_flag(parser) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from cnn_parity.errors import UsageError
-from cnn_parity.recipes import MODELS, load_recipe, parse_assignment
+from cnn_parity.recipes import MODELS, config_path, load_recipe, parse_assignment
 from cnn_parity.weights import canonical_shapes
 
 from .helpers import source_num_params
@@ -72,7 +72,7 @@ def test_unknown_model_names_the_choices():
 
 def test_config_file_and_model_must_agree(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text((load_recipe.__globals__["CONFIG_DIR"] / "lenet.toml").read_text().replace("epochs = 21", "epochs = 2"))
+    path.write_text(config_path("lenet").read_text().replace("epochs = 21", "epochs = 2"))
     assert load_recipe(config=path).epochs == 2
     with pytest.raises(UsageError, match="disagrees"):
         load_recipe("mlp", config=path)

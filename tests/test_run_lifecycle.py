@@ -130,7 +130,7 @@ def test_resume_where_nothing_was_checkpointed(framework, data_dir, tmp_path):
     config_only.mkdir()
     shutil.copy(tmp_path / "missing" / "config.json", config_only / "config.json")
     result = train(framework, config_only, "--model", "lenet", "--max-steps", "5", "--resume", data_dir=data_dir)
-    assert_one_line_error(result, 2, "holds another run", "recipe model")
+    assert_one_line_error(result, 2, "holds a mlp run, not a lenet one")
     assert (config_only / "config.json").read_bytes() == (tmp_path / "missing" / "config.json").read_bytes()
     assert not (config_only / "summary.json").exists()
 

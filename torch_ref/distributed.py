@@ -59,6 +59,13 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on any rank (every rank calls this at the same point)."""
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

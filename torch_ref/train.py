@@ -96,6 +96,7 @@ class TorchTrainer:
             self.torch_device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.cuda.get_device_name(self.torch_device) if self.torch_device.type == "cuda" else "cpu"
         self.device = f"{world.size} × {device} ({world.size} processes)" if world is not None else device
+        self.num_devices = world.size if world is not None else 1
         torch.manual_seed(recipe.seed)
         self.model = create_model(recipe.model, recipe.init).to(self.torch_device)
         if recipe.init_rng == "shared":  # after torch's own draw, so dropout's stream is the same either way
@@ -167,6 +168,9 @@ class TorchTrainer:
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.shuffle_generator.set_state(state["shuffle"])
+
+    def any_process(self, flag: bool) -> bool:
+        return flag if self.world is None else distributed.any_rank(flag, self.torch_device)
 
 
 def make_trainer(recipe: Recipe, args) -> TorchTrainer:

@@ -1,0 +1,86 @@
+"""Fast proofs that a stopped run continues exactly (`pytest -m "not slow"` runs them): the optimiser's
+state (momentum, Adam's moments) and dropout's random state survive a resume bitwise; SIGTERM keeps the
+run, and `--resume --workdir W` alone continues it as it was started; a resume under other options
+says so and records them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from cnn_parity import checkpoints
+
+from .lifecycle import SHORT, assert_same_run, metrics, start, summary, train
+from .test_cli import FRAMEWORKS
+
+# fashion_cnn at batch 2,000: SGD with momentum 0.5 and dropout, 30 steps an epoch.
+MOMENTUM_AND_DROPOUT = ("--model", "fashion_cnn", "--set", "batch_size=2000")
+ADAM = (*SHORT, "--set", "optimizer.name=adam", "--set", "optimizer.lr=0.001")
+
+
+@pytest.mark.parametrize("run", [MOMENTUM_AND_DROPOUT, ADAM], ids=["momentum-dropout", "adam"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_cut_run_resumes_its_optimiser_and_dropout_state(framework, run, data_dir, tmp_path):
+    reference, workdir = tmp_path / "reference", tmp_path / "cut"
+    assert train(framework, reference, *run, "--epochs", "2", "--max-steps", "45", data_dir=data_dir).returncode == 0
+    # Cut mid-epoch (step 15 of 30) and resumed with the workdir alone, which keeps every recorded flag
+    # but the new step limit.
+    assert train(framework, workdir, *run, "--epochs", "2", "--max-steps", "15", data_dir=data_dir).returncode == 0
+    result = train(framework, workdir, "--resume", "--max-steps", "45", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "step limit changes from 15 to 45" in result.stderr
+    assert_same_run(workdir, reference)
+
+
+def _last_line(stderr: str) -> str:
+    return stderr.replace("\r", "\n").strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_sigterm_keeps_the_run_and_the_bare_resume_finishes_it(framework, data_dir, tmp_path):
+    flags = (*MOMENTUM_AND_DROPOUT, "--epochs", "2")
+    reference, workdir = tmp_path / "reference", tmp_path / "stopped"
+    assert train(framework, reference, *flags, data_dir=data_dir).returncode == 0
+    proc = start(framework, workdir, *flags, data_dir=data_dir)
+    while not (workdir / "config.json").exists():  # written once the stop handler is in place
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    line = _last_line(stderr)
+    assert "stopped by SIGTERM" in line and line.endswith(f"--resume --workdir {workdir}"), line
+    stopped_at = checkpoints.latest(workdir)
+    assert stopped_at is not None and (workdir / "model.safetensors").is_file()
+    result = train(framework, workdir, "--resume", data_dir=data_dir)  # exactly what the line says
+    assert result.returncode == 0, result.stderr
+    assert f"resuming from {stopped_at}" in result.stderr
+    assert_same_run(workdir, reference)
+
+
+def test_a_resume_under_another_api_is_recorded_as_a_segment(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    assert train("flax", workdir, *SHORT, "--max-steps", "10", data_dir=data_dir).returncode == 0
+    result = train("flax", workdir, "--resume", "--max-steps", "20", "--api", "nnx", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "from step 10 the run changes api linen -> nnx (results stay bitwise" in result.stderr
+    segments = json.loads((workdir / "config.json").read_text())["segments"]
+    assert [(s["from_step"], s["options"]["api"]) for s in segments] == [(0, "linen"), (10, "nnx")]
+    assert summary(workdir)["segments"] == segments
+
+
+def test_a_run_that_failed_before_its_first_record_leaves_its_workdir_usable(data_dir, tmp_path):
+    workdir = tmp_path / "failed"
+    result = train("torch", workdir, "--model", "lenet", "--lr", "1e10", "--max-steps", "5", data_dir=data_dir)
+    assert result.returncode == 1 and "loss became" in result.stderr, result.stderr
+    assert not (workdir / "metrics.jsonl").exists()
+    result = train("torch", workdir, "--model", "lenet", "--max-steps", "5", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert "stopped before its first record or checkpoint; starting anew" in result.stderr
+    assert [r["steps"] for r in metrics(workdir)] == [5]
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
