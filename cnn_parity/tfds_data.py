@@ -118,19 +118,29 @@ def load_split(dataset: str, split: str, tfds_dir: str | os.PathLike) -> data.Sp
 
 def load_or_prepare_split(dataset: str, split: str, tfds_dir: str | os.PathLike | None) -> data.Split:
     """The tfds pipeline's split: read from `tfds_dir` (default: the per-user cache's TFDS folder),
-    prepared there from the verified IDX files first if it is not there yet. Preparations of one data
-    set take turns (a lock in `tfds_dir`): whoever comes second finds the data set prepared."""
+    prepared there from the verified IDX files first if it is not there yet."""
     tfds_dir = Path(tfds_dir) if tfds_dir is not None else default_dir()
-    if not is_prepared(dataset, tfds_dir):
-        with _preparation_lock(dataset, tfds_dir):
-            _check_no_damaged_version(dataset, tfds_dir)
-            if not is_prepared(dataset, tfds_dir):
-                for stale in Path(tfds_dir, dataset).glob("incomplete.*"):  # left by a killed preparation
-                    shutil.rmtree(stale, ignore_errors=True)
-                print(f"preparing the TFDS data set {dataset} in {tfds_dir} from the verified IDX files (once)",
-                      file=sys.stderr, flush=True)
-                prepare(dataset, tfds_dir)
+    ensure_prepared(dataset, tfds_dir)
     return load_split(dataset, split, tfds_dir)
+
+
+def ensure_prepared(dataset: str, tfds_dir: str | os.PathLike, idx_data_dir: str | os.PathLike | None = None) -> bool:
+    """Prepare `dataset` in `tfds_dir` unless it is there; whether this call prepared it. Preparations
+    of one data set take turns (a lock in `tfds_dir`): whoever comes second finds it prepared. A
+    killed preparation's leftovers are removed; a damaged data set is named, not misread."""
+    tfds_dir = Path(tfds_dir)
+    if is_prepared(dataset, tfds_dir):
+        return False
+    with _preparation_lock(dataset, tfds_dir):
+        _check_no_damaged_version(dataset, tfds_dir)
+        if is_prepared(dataset, tfds_dir):
+            return False
+        for stale in Path(tfds_dir, dataset).glob("incomplete.*"):  # left by a killed preparation
+            shutil.rmtree(stale, ignore_errors=True)
+        print(f"preparing the TFDS data set {dataset} in {tfds_dir} from the verified IDX files (once)",
+              file=sys.stderr, flush=True)
+        prepare(dataset, tfds_dir, idx_data_dir)
+    return True
 
 
 @contextlib.contextmanager

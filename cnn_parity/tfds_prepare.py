@@ -25,11 +25,8 @@ def main(argv=None) -> int:
 
 def prepare_all(out: str, datasets: list[str], idx_data_dir: str | None) -> int:
     for dataset in datasets:
-        if tfds_data.is_prepared(dataset, out):
-            print(f"{dataset}: already prepared in {out}")
-            continue
-        folder = tfds_data.prepare(dataset, out, idx_data_dir)
-        print(f"{dataset}: prepared {folder}")
+        prepared_now = tfds_data.ensure_prepared(dataset, out, idx_data_dir)
+        print(f"{dataset}: {'prepared' if prepared_now else 'already prepared'} in {out}")
     return 0
 
 

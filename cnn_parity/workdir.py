@@ -99,11 +99,23 @@ _LONGEST_INSIDE = 128
 
 
 def run_holding(path: str | os.PathLike) -> Path | None:
-    """The run workdir `path` lies in (a folder with a run's lock, records or checkpoints), or None."""
+    """The run workdir `path` lies in (a folder with a run's config, records or checkpoints), or None."""
     for folder in Path(path).absolute().parents:
-        if any((folder / name).exists() for name in (".lock", "metrics.jsonl", "checkpoints")):
+        if (folder / "metrics.jsonl").is_file() or _checkpoints_in(folder) or _holds_run_config(folder):
             return folder
     return None
+
+
+def _checkpoints_in(folder: Path) -> bool:
+    return any((folder / "checkpoints").glob("step_*"))
+
+
+def _holds_run_config(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and {"framework", "recipe"} <= set(config)
 
 
 def check_new_output(path: str | os.PathLike, is_ours, force: bool = False) -> None:
@@ -114,9 +126,7 @@ def check_new_output(path: str | os.PathLike, is_ours, force: bool = False) -> N
     run = run_holding(path)
     if run is not None:
         raise UsageError(f"{path} is inside the workdir of a run ({run}), which belongs to that run: write elsewhere")
-    if path.is_dir():
-        raise UsageError(f"{path} is a folder; name the file to write")
-    if path.exists() and not force and not is_ours(path):
+    if path.exists() and not path.is_dir() and not force and not is_ours(path):
         raise UsageError(f"{path} exists and was not written by this command: pass --force to replace it, "
                          f"or name another file")
 

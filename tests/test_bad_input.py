@@ -80,6 +80,50 @@ def test_export_to_an_unwritable_place(weights_file, tmp_path):
     assert not any((tmp_path / "a_folder").iterdir())
 
 
+def test_export_replaces_only_its_own_files_and_never_writes_into_a_run(weights_file, tmp_path):
+    def export(out: Path, *flags: str) -> subprocess.CompletedProcess:
+        return module_command("cnn_parity.export", "--checkpoint", str(weights_file), "--out", str(out), *flags,
+                              cwd=tmp_path)
+
+    run = tmp_path / "run"  # a run's workdir: its records and its model are that run's
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"framework": "torch", "recipe": {"model": "mlp"}}))
+    for name, content in (("metrics.jsonl", b"{}\n"), ("model.safetensors", weights_file.read_bytes())):
+        (run / name).write_bytes(content)
+        assert_usage_error(export(run / name), "is inside the workdir of a run", str(run))
+        assert_usage_error(export(run / name, "--force"), "is inside the workdir of a run")
+        assert (run / name).read_bytes() == content
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert_usage_error(export(notes), "notes.txt exists and was not written by this command", "--force")
+    assert notes.read_text() == "mine"
+    assert export(notes, "--force").returncode == 0
+    exported = tmp_path / "again.safetensors"
+    assert export(exported).returncode == 0 and export(exported).returncode == 0  # its own export: replaced
+
+
+def test_non_finite_weights_are_refused_where_they_enter(weights_file, tmp_path):
+    _, arrays, _ = load_safetensors(weights_file)
+    arrays["fc1.weight"][0, 0] = np.nan
+    poisoned = tmp_path / "nan.safetensors"
+    save_safetensors(poisoned, "mlp", arrays)
+    said = "holds non-finite values (NaN or inf) in fc1.weight"
+    for framework in FRAMEWORKS:
+        assert_usage_error(module_command(EVALUATE[framework], "--checkpoint", str(poisoned), "--json", cwd=tmp_path),
+                           said)
+        assert_usage_error(run_cli(framework, "--model", "mlp", "--init-weights", str(poisoned), "--workdir",
+                                   str(tmp_path / framework), cwd=tmp_path), said)
+        assert not (tmp_path / framework).exists()
+    assert_usage_error(module_command("cnn_parity.export", "--checkpoint", str(poisoned), "--out",
+                                      str(tmp_path / "out.safetensors"), cwd=tmp_path), said)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_an_empty_workdir_is_refused(framework, tmp_path):
+    assert_usage_error(run_cli(framework, "--model", "mlp", "--workdir", "", cwd=tmp_path), "--workdir is empty")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_recipe_metadata_that_is_not_json(framework, weights_file, tmp_path):
     _, arrays, _ = load_safetensors(weights_file)

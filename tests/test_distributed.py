@@ -165,3 +165,61 @@ def test_flax_multi_process_launch_trains_as_one_device(tmp_path, data_dir):
         assert abs(one[key] - two[key]) <= TEST_LOSS_TOLERANCE, key
     assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 2e-4
 
+
+
+def _wait_for(path: Path, *processes: subprocess.Popen) -> None:
+    import time
+
+    while not path.exists():
+        assert all(p.poll() is None for p in processes), [p.communicate()[1][-2000:] for p in processes]
+        time.sleep(0.01)
+
+
+def test_torchrun_sigterm_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, data_dir):
+    """SIGTERM to torchrun (as a scheduler sends it) reaches every rank; they agree on the step to stop at,
+    rank 0 checkpoints, and the resumed DDP run ends bitwise where an uninterrupted one does."""
+    import signal
+
+    # No dropout: each rank draws its own masks, and a resume restores rank 0's RNG state on every rank.
+    run = ("--model", "mlp", "--set", "batch_size=2000", "--set", "optimizer.momentum=0.9", "--epochs", "3")
+    reference, workdir = tmp_path / "reference", tmp_path / "stopped"
+    _torch(reference, 2, data_dir, *run)
+    launch = [shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun", "--standalone",
+              "--nproc_per_node=2", "-m", "torch_ref.train"]
+    proc = subprocess.Popen([*launch, "--workdir", str(workdir), *run], cwd=tmp_path, env=_env(data_dir),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(workdir / "config.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert "stopped by SIGTERM" in stderr and "--resume --workdir" in stderr, stderr[-2000:]
+    stopped_at = sorted((workdir / "checkpoints").glob("step_*"))[-1]
+    assert (workdir / "model.safetensors").is_file()
+    resumed = _torch(workdir, 2, data_dir, "--resume")
+    assert f"resuming from {stopped_at}" in resumed.stderr
+    from tests.lifecycle import assert_same_run
+
+    assert_same_run(workdir, reference)
+
+
+def test_flax_multi_process_sigterm_to_one_process_stops_both_at_one_step(tmp_path, data_dir):
+    """A stop signal reaching only one process of a multi-process JAX run stops every process at the
+    same step (a rank left behind would wait in the next collective forever); process 0 keeps the model."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "two"
+    common = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--epochs", "3", "--conv-impl", "gemm",
+              "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    processes = [subprocess.Popen([*common, "--process-id", str(i)], cwd=tmp_path, env=_env(data_dir),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    _wait_for(workdir / "config.json", *processes)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [128 + signal.SIGTERM] * 2, [err[-1000:] for _, err in outputs]
+    assert "stopped by SIGTERM" in outputs[0][1]
+    newest = sorted((workdir / "checkpoints").glob("step_*"))[-1]
+    steps = json.loads((newest / "meta.json").read_text())["steps"]
+    assert 0 < steps < 3 * 469 and (workdir / "model.safetensors").is_file()

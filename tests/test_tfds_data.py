@@ -93,8 +93,7 @@ def test_prepare_command_writes_fashion_mnist(tmp_path, isolated_env, capsys):
     assert tfds_prepare.main(["--out", str(out), "--datasets", "fashion_mnist"]) == 0
     assert tfds_prepare.main(["--out", str(out), "--datasets", "fashion_mnist"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed == [f"fashion_mnist: prepared {out / 'fashion_mnist' / '3.0.1'}",
-                       f"fashion_mnist: already prepared in {out}"]
+    assert printed == [f"fashion_mnist: prepared in {out}", f"fashion_mnist: already prepared in {out}"]
     for split in data.SPLITS:  # from the Debian package's files (isolated_env: nothing else is reachable)
         np.testing.assert_array_equal(sorted_examples(tfds_data.load_split("fashion_mnist", split, out)),
                                       sorted_examples(data.load_split("fashion_mnist", split)))
@@ -127,3 +126,31 @@ def test_damaged_prepared_data_is_one_line_and_exit_2(tfds_run, tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"delete {damaged / 'mnist'}" in err
+
+
+def test_two_first_uses_at_once_both_train(tmp_path, data_dir):
+    """Two runs that both find the TFDS data set missing: one prepares it, the other waits and reads it."""
+    tfds_dir = tmp_path / "tfds"
+    (tfds_dir / "mnist" / "incomplete.KILLED_3.0.1").mkdir(parents=True)  # a killed preparation's leftovers
+    env = {**os.environ, "CNN_PARITY_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+    runs = [subprocess.Popen([sys.executable, "-m", "flax_impl.train", "--model", "mlp", "--pipeline", "tfds",
+                              "--data-dir", str(tfds_dir), "--max-steps", "1", "--workdir", str(tmp_path / f"run{i}")],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)]
+    outputs = [run.communicate(timeout=900) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-1500:] for _, err in outputs]
+    assert sum("preparing the TFDS data set mnist" in err for _, err in outputs) == 1
+    assert [p.name for p in (tfds_dir / "mnist").iterdir()] == ["3.0.1"]
+
+
+def test_a_version_folder_without_its_info_is_named(tfds_run, tmp_path, capsys):
+    from flax_impl.train import main
+
+    damaged = tmp_path / "tfds"
+    shutil.copytree(tfds_run["tfds_dir"], damaged)
+    (damaged / "mnist" / "3.0.1" / "dataset_info.json").unlink()
+    argv = ["--model", "mlp", "--pipeline", "tfds", "--data-dir", str(damaged), "--max-steps", "1",
+            "--workdir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no dataset_info.json" in err and "delete it" in err
