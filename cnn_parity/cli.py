@@ -19,7 +19,7 @@ from cnn_parity import checkpoints
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.recipes import MODELS, Recipe, load_recipe, parse_assignment, recipe_from_dict
-from cnn_parity.training import Interrupted, Trainer, fit
+from cnn_parity.training import Interrupted, StopRequest, Trainer, fit
 from cnn_parity.workdir import Workdir, command_line
 
 
@@ -193,52 +193,53 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
         add_flags(parser)
     args, given = parse_flags(parser, argv)
     workdir = None
-    try:
-        if args.workdir is not None and not args.workdir.strip():
-            raise UsageError("--workdir is empty: name a folder")
-        if args.resume and not args.workdir:
-            raise UsageError("--resume needs the --workdir of the run to continue")
-        if args.init_weights and args.resume:
-            raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
-        recorded = Workdir(args.workdir).read_config() if args.resume else None
-        if recorded is not None:
-            _continue_recorded(framework, args, given, recorded, ("pipeline", "max_steps", "devices", *recorded_flags))
-        recipe = recipe_from_args(args, recorded)
-        initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
-        trainer = make_trainer(recipe, args)
-        if initial is not None:
-            trainer.load_canonical(initial)
-        if args.workdir is None and not trainer.is_single_process:
-            raise UsageError("a multi-process run needs --workdir (a folder every process can read)")
-        workdir = Workdir(args.workdir or default_workdir(framework, recipe.model), writer=trainer.is_primary)
-        if args.resume:
-            workdir.open_for_resume()
-        else:
-            workdir.create()
-        options = {name: getattr(args, name) for name in recorded_flags}
-        if trainer.is_primary:
-            shown = "".join(f" ({name} {value})" for name, value in options.items())
-            print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
-                  f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
-        config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
-                  "options": {**options, "devices": trainer.num_devices},
-                  "command": command_line(), "recipe": recipe.to_dict()}
-        summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config,
-                      tensorboard=not args.no_tensorboard)
-    except CnnParityError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except Interrupted as e:
-        print(f"{parser.prog}: stopped by {signal.Signals(e.signum).name}; checkpoint {e.checkpoint}, weights in "
-              f"{workdir.model_path}; continue with: {parser.prog} --resume --workdir {shlex.quote(str(workdir.path))}",
-              file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        kept = f"; completed epochs are in {workdir.metrics_path}" if workdir else ""
-        print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
-        return 130
-    except Exception as e:  # a bug, not bad input: still one line, the traceback on request
-        return internal_error(parser.prog, e)
+    with StopRequest() as stop:  # a stop signal from here on leaves a checkpoint, once training runs
+        try:
+            if args.workdir is not None and not args.workdir.strip():
+                raise UsageError("--workdir is empty: name a folder")
+            if args.resume and not args.workdir:
+                raise UsageError("--resume needs the --workdir of the run to continue")
+            if args.init_weights and args.resume:
+                raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
+            recorded = Workdir(args.workdir).read_config() if args.resume else None
+            if recorded is not None:
+                _continue_recorded(framework, args, given, recorded, ("pipeline", "max_steps", "devices", *recorded_flags))
+            recipe = recipe_from_args(args, recorded)
+            initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
+            trainer = make_trainer(recipe, args)
+            if initial is not None:
+                trainer.load_canonical(initial)
+            if args.workdir is None and not trainer.is_single_process:
+                raise UsageError("a multi-process run needs --workdir (a folder every process can read)")
+            workdir = Workdir(args.workdir or default_workdir(framework, recipe.model), writer=trainer.is_primary)
+            if args.resume:
+                workdir.open_for_resume()
+            else:
+                workdir.create()
+            options = {name: getattr(args, name) for name in recorded_flags}
+            if trainer.is_primary:
+                shown = "".join(f" ({name} {value})" for name, value in options.items())
+                print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
+                      f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
+            config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
+                      "options": {**options, "devices": trainer.num_devices},
+                      "command": command_line(), "recipe": recipe.to_dict()}
+            summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config,
+                          tensorboard=not args.no_tensorboard, stop=stop)
+        except CnnParityError as e:
+            print(f"{parser.prog}: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except Interrupted as e:
+            print(f"{parser.prog}: stopped by {signal.Signals(e.signum).name}; checkpoint {e.checkpoint}, weights in "
+                  f"{workdir.model_path}; continue with: {parser.prog} --resume --workdir {shlex.quote(str(workdir.path))}",
+                  file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt:
+            kept = f"; completed epochs are in {workdir.metrics_path}" if workdir else ""
+            print(f"{parser.prog}: interrupted{kept}", file=sys.stderr)
+            return 130
+        except Exception as e:  # a bug, not bad input: still one line, the traceback on request
+            return internal_error(parser.prog, e)
     if not trainer.is_primary:
         return 0
     print(f"test accuracy {100 * summary['test_accuracy']:.2f}%  test loss {summary['test_loss']:.4f}  "

@@ -8,6 +8,7 @@ checkpointed, and when to stop) lives here once, so the two CLIs behave identica
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -149,7 +150,7 @@ class EpochLog:
         return len(self.losses) + self._pending_steps
 
 
-class _StopRequest:
+class StopRequest:
     """The first SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a scheduler's pre-emption): finish the
     current step, checkpoint, stop. Another one, a second or more later, stops at once; one sooner is
     the same request delivered twice (a launcher such as torchrun forwards what the terminal already
@@ -198,12 +199,15 @@ class Interrupted(KeyboardInterrupt):
 
 def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None,
         checkpoint_every: int | None = None, resume: bool = False,
-        config: dict[str, Any] | None = None, tensorboard: bool = False) -> dict[str, Any]:
+        config: dict[str, Any] | None = None, tensorboard: bool = False,
+        stop: StopRequest | None = None) -> dict[str, Any]:
     """Train for the recipe's epochs (or until global step `max_steps`), logging every epoch, checkpointing
     every `checkpoint_every` steps and at each epoch end (if set), on SIGINT / SIGTERM and at the end; return the
     summary. The run ends with its final checkpoint and its final weights in WORKDIR/model.safetensors.
     `config` (the run's configuration, config.json) is recorded once the run is known to start or go on.
-    `tensorboard`: also log the epochs as TensorBoard events in the workdir (cnn_parity/tensorboard_log.py)."""
+    `tensorboard`: also log the epochs as TensorBoard events in the workdir (cnn_parity/tensorboard_log.py).
+    `stop`: a StopRequest the caller entered earlier (so that a signal during its setup counts), else
+    one held for the run."""
     started = time.time()
     steps_per_epoch = trainer.steps_per_epoch
     last_step = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
@@ -222,7 +226,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
             checkpoints.export_final(workdir.path, path)
         return path
 
-    with _StopRequest() as stop:  # from here on a stop signal leaves a checkpoint
+    with StopRequest() if stop is None else contextlib.nullcontext(stop) as stop:
         progress = _resume(recipe, trainer, workdir, last_step, config) if resume else Progress()
         if config is not None:
             config = _record_config(workdir, config, progress.steps)

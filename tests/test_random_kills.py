@@ -1,11 +1,15 @@
 """Runs killed (SIGKILL) at random moments — mid-epoch, while a checkpoint is written, while an epoch
 is evaluated, at and just after epoch boundaries — and resumed until they finish, end bitwise where
-an uninterrupted run ends: the same epoch records, final weights and final step."""
+an uninterrupted run ends: the same epoch records, final weights and final step. So do runs stopped
+by SIGTERM at random moments, without --checkpoint-every, and resumed by `--resume --workdir W` alone."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import pytest
 from cnn_parity import checkpoints
 
 from .lifecycle import assert_same_run, start, train
-from .test_cli import FRAMEWORKS
+from .test_cli import FRAMEWORKS, REPO
 
 pytestmark = pytest.mark.slow  # every test trains, kills and resumes runs many times
 
@@ -117,4 +121,33 @@ def test_many_random_kills_with_dropout(framework, every, trial, reference_runs,
     workdir = tmp_path / "killed"
     happened = _killed_and_resumed(framework, FASHION_RUN, every, 6, f"{framework}-{every}-{trial}", workdir, data_dir)
     print(f"{framework} every {every} trial {trial}: kills {happened}")
+    assert_same_run(workdir, reference_runs(framework, FASHION_RUN))
+
+
+def _started(framework: str, workdir: Path, *flags: str, data_dir: Path) -> subprocess.Popen:
+    """A run whose first line is printed: its stop handler is in place (it is installed before that line)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CNN_PARITY_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([sys.executable, "-m", FRAMEWORKS[framework], *flags, "--workdir", str(workdir)],
+                            cwd=workdir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline(), proc.communicate()[1]
+    return proc
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_sigterm_at_random_moments_resumes_to_the_uninterrupted_run(framework, reference_runs, data_dir, tmp_path):
+    workdir, rng = tmp_path / "stopped", random.Random(f"sigterm-{framework}")
+    proc, stops = _started(framework, workdir, *FASHION_RUN, data_dir=data_dir), 0
+    while stops < 4:
+        time.sleep(rng.uniform(0, 3.0))
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
+        if proc.returncode == 0:  # it finished before the signal landed
+            break
+        assert proc.returncode == 128 + signal.SIGTERM, stderr
+        assert stderr.replace("\r", "\n").strip().splitlines()[-1].endswith(f"--resume --workdir {workdir}")
+        stops += 1
+        proc = _started(framework, workdir, "--resume", data_dir=data_dir)
+    assert proc.wait(timeout=600) == 0, proc.communicate()[1]
+    print(f"{framework}: {stops} SIGTERMs")
+    assert stops >= 2
     assert_same_run(workdir, reference_runs(framework, FASHION_RUN))
