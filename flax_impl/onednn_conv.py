@@ -31,7 +31,6 @@ models never vmap a convolution, so nothing faster is needed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import ctypes.util
