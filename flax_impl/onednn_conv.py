@@ -112,7 +112,11 @@ def _require_version() -> str:
 
 
 def _check_private(path: Path) -> None:
-    if reason := unsafe_to_load(path):
+    try:
+        reason = unsafe_to_load(path)
+    except OSError as e:
+        raise Unavailable(f"cannot check {path} ({e.strerror}); rebuild: `{BUILD_COMMAND}`") from None
+    if reason:
         raise Unavailable(f"refusing to build or load the oneDNN extension: {reason}")
 
 
@@ -124,16 +128,30 @@ def _build_lock(folder: Path):
         yield
 
 
+def _recorded_build(folder: Path) -> str | None:
+    """The SHA-256 of the library in `folder` if it is the one its build recorded, else None."""
+    try:
+        recorded = json.loads((folder / MANIFEST_NAME).read_text())["sha256"]
+        data = (folder / LIBRARY_NAME).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return recorded if hashlib.sha256(data).hexdigest() == recorded else None
+
+
 def build(report=print) -> Path:
     """Compile the extension for the installed oneDNN into its cache folder (made private to this
     user), record the library's SHA-256, and return the library's path; `report` gets one line
-    saying what is run. Unavailable (recorded for later loads) if the compiler fails."""
+    saying what is run. A build already there and intact is kept (a process that waited on the lock
+    finds the one it waited for). Unavailable (recorded for later loads) if the compiler fails."""
     version = _require_version()
     folder = build_folder(version)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     _check_private(folder)
     library, partial = folder / LIBRARY_NAME, folder / f".{LIBRARY_NAME}.{os.getpid()}.tmp"
     with _build_lock(folder):
+        if digest := _recorded_build(folder):
+            report(f"already built: {library} (oneDNN {version}, sha256 {digest[:16]}…)")
+            return library
         source_path = folder / SOURCE_NAME
         write_bytes_atomic(source_path, source())
         command = compile_command(source_path, partial)
@@ -181,14 +199,9 @@ def _load_verified() -> Path:
         raise Unavailable(f"not built for oneDNN {version} and jaxlib {jaxlib.__version__}; build it: `{BUILD_COMMAND}`")
     for path in (folder, manifest, library):
         _check_private(path)
-    try:
-        recorded = json.loads(manifest.read_text())["sha256"]
-        data = library.read_bytes()
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise Unavailable(f"unreadable build in {folder} ({e}); rebuild: `{BUILD_COMMAND}`") from None
-    if hashlib.sha256(data).hexdigest() != recorded:
-        raise Unavailable(f"{library} is not the library its build recorded (SHA-256 differs: truncated or "
-                          f"replaced); rebuild: `{BUILD_COMMAND}`")
+    if _recorded_build(folder) is None:
+        raise Unavailable(f"{library} is not the library its build recorded (SHA-256 differs, or either is "
+                          f"unreadable: truncated or replaced); rebuild: `{BUILD_COMMAND}`")
     try:
         handle = ctypes.CDLL(str(library))
         symbols = {target: getattr(handle, symbol) for target, symbol in TARGETS.items()}

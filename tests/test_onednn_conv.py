@@ -12,6 +12,7 @@ import hashlib
 import json
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import jax
@@ -196,6 +197,30 @@ def test_a_failed_build_is_remembered_and_reported_with_the_fix(fresh_loader, mo
     onednn_conv._load.cache_clear()  # as in a later process
     built, why = onednn_conv.status()
     assert not built and error in why and onednn_conv.BUILD_COMMAND in why
+
+
+def test_concurrent_builds_run_one_at_a_time_and_the_waiter_keeps_the_first(fresh_loader, monkeypatch):
+    """Two builds at once (threads here; flock excludes separate opens as it does processes): one
+    compiles, the other waits on the lock and finds that build, intact, instead of compiling again."""
+    compiling, compiled = [], []
+
+    def slow_compiler(command, **kw):
+        compiling.append(command)
+        assert len(compiling) - len(compiled) == 1, "two compilations at once"
+        time.sleep(0.3)
+        Path(command[command.index("-o") + 1]).write_bytes(b"\x7fELF built")
+        compiled.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", slow_compiler)
+    reports = []
+    threads = [threading.Thread(target=onednn_conv.build, kwargs={"report": reports.append}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(compiled) == 1 and sum(line.startswith("already built") for line in reports) == 1
+    assert onednn_conv._recorded_build(fresh_loader) is not None
 
 
 def test_a_truncated_library_is_refused_not_loaded(fresh_loader):
