@@ -192,12 +192,14 @@ def _load_verified() -> Path:
     version = _require_version()
     folder = build_folder(version)
     library, manifest = folder / LIBRARY_NAME, folder / MANIFEST_NAME
+    if folder.is_dir():  # before reading anything in it
+        _check_private(folder)
     if not manifest.is_file():
         if (folder / FAILED_NAME).is_file():
             why = (folder / FAILED_NAME).read_text().strip()
             raise Unavailable(f"its build failed ({why}); fix: `{INSTALL_HINT}`, then `{BUILD_COMMAND}`")
         raise Unavailable(f"not built for oneDNN {version} and jaxlib {jaxlib.__version__}; build it: `{BUILD_COMMAND}`")
-    for path in (folder, manifest, library):
+    for path in (manifest, library):
         _check_private(path)
     if _recorded_build(folder) is None:
         raise Unavailable(f"{library} is not the library its build recorded (SHA-256 differs, or either is "
