@@ -21,8 +21,9 @@ from cnn_parity.weights import CONV_GEOMETRY
 WIDE_INTERVAL = 0.10  # (high - low) / ratio above which a ratio is flagged as uncertain
 BASELINE = "eager"  # PyTorch eager: what every ratio is a multiple of
 
-# The three Flax tiers each model is read in, against PyTorch eager: with them the gap splits into the
-# compiler's convolutions (stock -> pure JAX), the kernel library (pure JAX -> same kernels) and what
+# The three Flax tiers each model is read in, against PyTorch eager: with them the gap splits into
+# XLA's convolutions and the per-step loop (stock -> pure JAX; XLA's convolutions are pathological inside
+# a compiled loop on CPU, FINDINGS.md section 2), the kernel library (pure JAX -> same kernels) and what
 # is left to the frameworks themselves (same kernels vs eager: dispatch, fusion, data pipeline).
 TIERS = (
     ("stock Flax", "jit-loop", "nn.Conv (XLA's convolutions), one jitted step per iteration"),
