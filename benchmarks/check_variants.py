@@ -1,6 +1,6 @@
 """Numerical check of the Flax variants against FlaxTrainer's plain model and loop.
 
-For every model: logits and gradients with XLA vs GEMM convolutions (flax_impl.models conv_impl) on
+For every model: logits and gradients with XLA vs GEMM convolutions (flax_impl/kernels.py conv_impl) on
 a real batch, and the parameters after 3 training steps (so optimiser updates too); then the parameters
 after a few steps of every benchmark variant vs `jit-loop`, on the same data, permutation and dropout
 keys. Prints max |Δ| per check; exits 1 if any exceeds 1e-5.

@@ -6,14 +6,13 @@ and the step loop chosen:
   jit-loop      XLA convolutions and reduce_window pooling; one jitted step per Python iteration
                 (the straightforward Flax implementation).
   jit-scan      XLA convolutions; the epoch's full batches under one jitted `lax.scan`.
-  gemm-loop     im2col + GEMM convolutions and reshape pooling (flax_impl.models, conv_impl="gemm");
+  gemm-loop     im2col + GEMM convolutions and reshape pooling (flax_impl/kernels.py, conv_impl="gemm");
                 one jitted step per Python iteration.
   gemm-scan     GEMM convolutions; the epoch's full batches under one jitted `lax.scan`.
   gemm-chunked  FlaxTrainer's loop, STEPS_PER_DISPATCH steps per jitted `fori_loop`, with GEMM
-                convolutions (`python -m flax_impl.train --conv-impl gemm`, the CPU default where the
-                oneDNN extension cannot be built).
-  onednn-chunked  the same with oneDNN's convolutions (conv_impl="onednn", flax_impl/onednn_conv.py):
-                what `python -m flax_impl.train` runs on a CPU where the extension builds.
+                convolutions: what `python -m flax_impl.train` runs on a CPU (its default, pure JAX).
+  onednn-chunked  the same with oneDNN's convolutions, the opt-in (`--conv-impl onednn`,
+                flax_impl/onednn_conv.py; skipped where its extension is not built).
 
 The NNX models (flax_impl/models_nnx.py) with GEMM convolutions, so that each compares with a Linen
 variant above in its API alone, four ways of driving the same step:
@@ -43,8 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flax_impl import data, models_nnx
-from flax_impl.models import resolve_conv_impl
-from flax_impl.train import FlaxTrainer, loss_and_gradients
+from flax_impl.train import FlaxTrainer, loss_and_gradients, resolve_conv_impl
 
 VARIANTS = {  # variant -> (api, conv_impl, loop)
     "jit-loop": ("linen", "xla", "python"),
@@ -65,7 +63,7 @@ TINY_STEPS = 100  # timed 1-example steps (after one to compile)
 class VariantTrainer(FlaxTrainer):
     def __init__(self, recipe, data_dir=None, conv_impl="gemm", loop="chunked", api="linen"):
         # Before FlaxTrainer's init, which may load_canonical (init_rng=shared), rebuilding the NNX objects.
-        self.loop, self.conv_impl = loop, conv_impl
+        self.loop = loop
         self._nnx_step = _nnx_jit_step(recipe) if loop in NNX_OBJECT_LOOPS else None
         super().__init__(recipe, "device", data_dir, conv_impl=conv_impl, api=api)
         b = recipe.batch_size
@@ -163,9 +161,9 @@ def _nnx_jit_step(recipe):
 
 def is_trainer_default(variant: str) -> bool:
     """Whether `variant` is what `python -m flax_impl.train` runs here: the chunked Linen trainer with
-    the convolutions conv_impl "auto" chooses on one device."""
+    the convolutions conv_impl "auto" chooses for a model with convolutions."""
     api, conv_impl, loop = VARIANTS[variant]
-    return (api, loop) == ("linen", "chunked") and conv_impl == resolve_conv_impl("auto")
+    return (api, loop) == ("linen", "chunked") and conv_impl == resolve_conv_impl("auto", "lenet")
 
 
 def make_trainer(variant: str, recipe, data_dir=None) -> VariantTrainer:

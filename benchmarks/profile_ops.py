@@ -1,6 +1,6 @@
 """Per-op timing behind benchmarks/FINDINGS.md: every convolution and pooling of the five models at
 their training batch size, forward and forward+backward, as XLA's convolution, as im2col + GEMM
-(flax_impl/models.py, conv_impl="gemm"), through oneDNN (flax_impl/onednn_conv.py, where it builds) and as
+(flax_impl/kernels.py, conv_impl="gemm"), through oneDNN (flax_impl/onednn_conv.py, where it builds) and as
 PyTorch's (oneDNN) conv2d; then the whole training step split into its parts. Run:
 `python -m benchmarks.profile_ops [--models lenet ...] [--reps N]`. Prints a Markdown table; the minimum
 of N timed repetitions after a warm-up, the candidates of a row timed in turn (interleaved), so that
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_impl import onednn_conv
-from flax_impl.models import gemm_conv, max_pool_2x2
+from flax_impl.kernels import gemm_conv, max_pool_2x2
 from cnn_parity.recipes import load_recipe
 from cnn_parity.weights import CONV_GEOMETRY, LAYERS, conv_output_side
 
@@ -38,7 +38,7 @@ def _times(fns, reps):
 
 def _jax_impls(*impls):
     """`impls`, less "onednn" where the extension does not build."""
-    return [impl for impl in impls if impl != "onednn" or onednn_conv.available()[0]]
+    return [impl for impl in impls if impl != "onednn" or onednn_conv.status()[0]]
 
 
 def xla_conv(x, k, b, pad):

@@ -1,10 +1,12 @@
 """Durable, atomic file writes: a reader (or a resumed run) sees the old file or the new one, never a
-partial one, whenever the writer dies; a failed write raises OSError and leaves nothing behind."""
+partial one, whenever the writer dies; a failed write raises OSError and leaves nothing behind. And
+the ownership check that comes before loading anything executable from a cache folder."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -31,3 +33,24 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def unsafe_to_load(path: str | os.PathLike) -> str | None:
+    """Why code or compiled programs under `path` (an existing file or folder) must not be loaded, or
+    None: `path` must be owned by this user and writable by no one else, and no folder above it may
+    let another user replace it (owned by a user other than this one or root, or writable by group
+    or others without the sticky bit, as /tmp has). A one-line reason naming the culprit."""
+    path = Path(os.path.abspath(path))
+    uid = os.getuid()
+    st = os.stat(path)
+    if st.st_uid != uid:
+        return f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})"
+    if st.st_mode & 0o022:
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    for parent in path.parents:
+        st = os.stat(parent)
+        if st.st_uid not in (uid, 0):
+            return f"{parent} (above {path}) is owned by uid {st.st_uid}, neither this user nor root"
+        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            return f"{parent} (above {path}) is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None

@@ -6,15 +6,21 @@ run of the same program skip it. Where: `$CNN_PARITY_JAX_CACHE`, default the per
 `jax-compilation-cache`; "off" (or `--no-compile-cache` on the training command) turns it off.
 On some CPUs jaxlib rejects its own cached CPU executables on reload and recompiles, which costs
 nothing but the cache's benefit (jax-ml/jax#38445).
+
+The cache holds compiled machine code that JAX runs: it is turned off, with one line on stderr, when
+its folder (made private to the user if new) is not owned by the user, is writable by others, or
+sits below a folder another user could replace it from (cnn_parity.files.unsafe_to_load).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 
 from cnn_parity.data import cache_dir
+from cnn_parity.files import unsafe_to_load
 
 ENV = "CNN_PARITY_JAX_CACHE"
 
@@ -26,9 +32,18 @@ def folder() -> str | None:
 
 
 def enable() -> str | None:
-    """Use the cache from now on (before anything is compiled); returns its folder, or None if off."""
+    """Use the cache from now on (before anything is compiled); returns its folder, or None if off
+    (asked for, or refused as unsafe: said in one line on stderr)."""
     path = folder()
     if path is not None:
+        try:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            reason = unsafe_to_load(path)
+        except OSError as e:
+            reason = f"cannot create {path} ({e.strerror})"
+        if reason:
+            print(f"JAX compilation cache off: {reason}", file=sys.stderr)
+            return None
         jax.config.update("jax_compilation_cache_dir", path)
         # Every program, however quick to compile: a run's few dozen small ones add up to seconds.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -1,6 +1,6 @@
 """The five models as Flax NNX modules: the same layers, names, initialisation and convolutions as
-the Linen ones in flax_impl/models.py (whose layer helpers they call: `layer_inits`,
-`conv_function`, `pool_2x2`, `flatten`), so speed work on the GEMM convolutions serves both APIs.
+the Linen ones in flax_impl/models.py (the same layer helpers: `layer_inits`, `flatten`, and
+flax_impl/kernels.py's `conv_function` and `pool_2x2`), so speed work on the kernels serves both APIs.
 
 Split into a pure pytree (`nnx.split(model, nnx.Param)`, then `to_pure_dict`), an NNX model's
 parameters have exactly the structure of Linen's params dict ({"conv1": {"kernel", "bias"}, ...}), and
@@ -25,12 +25,13 @@ import jax
 from flax import nnx
 from flax.core.scope import LazyRng
 
-from flax_impl.models import conv_function, flatten, layer_inits, pool_2x2, resolve_conv_impl
+from flax_impl.kernels import conv_function, pool_2x2
+from flax_impl.models import flatten, layer_inits
 
 
 class _Layers(nnx.Module):
     """Base: builds Linear / Conv layers initialised by `init_scheme`, convolving and pooling per
-    `conv_impl` ("xla", "gemm" or "onednn"; create_model resolves "auto")."""
+    `conv_impl` (flax_impl/kernels.py)."""
 
     def __init__(self, init_scheme: str, conv_impl: str):
         self.init_scheme, self.conv_impl = init_scheme, conv_impl
@@ -136,9 +137,9 @@ class FashionCNN(_Layers):
 MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
 
 
-def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "auto", *, rngs: nnx.Rngs) -> nnx.Module:
+def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs) -> nnx.Module:
     """Model `name`, its parameters drawn from `rngs` (its "params" stream, in layer order)."""
-    return MODULES[name](init_scheme, resolve_conv_impl(conv_impl), rngs=rngs)
+    return MODULES[name](init_scheme, conv_impl, rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +164,12 @@ def split_params(model: nnx.Module) -> tuple[FunctionalModel, dict[str, Any]]:
 
 
 def init_params(name: str, key: jax.Array, init_scheme: str = "torch",
-                conv_impl: str = "auto") -> tuple[FunctionalModel, dict[str, Any]]:
+                conv_impl: str = "xla") -> tuple[FunctionalModel, dict[str, Any]]:
     """Model `name` initialised from `key`, split: what the trainer trains."""
     return split_params(create_model(name, init_scheme, conv_impl, rngs=nnx.Rngs(params=key)))
 
 
-def functional_model(name: str, init_scheme: str = "torch", conv_impl: str = "auto") -> FunctionalModel:
+def functional_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla") -> FunctionalModel:
     """The graph definition alone (traced abstractly: no parameters are drawn)."""
     abstract = nnx.eval_shape(lambda: create_model(name, init_scheme, conv_impl, rngs=nnx.Rngs(params=0)))
     return split_params(abstract)[0]

@@ -15,12 +15,17 @@
 // scratchpads: scratchpad_mode::user) lives in buffers of the calling thread, which runs one call at a
 // time (XLA:CPU's FFI offers no scratch allocator: ScratchAllocator::Allocate finds none).
 //
+// Errors: every handler checks each buffer's dimensions against the geometry before oneDNN touches
+// it, and turns every C++ exception into an FFI error (`guarded`).
+//
 // Written for both the oneDNN 2.x (Debian bookworm) and 3.x descriptor APIs.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <map>
+#include <exception>
+#include <new>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -167,83 +172,110 @@ const Plan& plan_for(Op op, const Geometry& g) {
   return *plan;
 }
 
-// Runs `op` on geometry `g`. `src`: x or dx, `dst`: y or dy (NHWC); `kernel`: w or dw (HWIO).
+// Runs `op` on geometry `g`. `src`: x or dx, `dst`: y or dy (NHWC); `kernel`: w or dw (HWIO); each
+// buffer's dimensions were checked against `g` by the handler.
 ffi::Error run(Op op, const Geometry& g, float* src, float* dst, float* kernel) {
-  if (g.ho() <= 0 || g.wo() <= 0 || g.padding < 0) {
-    return ffi::Error::InvalidArgument("onednn_conv: the kernel is larger than the padded input");
+  const Plan& plan = plan_for(op, g);
+  const Descs d(g);
+  const auto& engine = cpu_engine();
+  auto& stream = thread_stream();
+  static thread_local ThreadBuffer scratchpad_buffer, kernel_buffer;
+  void* scratchpad_data = plan.scratchpad_bytes ? scratchpad_buffer.get(plan.scratchpad_bytes) : nullptr;
+  void* blocked_data = plan.kernel_reorder ? kernel_buffer.get(plan.kernel.get_size()) : nullptr;
+  if ((plan.scratchpad_bytes && !scratchpad_data) || (plan.kernel_reorder && !blocked_data)) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "onednn_conv: out of memory for scratch buffers");
   }
-  try {
-    const Plan& plan = plan_for(op, g);
-    const Descs d(g);
-    const auto& engine = cpu_engine();
-    auto& stream = thread_stream();
-    static thread_local ThreadBuffer scratchpad_buffer, kernel_buffer;
-    void* scratchpad_data = plan.scratchpad_bytes ? scratchpad_buffer.get(plan.scratchpad_bytes) : nullptr;
-    void* blocked_data = plan.kernel_reorder ? kernel_buffer.get(plan.kernel.get_size()) : nullptr;
-    if ((plan.scratchpad_bytes && !scratchpad_data) || (plan.kernel_reorder && !blocked_data)) {
-      return ffi::Error(ffi::ErrorCode::kResourceExhausted, "onednn_conv: out of memory for scratch buffers");
-    }
-    std::optional<memory> scratchpad;
-    if (plan.scratchpad_bytes) {
-      scratchpad = memory({{static_cast<int64_t>(plan.scratchpad_bytes)}, memory::data_type::u8, Tag::x}, engine,
-                          scratchpad_data);
-    }
-    auto execute = [&](const dnnl::primitive& p, std::unordered_map<int, memory> args) {
-      if (scratchpad) args.emplace(DNNL_ARG_SCRATCHPAD, *scratchpad);
-      p.execute(stream, args);
-    };
-    memory src_m(d.src, engine, src), dst_m(d.dst, engine, dst), hwio(d.kernel_hwio, engine, kernel);
-    memory blocked = plan.kernel_reorder ? memory(plan.kernel, engine, blocked_data) : hwio;
-    auto reorder_kernel = [&](const memory& from, const memory& to) {
-      if (plan.kernel_reorder) execute(*plan.kernel_reorder, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
-    };
-    switch (op) {
-      case Op::kForward:
-        reorder_kernel(hwio, blocked);
-        execute(plan.conv, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, blocked}, {DNNL_ARG_DST, dst_m}});
-        break;
-      case Op::kBackwardData:
-        reorder_kernel(hwio, blocked);
-        execute(plan.conv, {{DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_WEIGHTS, blocked}, {DNNL_ARG_DIFF_SRC, src_m}});
-        break;
-      case Op::kBackwardWeights:
-        execute(plan.conv, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_DIFF_WEIGHTS, blocked}});
-        reorder_kernel(blocked, hwio);
-        break;
-    }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  std::optional<memory> scratchpad;
+  if (plan.scratchpad_bytes) {
+    scratchpad = memory({{static_cast<int64_t>(plan.scratchpad_bytes)}, memory::data_type::u8, Tag::x}, engine,
+                        scratchpad_data);
   }
+  auto execute = [&](const dnnl::primitive& p, std::unordered_map<int, memory> args) {
+    if (scratchpad) args.emplace(DNNL_ARG_SCRATCHPAD, *scratchpad);
+    p.execute(stream, args);
+  };
+  memory src_m(d.src, engine, src), dst_m(d.dst, engine, dst), hwio(d.kernel_hwio, engine, kernel);
+  memory blocked = plan.kernel_reorder ? memory(plan.kernel, engine, blocked_data) : hwio;
+  auto reorder_kernel = [&](const memory& from, const memory& to) {
+    if (plan.kernel_reorder) execute(*plan.kernel_reorder, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+  };
+  switch (op) {
+    case Op::kForward:
+      reorder_kernel(hwio, blocked);
+      execute(plan.conv, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, blocked}, {DNNL_ARG_DST, dst_m}});
+      break;
+    case Op::kBackwardData:
+      reorder_kernel(hwio, blocked);
+      execute(plan.conv, {{DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_WEIGHTS, blocked}, {DNNL_ARG_DIFF_SRC, src_m}});
+      break;
+    case Op::kBackwardWeights:
+      execute(plan.conv, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_DIFF_WEIGHTS, blocked}});
+      reorder_kernel(blocked, hwio);
+      break;
+  }
+  stream.wait();
   return ffi::Error::Success();
 }
 
-// The geometry of an NHWC activation `a` (N,H,W,C) and an HWIO kernel `k` (KH,KW,C,O); an error if C disagrees.
-std::optional<Geometry> geometry(ffi::Span<const int64_t> a, ffi::Span<const int64_t> k, int64_t padding) {
-  if (a[3] != k[2]) return std::nullopt;
-  return Geometry{a[0], a[1], a[2], a[3], k[0], k[1], k[3], padding};
+// The geometry of NHWC activations `a` (N,H,W,C), HWIO kernel `k` (KH,KW,C,O) and NHWC outputs `out`
+// (N,Ho,Wo,O), or an error unless all three agree (C, N, O, Ho, Wo) and every extent is positive.
+// Checked before oneDNN reads or writes any of them: oneDNN trusts the descriptors built from it.
+ffi::Unexpected<ffi::Error> invalid(const char* message) {
+  return ffi::Unexpected<ffi::Error>(ffi::Error::InvalidArgument(std::string("onednn_conv: ") + message));
 }
 
-ffi::Error channel_mismatch() {
-  return ffi::Error::InvalidArgument("onednn_conv: input channels != kernel input channels");
+ffi::ErrorOr<Geometry> geometry(ffi::Span<const int64_t> a, ffi::Span<const int64_t> k,
+                                ffi::Span<const int64_t> out, int64_t padding) {
+  const Geometry g{a[0], a[1], a[2], a[3], k[0], k[1], k[3], padding};
+  if (padding < 0 || std::min({g.n, g.h, g.w, g.c, g.kh, g.kw, g.o}) <= 0 || g.ho() <= 0 || g.wo() <= 0) {
+    return invalid("empty buffer, negative padding, or a kernel larger than the padded input");
+  }
+  if (k[2] != g.c) return invalid("input channels != kernel input channels");
+  if (out[0] != g.n || out[1] != g.ho() || out[2] != g.wo() || out[3] != g.o) {
+    return invalid("output / output-gradient dimensions do not match the input, kernel and padding");
+  }
+  return g;
+}
+
+// Every C++ exception (oneDNN's, std::bad_alloc from the plan cache, anything else) becomes an FFI
+// error: none may unwind into XLA, which would terminate the process.
+template <typename F>
+ffi::Error guarded(F&& body) {
+  try {
+    return body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: oneDNN: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "onednn_conv: out of memory");
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  } catch (...) {
+    return ffi::Error::Internal("onednn_conv: unknown C++ exception");
+  }
 }
 
 ffi::Error Forward(Buffer4 x, Buffer4 w, Result4 y, int64_t padding) {
-  auto g = geometry(x.dimensions(), w.dimensions(), padding);
-  if (!g) return channel_mismatch();
-  return run(Op::kForward, *g, x.typed_data(), y->typed_data(), w.typed_data());
+  return guarded([&]() -> ffi::Error {
+    auto g = geometry(x.dimensions(), w.dimensions(), y->dimensions(), padding);
+    if (g.has_error()) return g.error();
+    return run(Op::kForward, g.value(), x.typed_data(), y->typed_data(), w.typed_data());
+  });
 }
 
 ffi::Error BackwardData(Buffer4 dy, Buffer4 w, Result4 dx, int64_t padding) {
-  auto g = geometry(dx->dimensions(), w.dimensions(), padding);
-  if (!g) return channel_mismatch();
-  return run(Op::kBackwardData, *g, dx->typed_data(), dy.typed_data(), w.typed_data());
+  return guarded([&]() -> ffi::Error {
+    auto g = geometry(dx->dimensions(), w.dimensions(), dy.dimensions(), padding);
+    if (g.has_error()) return g.error();
+    return run(Op::kBackwardData, g.value(), dx->typed_data(), dy.typed_data(), w.typed_data());
+  });
 }
 
 ffi::Error BackwardWeights(Buffer4 x, Buffer4 dy, Result4 dw, int64_t padding) {
-  auto g = geometry(x.dimensions(), dw->dimensions(), padding);
-  if (!g) return channel_mismatch();
-  return run(Op::kBackwardWeights, *g, x.typed_data(), dy.typed_data(), dw->typed_data());
+  return guarded([&]() -> ffi::Error {
+    auto g = geometry(x.dimensions(), dw->dimensions(), dy.dimensions(), padding);
+    if (g.has_error()) return g.error();
+    return run(Op::kBackwardWeights, g.value(), x.typed_data(), dy.typed_data(), dw->typed_data());
+  });
 }
 
 }  // namespace

@@ -6,7 +6,9 @@ Full batches run `STEPS_PER_DISPATCH` at a time inside one jitted `lax.fori_loop
 host↔device exchange per chunk, not per step; Python's per-step dispatch cost ~0.1-0.3 ms is a third
 of a LeNet step on a 2-core CPU). Every full batch runs through that same compiled loop body whatever
 the chunking, so where checkpoints and resumes cut an epoch changes no result. Nothing here names a
-device: the same code runs on a GPU when JAX sees one (convolutions: see flax_impl/models.py).
+device: the same code runs on a GPU when JAX sees one. How the model convolves (`--conv-impl`,
+flax_impl/kernels.py) is chosen once, here, by `resolve_conv_impl`: "auto" is the pure-JAX GEMM
+formulation on a CPU and XLA's own convolutions elsewhere; oneDNN only when asked for.
 
 `--api linen` (default) trains the Linen modules of flax_impl/models.py, `--api nnx` the NNX ones of
 flax_impl/models_nnx.py through this same step: an NNX model is split once (`nnx.split`) into a
@@ -38,9 +40,10 @@ from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.training import EpochLog, EvalResult
-from flax_impl import compilation_cache, data, distributed, models_nnx
+from cnn_parity.weights import CONV_GEOMETRY
+from flax_impl import compilation_cache, data, distributed, kernels, models_nnx, onednn_conv
 from flax_impl.convert import params_from_canonical, params_to_canonical
-from flax_impl.models import CONV_IMPLS, create_model, init_params, num_params, resolve_conv_impl
+from flax_impl.models import create_model, init_params, num_params
 
 TrainState = train_state.TrainState
 
@@ -58,11 +61,39 @@ STEPS_PER_DISPATCH = 50
 
 
 APIS = ("linen", "nnx")
+CONV_IMPL_CHOICES = ("auto", *kernels.CONV_IMPLS)
 
 
-def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str = "auto", api: str = "linen") -> TrainState:
-    """The initial state of `recipe`'s model in Flax API `api`, its parameters drawn from `key` (each
-    API by its own init: the same distributions, not the same draws)."""
+def resolve_conv_impl(conv_impl: str, model: str, devices: int = 1) -> str:
+    """The convolutions `model` trains with on `devices` devices of JAX's default backend, for the
+    command-line choice `conv_impl`: "none" for a model without convolutions (recorded, so that no
+    run claims kernels it does not use); "auto" is "gemm" (pure JAX) on a CPU and "xla" elsewhere.
+    UsageError if "onednn" is chosen and cannot run. oneDNN's calls are opaque to XLA's partitioner,
+    which would gather the whole batch onto every device to run them, so it trains on one device."""
+    if conv_impl not in CONV_IMPL_CHOICES:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPL_CHOICES}, not {conv_impl!r}")
+    if not CONV_GEOMETRY[model]:
+        return "none"
+    backend = jax.default_backend()
+    if conv_impl == "auto":
+        return "gemm" if backend == "cpu" else "xla"
+    if conv_impl == "onednn":
+        if backend != "cpu":
+            raise UsageError(f"conv_impl onednn runs on the CPU only; JAX's backend here is {backend}")
+        if devices > 1:
+            raise UsageError(f"conv_impl onednn trains on one device, not {devices} (XLA would run every call on the "
+                             "whole batch on each device): pass --devices 1, or leave --conv-impl at its default")
+        try:
+            onednn_conv.load()
+        except onednn_conv.Unavailable as e:
+            raise UsageError(f"conv_impl onednn: {e}") from None
+    return conv_impl
+
+
+def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str, api: str = "linen") -> TrainState:
+    """The initial state of `recipe`'s model in Flax API `api`, convolving per `conv_impl` (one of
+    flax_impl.kernels.CONV_IMPLS, or "none"), its parameters drawn from `key` (each API by its own
+    init: the same distributions, not the same draws)."""
     if api == "nnx":
         model, params = models_nnx.init_params(recipe.model, key, recipe.init, conv_impl)
     else:
@@ -149,11 +180,14 @@ class FlaxTrainer:
 
     def __init__(self, recipe: Recipe, pipeline: str = "device", data_dir: str | None = None, conv_impl: str = "auto",
                  mesh: jax.sharding.Mesh | None = None, api: str = "linen"):
-        """`mesh`: the devices to train on (default: every local device, flax_impl.distributed);
-        `api`: the Flax API of the model, "linen" or "nnx" (APIS)."""
+        """`conv_impl`: one of CONV_IMPL_CHOICES, resolved here (before the data loads, so that an
+        unusable choice fails at once) into `self.conv_impl`, what the run records; `mesh`: the
+        devices to train on (default: every local device, flax_impl.distributed); `api`: the Flax
+        API of the model, "linen" or "nnx" (APIS)."""
         self.recipe, self.pipeline, self.api = recipe, pipeline, api
         self.is_primary, self.is_single_process = jax.process_index() == 0, jax.process_count() == 1
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
+        self.conv_impl = resolve_conv_impl(conv_impl, recipe.model, self.mesh.size)
         replicated = distributed.replicated(self.mesh)
         self.train_data = data.to_device(data.load_split(recipe.dataset, "train", pipeline, data_dir), replicated)
         self.test_data = data.to_device(data.load_split(recipe.dataset, "test", pipeline, data_dir), replicated)
@@ -163,7 +197,6 @@ class FlaxTrainer:
             distributed.check_batch_size(self.mesh, n % b or b, "the last batch's size")
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
         init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
-        self.conv_impl = resolve_conv_impl(conv_impl, self.mesh.size)
         self.state = jax.device_put(create_train_state(recipe, init_key, self.conv_impl, api), replicated)
         if recipe.init_rng == "shared":
             self.load_canonical(shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
@@ -265,11 +298,11 @@ def add_api_flag(parser) -> None:
 
 def add_flax_flags(parser) -> None:
     add_api_flag(parser)
-    parser.add_argument("--conv-impl", choices=CONV_IMPLS, default="auto",
-                        help="how the training step convolves (flax_impl/models.py): auto (default: onednn on one CPU "
-                             "device where it builds, else gemm on a CPU, xla elsewhere), xla, gemm, or onednn (one "
-                             "CPU device; needs `apt-get install libdnnl-dev g++`); evaluation always uses XLA's "
-                             "forward; the run records the choice")
+    parser.add_argument("--conv-impl", choices=CONV_IMPL_CHOICES, default="auto",
+                        help="how the training step convolves (flax_impl/kernels.py): auto (default: gemm, pure JAX, "
+                             "on a CPU; xla elsewhere), xla (Flax's own convolutions), gemm, or onednn (opt-in, one "
+                             f"CPU device; build it first: `{onednn_conv.BUILD_COMMAND}`); evaluation always uses "
+                             "XLA's forward; the run records what ran (none for a model without convolutions)")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")
@@ -298,10 +331,10 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
         # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
         raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
-    mesh = distributed.make_mesh(args.devices)
-    # Before the data loads, so that an unusable choice fails at once; the run records what "auto" chose.
-    args.conv_impl = resolve_conv_impl(args.conv_impl, mesh.size)
-    return FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl, mesh=mesh, api=args.api)
+    trainer = FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl,
+                          mesh=distributed.make_mesh(args.devices), api=args.api)
+    args.conv_impl = trainer.conv_impl  # recorded as resolved: "auto" is not the same on every backend
+    return trainer
 
 
 def main(argv=None) -> int:

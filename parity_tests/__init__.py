@@ -21,6 +21,7 @@ and training steps; none computes a loss or a gradient itself):
   measurements    Measurements: every per-model measurement, computed once (per Flax API)
   apis            Linen against NNX: the same weights, batches and dropout keys, compared bitwise
   bounds          every bound and verdict, with what justifies it
+  onednn          where the tests of the opt-in oneDNN convolutions run, skip, or (CI) must run
 
 To check another model pair: build a `pairs.ModelPair` (torch module, Flax module and params,
 recipe, and a `pairs.WeightMapping` to and from canonical arrays) and pass it to

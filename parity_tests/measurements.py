@@ -19,9 +19,10 @@ from torch_ref import models as torch_models
 
 class Measurements:
     """Per-model measurements of the five product model pairs, the Flax side in API `api` ("linen" or
-    "nnx"), convolving per `conv_impl` (flax_impl.models), each computed on first request."""
+    "nnx"), convolving per `conv_impl` (flax_impl/kernels.py; None: as the trainer's default), each computed on first
+    request."""
 
-    def __init__(self, api: str = "linen", conv_impl: str = "auto"):
+    def __init__(self, api: str = "linen", conv_impl: str | None = None):
         self.api, self.conv_impl = api, conv_impl
         self._cache: dict[tuple, Any] = {}
 

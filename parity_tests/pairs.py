@@ -95,16 +95,24 @@ def flax_init_params(model: nn.Module, key: jax.Array):
     return _jitted_init(model)(key, jnp.zeros((1, 28, 28, 1), jnp.float32))["params"]
 
 
-def flax_model(name: str, init_scheme: str = "torch", api: str = "linen", conv_impl: str = "auto") -> FlaxModel:
-    """The product's model `name` in Flax API `api`, convolving per `conv_impl`, without parameters."""
+def default_conv_impl(name: str) -> str:
+    """What the trainer's default (`--conv-impl auto`) convolves model `name` with on this backend."""
+    return flax_train.resolve_conv_impl("auto", name)
+
+
+def flax_model(name: str, init_scheme: str = "torch", api: str = "linen", conv_impl: str | None = None) -> FlaxModel:
+    """The product's model `name` in Flax API `api`, convolving per `conv_impl` (flax_impl/kernels.py;
+    None: the trainer's default), without parameters."""
+    conv_impl = conv_impl or default_conv_impl(name)
     if api == "nnx":
         return flax_models_nnx.functional_model(name, init_scheme, conv_impl)
     return flax_models.create_model(name, init_scheme, conv_impl)
 
 
 def flax_init(name: str, key: jax.Array, init_scheme: str = "torch", api: str = "linen",
-              conv_impl: str = "auto") -> tuple[FlaxModel, Any]:
+              conv_impl: str | None = None) -> tuple[FlaxModel, Any]:
     """The product's model `name` in API `api` and its own initial parameters drawn from `key`."""
+    conv_impl = conv_impl or default_conv_impl(name)
     if api == "nnx":
         return flax_models_nnx.init_params(name, key, init_scheme, conv_impl)
     model = flax_models.create_model(name, init_scheme, conv_impl)
@@ -112,7 +120,7 @@ def flax_init(name: str, key: jax.Array, init_scheme: str = "torch", api: str = 
 
 
 def pair_from_torch(name: str, seed: int = 0, init_scheme: str = "torch",
-                    mapping: WeightMapping | None = None, api: str = "linen", conv_impl: str = "auto") -> ModelPair:
+                    mapping: WeightMapping | None = None, api: str = "linen", conv_impl: str | None = None) -> ModelPair:
     """Torch initialises; Flax gets the weights through the mapping (direction torch → flax)."""
     mapping = mapping or product_mapping(name)
     module = torch_init(name, seed, init_scheme)
@@ -122,7 +130,7 @@ def pair_from_torch(name: str, seed: int = 0, init_scheme: str = "torch",
 
 
 def pair_from_flax(name: str, seed: int = 0, init_scheme: str = "torch",
-                   mapping: WeightMapping | None = None, api: str = "linen", conv_impl: str = "auto") -> ModelPair:
+                   mapping: WeightMapping | None = None, api: str = "linen", conv_impl: str | None = None) -> ModelPair:
     """Flax initialises; torch gets the weights through the mapping (direction flax → torch)."""
     mapping = mapping or product_mapping(name)
     model, params = flax_init(name, jax.random.key(seed), init_scheme, api, conv_impl)
@@ -131,6 +139,6 @@ def pair_from_flax(name: str, seed: int = 0, init_scheme: str = "torch",
     return ModelPair(load_recipe(name), module, model, params, mapping, canonical)
 
 
-def make_pair(name: str, direction: str, seed: int = 0, api: str = "linen", conv_impl: str = "auto") -> ModelPair:
+def make_pair(name: str, direction: str, seed: int = 0, api: str = "linen", conv_impl: str | None = None) -> ModelPair:
     return {"torch_to_flax": pair_from_torch, "flax_to_torch": pair_from_flax}[direction](name, seed, api=api,
                                                                                           conv_impl=conv_impl)

@@ -24,12 +24,11 @@ from cnn_parity.errors import CnnParityError
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import versions
-from flax_impl import models as flax_models
 from parity_tests import accuracy, batches, bounds, precision
 from parity_tests.apis import measure_apis
 from parity_tests.gradients import grad_cases
 from parity_tests.measurements import Measurements
-from parity_tests.pairs import APIS
+from parity_tests.pairs import APIS, default_conv_impl
 from parity_tests.outputs import forward_cases
 from parity_tests.trajectory import FLOAT64_BATCH, TRAJECTORY_BATCH, TRAJECTORY_STEPS
 from parity_tests.updates import OPTIMIZER_STEPS
@@ -137,14 +136,24 @@ def markdown(report: dict[str, Any]) -> str:
         f"APIs' eval and train-mode outputs, dropout masks, losses, gradients and {TRAJECTORY_STEPS}-step "
         f"trajectories from the same weights, batches and dropout keys (bound: {bounds.NNX_VS_LINEN_ABS:g}, bitwise).",
         "",
-        f"Flax convolutions: conv_impl {report['conv_impl']}, what `auto` chooses here (flax_impl/models.py"
-        f"{'; the float64 run convolves as gemm, oneDNN computing float32 only' if report['conv_impl'] == 'onednn' else ''}).",
+        f"Flax convolutions: {conv_impls(report['conv_impl'])}, what the trainer's default `auto` chooses here "
+        f"(flax_impl/kernels.py).",
         "",
         f"Measured on {d['jax']} / torch {d['torch']} ({d['cpu_count']} CPUs), float32, "
         f"jax_default_matmul_precision={d['jax_default_matmul_precision']}, TF32 "
         f"{'on' if d['torch_tf32'] == 'True' else 'off'}; " + ", ".join(f"{k} {v[k]}" for k in ("jax", "flax", "optax", "torch") if k in v) + ".",
     ]
     return "\n".join(lines) + "\n"
+
+
+def conv_impls(by_model: dict[str, str]) -> str:
+    """"conv_impl gemm (mlp: none)": the conv_impl of each model, grouped."""
+    groups: dict[str, list[str]] = {}
+    for model, impl in by_model.items():
+        groups.setdefault(impl, []).append(model)
+    common = max(groups, key=lambda impl: len(groups[impl]))
+    others = "; ".join(f"{', '.join(ms)}: {impl}" for impl, ms in groups.items() if impl != common)
+    return f"conv_impl {common}" + (f" ({others})" if others else "")
 
 
 def main(argv=None) -> int:
@@ -180,7 +189,7 @@ def main(argv=None) -> int:
             print(f"{p.prog}: error: {e}", file=sys.stderr)
             return e.exit_code
         print(f"{name}: measured in {time.time() - start:.0f}s", file=sys.stderr, flush=True)
-    report["conv_impl"] = flax_models.resolve_conv_impl("auto")
+    report["conv_impl"] = {name: default_conv_impl(name) for name in models}
     report["versions"] = versions()
     report["device"] = precision.device_description()
     report["bounds"] = {k: getattr(bounds, k) for k in dir(bounds) if k.isupper() and k != "ACCURACY"}

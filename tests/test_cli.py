@@ -154,9 +154,9 @@ def test_flax_nnx_api_trains_resumes_and_evaluates(data_dir, tmp_path):
     assert run_cli("flax", *common, "--max-steps", "10", cwd=tmp_path, env=env).returncode == 0
     resumed = run_cli("flax", *common, "--max-steps", "20", "--resume", cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    from flax_impl.models import resolve_conv_impl
+    from flax_impl.train import resolve_conv_impl
 
-    chosen = resolve_conv_impl("auto")  # recorded as chosen: "auto" is not the same on every machine
+    chosen = resolve_conv_impl("auto", "lenet")  # recorded as resolved: "auto" is not the same on every backend
     assert f"flax (api nnx) (conv_impl {chosen}) lenet: 44,426 parameters" in resumed.stdout
     summary = json.loads((workdir / "summary.json").read_text())
     assert (summary["steps"], summary["options"]) == (20, {"api": "nnx", "conv_impl": chosen})
@@ -175,22 +175,24 @@ def test_flax_unknown_api_is_one_line(tmp_path):
     assert_one_line_error(refused, 2, "--api", "'haiku'")
 
 
-def test_flax_conv_impl_onednn_without_a_compiler_is_one_line(tmp_path):
-    """No g++ on PATH and no earlier build: --conv-impl onednn is refused at once, naming the packages."""
+def test_flax_conv_impl_onednn_not_built_is_one_line(tmp_path):
+    """The opt-in without its build (an empty cache, no compiler on PATH): refused at once, in one line
+    naming the command that builds it; nothing is compiled."""
     result = run_cli("flax", "--model", "lenet", "--conv-impl", "onednn", cwd=tmp_path,
                      env={"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")})
-    assert_one_line_error(result, 2, "conv_impl onednn", "apt-get install libdnnl-dev g++")
+    assert_one_line_error(result, 2, "conv_impl onednn", "python -m flax_impl.onednn_conv build")
 
 
-def test_flax_default_conv_impl_without_a_compiler_is_gemm(data_dir, tmp_path):
-    """Where the oneDNN extension cannot be built, the default trains with GEMM convolutions and the
-    run records that."""
-    result = run_cli("flax", "--model", "lenet", "--max-steps", "2", "--workdir", str(tmp_path / "w"), cwd=tmp_path,
+@pytest.mark.parametrize("model,conv_impl", [("lenet", "gemm"), ("mlp", "none")])
+def test_flax_default_conv_impl_is_recorded_and_shown(model, conv_impl, data_dir, tmp_path):
+    """With no compiler and no oneDNN build, the default trains on a CPU with pure-JAX GEMM convolutions;
+    the first line and the run's records say so, and a model without convolutions claims none."""
+    result = run_cli("flax", "--model", model, "--max-steps", "2", "--workdir", str(tmp_path / "w"), cwd=tmp_path,
                      env={"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
                           "CNN_PARITY_DATA_DIR": str(data_dir)})
     assert result.returncode == 0, result.stderr
-    assert "(conv_impl gemm) lenet" in result.stdout
-    assert json.loads((tmp_path / "w" / "config.json").read_text())["options"]["conv_impl"] == "gemm"
+    assert f"(conv_impl {conv_impl}) {model}" in result.stdout.splitlines()[0]
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["options"]["conv_impl"] == conv_impl
 
 
 @pytest.mark.slow

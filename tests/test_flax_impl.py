@@ -12,10 +12,10 @@ import pytest
 from flax import nnx
 
 from cnn_parity.recipes import MODELS, load_recipe
-from flax_impl import data, models, models_nnx
+from flax_impl import data, kernels, models_nnx
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
-from flax_impl.train import FlaxTrainer, create_train_state, train_step
+from flax_impl.train import FlaxTrainer, create_train_state, resolve_conv_impl, train_step
 
 from .helpers import LEARNING_STEPS, MIN_TEST_ACCURACY, check_init_statistics, short_run, source_num_params
 
@@ -47,11 +47,23 @@ def test_nnx_initialisation_schemes_and_linen_layout(model, scheme):
 @pytest.mark.parametrize("conv_impl", ["xla", "gemm"])
 def test_nnx_layers_use_the_linen_models_convolution_and_pooling(conv_impl):
     """One implementation of the GEMM convolution and pooling serves both APIs: the NNX layers hold
-    flax_impl.models' functions, and pool as its pool_2x2."""
+    flax_impl.kernels' functions, and pool as its pool_2x2."""
     model = models_nnx.create_model("lenet", conv_impl=conv_impl, rngs=nnx.Rngs(params=0))
-    expected = models._gemm_conv_general_dilated if conv_impl == "gemm" else jax.lax.conv_general_dilated
+    expected = kernels._gemm_conv_general_dilated if conv_impl == "gemm" else jax.lax.conv_general_dilated
     assert model.conv1.conv_general_dilated is expected and model.conv2.conv_general_dilated is expected
     assert model.conv_impl == conv_impl
+
+
+@pytest.mark.parametrize("backend,default", [("cpu", "gemm"), ("gpu", "xla"), ("tpu", "xla")])
+def test_default_conv_impl_is_pure_jax_on_a_cpu_and_xla_elsewhere(backend, default, monkeypatch):
+    """"auto" never picks the opt-in oneDNN path, and does not depend on what is installed; a model
+    without convolutions records "none" whatever was asked for."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert resolve_conv_impl("auto", "lenet") == default
+    assert resolve_conv_impl("auto", "mlp") == resolve_conv_impl("onednn", "mlp") == "none"
+    assert resolve_conv_impl("gemm", "cnn_base", devices=2) == "gemm"
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        resolve_conv_impl("cudnn", "lenet")
 
 
 @pytest.mark.parametrize("model", ["lenet", "fashion_cnn"])
@@ -71,7 +83,7 @@ def test_train_step_is_a_pure_function_of_its_inputs(api, data_dir):
     split = data.load_split("fashion_mnist", "train", "device", data_dir)
     batch = {"image": data.normalize(jnp.asarray(split.images[:64]), 0.1307, 0.3081),
              "label": jnp.asarray(split.labels[:64], jnp.int32)}
-    state = create_train_state(recipe, jax.random.key(0), api=api)
+    state = create_train_state(recipe, jax.random.key(0), "gemm", api=api)
     step = jax.jit(train_step)
     a, metrics_a = step(state, batch, jax.random.key(1))
     b, metrics_b = step(state, batch, jax.random.key(1))

@@ -1,12 +1,19 @@
-"""conv_impl="onednn" (flax_impl/onednn_conv.py): oneDNN's forward, input gradient and weight gradient
-against XLA's convolution on every conv layer of the five models, a whole training step against
-"gemm", both Flax APIs' layers, concurrent calls, and the one-line error when the extension cannot be
-built. Skipped, with the reason, where it cannot be built; CI installs libdnnl-dev and checks that
-it builds, so they run there."""
+"""conv_impl="onednn" (flax_impl/onednn_conv.py), the opt-in: oneDNN's forward, input gradient and weight
+gradient against XLA's convolution on every conv layer of the five models, a whole training step
+against "gemm", both Flax APIs' layers, concurrent calls and buffers of the wrong shape. Those need the
+built extension: skipped, with the reason, where it is not built (CI builds it and requires them,
+parity_tests/onednn.py). The loader's refusals (not built, a failed build, a truncated or replaced
+library, a folder others can write) need no compiler and run everywhere."""
 
 from __future__ import annotations
 
+import _json
+import hashlib
+import json
+import subprocess
 import threading
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +24,14 @@ from flax import nnx
 from cnn_parity.errors import UsageError
 from cnn_parity.recipes import load_recipe
 from cnn_parity.weights import CONV_GEOMETRY, LAYERS
-from flax_impl import models, models_nnx, onednn_conv
-from flax_impl.train import create_train_state, train_step
+from flax_impl import kernels, models, models_nnx, onednn_conv
+from flax_impl.train import create_train_state, resolve_conv_impl, train_step
+from parity_tests.onednn import skip_unless_built
 
-_AVAILABLE, _REASON = onednn_conv.available()
-pytestmark = pytest.mark.skipif(not _AVAILABLE, reason=f"conv_impl onednn: {_REASON}")
+
+@pytest.fixture
+def built():
+    skip_unless_built()
 
 # max |Δ| / max |reference| against lax.conv_general_dilated at "highest" precision, float32, batch
 # CONV_BATCH of Gaussian inputs, kernels scaled 0.1. Measured, worst layer: forward 1.05e-6
@@ -60,7 +70,7 @@ def relative_diffs(x, w, padding):
 
 
 @pytest.mark.parametrize("model,name,cin,cout,kernel", CONV_LAYERS, ids=[f"{m}.{n}" for m, n, *_ in CONV_LAYERS])
-def test_forward_and_gradients_match_xla(model, name, cin, cout, kernel):
+def test_forward_and_gradients_match_xla(model, name, cin, cout, kernel, built):
     forward, input_grad, weight_grad = relative_diffs(*layer_inputs(model, name, cin, cout, kernel))
     assert forward <= FORWARD_REL and input_grad <= INPUT_GRAD_REL and weight_grad <= WEIGHT_GRAD_REL, \
         (forward, input_grad, weight_grad)
@@ -76,7 +86,7 @@ STEP_PARAM_ABS = {"cnn_base": 7e-6, "cnn_2layer": 6e-5}
 
 
 @pytest.mark.parametrize("model", ["cnn_base", "cnn_2layer"])
-def test_train_step_matches_gemm(model):
+def test_train_step_matches_gemm(model, built):
     recipe = load_recipe(model)
     rng = np.random.default_rng(0)
     batch = {"image": jnp.asarray(rng.standard_normal((recipe.batch_size, 28, 28, 1), np.float32)),
@@ -98,13 +108,29 @@ def test_train_step_matches_gemm(model):
 def test_both_apis_convolve_through_onednn_and_pool_as_gemm():
     linen = models.create_model("lenet", conv_impl="onednn")
     nnx_model = models_nnx.create_model("lenet", conv_impl="onednn", rngs=nnx.Rngs(params=0))
-    assert models.conv_function(linen.conv_impl)["conv_general_dilated"] is models._onednn_conv_general_dilated
-    assert nnx_model.conv1.conv_general_dilated is models._onednn_conv_general_dilated
+    assert kernels.conv_function(linen.conv_impl)["conv_general_dilated"] is kernels._onednn_conv_general_dilated
+    assert nnx_model.conv1.conv_general_dilated is kernels._onednn_conv_general_dilated
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3), np.float32))
-    np.testing.assert_array_equal(models.pool_2x2(x, "onednn"), models.max_pool_2x2(x))
+    np.testing.assert_array_equal(kernels.pool_2x2(x, "onednn"), kernels.max_pool_2x2(x))
 
 
-def test_concurrent_calls_agree_with_a_single_call():
+@pytest.mark.parametrize("target,operand_shapes,result_shape", [
+    ("onednn_conv_forward", [(2, 8, 8, 3), (3, 3, 3, 4)], (2, 6, 6, 5)),  # y's channels != the kernel's O
+    ("onednn_conv_forward", [(2, 8, 8, 3), (3, 3, 3, 4)], (2, 7, 6, 4)),  # y's height != H - KH + 1
+    ("onednn_conv_backward_data", [(2, 6, 6, 4), (3, 3, 3, 4)], (1, 8, 8, 3)),  # dx's batch != dy's
+    ("onednn_conv_backward_weights", [(2, 8, 8, 3), (2, 5, 6, 4)], (3, 3, 3, 4)),  # dy != the geometry
+    ("onednn_conv_forward", [(2, 8, 8, 3), (3, 3, 2, 4)], (2, 6, 6, 4)),  # channels disagree
+])
+def test_buffers_that_disagree_with_the_geometry_are_refused(target, operand_shapes, result_shape, built):
+    """The handlers check every buffer against the geometry before oneDNN writes: an error, not a
+    write past a buffer."""
+    call = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result_shape, jnp.float32))
+    operands = [jnp.ones(shape, jnp.float32) for shape in operand_shapes]
+    with pytest.raises(Exception, match="onednn_conv: (output|input channels)"):
+        jax.block_until_ready(call(*operands, padding=np.int64(0)))
+
+
+def test_concurrent_calls_agree_with_a_single_call(built):
     """Two threads running the same shape at once (JAX releases the GIL while XLA runs) get what one
     call alone gets, bit for bit: no call writes into another's buffers."""
     x, w, padding = layer_inputs("cnn_base", "conv2", 16, 32, 5)
@@ -131,24 +157,94 @@ def test_concurrent_calls_agree_with_a_single_call():
             np.testing.assert_array_equal(a, b)
 
 
-def test_a_failed_build_is_a_usage_error_naming_the_package(monkeypatch, tmp_path):
-    def failing_build(output):
-        raise RuntimeError("fatal error: oneapi/dnnl/dnnl.hpp: No such file or directory")
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """An empty per-user cache and a stand-in oneDNN version, the loader's per-process memory cleared
+    (and cleared again afterwards, so later tests load the real build)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(onednn_conv, "onednn_version", lambda: "9.9.9")
+    onednn_conv._load.cache_clear()
+    yield onednn_conv.build_folder("9.9.9")
+    onednn_conv._load.cache_clear()
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no earlier build to load
-    monkeypatch.setattr(onednn_conv, "build", failing_build)
-    onednn_conv.available.cache_clear()
-    try:
-        assert onednn_conv.available() == (False, "cannot build or load libonednn_conv.so (fatal error: "
-                                                  "oneapi/dnnl/dnnl.hpp: No such file or directory)")
-        with pytest.raises(UsageError, match=r"apt-get install libdnnl-dev g\+\+.*dnnl\.hpp: No such file") as raised:
-            models.create_model("cnn_base", conv_impl="onednn")
-        assert "\n" not in str(raised.value)
-    finally:
-        onednn_conv.available.cache_clear()  # the real build again, for the tests after this one
+
+def fake_build(folder, library_bytes: bytes):
+    """A build folder as `build` leaves it, holding `library_bytes` as the library."""
+    folder.mkdir(mode=0o700, parents=True)
+    (folder / onednn_conv.LIBRARY_NAME).write_bytes(library_bytes)
+    manifest = {"sha256": hashlib.sha256(library_bytes).hexdigest()}
+    (folder / onednn_conv.MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def test_not_built_is_one_line_naming_the_build_command(fresh_loader):
+    built, why = onednn_conv.status()
+    assert not built and why.endswith(f"build it: `{onednn_conv.BUILD_COMMAND}`") and "\n" not in why
+    with pytest.raises(UsageError, match=r"conv_impl onednn: not built for oneDNN 9\.9\.9"):
+        resolve_conv_impl("onednn", "lenet")
+
+
+def test_a_failed_build_is_remembered_and_reported_with_the_fix(fresh_loader, monkeypatch):
+    error = "onednn_conv.cc:31:10: fatal error: oneapi/dnnl/dnnl.hpp: No such file or directory"
+    monkeypatch.setattr(subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(command, 1, "", error))
+    with pytest.raises(onednn_conv.Unavailable, match="the build failed") as raised:
+        onednn_conv.build(report=lambda line: None)
+    assert error in str(raised.value) and "apt-get install libdnnl-dev g++" in str(raised.value)
+
+    def no_compiler(command, **kw):
+        raise AssertionError("a load must not compile")
+
+    monkeypatch.setattr(subprocess, "run", no_compiler)
+    onednn_conv._load.cache_clear()  # as in a later process
+    built, why = onednn_conv.status()
+    assert not built and error in why and onednn_conv.BUILD_COMMAND in why
+
+
+def test_concurrent_builds_run_one_at_a_time_and_the_waiter_keeps_the_first(fresh_loader, monkeypatch):
+    """Two builds at once (threads here; flock excludes separate opens as it does processes): one
+    compiles, the other waits on the lock and finds that build, intact, instead of compiling again."""
+    compiling, compiled = [], []
+
+    def slow_compiler(command, **kw):
+        compiling.append(command)
+        assert len(compiling) - len(compiled) == 1, "two compilations at once"
+        time.sleep(0.3)
+        Path(command[command.index("-o") + 1]).write_bytes(b"\x7fELF built")
+        compiled.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", slow_compiler)
+    reports = []
+    threads = [threading.Thread(target=onednn_conv.build, kwargs={"report": reports.append}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(compiled) == 1 and sum(line.startswith("already built") for line in reports) == 1
+    assert onednn_conv._recorded_build(fresh_loader) is not None
+
+
+def test_a_truncated_library_is_refused_not_loaded(fresh_loader):
+    fake_build(fresh_loader, b"\x7fELF" + bytes(8000))
+    library = fresh_loader / onednn_conv.LIBRARY_NAME
+    library.write_bytes(library.read_bytes()[:4096])
+    built, why = onednn_conv.status()
+    assert not built and "SHA-256 differs" in why and onednn_conv.BUILD_COMMAND in why
+
+
+def test_another_library_in_its_place_is_one_line_not_an_attribute_error(fresh_loader):
+    fake_build(fresh_loader, Path(_json.__file__).read_bytes())  # a valid shared library without the handlers
+    built, why = onednn_conv.status()
+    assert not built and why.startswith("cannot load") and onednn_conv.BUILD_COMMAND in why
+
+
+def test_a_build_folder_others_can_write_is_refused(fresh_loader):
+    fake_build(fresh_loader, b"planted")
+    fresh_loader.chmod(0o777)
+    built, why = onednn_conv.status()
+    assert not built and why.startswith("refusing to build or load") and "writable by group or others" in why
 
 
 def test_onednn_off_the_cpu_backend_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with pytest.raises(UsageError, match="conv_impl onednn runs on the CPU only; JAX's backend here is gpu"):
-        models.resolve_conv_impl("onednn")
+        resolve_conv_impl("onednn", "lenet")

@@ -1,0 +1,52 @@
+"""Nothing executable is loaded from a folder another user could write: the ownership check
+(cnn_parity.files.unsafe_to_load) and the JAX compilation cache, which JAX would otherwise fill with,
+and run, compiled machine code from there (the oneDNN extension's refusals: test_onednn_conv.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from cnn_parity.files import unsafe_to_load
+from flax_impl import compilation_cache
+
+
+def test_a_private_folder_is_safe(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    assert unsafe_to_load(folder) is None
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+def test_a_folder_others_can_write_is_not(tmp_path, mode):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    folder.chmod(mode)
+    assert unsafe_to_load(folder) == f"{folder} is writable by group or others (mode {mode:o})"
+
+
+def test_a_folder_below_one_others_can_write_is_not_but_below_a_sticky_one_is(tmp_path):
+    shared, private = tmp_path / "shared", tmp_path / "shared" / "mine"
+    private.mkdir(parents=True, mode=0o700)
+    shared.chmod(0o777)
+    assert unsafe_to_load(private) == f"{shared} (above {private}) is writable by group or others (mode 777)"
+    shared.chmod(0o1777)  # as /tmp: others cannot rename what this user owns there
+    assert unsafe_to_load(private) is None
+
+
+def test_a_folder_owned_by_another_user_is_not(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(folder).st_uid + 1)
+    assert "not by this user" in unsafe_to_load(folder)
+
+
+def test_the_compilation_cache_is_off_in_a_folder_others_can_write(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "jax-cache"
+    folder.mkdir()
+    folder.chmod(0o777)
+    monkeypatch.setenv(compilation_cache.ENV, str(folder))
+    assert compilation_cache.enable() is None
+    err = capsys.readouterr().err
+    assert err == f"JAX compilation cache off: {folder} is writable by group or others (mode 777)\n"

@@ -1,0 +1,112 @@
+"""What the generators of the README's tables write, from records of the shape they produce: the
+benchmark's tables, ratios and chart (benchmarks/tables.py, ratios.py; what `python -m benchmarks.run`
+writes) and the parity report's table (parity_tests/report.py, from the committed report's
+measurements). No timing and no speed threshold: the records are made up; only their rendering is
+checked."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import ratios, tables
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def record(model, variant, rates, framework="flax"):
+    """A benchmarks.rounds record with train rates `rates` (one per round)."""
+    return {"model": model, "framework": framework, "variant": variant, "batch_size": 64,
+            "trainer_default": variant == "gemm-chunked", "train_samples_per_s": ratios.median(rates),
+            "train_samples_per_s_all": rates, "eval_samples_per_s": 1e4, "epoch_s": 6e4 / ratios.median(rates),
+            "compile_s": 2.0, "compile_s_second_run": 0.5, "peak_rss_mb": 500.0, "flops_per_sample": 2e6,
+            "gemm_peak_fraction": 0.1, "tiny_step_s": None}
+
+
+def lenet_and_mlp():
+    return [record("lenet", "jit-loop", [400.0, 410.0, 390.0]),
+            record("lenet", "gemm-chunked", [900.0, 1000.0, 950.0]),
+            record("lenet", "onednn-chunked", [1500.0, 1520.0, 1490.0]),
+            record("lenet", "eager", [1000.0, 1000.0, 1000.0], "torch"),
+            record("mlp", "gemm-chunked", [5000.0]),
+            record("mlp", "onednn-chunked", [5000.0]),
+            record("mlp", "eager", [1000.0, 1100.0], "torch")]
+
+
+def test_ratios_pair_rounds_and_fall_back_to_the_widest_interval():
+    paired = ratios.ratio([900.0, 1000.0, 950.0], [1000.0, 800.0, 1000.0])
+    assert (paired.value, paired.low, paired.high, paired.rounds, paired.paired) == (0.95, 0.9, 1.25, 3, True)
+    assert paired.wide  # 0.35 / 0.95 > WIDE_INTERVAL
+    unpaired = ratios.ratio([5000.0], [1000.0, 1250.0])
+    assert (unpaired.low, unpaired.high, unpaired.rounds, unpaired.paired) == (4.0, 5.0, 1, False)
+    assert unpaired.wide and unpaired.text() == "4.44 [4.00–5.00] ⚠"
+    assert not ratios.ratio([1000.0, 1010.0], [1000.0, 1000.0]).wide
+    assert ratios.ratio([], [1.0]) is None
+
+
+def test_goals_table_shows_the_three_tiers_with_intervals_and_flags_wide_ones():
+    records = lenet_and_mlp()
+    ratios.annotate(records)
+    table = tables.goals_table(records)
+    lines = table.splitlines()
+    assert lines[0].startswith("| model | stock Flax (`jit-loop`) ×eager | pure JAX (`gemm-chunked`) ×eager | "
+                               "same kernels (`onednn-chunked`) ×eager |")
+    lenet = next(line for line in lines if line.startswith("| lenet |"))
+    assert "| 0.40 [0.39–0.41] | **0.95 [0.90–1.00] ⚠** | 1.50 [1.49–1.52] |" in lenet
+    mlp = next(line for line in lines if line.startswith("| mlp |"))
+    assert "| — | **4.76 [4.55–5.00] ⚠** | — (no convolution) |" in mlp
+    assert lines[-1] == ("⚠ Too uncertain to quote (rerun with longer trials or more rounds, idle): "
+                         "lenet pure JAX: 3 round(s), 0.90–1.00; mlp pure JAX: 1 round(s), 4.55–5.00.")
+    by_variant = {(r["model"], r["variant"]): r for r in records}
+    assert by_variant["lenet", "onednn-chunked"]["tier"] == "same kernels"
+    assert by_variant["mlp", "onednn-chunked"]["tier"] is None
+    assert by_variant["lenet", "gemm-chunked"]["ratio_to_eager"]["wide"] is True
+
+
+def test_every_candidate_row_names_its_tier_and_its_ratio_interval():
+    records = lenet_and_mlp()
+    table = tables.markdown_table(records, meta={})
+    row = next(line for line in table.splitlines() if "| gemm-chunked (pure JAX) |" in line and "lenet" in line)
+    assert "| 0.95 [0.90–1.00] ⚠ |" in row
+    assert "| onednn-chunked |" in next(line for line in table.splitlines() if line.startswith("| mlp | flax | onednn"))
+
+
+def test_the_chart_is_written(tmp_path):
+    meta = {"machine": {"cpu_model": "test CPU", "cpu_count": 2}, "gemm": {"peak_gflops": 50.0}}
+    tables.write_chart(lenet_and_mlp(), tmp_path / "bench.png", meta)
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def parity_report():
+    """The committed parity report's measurements, with the conv_impl record of the current format."""
+    from parity_tests import report as parity_report_module
+
+    report = json.loads((REPO / "reports" / "parity" / "parity.json").read_text())
+    report["conv_impl"] = {name: "none" if name == "mlp" else "gemm" for name in report["models"]}
+    return parity_report_module, report
+
+
+def test_parity_table_has_a_row_per_model_and_api_and_names_failed_bounds(parity_report):
+    module, report = parity_report
+    report = copy.deepcopy(report)
+    report["models"]["lenet"]["nnx"]["within_bounds"]["forward"] = False
+    table = module.markdown(report)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [row.split(" | ")[:2] for row in rows] == [[f"| {m}", api] for m in report["models"] for api in ("linen", "nnx")]
+    assert rows[-3].endswith("| NO: forward |") and rows[-1].endswith("| yes |")
+    assert ("Flax convolutions: conv_impl gemm (mlp: none), what the trainer's default `auto` chooses here "
+            "(flax_impl/kernels.py).") in table
+
+
+def test_parity_report_with_an_unknown_model_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "parity_tests.report", "--models", "resnet", "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("unknown model(s) resnet; choose from mlp, cnn_base, "
+                                                            "cnn_2layer, lenet, fashion_cnn")
