@@ -70,10 +70,10 @@ def resolve_conv_impl(conv_impl: str, model: str, devices: int = 1) -> str:
     run claims kernels it does not use); "auto" is "gemm" (pure JAX) on a CPU and "xla" elsewhere.
     UsageError if "onednn" is chosen and cannot run. oneDNN's calls are opaque to XLA's partitioner,
     which would gather the whole batch onto every device to run them, so it trains on one device."""
+    if not CONV_GEOMETRY[model]:  # whatever was asked (a resumed mlp run asks for the "none" it recorded)
+        return "none"
     if conv_impl not in CONV_IMPL_CHOICES:
         raise ValueError(f"conv_impl must be one of {CONV_IMPL_CHOICES}, not {conv_impl!r}")
-    if not CONV_GEOMETRY[model]:
-        return "none"
     backend = jax.default_backend()
     if conv_impl == "auto":
         return "gemm" if backend == "cpu" else "xla"
