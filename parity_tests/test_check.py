@@ -1,0 +1,113 @@
+"""Check your own model (parity_tests/check): clean example pairs pass, each planted porting mistake is
+localised to the layer that has it, with its cause; gradients and training compare; nothing the
+user passes is modified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.check import check_pair, prepare
+from parity_tests.check import examples as ex
+
+RESNET_X = ex.example_input(ex.RESNET_INPUT)
+MLP_X = ex.example_input(ex.MLP_INPUT)
+
+
+@pytest.mark.parametrize("torch_model, flax_model, x", [
+    (ex.torch_resnet, ex.linen_resnet, RESNET_X), (ex.torch_resnet, ex.nnx_resnet, RESNET_X),
+    (ex.torch_mlp_block, ex.linen_mlp_block, MLP_X), (ex.torch_mlp_block, ex.nnx_mlp_block, MLP_X),
+], ids=["resnet-linen", "resnet-nnx", "mlp-linen", "mlp-nnx"])
+def test_clean_pairs_pass(torch_model, flax_model, x):
+    report = check_pair(torch_model(), flax_model(), x)
+    assert report.passed, report.summary()
+    assert len(report.layers) == len(report.mapping.layers) == {RESNET_X.shape: 13, MLP_X.shape: 7}[x.shape]
+    assert not [f for f in report.findings if f["severity"] == "error"], report.findings
+
+
+PLANTED = {  # mistake: (torch model, Flax model, input, first diverging torch layer, cause, kind)
+    "'SAME' padding at stride 2": (ex.torch_resnet, ex.linen_resnet_same_padding, RESNET_X, "layer2.0.conv1",
+                                   "same_padding", "forward"),
+    "pooling stride left at Flax's default": (ex.torch_resnet, ex.linen_resnet_pool_stride, RESNET_X, "layer1.0.conv1",
+                                              "pool_stride", "forward"),
+    "BatchNorm momentum copied from torch": (ex.torch_resnet, ex.linen_resnet_bn_momentum, RESNET_X, "bn1",
+                                             "bn_momentum", "training"),
+    "BatchNorm eps": (ex.torch_resnet, ex.nnx_resnet_bn_eps, RESNET_X, "bn1", "norm_eps", "forward"),
+    "LayerNorm eps left at Flax's default": (ex.torch_mlp_block, ex.linen_mlp_block_ln_eps, MLP_X, "norm1",
+                                             "norm_eps", "forward"),
+    "GELU tanh against exact": (ex.torch_mlp_block, ex.linen_mlp_block_gelu_tanh, MLP_X, "fc2",
+                                "gelu_approximation", "forward"),
+    "dropout left on in eval mode": (ex.torch_mlp_block_dropout_on, ex.linen_mlp_block, MLP_X, "fc2",
+                                     "dropout_on", "forward"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(PLANTED))
+def test_planted_mistake_is_localised_with_its_cause(mistake):
+    torch_model, flax_model, x, layer, cause, kind = PLANTED[mistake]
+    report = check_pair(torch_model(), flax_model(), x)
+    d = report.first_divergence
+    assert not report.passed
+    assert (d["torch_name"], d["cause"], d["kind"]) == (layer, cause, kind), report.summary()
+
+
+def _converted_elsewhere(flax_model, plant):
+    """Flax variables as a user's own converter made them: the correct ones, then `plant` applied."""
+    variables = prepare(ex.torch_mlp_block(), flax_model, MLP_X).flax.variables
+    plant(variables["params"], {k: v.detach().numpy() for k, v in ex.torch_mlp_block().state_dict().items()})
+    return variables
+
+
+def test_missing_transpose_of_a_square_linear_is_caught_though_shapes_fit():
+    """The user's converter copies proj's (32, 32) weight without transposing it: every shape fits."""
+    variables = _converted_elsewhere(ex.linen_mlp_block(), lambda p, sd: p["proj"].update(kernel=sd["proj.weight"]))
+    report = check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, variables=variables, direction="none")
+    d = report.first_divergence
+    assert (d["torch_name"], d["status"], d["cause"]) == ("proj", "introduced", "missing_transpose"), report.summary()
+
+
+def test_weights_converted_elsewhere_and_right_pass():
+    variables = _converted_elsewhere(ex.linen_mlp_block(), lambda p, sd: None)
+    assert check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, variables=variables, direction="none").passed
+
+
+def test_gradients_agree_in_backward_order():
+    report = check_pair(ex.torch_resnet(), ex.linen_resnet(), RESNET_X, grads=True)
+    assert report.passed, report.summary()
+    names = [g["torch_name"] for g in report.gradients]
+    assert names[0].startswith("fc.") and names[-1] == "conv1.weight"
+    assert len(names) == sum(1 for _ in ex.torch_resnet().parameters())
+
+
+OPTIMIZERS = {  # case: (torch optimiser, optax optimiser, cause or None when they match)
+    "adam": ("adam:lr=1e-3", "adam:learning_rate=1e-3", None),
+    "adam eps inside the square root": ("adam:lr=1e-3", "adam:learning_rate=1e-3,eps=0.0,eps_root=1e-8", "adam_eps_root"),
+    "adamw defaults": ("adamw:lr=1e-3", "adamw:learning_rate=1e-3", "weight_decay"),
+    "coupled against decoupled weight decay": ("adam:lr=1e-3,weight_decay=0.1",
+                                               "adamw:learning_rate=1e-3,weight_decay=0.1", "weight_decay_coupling"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIMIZERS))
+def test_training_and_optimizer_only_checks(case):
+    torch_opt, optax_opt, cause = OPTIMIZERS[case]
+    report = check_pair(ex.torch_mlp_block(), ex.nnx_mlp_block(), MLP_X, train_steps=3, torch_optimizer=torch_opt,
+                        optax_optimizer=optax_opt)
+    assert report.training["steps"] == 3
+    if cause is None:
+        assert report.passed, report.summary()
+    else:
+        d = report.first_divergence
+        assert (d["kind"], d["cause"]) == ("training", cause), report.summary()
+        assert report.training["optimizer_only_max_abs_diff"] > report.training["optimizer_only_bound"]
+
+
+def test_nothing_passed_in_is_modified():
+    torch_model, flax_model = ex.torch_resnet(), ex.nnx_resnet()
+    before_torch = {k: v.clone() for k, v in torch_model.state_dict().items()}
+    before_flax = np.asarray(flax_model.conv1.kernel[...]).copy()
+    check_pair(torch_model, flax_model, RESNET_X, direction="flax_to_torch")
+    assert all(torch.equal(before_torch[k], v) for k, v in torch_model.state_dict().items())
+    assert np.array_equal(before_flax, np.asarray(flax_model.conv1.kernel[...]))
+    assert torch_model.training and not isinstance(RESNET_X, torch.Tensor)
