@@ -29,9 +29,9 @@ from parity_tests.check.mapping import (Mapping, MappingError, find_flatten, fla
 from parity_tests.check.sides import CHANNEL_KINDS, Capture, FlaxSide, TorchSide
 
 # Two float32 implementations of one layer each differ from float64 by about the floor, in
-# different directions, so their difference is up to ~2x the floor; measured over the example pairs
-# and the five models (docs/check-your-own-model.md), clean layers stay below 3x. 10x leaves room;
-# a planted mistake exceeds it by orders of magnitude.
+# different directions, so their difference is up to ~2x the floor: measured over the example pairs
+# and the five models (NNX, eval mode, Gaussian inputs), the largest clean layer's difference was
+# 2.2x its floor (mlp's fc2). 10x leaves room; the planted mistakes exceed it by orders of magnitude.
 FLOOR_MULTIPLE = 10.0
 # Where float32 is exact on one side (a layer that only copies or scales by powers of two) the
 # floor is 0 but the other framework may still round: 4 float32 ulps of the largest output.
@@ -223,7 +223,7 @@ def prepare(torch_model, flax_model, example_input, variables=None, direction="t
     torch_side = TorchSide(torch_model)
     if torch_weights is not None:
         torch_side.load_state(torch_weights)
-    flax_side = FlaxSide(flax_model, variables, layout.model_input(x))
+    flax_side = FlaxSide(flax_model, variables, layout.model_input(x), initialise=direction != "torch_to_flax")
     events: list = []
     torch_out, torch_caps = torch_side.forward(x, train, events)
     flax_out, flax_caps = flax_side.forward(layout.model_input(x), train)

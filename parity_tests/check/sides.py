@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -178,7 +179,7 @@ class FlaxSide:
     variables are a plain nested dict the check owns (the user's model and arrays are not touched)."""
 
     def __init__(self, model, variables: dict | None = None, example_flax_input: np.ndarray | None = None,
-                 seed: int = 0):
+                 seed: int = 0, initialise: bool = True):
         self.is_nnx = isinstance(model, nnx.Module)
         if self.is_nnx:
             self._template = nnx.clone(model)
@@ -188,14 +189,21 @@ class FlaxSide:
                 raise UsageError(f"the Flax model is a {type(model).__name__}, not a Linen or NNX module")
             self.module = model
             if variables is None:
-                variables = self._init(example_flax_input, seed)
+                variables = self._init(example_flax_input, seed, initialise)
             self.variables = jax.tree.map(np.array, dict(variables))
 
-    def _init(self, x, seed):
+    def _init(self, x, seed, initialise: bool):
+        """The Linen module's variables: initialised (jitted: one compilation), or, when every one
+        will be overwritten by transferred weights, only their shapes, as zeros (ones for scales
+        and variances), which compiles nothing."""
         key = jax.random.key(seed)
+        init = functools.partial(self.module.init, **mode_kwargs(self.module.__call__, False))
         try:
-            return self.module.init({"params": key, "dropout": key}, jnp.asarray(x),
-                                    **mode_kwargs(self.module.__call__, False))
+            if initialise:
+                return jax.jit(init)({"params": key, "dropout": key}, jnp.asarray(x))
+            shapes = jax.eval_shape(init, {"params": key, "dropout": key}, jnp.asarray(x))
+            return jax.tree_util.tree_map_with_path(
+                lambda path, a: (np.ones if path[-1].key in ("scale", "var") else np.zeros)(a.shape, a.dtype), shapes)
         except (TypeError, ValueError) as e:
             raise UsageError(f"the Flax model rejects input of shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from None
 
