@@ -103,6 +103,16 @@ def test_training_and_optimizer_only_checks(case):
         assert report.training["optimizer_only_max_abs_diff"] > report.training["optimizer_only_bound"]
 
 
+def test_coverage_pair_tokens_embedding_grouped_dilated_conv1d_groupnorm_avg_pool():
+    """Token inputs, Embedding, a dilated grouped Conv1d (channels-last in Flax), GroupNorm, SiLU,
+    avg-pooling, tanh and a flatten into a Linear, forward, gradients and 3 SGD steps."""
+    report = check_pair(ex.torch_sequence_net(), ex.LinenSequenceNet(), ex.sequence_input(), grads=True, train_steps=3,
+                        torch_optimizer="sgd:lr=0.1,momentum=0.9", optax_optimizer="sgd:learning_rate=0.1,momentum=0.9")
+    assert report.passed, report.summary()
+    assert [m.kind for m in report.mapping.layers] == ["embedding", "conv", "groupnorm", "dense"]
+    assert report.mapping.by_torch("fc").flatten is not None
+
+
 def test_nothing_passed_in_is_modified():
     torch_model, flax_model = ex.torch_resnet(), ex.nnx_resnet()
     before_torch = {k: v.clone() for k, v in torch_model.state_dict().items()}

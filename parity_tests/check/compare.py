@@ -219,7 +219,8 @@ def prepare(torch_model, flax_model, example_input, variables=None, direction="t
     if direction not in DIRECTIONS:
         raise UsageError(f"direction must be one of {DIRECTIONS}, not {direction!r}")
     layout = Layout(flax_layout)
-    x = np.asarray(example_input, np.float32)
+    x = np.asarray(example_input)
+    x = x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)  # token ids stay integers
     torch_side = TorchSide(torch_model)
     if torch_weights is not None:
         torch_side.load_state(torch_weights)
@@ -262,7 +263,7 @@ def compare_layers(pair: Pair, bounds: str = "calibrated", train: bool = False) 
     if bounds not in ("calibrated", "fixed"):
         raise UsageError(f"bounds must be calibrated or fixed, not {bounds!r}")
     t64 = pair.torch.double()
-    out64, caps64 = t64.forward(pair.x.astype(np.float64), train) if bounds == "calibrated" else (None, {})
+    out64, caps64 = t64.forward(_float64(pair.x), train) if bounds == "calibrated" else (None, {})
     random = _random_layers(pair, train) if not train else set()
     results = []
     for m in pair.mapping.layers:
@@ -276,7 +277,7 @@ def compare_layers(pair: Pair, bounds: str = "calibrated", train: bool = False) 
         else:
             c64 = caps64[m.torch_name]
             bound, floor = calibrated_bound(t.output, c64.output)
-            iso_bound, _ = calibrated_bound(t.output, t64.run_layer(m.torch_name, t.input.astype(np.float64), train))
+            iso_bound, _ = calibrated_bound(t.output, t64.run_layer(m.torch_name, _float64(t.input), train))
             in_bound, _ = calibrated_bound(t.input, c64.input)
         results.append(LayerResult(m.torch_name, m.flax_path, m.kind, diff(out_t, f.output), bound,
                                    diff(out_t, alone), iso_bound, diff(in_t, f.input), in_bound, floor,
@@ -285,6 +286,10 @@ def compare_layers(pair: Pair, bounds: str = "calibrated", train: bool = False) 
     out_bound = fixed_bounds.FORWARD_ABS if bounds == "fixed" else calibrated_bound(pair.torch_out, out64)[0]
     output = {"max_abs_diff": diff(out_t, pair.flax_out), "bound": out_bound}
     return results, output
+
+
+def _float64(x: np.ndarray) -> np.ndarray:
+    return x if np.issubdtype(x.dtype, np.integer) else x.astype(np.float64)
 
 
 def _random_layers(pair: Pair, train: bool) -> set[str]:

@@ -16,6 +16,7 @@ command line can load it: `python -m parity_tests.check --torch parity_tests.che
 from __future__ import annotations
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -234,6 +235,44 @@ def linen_mlp_block() -> LinenMLPBlock:
 
 def nnx_mlp_block() -> NNXMLPBlock:
     return NNXMLPBlock(rngs=nnx.Rngs(0))
+
+
+# --- coverage: token inputs, Embedding, dilated grouped Conv1d, GroupNorm, avg-pooling, flatten -------
+
+SEQUENCE_INPUT = (4, 12)  # token ids
+VOCABULARY = 50
+
+
+class TorchSequenceNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCABULARY, 16)
+        self.conv = torch.nn.Conv1d(16, 32, 3, padding=2, dilation=2, groups=2)
+        self.norm = torch.nn.GroupNorm(4, 32)
+        self.fc = torch.nn.Linear(32 * SEQUENCE_INPUT[1] // 2, 10)
+
+    def forward(self, tokens):
+        x = self.embed(tokens).transpose(1, 2)  # (N, C, L), as Conv1d takes it
+        x = F.avg_pool1d(F.silu(self.norm(self.conv(x))), 2)
+        return self.fc(torch.tanh(x).flatten(1))
+
+
+class LinenSequenceNet(nn.Module):
+    @nn.compact
+    def __call__(self, tokens):
+        x = nn.Embed(VOCABULARY, 16)(tokens)  # (N, L, C): Flax convolves channels-last as it is
+        x = nn.Conv(32, (3,), padding=((2, 2),), kernel_dilation=(2,), feature_group_count=2)(x)
+        x = nn.avg_pool(nn.silu(nn.GroupNorm(num_groups=4, epsilon=1e-5)(x)), (2,), strides=(2,))
+        return nn.Dense(10)(jnp.tanh(x).reshape(x.shape[0], -1))
+
+
+def torch_sequence_net() -> TorchSequenceNet:
+    torch.manual_seed(0)
+    return TorchSequenceNet()
+
+
+def sequence_input(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, VOCABULARY, SEQUENCE_INPUT)
 
 
 # --- planted mistakes, as zero-argument builders for the command line -------------------------------

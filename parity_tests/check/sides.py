@@ -86,6 +86,11 @@ def mode_kwargs(call: Callable, train: bool) -> dict[str, bool]:
 
 # --- torch ---------------------------------------------------------------------------------------
 
+def as_torch(x: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+    """A model input as a tensor: floats in `dtype`, integers (token ids) as they are."""
+    return torch.as_tensor(x) if np.issubdtype(np.asarray(x).dtype, np.integer) else torch.as_tensor(x, dtype=dtype)
+
+
 class _FunctionRecorder(TorchFunctionMode):
     """Records every torch function called (name and non-tensor arguments) into `events`."""
 
@@ -133,13 +138,16 @@ class TorchSide:
         handles = [m.register_forward_hook(hook(name, kind_of(m, TORCH_KINDS))) for name, m in self.named.items()]
         try:
             with _FunctionRecorder(events), torch.no_grad():
-                out = self.model(torch.as_tensor(x, dtype=self.dtype))
+                out = self.model(self.tensor(x))
         except (RuntimeError, ValueError, TypeError, IndexError) as e:
             raise UsageError(f"the torch model rejects input of shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from None
         finally:
             for h in handles:
                 h.remove()
         return _numpy(out), captures
+
+    def tensor(self, x: np.ndarray) -> torch.Tensor:
+        return as_torch(x, self.dtype)
 
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace every parameter and buffer by `arrays` (state_dict names; shapes must agree)."""
@@ -157,7 +165,7 @@ class TorchSide:
     def run_layer(self, name: str, x: np.ndarray, train: bool = False) -> np.ndarray:
         module = copy.deepcopy(self.named[name]).train(train)
         with torch.no_grad():
-            return _numpy(module(torch.as_tensor(x, dtype=self.dtype)))
+            return _numpy(module(self.tensor(x)))
 
     def layer_params(self, name: str) -> dict[str, np.ndarray]:
         """The layer's own parameters and buffers by their torch names (num_batches_tracked left out)."""

@@ -24,8 +24,9 @@ import torch
 from cnn_parity.errors import UsageError
 from parity_tests import bounds as fixed_bounds
 from parity_tests.check.causes import finding
+from parity_tests.check.compare import calibrated_bound
 from parity_tests.check.mapping import layer_to_flax, layer_to_torch
-from parity_tests.check.sides import _lookup
+from parity_tests.check.sides import _lookup, as_torch
 
 OPTIMIZER_HINTS = {
     "adam_eps_root": "optax adds eps_root inside the square root and eps outside; torch's Adam adds eps outside only: "
@@ -145,7 +146,7 @@ def _targets(pair, seed: int):
 def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, dtype=torch.float32):
     model = copy.deepcopy(model).to(dtype)
     model.zero_grad()
-    out = model(torch.as_tensor(x, dtype=dtype))
+    out = model(as_torch(x, dtype))
     loss = 0.5 * ((out - torch.as_tensor(target, dtype=dtype)) ** 2).mean()
     loss.backward()
     return float(loss.detach()), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
@@ -163,15 +164,13 @@ def compare_gradients(pair, bounds: str, train: bool = False) -> list[dict]:
     """Per parameter tensor, in backward order (last layer first): max |Δ| of the gradients and its bound."""
     target, flax_target = _targets(pair, seed=1)
     _, t32 = torch_gradients(pair.torch.model.train(train), pair.x, target)
-    _, t64 = torch_gradients(pair.torch.model, pair.x.astype(np.float64), target, torch.float64)
+    _, t64 = torch_gradients(pair.torch.model, pair.x, target, torch.float64)
     grads = jax.grad(flax_loss(pair, train))(pair.flax.params, pair.layout.model_input(pair.x), flax_target)
     f = flax_tree_to_torch(pair, grads)
     out = []
     for m in reversed(pair.mapping.layers):
         for name in (k for k in reversed(list(t32)) if k.rsplit(".", 1)[0] == m.torch_name):
-            floor = float(np.max(np.abs(t32[name] - t64[name])))
-            bound = (fixed_bounds.GRAD_ABS if bounds == "fixed"
-                     else max(10.0 * floor, 4 * 2.0 ** -23 * float(np.max(np.abs(t64[name])))))
+            bound = fixed_bounds.GRAD_ABS if bounds == "fixed" else calibrated_bound(t32[name], t64[name])[0]
             out.append({"torch_name": name, "flax_path": f"{m.flax_path}/{name.rsplit('.', 1)[1]}",
                         "max_abs_diff": float(np.max(np.abs(np.asarray(f[name], np.float64) - t32[name]))),
                         "bound": bound})
@@ -189,15 +188,15 @@ def compare_running_means(pair) -> list[dict]:
     t = copy.deepcopy(pair.torch.model).train()
     t64 = copy.deepcopy(t).double()
     with torch.no_grad():
-        t(torch.as_tensor(pair.x))
-        t64(torch.as_tensor(pair.x, dtype=torch.float64))
+        t(as_torch(pair.x))
+        t64(as_torch(pair.x, torch.float64))
     variables = pair.flax.stats_after_train_step(pair.layout.model_input(pair.x))
     modules, modules64 = dict(t.named_modules()), dict(t64.named_modules())
     for m in bns:
         mean = modules[m.torch_name].running_mean.numpy()
         mean64 = modules64[m.torch_name].running_mean.numpy()
         flax_mean = np.asarray(_lookup(variables, m.flax_path)["mean"])
-        bound = max(10.0 * float(np.max(np.abs(mean - mean64))), 4 * 2.0 ** -23 * float(np.max(np.abs(mean64))))
+        bound, _ = calibrated_bound(mean, mean64)
         out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": float(np.max(np.abs(flax_mean - mean))),
                     "bound": bound})
     return out
@@ -209,7 +208,10 @@ def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, train: 
     """`steps` steps on both sides from the same weights, on the same random batches (example-shaped)
     and targets; then the optimisers alone, fed the same random gradients for `steps` steps."""
     rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal(pair.x.shape).astype(np.float32) * float(np.std(pair.x) or 1.0) for _ in range(steps)]
+    if np.issubdtype(pair.x.dtype, np.integer):  # token ids: drawn from the example's range
+        xs = [rng.integers(0, int(pair.x.max()) + 1, pair.x.shape) for _ in range(steps)]
+    else:
+        xs = [rng.standard_normal(pair.x.shape).astype(np.float32) * float(np.std(pair.x) or 1.0) for _ in range(steps)]
     target, flax_target = _targets(pair, seed)
     model = copy.deepcopy(pair.torch.model).train(train)
     opt_t = torch_optimizer(torch_spec, model.parameters())
@@ -220,13 +222,13 @@ def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, train: 
     loss_diffs, param_diffs = [], []
     for x in xs:
         opt_t.zero_grad()
-        loss_t = 0.5 * ((model(torch.as_tensor(x)) - torch.as_tensor(target)) ** 2).mean()
+        loss_t = 0.5 * ((model(as_torch(x)) - torch.as_tensor(target)) ** 2).mean()
         loss_t.backward()
         opt_t.step()
         loss_f, grads = loss_and_grad(params, jnp.asarray(pair.layout.model_input(x)), flax_target)
         updates, state = opt_f.update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        loss_diffs.append(abs(float(loss_f) - float(loss_t)))
+        loss_diffs.append(abs(float(loss_f) - float(loss_t.detach())))
         param_diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_params(model)))
     return {"steps": steps, "loss_diffs": loss_diffs, "param_diffs": param_diffs, "max_loss_diff": max(loss_diffs),
             "loss_bound": fixed_bounds.TRAJECTORY_LOSS, "param_bound": fixed_bounds.TRAJECTORY_PARAM,
