@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch", required=True, metavar="PKG.MOD:ATTR",
                    help="a torch.nn.Module class taking no arguments, or a function returning the model")
     p.add_argument("--flax", required=True, metavar="PKG.MOD:ATTR",
-                   help="a Linen module class / function (variables created here), or a function building an NNX model")
+                   help="a Linen module class / function (variables created here), or an NNX class taking only rngs "
+                        "(given nnx.Rngs(0)) / a function building an NNX model")
     p.add_argument("--input-shape", required=True, metavar="N,C,H,W", help="the example input's shape, in torch's layout")
     p.add_argument("--flax-layout", choices=("channels_last", "same"), default="channels_last",
                    help="how the Flax side takes the input (default channels_last: NCHW becomes NHWC)")
@@ -63,7 +64,25 @@ def load_attr(spec: str, flag: str):
     try:
         return target()
     except TypeError as e:
+        if isinstance(target, type) and _is_nnx_module(target):
+            return _nnx_with_rngs(target, spec, flag)
         raise UsageError(f"{flag} {spec}: cannot build the model without arguments ({e})") from None
+
+
+def _is_nnx_module(cls: type) -> bool:
+    from flax import nnx
+
+    return issubclass(cls, nnx.Module)
+
+
+def _nnx_with_rngs(cls: type, spec: str, flag: str):
+    """An NNX class whose only required argument is its rngs: built with nnx.Rngs(0)."""
+    from flax import nnx
+
+    try:
+        return cls(rngs=nnx.Rngs(0))
+    except TypeError as e:
+        raise UsageError(f"{flag} {spec}: cannot build the model from rngs alone ({e})") from None
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -93,7 +93,8 @@ class Report:
                  f"bounds: {s['bounds']}"]
         lines.append(f"  {'torch layer':<22} {'flax layer':<24} {'max|Δ|':>9} {'bound':>9} {'alone':>9} {'bound':>9}")
         for r in self.layers:
-            mark = "  <-- " + r.status if self.first_divergence and r.torch_name == self.first_divergence["torch_name"] else ""
+            d = self.first_divergence
+            mark = "  <-- " + r.status if d and d["kind"] == "forward" and r.torch_name == d["torch_name"] else ""
             lines.append(f"  {r.torch_name:<22} {r.flax_path:<24} {_fmt(r.max_abs_diff)} {_fmt(r.bound)} "
                          f"{_fmt(r.isolated_max_abs_diff)} {_fmt(r.isolated_bound)}{mark}")
         if self.output:
