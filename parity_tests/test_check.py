@@ -113,11 +113,32 @@ def test_coverage_pair_tokens_embedding_grouped_dilated_conv1d_groupnorm_avg_poo
     assert report.mapping.by_torch("fc").flatten is not None
 
 
+def test_train_mode_compares_batch_statistics_and_stops_at_dropout():
+    """Train mode: BatchNorm normalises by batch statistics on both sides (compared); the two
+    frameworks draw different dropout masks, so the layers after a dropout are not compared."""
+    assert check_pair(ex.torch_resnet(), ex.linen_resnet(), RESNET_X, train=True).passed
+    report = check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, train=True)
+    assert report.passed, report.summary()
+    assert [r.torch_name for r in report.layers if not r.compared] == ["fc2", "norm2", "proj", "head"]
+
+
+def test_weight_transfer_is_lossless_both_ways():
+    """torch → Flax → torch gives back torch's tensors bit for bit (permutations and transposes only)."""
+    from parity_tests.check.compare import transfer
+
+    pair = prepare(ex.torch_sequence_net(), ex.LinenSequenceNet(), ex.sequence_input())
+    before = {k: v.clone() for k, v in pair.torch.model.state_dict().items()}
+    for p in pair.torch.model.parameters():
+        torch.nn.init.zeros_(p)
+    transfer(pair.mapping, pair.torch, pair.flax, "flax_to_torch")
+    assert all(torch.equal(before[k], v) for k, v in pair.torch.model.state_dict().items())
+
+
 def test_nothing_passed_in_is_modified():
     torch_model, flax_model = ex.torch_resnet(), ex.nnx_resnet()
     before_torch = {k: v.clone() for k, v in torch_model.state_dict().items()}
     before_flax = np.asarray(flax_model.conv1.kernel[...]).copy()
-    check_pair(torch_model, flax_model, RESNET_X, direction="flax_to_torch")
+    assert check_pair(torch_model, flax_model, RESNET_X, direction="flax_to_torch").passed
     assert all(torch.equal(before_torch[k], v) for k, v in torch_model.state_dict().items())
     assert np.array_equal(before_flax, np.asarray(flax_model.conv1.kernel[...]))
     assert torch_model.training and not isinstance(RESNET_X, torch.Tensor)

@@ -7,6 +7,7 @@ import json
 
 import flax.linen as nn
 import pytest
+import torch
 
 from parity_tests.check.__main__ import main
 
@@ -73,6 +74,22 @@ def test_unmapped_layers_exit_2_with_a_skeleton_to_complete(tmp_path, capsys):
     assert code == 2 and "cannot map" in err and len(err.strip().splitlines()) == 1, err
     skeleton = (tmp_path / "skeleton.toml").read_text()
     assert '"embed" = ""' in skeleton and "[layers]" in skeleton
+
+
+def test_weights_file_is_loaded_into_the_torch_model(tmp_path, capsys):
+    """Canonical weights (torch names and layouts) replace the torch model's; a file that does not fit is one line."""
+    from safetensors.numpy import save_file
+
+    from parity_tests.check import examples as ex
+
+    torch.manual_seed(1)
+    other = {k: v.numpy() for k, v in ex.randomise_norms(ex.TorchMLPBlock(), seed=1).state_dict().items()}
+    save_file(other, str(tmp_path / "w.safetensors"))
+    code, out, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(tmp_path / "w.safetensors")], capsys)
+    assert code == 0, err
+    save_file({"embed.weight": other["embed.weight"]}, str(tmp_path / "part.safetensors"))
+    code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(tmp_path / "part.safetensors")], capsys)
+    assert code == 2 and "do not fit the torch model" in err
 
 
 def test_existing_output_files_are_left_alone(tmp_path, capsys):

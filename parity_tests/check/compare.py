@@ -52,10 +52,18 @@ class LayerResult:
     input_max_abs_diff: float
     input_bound: float
     floor: float  # float32-vs-float64 rounding of the torch output (nan with fixed bounds)
-    random: bool = False  # its output changes with the random seed in this mode (a dropout before it)
+    random: bool = False  # its output changes with the random seed (a dropout before it)
+    train: bool = False  # compared in train mode
+
+    @property
+    def compared(self) -> bool:
+        """In train mode the frameworks draw different dropout masks: layers after one are not compared."""
+        return not (self.random and self.train)
 
     @property
     def over(self) -> bool:
+        if not self.compared:
+            return False
         return self.random or not (self.max_abs_diff <= self.bound and self.isolated_max_abs_diff <= self.isolated_bound)
 
     @property
@@ -65,7 +73,7 @@ class LayerResult:
         return "inherited" if not self.input_max_abs_diff <= self.input_bound else "amplified"
 
     def to_dict(self) -> dict:
-        return {k: _finite(v) for k, v in vars(self).items()} | {"over_bound": self.over}
+        return {k: _finite(v) for k, v in vars(self).items()} | {"compared": self.compared, "over_bound": self.over}
 
 
 @dataclass
@@ -95,6 +103,7 @@ class Report:
         for r in self.layers:
             d = self.first_divergence
             mark = "  <-- " + r.status if d and d["kind"] == "forward" and r.torch_name == d["torch_name"] else ""
+            mark = mark if r.compared else "  (after a train-mode dropout: not compared)"
             lines.append(f"  {r.torch_name:<22} {r.flax_path:<24} {_fmt(r.max_abs_diff)} {_fmt(r.bound)} "
                          f"{_fmt(r.isolated_max_abs_diff)} {_fmt(r.isolated_bound)}{mark}")
         if self.output:
@@ -265,7 +274,7 @@ def compare_layers(pair: Pair, bounds: str = "calibrated", train: bool = False) 
         raise UsageError(f"bounds must be calibrated or fixed, not {bounds!r}")
     t64 = pair.torch.double()
     out64, caps64 = t64.forward(_float64(pair.x), train) if bounds == "calibrated" else (None, {})
-    random = _random_layers(pair, train) if not train else set()
+    random = _random_layers(pair, train)
     results = []
     for m in pair.mapping.layers:
         t, f = pair.torch_caps[m.torch_name], pair.flax_caps[m.flax_path]
@@ -282,7 +291,7 @@ def compare_layers(pair: Pair, bounds: str = "calibrated", train: bool = False) 
             in_bound, _ = calibrated_bound(t.input, c64.input)
         results.append(LayerResult(m.torch_name, m.flax_path, m.kind, diff(out_t, f.output), bound,
                                    diff(out_t, alone), iso_bound, diff(in_t, f.input), in_bound, floor,
-                                   m.torch_name in random))
+                                   m.torch_name in random, train))
     out_t = pair.layout.any(pair.torch_out, pair.flax_out)
     out_bound = fixed_bounds.FORWARD_ABS if bounds == "fixed" else calibrated_bound(pair.torch_out, out64)[0]
     output = {"max_abs_diff": diff(out_t, pair.flax_out), "bound": out_bound}
@@ -329,7 +338,7 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
         divergence = {"torch_name": first.torch_name, "flax_path": first.flax_path, "kind": "forward",
                       "status": first.status, "max_abs_diff": _finite(max(first.max_abs_diff, first.isolated_max_abs_diff)),
                       "cause": cause, "hint": hint}
-    elif not output["max_abs_diff"] <= output["bound"]:
+    elif not output["max_abs_diff"] <= output["bound"] and all(r.compared for r in layers):
         cause, hint = causes.diagnose_output(pair, findings)
         divergence = {"torch_name": "(output)", "flax_path": None, "kind": "forward", "status": "inherited",
                       "max_abs_diff": _finite(output["max_abs_diff"]), "cause": cause, "hint": hint}
