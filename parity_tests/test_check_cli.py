@@ -46,7 +46,8 @@ def test_planted_mistake_exits_1_with_first_divergence_in_json(tmp_path, capsys)
 
 @pytest.mark.parametrize("argv, message", [
     (RESNET + ["--flax", "no_such_package.models:Net"], "cannot import no_such_package.models"),
-    (RESNET + ["--flax", f"{EX}:NNXBlock"], "cannot build the model without arguments"),
+    (RESNET + ["--flax", f"{EX}:NNXBlock"], "cannot build the model from rngs alone"),
+    (RESNET + ["--flax", f"{EX}:LinenBlock"], "cannot build the model without arguments"),
     (RESNET + ["--flax", f"{EX}:nothing_here"], "has no attribute 'nothing_here'"),
     (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:nnx_resnet", "--input-shape", "4,3,x"], "--input-shape"),
     (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:linen_resnet", "--input-shape", "4,5,32,32"], "rejects input"),
