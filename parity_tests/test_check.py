@@ -113,6 +113,12 @@ def test_coverage_pair_tokens_embedding_grouped_dilated_conv1d_groupnorm_avg_poo
     assert report.mapping.by_torch("fc").flatten is not None
 
 
+def test_a_float64_torch_model_against_jax_without_x64_is_named():
+    """The comparison runs in float32 on both sides; the lint says Flax would not compute in float64."""
+    report = check_pair(ex.torch_mlp_block().double(), ex.linen_mlp_block(), MLP_X)
+    assert "x64_off" in {f["cause"] for f in report.findings}
+
+
 def test_train_mode_compares_batch_statistics_and_stops_at_dropout():
     """Train mode: BatchNorm normalises by batch statistics on both sides (compared); the two
     frameworks draw different dropout masks, so the layers after a dropout are not compared."""

@@ -199,8 +199,7 @@ def _lint_settings(pair) -> list[dict]:
                            + jax.default_backend()))
     if torch.cuda.is_available() and torch.backends.cuda.matmul.allow_tf32:
         out.append(finding("matmul_precision", None, None, what="torch allows TF32"))
-    dtypes = {p.dtype for p in pair.torch.model.parameters()}
-    if torch.float64 in dtypes and not jax.config.jax_enable_x64:
+    if torch.float64 in pair.torch.user_dtypes and not jax.config.jax_enable_x64:
         out.append(finding("x64_off", None, None))
     return out
 

@@ -112,6 +112,7 @@ class TorchSide:
     """A private copy of the user's torch module (theirs is never modified)."""
 
     def __init__(self, model: torch.nn.Module, dtype=torch.float32):
+        self.user_dtypes = {p.dtype for p in model.parameters()}  # what the user's model computes in
         self.model = copy.deepcopy(model).to(dtype)
         self.dtype = dtype
         self.named = {name: m for name, m in self.model.named_modules() if kind_of(m, TORCH_KINDS)}
