@@ -72,12 +72,21 @@ def test_weights_converted_elsewhere_and_right_pass():
     assert check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, variables=variables, direction="none").passed
 
 
-def test_gradients_agree_in_backward_order():
+def test_gradients_of_layer_outputs_and_parameters_agree_in_backward_order():
     report = check_pair(ex.torch_resnet(), ex.linen_resnet(), RESNET_X, grads=True)
     assert report.passed, report.summary()
-    names = [g["torch_name"] for g in report.gradients]
-    assert names[0].startswith("fc.") and names[-1] == "conv1.weight"
-    assert len(names) == sum(1 for _ in ex.torch_resnet().parameters())
+    order = [(g["torch_name"], g["kind"]) for g in report.gradients]
+    assert order[:2] == [("fc", "activation"), ("fc.bias", "parameter")] and order[-1] == ("conv1.weight", "parameter")
+    assert len(order) == sum(1 for _ in ex.torch_resnet().parameters()) + len(report.mapping.layers)
+
+
+def test_a_gradient_cut_on_one_side_is_localised_in_backward_order():
+    """Flax stops the gradient through the residual path: the forward agrees, and the first gradient
+    over its bound, going backwards, is the one w.r.t. the output of embed, where the path starts."""
+    report = check_pair(ex.torch_mlp_block(), ex.linen_mlp_block_detached_residual(), MLP_X, grads=True)
+    d = report.first_divergence
+    assert (d["kind"], d["torch_name"]) == ("gradient", "embed"), report.summary()
+    assert all(r.max_abs_diff <= r.bound for r in report.layers)
 
 
 OPTIMIZERS = {  # case: (torch optimiser, optax optimiser, cause or None when they match)

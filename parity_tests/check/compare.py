@@ -110,7 +110,7 @@ class Report:
             lines.append(f"  {'(output)':<22} {'':<24} {_fmt(self.output['max_abs_diff'])} {_fmt(self.output['bound'])}")
         if self.gradients:
             worst = max(self.gradients, key=lambda g: g["max_abs_diff"] / max(g["bound"], 1e-300))
-            lines.append(f"gradients: {len(self.gradients)} tensors, worst {worst['torch_name']} "
+            lines.append(f"gradients: {len(self.gradients)} (layer outputs and parameters), worst {worst['torch_name']} "
                          f"{_fmt(worst['max_abs_diff'])} (bound {_fmt(worst['bound']).strip()})")
         if self.training:
             lines.append(f"training: {self.training['steps']} steps, max loss |Δ| {_fmt(self.training['max_loss_diff']).strip()}, "

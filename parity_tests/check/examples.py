@@ -16,6 +16,7 @@ command line can load it: `python -m parity_tests.check --torch parity_tests.che
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -193,6 +194,7 @@ class LinenMLPBlock(nn.Module):
     rate: float = 0.1
     gelu_approximate: bool = False  # True: Flax's default, the mistake against torch's exact GELU
     ln_eps: float = 1e-5  # 1e-6: Flax's default, the mistake against torch's 1e-5
+    detach_residual: bool = False  # True: the residual path cut from the gradient (forward unchanged)
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -200,7 +202,7 @@ class LinenMLPBlock(nn.Module):
         h = nn.gelu(nn.Dense(self.hidden, name="fc1")(nn.LayerNorm(self.ln_eps, name="norm1")(x)),
                     approximate=self.gelu_approximate)
         h = nn.Dropout(self.rate, deterministic=not train)(h)
-        x = x + nn.Dense(self.dim, name="fc2")(h)
+        x = (jax.lax.stop_gradient(x) if self.detach_residual else x) + nn.Dense(self.dim, name="fc2")(h)
         x = nn.Dense(self.dim, name="proj")(nn.LayerNorm(self.ln_eps, name="norm2")(x))
         return nn.Dense(self.classes, name="head")(nn.gelu(x, approximate=self.gelu_approximate))
 
@@ -299,6 +301,10 @@ def linen_mlp_block_gelu_tanh() -> LinenMLPBlock:
 
 def linen_mlp_block_ln_eps() -> LinenMLPBlock:
     return LinenMLPBlock(ln_eps=1e-6)
+
+
+def linen_mlp_block_detached_residual() -> LinenMLPBlock:
+    return LinenMLPBlock(detach_residual=True)
 
 
 def torch_mlp_block_dropout_on() -> TorchMLPBlock:

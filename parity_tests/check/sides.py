@@ -248,23 +248,31 @@ class FlaxSide:
 
     def forward(self, x: np.ndarray, train: bool = False, seed: int = 0) -> tuple[np.ndarray, dict[str, Capture]]:
         captures: dict[str, Capture] = {}
-        x = jnp.asarray(x)
         try:
-            if self.is_nnx:
-                model = self._nnx_model()
-                model.train() if train else model.eval()
-                paths = {id(m): "/".join(map(str, p)) for p, m in nnx.iter_modules(model)}
-                with _nnx_capture(paths, captures):
-                    out = model(x, **mode_kwargs(type(model).__call__, train))
-            else:
-                with nn.intercept_methods(_linen_interceptor(captures)):
-                    out = self._linen_apply(x, train, seed)
+            out = self.call(jnp.asarray(x), train, _capturing(captures), seed=seed)
         except (TypeError, ValueError) as e:
             raise UsageError(f"the Flax model rejects input of shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from None
         return np.asarray(out), captures
 
-    def _linen_apply(self, x, train: bool, seed: int, variables=None):
-        variables = variables if variables is not None else self.variables
+    def call(self, x, train: bool = False, hook: Callable | None = None, params=None, seed: int = 0):
+        """The model's output on `x` with the check's variables (`params` replacing the parameters:
+        traceable), every layer call passed through `hook(path, kind, module, input, output, kwargs)
+        -> output` (sides' layer hooks: capture, perturb)."""
+        if self.is_nnx:
+            model = self._nnx_model(self.variables if params is None else _merge(self.variables, params))
+            model.train() if train else model.eval()
+            if hook is None:
+                return model(x, **mode_kwargs(type(model).__call__, train))
+            paths = {id(m): "/".join(map(str, p)) for p, m in nnx.iter_modules(model)}
+            with _nnx_hook(paths, hook):
+                return model(x, **mode_kwargs(type(model).__call__, train))
+        variables = self.variables if params is None else {**self.variables, "params": params}
+        if hook is None:
+            return self._linen_apply(x, train, seed, variables)
+        with nn.intercept_methods(_linen_hook(hook)):
+            return self._linen_apply(x, train, seed, variables)
+
+    def _linen_apply(self, x, train: bool, seed: int, variables):
         kwargs = mode_kwargs(self.module.__call__, train)
         # a dropout key in eval mode too: a dropout left on then draws (and shows) instead of failing
         rngs = {"dropout": jax.random.key(seed)}
@@ -275,13 +283,12 @@ class FlaxSide:
 
     def apply_fn(self, train: bool = False) -> Callable:
         """(params, x) → output, pure, differentiable in params (the non-param collections fixed)."""
-        if self.is_nnx:
-            def run(params, x):
-                model = self._nnx_model(_merge(self.variables, params))
-                model.train() if train else model.eval()
-                return model(x, **mode_kwargs(type(model).__call__, train))
-            return run
-        return lambda params, x: self._linen_apply(x, train, 0, {**self.variables, "params": params})
+        return lambda params, x: self.call(x, train, params=params)
+
+    def apply_perturbed(self, params, x, perturbations: dict, train: bool = False):
+        """The output with `perturbations[path]` added to each named layer's output (at its first
+        call): the gradient w.r.t. a zero perturbation is that layer's activation gradient."""
+        return self.call(x, train, _perturbing(perturbations), params=params)
 
     def stats_after_train_step(self, x: np.ndarray) -> dict:
         """The variables after one train-mode forward on `x` (batch statistics updated)."""
@@ -342,21 +349,38 @@ def _merge(full: dict, part: dict) -> dict:
     return out
 
 
-def _linen_interceptor(captures: dict[str, Capture]):
+def _capturing(captures: dict[str, Capture]) -> Callable:
+    def hook(path, kind, module, x, out, kwargs):
+        if path not in captures and not isinstance(out, jax.core.Tracer):
+            settings = {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))}
+            captures[path] = Capture(path, kind, np.asarray(x), np.asarray(out), module, settings)
+        return out
+    return hook
+
+
+def _perturbing(perturbations: dict) -> Callable:
+    done = set()
+
+    def hook(path, kind, module, x, out, kwargs):
+        if path in perturbations and path not in done:
+            done.add(path)
+            return out + perturbations[path]
+        return out
+    return hook
+
+
+def _linen_hook(hook: Callable):
     def intercept(next_fun, args, kwargs, context):
         out = next_fun(*args, **kwargs)
         kind = kind_of(context.module, LINEN_KINDS)
         if kind and context.method_name == "__call__" and args:
-            path = "/".join(context.module.path)
-            if path not in captures and not isinstance(out, jax.core.Tracer):
-                settings = {k: v for k, v in kwargs.items() if isinstance(v, (bool, int, float, str, type(None)))}
-                captures[path] = Capture(path, kind, np.asarray(args[0]), np.asarray(out), context.module, settings)
+            return hook("/".join(context.module.path), kind, context.module, args[0], out, kwargs)
         return out
     return intercept
 
 
 @contextlib.contextmanager
-def _nnx_capture(paths: dict[int, str], captures: dict[str, Capture]):
+def _nnx_hook(paths: dict[int, str], hook: Callable):
     """NNX modules are called through their class: each layer class's __call__ is wrapped for the block."""
     originals = {cls: cls.__call__ for cls in NNX_KINDS}
 
@@ -366,9 +390,7 @@ def _nnx_capture(paths: dict[int, str], captures: dict[str, Capture]):
         def call(self, x, *args, **kwargs):
             out = original(self, x, *args, **kwargs)
             path = paths.get(id(self))
-            if path is not None and path not in captures and not isinstance(out, jax.core.Tracer):
-                captures[path] = Capture(path, NNX_KINDS[cls], np.asarray(x), np.asarray(out), self)
-            return out
+            return out if path is None else hook(path, NNX_KINDS[cls], self, x, out, {})
         return call
 
     try:

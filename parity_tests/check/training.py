@@ -24,7 +24,7 @@ import torch
 from cnn_parity.errors import UsageError
 from parity_tests import bounds as fixed_bounds
 from parity_tests.check.causes import finding
-from parity_tests.check.compare import calibrated_bound
+from parity_tests.check.compare import calibrated_bound, diff
 from parity_tests.check.mapping import layer_to_flax, layer_to_torch
 from parity_tests.check.sides import _lookup, as_torch
 
@@ -143,37 +143,65 @@ def _targets(pair, seed: int):
 
 # --- gradients ---------------------------------------------------------------------------------------
 
-def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, dtype=torch.float32):
+def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, dtype=torch.float32,
+                    layers: tuple[str, ...] = ()):
+    """(loss, parameter gradients by name, gradients w.r.t. the outputs of `layers` (first calls))."""
     model = copy.deepcopy(model).to(dtype)
-    model.zero_grad()
-    out = model(as_torch(x, dtype))
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            if name not in outputs and output.requires_grad:
+                output.retain_grad()
+                outputs[name] = output
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
+    try:
+        model.zero_grad()
+        out = model(as_torch(x, dtype))
+    finally:
+        for h in handles:
+            h.remove()
     loss = 0.5 * ((out - torch.as_tensor(target, dtype=dtype)) ** 2).mean()
     loss.backward()
-    return float(loss.detach()), {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
+    params = {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), params, {k: v.grad.numpy().copy() for k, v in outputs.items() if v.grad is not None}
 
 
 def flax_loss(pair, train: bool):
-    apply = pair.flax.apply_fn(train)
-
-    def loss(params, x, target):
-        return 0.5 * jnp.mean((apply(params, x) - target) ** 2)
+    def loss(params, x, target, perturbations=None):
+        out = pair.flax.apply_perturbed(params, x, perturbations or {}, train)
+        return 0.5 * jnp.mean((out - target) ** 2)
     return loss
 
 
 def compare_gradients(pair, bounds: str, train: bool = False) -> list[dict]:
-    """Per parameter tensor, in backward order (last layer first): max |Δ| of the gradients and its bound."""
+    """In backward order (last layer first), per mapped layer the gradient w.r.t. its output
+    ("activation") and then w.r.t. each of its parameters: max |Δ| and its bound."""
     target, flax_target = _targets(pair, seed=1)
-    _, t32 = torch_gradients(pair.torch.model.train(train), pair.x, target)
-    _, t64 = torch_gradients(pair.torch.model, pair.x, target, torch.float64)
-    grads = jax.grad(flax_loss(pair, train))(pair.flax.params, pair.layout.model_input(pair.x), flax_target)
+    layers = tuple(m.torch_name for m in pair.mapping.layers)
+    _, t32, a32 = torch_gradients(pair.torch.model.train(train), pair.x, target, layers=layers)
+    _, t64, a64 = torch_gradients(pair.torch.model, pair.x, target, torch.float64, layers)
+    zeros = {m.flax_path: jnp.zeros(pair.flax_caps[m.flax_path].output.shape) for m in pair.mapping.layers}
+    grads, activations = jax.grad(flax_loss(pair, train), argnums=(0, 3))(
+        pair.flax.params, pair.layout.model_input(pair.x), flax_target, zeros)
     f = flax_tree_to_torch(pair, grads)
+
+    def entry(torch_name, flax_path, kind, flax_value, torch32, torch64):
+        bound = fixed_bounds.GRAD_ABS if bounds == "fixed" else calibrated_bound(torch32, torch64)[0]
+        return {"torch_name": torch_name, "flax_path": flax_path, "kind": kind,
+                "max_abs_diff": diff(flax_value, torch32), "bound": bound}
+
     out = []
     for m in reversed(pair.mapping.layers):
+        if m.torch_name in a32:
+            out.append(entry(m.torch_name, m.flax_path, "activation", activations[m.flax_path],
+                             pair.layout.activation(m.kind, a32[m.torch_name]),
+                             pair.layout.activation(m.kind, a64[m.torch_name])))
         for name in (k for k in reversed(list(t32)) if k.rsplit(".", 1)[0] == m.torch_name):
-            bound = fixed_bounds.GRAD_ABS if bounds == "fixed" else calibrated_bound(t32[name], t64[name])[0]
-            out.append({"torch_name": name, "flax_path": f"{m.flax_path}/{name.rsplit('.', 1)[1]}",
-                        "max_abs_diff": float(np.max(np.abs(np.asarray(f[name], np.float64) - t32[name]))),
-                        "bound": bound})
+            out.append(entry(name, f"{m.flax_path}/{name.rsplit('.', 1)[1]}", "parameter", f[name], t32[name], t64[name]))
     return out
 
 
@@ -276,8 +304,10 @@ def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str |
         report.gradients = compare_gradients(pair, bounds, pair.torch.model.training)
         bad = next((g for g in report.gradients if not g["max_abs_diff"] <= g["bound"]), None)
         if bad is not None:
-            _diverge(report, bad, "gradient", None, "the forward agrees but this gradient does not: the backward pass "
-                     "differs (a custom gradient, max-pool ties, or a stop_gradient / detach on one side)")
+            where = ("the gradient w.r.t. this layer's output" if bad["kind"] == "activation"
+                     else "this parameter's gradient")
+            _diverge(report, bad, "gradient", None, f"the forward agrees but {where} does not: the backward pass of "
+                     "what follows differs (a custom gradient, max-pool ties, or a stop_gradient / detach on one side)")
             return
     if steps:
         if not (torch_spec and optax_spec):
