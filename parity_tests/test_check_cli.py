@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from parity_tests.check.__main__ import main
+from parity_tests.check.examples import LinenMLPBlock
 
 EX = "parity_tests.check.examples"
 RESNET = ["--torch", f"{EX}:torch_resnet", "--input-shape", "4,3,32,32"]
@@ -75,6 +76,20 @@ def test_unmapped_layers_exit_2_with_a_skeleton_to_complete(tmp_path, capsys):
     assert code == 2 and "cannot map" in err and len(err.strip().splitlines()) == 1, err
     skeleton = (tmp_path / "skeleton.toml").read_text()
     assert '"embed" = ""' in skeleton and "[layers]" in skeleton
+
+
+class MLPBlockWithExtraLayer(LinenMLPBlock):
+    """The Linen MLP block with a Dense the torch model lacks."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(10, name="extra")(super().__call__(x, train))
+
+
+def test_flax_layers_without_torch_counterpart_exit_2(capsys):
+    code, out, err = run(MLP + ["--flax", f"{__name__}:MLPBlockWithExtraLayer"], capsys)
+    assert code == 2 and "extra have no torch counterpart" in err, err
+    assert "# Flax layers not yet mapped: extra (dense)" in out
 
 
 def test_weights_file_is_loaded_into_the_torch_model(tmp_path, capsys):

@@ -140,9 +140,12 @@ def infer(torch_layers: list[Capture], flax_layers: list[Capture], torch_params,
         if len(ts) == len(fs) and all(_fits(torch_params(t.name), kind, flax_vars(f.name)) for t, f in zip(ts, fs)):
             matched.update({t.name: LayerMap(t.name, f.name, kind, "order") for t, f in zip(ts, fs)})
     unmapped = [t for t in torch_left if t.name not in matched]
+    used = {m.flax_path for m in matched.values()}
+    spare = [f for f in flax_layers if f.kind in PARAMETERISED and f.name not in used]
+    if spare and not unmapped:
+        raise MappingError(f"the Flax model's layer(s) {', '.join(f.name for f in spare[:4])} have no torch counterpart: "
+                           "their parameters would be left unmapped", skeleton(torch_layers, spare, matched))
     if unmapped:
-        used = {m.flax_path for m in matched.values()}
-        spare = [f for f in flax_layers if f.kind in PARAMETERISED and f.name not in used]
         raise MappingError(
             f"cannot map {len(unmapped)} torch layer(s) ({', '.join(t.name for t in unmapped[:4])}"
             f"{', ...' if len(unmapped) > 4 else ''}) to Flax by name or by order within their kind; "
