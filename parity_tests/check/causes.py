@@ -52,6 +52,9 @@ HINTS = {
 }
 
 
+HINTS["max_pool_ties"] = HINTS["amplified_rounding"]  # the same pattern, a max-pool among the operations before
+
+
 def finding(cause: str, torch_name: str | None, flax_path: str | None, severity: str = "error", **fields) -> dict:
     return {"cause": cause, "torch_name": torch_name, "flax_path": flax_path, "severity": severity,
             "hint": HINTS[cause].format(**fields)}
@@ -233,8 +236,6 @@ def diagnose(pair, result, findings) -> tuple[str | None, str]:
     pooled = any("max_pool" in e[1] for e, layer in _segments(pair) if layer == result.torch_name)
     return ("max_pool_ties" if pooled else "amplified_rounding"), HINTS["amplified_rounding"]
 
-
-HINTS["max_pool_ties"] = HINTS["amplified_rounding"]
 
 
 def diagnose_output(pair, findings) -> tuple[str | None, str]:

@@ -24,7 +24,7 @@ import numpy as np
 from cnn_parity.errors import UsageError
 from parity_tests import bounds as fixed_bounds
 from parity_tests.check import causes
-from parity_tests.check.mapping import (Mapping, MappingError, find_flatten, flatten_permutation, infer, layer_to_flax,
+from parity_tests.check.mapping import (Mapping, find_flatten, flatten_permutation, infer, layer_to_flax,
                                         layer_to_torch, read_mapping)
 from parity_tests.check.sides import CHANNEL_KINDS, Capture, FlaxSide, TorchSide
 
@@ -353,6 +353,3 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
         from parity_tests.check import training  # noqa: PLC0415 (imports optax and the optimisers only when asked)
         training.extend(report, pair, bounds, grads, train_steps, torch_optimizer, optax_optimizer)
     return report
-
-
-__all__ = ["check_pair", "prepare", "compare_layers", "Report", "LayerResult", "MappingError"]
