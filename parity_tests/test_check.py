@@ -93,6 +93,8 @@ OPTIMIZERS = {  # case: (torch optimiser, optax optimiser, cause or None when th
     "adam": ("adam:lr=1e-3", "adam:learning_rate=1e-3", None),
     "adam eps inside the square root": ("adam:lr=1e-3", "adam:learning_rate=1e-3,eps=0.0,eps_root=1e-8", "adam_eps_root"),
     "adamw defaults": ("adamw:lr=1e-3", "adamw:learning_rate=1e-3", "weight_decay"),
+    "torch Adam's weight decay missing in optax": ("adam:lr=1e-3,weight_decay=0.1", "adam:learning_rate=1e-3",
+                                                    "weight_decay"),
     "coupled against decoupled weight decay": ("adam:lr=1e-3,weight_decay=0.1",
                                                "adamw:learning_rate=1e-3,weight_decay=0.1", "weight_decay_coupling"),
 }

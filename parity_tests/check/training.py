@@ -33,7 +33,8 @@ OPTIMIZER_HINTS = {
                      "eps={t} in optax with eps_root=0",
     "weight_decay_coupling": "torch's Adam(weight_decay=...) adds the decay to the gradient (coupled L2), optax.adamw and "
                              "torch's AdamW decay the weights directly (decoupled): use the same kind on both sides",
-    "weight_decay": "weight decay differs: torch {t}, optax {f} (torch AdamW's default is 0.01, optax.adamw's 1e-4)",
+    "weight_decay": "weight decay differs: torch {t}, optax {f} (torch AdamW's default is 0.01, optax.adamw's 1e-4; "
+                    "optax.adam has none)",
     "optimizer_hyperparameters": "the optimisers' {what} differ: torch {t}, optax {f}",
 }
 
@@ -94,9 +95,15 @@ def lint_optimizers(torch_spec: str, optax_spec: str) -> list[dict]:
     if tname in ("adam", "adamw") and oname in ("adam", "adamw"):
         if o["eps_root"] and not o["eps"]:
             add("adam_eps_root", t=t["eps"])
-        if tname == "adam" and t["weight_decay"] and oname == "adamw" or tname == "adamw" and oname == "adam" and t["weight_decay"]:
+        elif not math.isclose(t["eps"], o["eps"]):
+            add("optimizer_hyperparameters", what="eps", t=t["eps"], f=o["eps"])
+        betas = tuple(tk.get("betas", (0.9, 0.999)))
+        if betas != (ok.get("b1", 0.9), ok.get("b2", 0.999)):
+            add("optimizer_hyperparameters", what="betas (b1, b2)", t=betas, f=(ok.get("b1", 0.9), ok.get("b2", 0.999)))
+        coupled_vs_decoupled = {tname, oname} == {"adam", "adamw"} and t["weight_decay"] and o["weight_decay"]
+        if coupled_vs_decoupled:
             add("weight_decay_coupling")
-        elif tname == oname == "adamw" and not math.isclose(t["weight_decay"], o["weight_decay"]):
+        elif not math.isclose(t["weight_decay"], o["weight_decay"]):
             add("weight_decay", t=t["weight_decay"], f=o["weight_decay"])
     lr_t, lr_o = tk.get("lr"), ok.get("learning_rate")
     if lr_t is not None and lr_o is not None and not math.isclose(lr_t, lr_o):
