@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import copy
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,7 @@ OPTIMIZER_HINTS = {
 def parse_optimizer(spec: str, framework: str) -> tuple[str, dict]:
     name, _, rest = spec.partition(":")
     kwargs = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^()]*\))", rest)):  # commas inside (b1, b2) kept
         key, eq, value = item.partition("=")
         if not eq:
             raise UsageError(f"{framework} optimizer {spec!r}: expected NAME:key=value,...")
