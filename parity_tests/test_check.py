@@ -151,6 +151,19 @@ def test_weight_transfer_is_lossless_both_ways():
     assert all(torch.equal(before[k], v) for k, v in pair.torch.model.state_dict().items())
 
 
+@pytest.mark.parametrize("torch_opt, optax_opt, causes", [
+    ("sgd:lr=0.1,momentum=0.9", "sgd:learning_rate=0.1,momentum=0.9", []),
+    ("adam:lr=1e-3,betas=(0.9,0.99)", "adam:learning_rate=1e-3", ["optimizer_hyperparameters"]),
+    ("adam:lr=1e-3", "adam:learning_rate=1e-3,eps=1e-6", ["optimizer_hyperparameters"]),
+    ("adamw:lr=1e-3", "adamw:learning_rate=1e-3,weight_decay=0.01", []),
+    ("sgd:lr=0.1", "sgd:learning_rate=0.01", ["optimizer_hyperparameters"]),
+])
+def test_optimizer_lint(torch_opt, optax_opt, causes):
+    from parity_tests.check.training import lint_optimizers
+
+    assert [f["cause"] for f in lint_optimizers(torch_opt, optax_opt)] == causes
+
+
 def test_nothing_passed_in_is_modified():
     torch_model, flax_model = ex.torch_resnet(), ex.nnx_resnet()
     before_torch = {k: v.clone() for k, v in torch_model.state_dict().items()}
