@@ -113,7 +113,7 @@ class TorchSide:
 
     def __init__(self, model: torch.nn.Module, dtype=torch.float32):
         self.user_dtypes = {p.dtype for p in model.parameters()}  # what the user's model computes in
-        self.model = copy.deepcopy(model).to(dtype)
+        self.model = copy.deepcopy(model).to(device="cpu", dtype=dtype)  # compared on the CPU, as the suite does
         self.dtype = dtype
         self.named = {name: m for name, m in self.model.named_modules() if kind_of(m, TORCH_KINDS)}
 
