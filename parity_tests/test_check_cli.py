@@ -113,3 +113,14 @@ def test_existing_output_files_are_left_alone(tmp_path, capsys):
     existing.write_text("mine")
     code, _, err = run(RESNET + ["--flax", f"{EX}:nnx_resnet", "--json", str(existing)], capsys)
     assert code == 2 and "exists" in err and existing.read_text() == "mine"
+
+
+def test_regenerate_examples_replaces_an_examples_output(tmp_path, capsys):
+    from parity_tests.check import regenerate_examples
+
+    page = tmp_path / "page.md"
+    page.write_text(f"```\n$ python -m parity_tests.check --torch {EX}:torch_resnet \\\n    --flax {EX}:LinenBlock "
+                    "--input-shape 4,3,32,32\nstale output\n(exit status 0)\n```\n")
+    assert regenerate_examples.main([str(page)]) == 0
+    lines = page.read_text().splitlines()
+    assert "cannot build the model without arguments" in lines[3] and lines[4:] == ["(exit status 2)", "```"]
