@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import flax.linen as nn
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,24 @@ def test_weights_file_is_loaded_into_the_torch_model(tmp_path, capsys):
     save_file({"embed.weight": other["embed.weight"]}, str(tmp_path / "part.safetensors"))
     code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(tmp_path / "part.safetensors")], capsys)
     assert code == 2 and "do not fit the torch model" in err
+
+
+def test_flax_weights_saved_in_canonical_form_load_back_into_torch(tmp_path, capsys):
+    """--direction flax_to_torch --save-weights writes the Flax model's weights in canonical form;
+    passed back with --weights (into torch, then to Flax) the pair still agrees."""
+    saved = tmp_path / "flax.safetensors"
+    code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--direction", "flax_to_torch",
+                              "--save-weights", str(saved)], capsys)
+    assert code == 0, err
+    from safetensors.numpy import load_file
+
+    from parity_tests.check import examples as ex
+
+    weights = load_file(str(saved))
+    assert set(weights) == set(ex.TorchMLPBlock().state_dict())
+    assert not np.array_equal(weights["embed.weight"], ex.torch_mlp_block().embed.weight.detach().numpy())
+    code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(saved)], capsys)
+    assert code == 0, err
 
 
 def test_existing_output_files_are_left_alone(tmp_path, capsys):

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how the Flax side takes the input (default channels_last: NCHW becomes NHWC)")
     p.add_argument("--weights", metavar="FILE.safetensors",
                    help="weights in torch's state_dict names and layouts (canonical form), loaded into the torch model")
+    p.add_argument("--save-weights", metavar="FILE.safetensors",
+                   help="write the weights both sides computed with, in canonical form (loadable with --weights)")
     p.add_argument("--direction", choices=("torch_to_flax", "flax_to_torch"), default="torch_to_flax",
                    help="which side's weights both use (default torch_to_flax)")
     p.add_argument("--mapping", metavar="FILE.toml", help="an explicit weight mapping (overrides inference)")
@@ -107,12 +109,12 @@ def load_torch_weights(path: str) -> dict:
         raise UsageError(f"{path} is not a readable .safetensors file ({e})") from None
 
 
-def write_new(path: str, text: str, flag: str) -> None:
+def write_new(path: str, data: str | bytes, flag: str) -> None:
     """Write a file the command makes; never over one that exists."""
     if os.path.exists(path):
         raise UsageError(f"{flag} {path} exists; it is left as it is (choose a new name)")
     try:
-        write_bytes_atomic(path, text.encode())
+        write_bytes_atomic(path, data.encode() if isinstance(data, str) else data)
     except OSError as e:
         raise UsageError(f"cannot write {flag} {path}: {e.strerror or e}") from None
 
@@ -133,7 +135,7 @@ def _check(args) -> int:
     shape = parse_shape(args.input_shape)
     if args.weights and args.direction == "flax_to_torch":
         raise UsageError("--weights are loaded into the torch model, whose weights then go to Flax: drop --direction")
-    for flag in ("save_mapping", "json"):
+    for flag in ("save_mapping", "json", "save_weights"):
         path = getattr(args, flag)
         if path and os.path.exists(path):
             raise UsageError(f"--{flag.replace('_', '-')} {path} exists; it is left as it is (choose a new name)")
@@ -159,6 +161,11 @@ def _check(args) -> int:
         write_new(args.save_mapping, report.mapping.to_toml(), "--save-mapping")
     if args.json:
         write_new(args.json, json.dumps(report.to_json(), indent=1) + "\n", "--json")
+    if args.save_weights:
+        from safetensors.numpy import save
+
+        metadata = {"format": "cnn_parity_check", "torch": args.torch, "flax": args.flax}
+        write_new(args.save_weights, save(report.canonical_weights, metadata=metadata), "--save-weights")
     return 0 if report.passed else 1
 
 

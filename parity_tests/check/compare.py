@@ -87,6 +87,8 @@ class Report:
     settings: dict = field(default_factory=dict)
     gradients: list[dict] | None = None
     training: dict | None = None
+    # the weights both sides computed with, in canonical form (torch state_dict names and layouts)
+    canonical_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "first_divergence": self.first_divergence,
@@ -348,7 +350,7 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
                 else f"fixed: {fixed_bounds.FORWARD_ABS:g}",
                 "floor_multiple": FLOOR_MULTIPLE if bounds == "calibrated" else None}
     report = Report(divergence is None, divergence, layers, pair.mapping, findings,
-                    {k: _finite(v) for k, v in output.items()}, settings)
+                    {k: _finite(v) for k, v in output.items()}, settings, canonical_weights=pair.torch.state())
     if divergence is None:
         from parity_tests.check import training  # noqa: PLC0415 (imports optax and the optimisers only when asked)
         training.extend(report, pair, bounds, grads, train_steps, torch_optimizer, optax_optimizer)

@@ -150,6 +150,11 @@ class TorchSide:
     def tensor(self, x: np.ndarray) -> torch.Tensor:
         return as_torch(x, self.dtype)
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Every parameter and buffer (num_batches_tracked left out) as float32 numpy: the canonical form."""
+        return {k: _numpy(v).astype(np.float32) for k, v in self.model.state_dict().items()
+                if not k.endswith("num_batches_tracked")}
+
     def load_state(self, arrays: dict[str, np.ndarray]) -> None:
         """Replace every parameter and buffer by `arrays` (state_dict names; shapes must agree)."""
         state = {k: v for k, v in self.model.state_dict().items() if not k.endswith("num_batches_tracked")}
