@@ -23,8 +23,10 @@ and training steps; none computes a loss or a gradient itself):
   bounds          every bound and verdict, with what justifies it
   onednn          where the tests of the opt-in oneDNN convolutions run, skip, or (CI) must run
 
-To check another model pair: build a `pairs.ModelPair` (torch module, Flax module and params,
-recipe, and a `pairs.WeightMapping` to and from canonical arrays) and pass it to
+To check another model pair: `parity_tests.check` (check/: weight mapping inferred, every layer
+compared, the first divergence localised with its cause; `python -m parity_tests.check`). With a
+recipe and hand-written converters, a `pairs.ModelPair` (torch module, Flax module and params,
+recipe, and a `pairs.WeightMapping` to and from canonical arrays) runs the suite's own measurements:
 outputs.measure_forward, gradients.measure_grads, updates.same_gradient_updates,
 trajectory.run_training and kernel_control.torch_kernel_control; judge with bounds.
 """

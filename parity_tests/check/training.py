@@ -1,0 +1,343 @@
+"""After the forward agrees: BatchNorm running statistics after one train-mode step, parameter
+gradients in backward order, an N-step training comparison from identical weights and batches, and
+the optimisers alone on identical gradients (which separates a model difference from an optimiser
+difference).
+
+The loss is one neither model knows: half the mean squared distance of the output to a fixed random
+target (the same on both sides), so that any model with any output can be compared.
+Optimisers are given as NAME:key=value,... : torch `adam:lr=1e-3,eps=1e-8` is torch.optim.Adam;
+optax `adam:learning_rate=1e-3` is optax.adam.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+
+from cnn_parity.errors import UsageError
+from parity_tests import bounds as fixed_bounds
+from parity_tests.check.causes import finding
+from parity_tests.check.compare import calibrated_bound, diff
+from parity_tests.check.mapping import layer_to_flax, layer_to_torch
+from parity_tests.check.sides import _lookup, as_torch
+
+OPTIMIZER_HINTS = {
+    "adam_eps_root": "optax adds eps_root inside the square root and eps outside; torch's Adam adds eps outside only: "
+                     "eps={t} in optax with eps_root=0",
+    "weight_decay_coupling": "torch's Adam(weight_decay=...) adds the decay to the gradient (coupled L2), optax.adamw and "
+                             "torch's AdamW decay the weights directly (decoupled): use the same kind on both sides",
+    "weight_decay": "weight decay differs: torch {t}, optax {f} (torch AdamW's default is 0.01, optax.adamw's 1e-4; "
+                    "optax.adam has none)",
+    "optimizer_hyperparameters": "the optimisers' {what} differ: torch {t}, optax {f}",
+}
+
+
+def parse_optimizer(spec: str, framework: str) -> tuple[str, dict]:
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, re.split(r",(?![^()]*\))", rest)):  # commas inside (b1, b2) kept
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"{framework} optimizer {spec!r}: expected NAME:key=value,...")
+        try:
+            kwargs[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise UsageError(f"{framework} optimizer {spec!r}: {value!r} is not a number or literal") from None
+    return name.strip(), kwargs
+
+
+def torch_optimizer(spec: str, params) -> torch.optim.Optimizer:
+    name, kwargs = parse_optimizer(spec, "torch")
+    cls = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
+           if isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)}
+    if name.lower() not in cls:
+        raise UsageError(f"torch optimizer {name!r} is not in torch.optim")
+    if "betas" in kwargs:
+        kwargs["betas"] = tuple(kwargs["betas"])
+    try:
+        return cls[name.lower()](params, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"torch optimizer {spec!r}: {e}") from None
+
+
+def optax_optimizer(spec: str) -> optax.GradientTransformation:
+    name, kwargs = parse_optimizer(spec, "optax")
+    factory = getattr(optax, name, None)
+    if not callable(factory):
+        raise UsageError(f"optax has no optimizer {name!r}")
+    try:
+        return factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"optax optimizer {spec!r}: {e}") from None
+
+
+def lint_optimizers(torch_spec: str, optax_spec: str) -> list[dict]:
+    """Findings on the two optimisers' settings (defaults included)."""
+    tname, tk = parse_optimizer(torch_spec, "torch")
+    oname, ok = parse_optimizer(optax_spec, "optax")
+    tname, oname = tname.lower(), oname.lower()
+    defaults = {"adam": {"eps": 1e-8, "weight_decay": 0.0}, "adamw": {"eps": 1e-8, "weight_decay": 0.01}}
+    t = defaults.get(tname, {}) | tk
+    o = {"eps": 1e-8, "eps_root": 0.0, "weight_decay": 1e-4 if oname == "adamw" else 0.0} | ok
+    out = []
+
+    def add(cause, **fields):
+        out.append({"cause": cause, "torch_name": None, "flax_path": None, "severity": "error",
+                    "hint": OPTIMIZER_HINTS[cause].format(**fields)})
+
+    if tname in ("adam", "adamw") and oname in ("adam", "adamw"):
+        if o["eps_root"] and not o["eps"]:
+            add("adam_eps_root", t=t["eps"])
+        elif not math.isclose(t["eps"], o["eps"]):
+            add("optimizer_hyperparameters", what="eps", t=t["eps"], f=o["eps"])
+        betas = tuple(tk.get("betas", (0.9, 0.999)))
+        if betas != (ok.get("b1", 0.9), ok.get("b2", 0.999)):
+            add("optimizer_hyperparameters", what="betas (b1, b2)", t=betas, f=(ok.get("b1", 0.9), ok.get("b2", 0.999)))
+        coupled_vs_decoupled = {tname, oname} == {"adam", "adamw"} and t["weight_decay"] and o["weight_decay"]
+        if coupled_vs_decoupled:
+            add("weight_decay_coupling")
+        elif not math.isclose(t["weight_decay"], o["weight_decay"]):
+            add("weight_decay", t=t["weight_decay"], f=o["weight_decay"])
+    lr_t, lr_o = tk.get("lr"), ok.get("learning_rate")
+    if lr_t is not None and lr_o is not None and not math.isclose(lr_t, lr_o):
+        add("optimizer_hyperparameters", what="learning rates", t=lr_t, f=lr_o)
+    if "momentum" in tk and "momentum" in ok and not math.isclose(tk["momentum"], ok["momentum"] or 0.0):
+        add("optimizer_hyperparameters", what="momenta", t=tk["momentum"], f=ok["momentum"])
+    return out
+
+
+# --- plumbing between the sides' parameter layouts --------------------------------------------------
+
+def flax_tree_to_torch(pair, tree) -> dict[str, np.ndarray]:
+    """A Flax params-shaped tree (parameters or gradients) as torch `name.tensor` arrays."""
+    out = {}
+    for m in pair.mapping.layers:
+        node = _lookup(tree, m.flax_path) or {}
+        arrays = layer_to_torch(m.kind, {k: np.asarray(v) for k, v in node.items()}, m.flatten)
+        out.update({f"{m.torch_name}.{k}": v for k, v in arrays.items()})
+    return out
+
+
+def torch_arrays_into_flax_tree(pair, arrays: dict[str, np.ndarray], tree) -> dict:
+    tree = jax.tree.map(np.array, tree)
+    for m in pair.mapping.layers:
+        node = _lookup(tree, m.flax_path)
+        layer = {k.rsplit(".", 1)[1]: v for k, v in arrays.items() if k.rsplit(".", 1)[0] == m.torch_name}
+        node.update({k: v for k, v in layer_to_flax(m.kind, layer, m.flatten).items() if k in node})
+    return tree
+
+
+def torch_params(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {k: v.detach().numpy().copy() for k, v in model.named_parameters()}
+
+
+def max_tree_diff(a: dict, b: dict) -> float:
+    return max((float(np.max(np.abs(np.asarray(a[k], np.float64) - b[k]))) for k in b), default=0.0)
+
+
+def _targets(pair, seed: int):
+    rng = np.random.default_rng(seed)
+    target = rng.standard_normal(pair.torch_out.shape).astype(np.float32)
+    return target, pair.layout.any(target, pair.flax_out)
+
+
+# --- gradients ---------------------------------------------------------------------------------------
+
+def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, dtype=torch.float32,
+                    layers: tuple[str, ...] = ()):
+    """(loss, parameter gradients by name, gradients w.r.t. the outputs of `layers` (first calls))."""
+    model = copy.deepcopy(model).to(dtype)
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            if name not in outputs and output.requires_grad:
+                output.retain_grad()
+                outputs[name] = output
+        return hook
+
+    handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
+    try:
+        model.zero_grad()
+        out = model(as_torch(x, dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    loss = 0.5 * ((out - torch.as_tensor(target, dtype=dtype)) ** 2).mean()
+    loss.backward()
+    params = {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), params, {k: v.grad.numpy().copy() for k, v in outputs.items() if v.grad is not None}
+
+
+def flax_loss(pair, train: bool):
+    def loss(params, x, target, perturbations=None):
+        out = pair.flax.apply_perturbed(params, x, perturbations or {}, train)
+        return 0.5 * jnp.mean((out - target) ** 2)
+    return loss
+
+
+def compare_gradients(pair, bounds: str, train: bool = False) -> list[dict]:
+    """In backward order (last layer first), per mapped layer the gradient w.r.t. its output
+    ("activation") and then w.r.t. each of its parameters: max |Δ| and its bound."""
+    target, flax_target = _targets(pair, seed=1)
+    layers = tuple(m.torch_name for m in pair.mapping.layers)
+    _, t32, a32 = torch_gradients(pair.torch.model.train(train), pair.x, target, layers=layers)
+    _, t64, a64 = torch_gradients(pair.torch.model, pair.x, target, torch.float64, layers)
+    zeros = {m.flax_path: jnp.zeros(pair.flax_caps[m.flax_path].output.shape) for m in pair.mapping.layers}
+    grads, activations = jax.grad(flax_loss(pair, train), argnums=(0, 3))(
+        pair.flax.params, pair.layout.model_input(pair.x), flax_target, zeros)
+    f = flax_tree_to_torch(pair, grads)
+
+    def entry(torch_name, flax_path, kind, flax_value, torch32, torch64):
+        bound = fixed_bounds.GRAD_ABS if bounds == "fixed" else calibrated_bound(torch32, torch64)[0]
+        return {"torch_name": torch_name, "flax_path": flax_path, "kind": kind,
+                "max_abs_diff": diff(flax_value, torch32), "bound": bound}
+
+    out = []
+    for m in reversed(pair.mapping.layers):
+        if m.torch_name in a32:
+            out.append(entry(m.torch_name, m.flax_path, "activation", activations[m.flax_path],
+                             pair.layout.activation(m.kind, a32[m.torch_name]),
+                             pair.layout.activation(m.kind, a64[m.torch_name])))
+        for name in (k for k in reversed(list(t32)) if k.rsplit(".", 1)[0] == m.torch_name):
+            out.append(entry(name, f"{m.flax_path}/{name.rsplit('.', 1)[1]}", "parameter", f[name], t32[name], t64[name]))
+    return out
+
+
+# --- BatchNorm running statistics --------------------------------------------------------------------
+
+def compare_running_means(pair) -> list[dict]:
+    """One train-mode forward on each side, then each BatchNorm's running mean (momentum's effect)."""
+    out = []
+    bns = [m for m in pair.mapping.layers if m.kind == "batchnorm"]
+    if not bns:
+        return out
+    t = copy.deepcopy(pair.torch.model).train()
+    t64 = copy.deepcopy(t).double()
+    with torch.no_grad():
+        t(as_torch(pair.x))
+        t64(as_torch(pair.x, torch.float64))
+    variables = pair.flax.stats_after_train_step(pair.layout.model_input(pair.x))
+    modules, modules64 = dict(t.named_modules()), dict(t64.named_modules())
+    for m in bns:
+        mean = modules[m.torch_name].running_mean.numpy()
+        mean64 = modules64[m.torch_name].running_mean.numpy()
+        flax_mean = np.asarray(_lookup(variables, m.flax_path)["mean"])
+        bound, _ = calibrated_bound(mean, mean64)
+        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": float(np.max(np.abs(flax_mean - mean))),
+                    "bound": bound})
+    return out
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, train: bool = False, seed: int = 2) -> dict:
+    """`steps` steps on both sides from the same weights, on the same random batches (example-shaped)
+    and targets; then the optimisers alone, fed the same random gradients for `steps` steps."""
+    rng = np.random.default_rng(seed)
+    if np.issubdtype(pair.x.dtype, np.integer):  # token ids: drawn from the example's range
+        xs = [rng.integers(0, int(pair.x.max()) + 1, pair.x.shape) for _ in range(steps)]
+    else:
+        xs = [rng.standard_normal(pair.x.shape).astype(np.float32) * float(np.std(pair.x) or 1.0) for _ in range(steps)]
+    target, flax_target = _targets(pair, seed)
+    model = copy.deepcopy(pair.torch.model).train(train)
+    opt_t = torch_optimizer(torch_spec, model.parameters())
+    opt_f = optax_optimizer(optax_spec)
+    params = jax.tree.map(jnp.asarray, pair.flax.params)
+    state = opt_f.init(params)
+    loss_and_grad = jax.jit(jax.value_and_grad(flax_loss(pair, train)))
+    loss_diffs, param_diffs = [], []
+    for x in xs:
+        opt_t.zero_grad()
+        loss_t = 0.5 * ((model(as_torch(x)) - torch.as_tensor(target)) ** 2).mean()
+        loss_t.backward()
+        opt_t.step()
+        loss_f, grads = loss_and_grad(params, jnp.asarray(pair.layout.model_input(x)), flax_target)
+        updates, state = opt_f.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        loss_diffs.append(abs(float(loss_f) - float(loss_t.detach())))
+        param_diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_params(model)))
+    return {"steps": steps, "loss_diffs": loss_diffs, "param_diffs": param_diffs, "max_loss_diff": max(loss_diffs),
+            "loss_bound": fixed_bounds.TRAJECTORY_LOSS, "param_bound": fixed_bounds.TRAJECTORY_PARAM,
+            "optimizer_only_diffs": (only := optimizers_alone(pair, steps, torch_spec, optax_spec)),
+            "optimizer_only_max_abs_diff": max(only), "optimizer_only_bound": fixed_bounds.UPDATE_ABS,
+            "findings": lint_optimizers(torch_spec, optax_spec)}
+
+
+def optimizers_alone(pair, steps: int, torch_spec: str, optax_spec: str, seed: int = 3) -> list[float]:
+    """Max |Δ| of the parameters after each step when both optimisers get the same gradients."""
+    rng = np.random.default_rng(seed)
+    model = copy.deepcopy(pair.torch.model)
+    opt_t = torch_optimizer(torch_spec, model.parameters())
+    opt_f = optax_optimizer(optax_spec)
+    params = pair.flax.params
+    state = opt_f.init(jax.tree.map(jnp.asarray, params))
+    params = jax.tree.map(jnp.asarray, params)
+    diffs = []
+    for _ in range(steps):
+        grads = {k: (rng.standard_normal(p.shape) * 1e-2).astype(np.float32) for k, p in model.named_parameters()}
+        for k, p in model.named_parameters():
+            p.grad = torch.as_tensor(grads[k])
+        opt_t.step()
+        flax_grads = jax.tree.map(jnp.asarray, torch_arrays_into_flax_tree(pair, grads, jax.tree.map(np.zeros_like, params)))
+        updates, state = opt_f.update(flax_grads, state, params)
+        params = optax.apply_updates(params, updates)
+        diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_params(model)))
+    return diffs
+
+
+def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str | None, optax_spec: str | None) -> None:
+    """Add the running statistics, gradient and training comparisons to a passing forward `report`,
+    with the first divergence among them (in that order)."""
+    findings = {f["cause"]: f for f in report.findings}
+    stats = compare_running_means(pair) if not pair.torch.model.training else []
+    if stats:
+        report.findings.append(finding("bn_unbiased_var", stats[0]["torch_name"], stats[0]["flax_path"], severity="note"))
+        bad = next((s for s in stats if not s["max_abs_diff"] <= s["bound"]), None)
+        if bad is not None:
+            cause = findings.get("bn_momentum")
+            _diverge(report, bad, "training", cause["cause"] if cause else None,
+                     cause["hint"] if cause else "running means differ after one train-mode step")
+            return
+    if grads:
+        report.gradients = compare_gradients(pair, bounds, pair.torch.model.training)
+        bad = next((g for g in report.gradients if not g["max_abs_diff"] <= g["bound"]), None)
+        if bad is not None:
+            where = ("the gradient w.r.t. this layer's output" if bad["kind"] == "activation"
+                     else "this parameter's gradient")
+            _diverge(report, bad, "gradient", None, f"the forward agrees but {where} does not: the backward pass of "
+                     "what follows differs (a custom gradient, max-pool ties, or a stop_gradient / detach on one side)")
+            return
+    if steps:
+        if not (torch_spec and optax_spec):
+            raise UsageError("a training comparison needs both --torch-optimizer and --optax")
+        training = compare_training(pair, steps, torch_spec, optax_spec, pair.torch.model.training)
+        report.training = training
+        over = [i for i, (l, p) in enumerate(zip(training["loss_diffs"], training["param_diffs"]))
+                if not (l <= training["loss_bound"] and p <= training["param_bound"])]
+        only_bad = not training["optimizer_only_max_abs_diff"] <= training["optimizer_only_bound"]
+        if over or only_bad:
+            step = over[0] if over else None
+            lint = training["findings"]
+            cause, hint = ((lint[0]["cause"], lint[0]["hint"]) if lint else
+                           ("optimizer", "the optimisers alone disagree on identical gradients") if only_bad else
+                           (None, "the optimisers agree on identical gradients, so the model's gradients differ in training"))
+            where = {"torch_name": f"step {step + 1}" if step is not None else "(optimizer)", "flax_path": None,
+                     "max_abs_diff": training["param_diffs"][step] if step is not None else training["optimizer_only_max_abs_diff"]}
+            _diverge(report, where, "training", cause, hint)
+            report.first_divergence["step"] = step + 1 if step is not None else None
+
+
+def _diverge(report, where: dict, kind: str, cause, hint) -> None:
+    report.passed = False
+    report.first_divergence = {"torch_name": where["torch_name"], "flax_path": where["flax_path"], "kind": kind,
+                               "status": None, "max_abs_diff": where["max_abs_diff"], "cause": cause, "hint": hint}

@@ -1,0 +1,174 @@
+"""Check your own model (parity_tests/check): clean example pairs pass, each planted porting mistake is
+localised to the layer that has it, with its cause; gradients and training compare; nothing the
+user passes is modified."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.check import check_pair, prepare
+from parity_tests.check import examples as ex
+
+RESNET_X = ex.example_input(ex.RESNET_INPUT)
+MLP_X = ex.example_input(ex.MLP_INPUT)
+
+
+@pytest.mark.parametrize("torch_model, flax_model, x", [
+    (ex.torch_resnet, ex.linen_resnet, RESNET_X), (ex.torch_resnet, ex.nnx_resnet, RESNET_X),
+    (ex.torch_mlp_block, ex.linen_mlp_block, MLP_X), (ex.torch_mlp_block, ex.nnx_mlp_block, MLP_X),
+], ids=["resnet-linen", "resnet-nnx", "mlp-linen", "mlp-nnx"])
+def test_clean_pairs_pass(torch_model, flax_model, x):
+    report = check_pair(torch_model(), flax_model(), x)
+    assert report.passed, report.summary()
+    assert len(report.layers) == len(report.mapping.layers) == {RESNET_X.shape: 13, MLP_X.shape: 7}[x.shape]
+    assert not [f for f in report.findings if f["severity"] == "error"], report.findings
+
+
+PLANTED = {  # mistake: (torch model, Flax model, input, first diverging torch layer, cause, kind)
+    "'SAME' padding at stride 2": (ex.torch_resnet, ex.linen_resnet_same_padding, RESNET_X, "layer2.0.conv1",
+                                   "same_padding", "forward"),
+    "pooling stride left at Flax's default": (ex.torch_resnet, ex.linen_resnet_pool_stride, RESNET_X, "layer1.0.conv1",
+                                              "pool_stride", "forward"),
+    "BatchNorm momentum copied from torch": (ex.torch_resnet, ex.linen_resnet_bn_momentum, RESNET_X, "bn1",
+                                             "bn_momentum", "training"),
+    "BatchNorm eps": (ex.torch_resnet, ex.nnx_resnet_bn_eps, RESNET_X, "bn1", "norm_eps", "forward"),
+    "LayerNorm eps left at Flax's default": (ex.torch_mlp_block, ex.linen_mlp_block_ln_eps, MLP_X, "norm1",
+                                             "norm_eps", "forward"),
+    "GELU tanh against exact": (ex.torch_mlp_block, ex.linen_mlp_block_gelu_tanh, MLP_X, "fc2",
+                                "gelu_approximation", "forward"),
+    "dropout left on in eval mode": (ex.torch_mlp_block_dropout_on, ex.linen_mlp_block, MLP_X, "fc2",
+                                     "dropout_on", "forward"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(PLANTED))
+def test_planted_mistake_is_localised_with_its_cause(mistake):
+    torch_model, flax_model, x, layer, cause, kind = PLANTED[mistake]
+    report = check_pair(torch_model(), flax_model(), x)
+    d = report.first_divergence
+    assert not report.passed
+    assert (d["torch_name"], d["cause"], d["kind"]) == (layer, cause, kind), report.summary()
+
+
+def _converted_elsewhere(flax_model, plant):
+    """Flax variables as a user's own converter made them: the correct ones, then `plant` applied."""
+    variables = prepare(ex.torch_mlp_block(), flax_model, MLP_X).flax.variables
+    plant(variables["params"], {k: v.detach().numpy() for k, v in ex.torch_mlp_block().state_dict().items()})
+    return variables
+
+
+def test_missing_transpose_of_a_square_linear_is_caught_though_shapes_fit():
+    """The user's converter copies proj's (32, 32) weight without transposing it: every shape fits."""
+    variables = _converted_elsewhere(ex.linen_mlp_block(), lambda p, sd: p["proj"].update(kernel=sd["proj.weight"]))
+    report = check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, variables=variables, direction="none")
+    d = report.first_divergence
+    assert (d["torch_name"], d["status"], d["cause"]) == ("proj", "introduced", "missing_transpose"), report.summary()
+
+
+def test_weights_converted_elsewhere_and_right_pass():
+    variables = _converted_elsewhere(ex.linen_mlp_block(), lambda p, sd: None)
+    assert check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, variables=variables, direction="none").passed
+
+
+def test_gradients_of_layer_outputs_and_parameters_agree_in_backward_order():
+    report = check_pair(ex.torch_resnet(), ex.linen_resnet(), RESNET_X, grads=True)
+    assert report.passed, report.summary()
+    order = [(g["torch_name"], g["kind"]) for g in report.gradients]
+    assert order[:2] == [("fc", "activation"), ("fc.bias", "parameter")] and order[-1] == ("conv1.weight", "parameter")
+    assert len(order) == sum(1 for _ in ex.torch_resnet().parameters()) + len(report.mapping.layers)
+
+
+def test_a_gradient_cut_on_one_side_is_localised_in_backward_order():
+    """Flax stops the gradient through the residual path: the forward agrees, and the first gradient
+    over its bound, going backwards, is the one w.r.t. the output of embed, where the path starts."""
+    report = check_pair(ex.torch_mlp_block(), ex.linen_mlp_block_detached_residual(), MLP_X, grads=True)
+    d = report.first_divergence
+    assert (d["kind"], d["torch_name"]) == ("gradient", "embed"), report.summary()
+    assert all(r.max_abs_diff <= r.bound for r in report.layers)
+
+
+OPTIMIZERS = {  # case: (torch optimiser, optax optimiser, cause or None when they match)
+    "adam": ("adam:lr=1e-3", "adam:learning_rate=1e-3", None),
+    "adam eps inside the square root": ("adam:lr=1e-3", "adam:learning_rate=1e-3,eps=0.0,eps_root=1e-8", "adam_eps_root"),
+    "adamw defaults": ("adamw:lr=1e-3", "adamw:learning_rate=1e-3", "weight_decay"),
+    "torch Adam's weight decay missing in optax": ("adam:lr=1e-3,weight_decay=0.1", "adam:learning_rate=1e-3",
+                                                    "weight_decay"),
+    "coupled against decoupled weight decay": ("adam:lr=1e-3,weight_decay=0.1",
+                                               "adamw:learning_rate=1e-3,weight_decay=0.1", "weight_decay_coupling"),
+}
+
+
+@pytest.mark.parametrize("case", list(OPTIMIZERS))
+def test_training_and_optimizer_only_checks(case):
+    torch_opt, optax_opt, cause = OPTIMIZERS[case]
+    report = check_pair(ex.torch_mlp_block(), ex.nnx_mlp_block(), MLP_X, train_steps=3, torch_optimizer=torch_opt,
+                        optax_optimizer=optax_opt)
+    assert report.training["steps"] == 3
+    if cause is None:
+        assert report.passed, report.summary()
+    else:
+        d = report.first_divergence
+        assert (d["kind"], d["cause"]) == ("training", cause), report.summary()
+        assert report.training["optimizer_only_max_abs_diff"] > report.training["optimizer_only_bound"]
+
+
+def test_coverage_pair_tokens_embedding_grouped_dilated_conv1d_groupnorm_avg_pool():
+    """Token inputs, Embedding, a dilated grouped Conv1d (channels-last in Flax), GroupNorm, SiLU,
+    avg-pooling, tanh and a flatten into a Linear, forward, gradients and 3 SGD steps."""
+    report = check_pair(ex.torch_sequence_net(), ex.LinenSequenceNet(), ex.sequence_input(), grads=True, train_steps=3,
+                        torch_optimizer="sgd:lr=0.1,momentum=0.9", optax_optimizer="sgd:learning_rate=0.1,momentum=0.9")
+    assert report.passed, report.summary()
+    assert [m.kind for m in report.mapping.layers] == ["embedding", "conv", "groupnorm", "dense"]
+    assert report.mapping.by_torch("fc").flatten is not None
+
+
+def test_a_float64_torch_model_against_jax_without_x64_is_named():
+    """The comparison runs in float32 on both sides; the lint says Flax would not compute in float64."""
+    report = check_pair(ex.torch_mlp_block().double(), ex.linen_mlp_block(), MLP_X)
+    assert "x64_off" in {f["cause"] for f in report.findings}
+
+
+def test_train_mode_compares_batch_statistics_and_stops_at_dropout():
+    """Train mode: BatchNorm normalises by batch statistics on both sides (compared); the two
+    frameworks draw different dropout masks, so the layers after a dropout are not compared."""
+    assert check_pair(ex.torch_resnet(), ex.linen_resnet(), RESNET_X, train=True).passed
+    report = check_pair(ex.torch_mlp_block(), ex.linen_mlp_block(), MLP_X, train=True)
+    assert report.passed, report.summary()
+    assert [r.torch_name for r in report.layers if not r.compared] == ["fc2", "norm2", "proj", "head"]
+
+
+def test_weight_transfer_is_lossless_both_ways():
+    """torch → Flax → torch gives back torch's tensors bit for bit (permutations and transposes only)."""
+    from parity_tests.check.compare import transfer
+
+    pair = prepare(ex.torch_sequence_net(), ex.LinenSequenceNet(), ex.sequence_input())
+    before = {k: v.clone() for k, v in pair.torch.model.state_dict().items()}
+    for p in pair.torch.model.parameters():
+        torch.nn.init.zeros_(p)
+    transfer(pair.mapping, pair.torch, pair.flax, "flax_to_torch")
+    assert all(torch.equal(before[k], v) for k, v in pair.torch.model.state_dict().items())
+
+
+@pytest.mark.parametrize("torch_opt, optax_opt, causes", [
+    ("sgd:lr=0.1,momentum=0.9", "sgd:learning_rate=0.1,momentum=0.9", []),
+    ("adam:lr=1e-3,betas=(0.9,0.99)", "adam:learning_rate=1e-3", ["optimizer_hyperparameters"]),
+    ("adam:lr=1e-3", "adam:learning_rate=1e-3,eps=1e-6", ["optimizer_hyperparameters"]),
+    ("adamw:lr=1e-3", "adamw:learning_rate=1e-3,weight_decay=0.01", []),
+    ("sgd:lr=0.1", "sgd:learning_rate=0.01", ["optimizer_hyperparameters"]),
+])
+def test_optimizer_lint(torch_opt, optax_opt, causes):
+    from parity_tests.check.training import lint_optimizers
+
+    assert [f["cause"] for f in lint_optimizers(torch_opt, optax_opt)] == causes
+
+
+def test_nothing_passed_in_is_modified():
+    torch_model, flax_model = ex.torch_resnet(), ex.nnx_resnet()
+    before_torch = {k: v.clone() for k, v in torch_model.state_dict().items()}
+    before_flax = np.asarray(flax_model.conv1.kernel[...]).copy()
+    assert check_pair(torch_model, flax_model, RESNET_X, direction="flax_to_torch").passed
+    assert all(torch.equal(before_torch[k], v) for k, v in torch_model.state_dict().items())
+    assert np.array_equal(before_flax, np.asarray(flax_model.conv1.kernel[...]))
+    assert torch_model.training and not isinstance(RESNET_X, torch.Tensor)

@@ -1,0 +1,145 @@
+"""`python -m parity_tests.check`: exit 0 when the pair agrees, 1 when it diverges, 2 with one line for
+bad input; the JSON report and the mapping files it writes. Run in-process (main(argv))."""
+
+from __future__ import annotations
+
+import json
+
+import flax.linen as nn
+import numpy as np
+import pytest
+import torch
+
+from parity_tests.check.__main__ import main
+from parity_tests.check.examples import LinenMLPBlock
+
+EX = "parity_tests.check.examples"
+RESNET = ["--torch", f"{EX}:torch_resnet", "--input-shape", "4,3,32,32"]
+MLP = ["--torch", f"{EX}:torch_mlp_block", "--input-shape", "8,24"]
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_clean_pair_exits_0_and_writes_json_and_mapping(tmp_path, capsys):
+    code, out, err = run(RESNET + ["--flax", f"{EX}:nnx_resnet", "--json", str(tmp_path / "r.json"),
+                                   "--save-mapping", str(tmp_path / "m.toml")], capsys)
+    assert code == 0, err
+    assert "PASS" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["passed"] is True and report["first_divergence"] is None
+    assert len(report["layers"]) == len(report["mapping"]) == 13
+    # the saved mapping, passed back, is used as it is
+    code, out, err = run(RESNET + ["--flax", f"{EX}:nnx_resnet", "--mapping", str(tmp_path / "m.toml")], capsys)
+    assert code == 0 and "13 by file" in out, err
+
+
+def test_planted_mistake_exits_1_with_first_divergence_in_json(tmp_path, capsys):
+    code, out, _ = run(RESNET + ["--flax", f"{EX}:linen_resnet_same_padding", "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 1 and "cause: same_padding" in out
+    d = json.loads((tmp_path / "r.json").read_text())["first_divergence"]
+    assert {k: d[k] for k in ("torch_name", "flax_path", "kind", "cause")} == {
+        "torch_name": "layer2.0.conv1", "flax_path": "LinenBlock_1/Conv_0", "kind": "forward", "cause": "same_padding"}
+    assert d["max_abs_diff"] > 0.1 and d["hint"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (RESNET + ["--flax", "no_such_package.models:Net"], "cannot import no_such_package.models"),
+    (RESNET + ["--flax", f"{EX}:NNXBlock"], "cannot build the model from rngs alone"),
+    (RESNET + ["--flax", f"{EX}:LinenBlock"], "cannot build the model without arguments"),
+    (RESNET + ["--flax", f"{EX}:nothing_here"], "has no attribute 'nothing_here'"),
+    (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:nnx_resnet", "--input-shape", "4,3,x"], "--input-shape"),
+    (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:linen_resnet", "--input-shape", "4,5,32,32"], "rejects input"),
+    (MLP + ["--flax", f"{EX}:linen_resnet"], "rejects input"),
+    (RESNET + ["--flax", f"{EX}:nnx_resnet", "--train-steps", "2"], "needs both --torch-optimizer and --optax"),
+])
+def test_bad_input_is_one_line_exit_2(argv, message, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+class TwoDense(nn.Module):
+    """A port that lost layers: two Dense where the torch MLP block has six Linears and two LayerNorms."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(10)(nn.Dense(32)(x))
+
+
+def test_unmapped_layers_exit_2_with_a_skeleton_to_complete(tmp_path, capsys):
+    """Layers matched neither by name nor by order: one line, and the skeleton mapping file written where asked."""
+    code, _, err = run(MLP + ["--flax", f"{__name__}:TwoDense", "--save-mapping", str(tmp_path / "skeleton.toml")],
+                       capsys)
+    assert code == 2 and "cannot map" in err and len(err.strip().splitlines()) == 1, err
+    skeleton = (tmp_path / "skeleton.toml").read_text()
+    assert '"embed" = ""' in skeleton and "[layers]" in skeleton
+
+
+class MLPBlockWithExtraLayer(LinenMLPBlock):
+    """The Linen MLP block with a Dense the torch model lacks."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return nn.Dense(10, name="extra")(super().__call__(x, train))
+
+
+def test_flax_layers_without_torch_counterpart_exit_2(capsys):
+    code, out, err = run(MLP + ["--flax", f"{__name__}:MLPBlockWithExtraLayer"], capsys)
+    assert code == 2 and "extra have no torch counterpart" in err, err
+    assert "# Flax layers not yet mapped: extra (dense)" in out
+
+
+def test_weights_file_is_loaded_into_the_torch_model(tmp_path, capsys):
+    """Canonical weights (torch names and layouts) replace the torch model's; a file that does not fit is one line."""
+    from safetensors.numpy import save_file
+
+    from parity_tests.check import examples as ex
+
+    torch.manual_seed(1)
+    other = {k: v.numpy() for k, v in ex.randomise_norms(ex.TorchMLPBlock(), seed=1).state_dict().items()}
+    save_file(other, str(tmp_path / "w.safetensors"))
+    code, out, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(tmp_path / "w.safetensors")], capsys)
+    assert code == 0, err
+    save_file({"embed.weight": other["embed.weight"]}, str(tmp_path / "part.safetensors"))
+    code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(tmp_path / "part.safetensors")], capsys)
+    assert code == 2 and "do not fit the torch model" in err
+
+
+def test_flax_weights_saved_in_canonical_form_load_back_into_torch(tmp_path, capsys):
+    """--direction flax_to_torch --save-weights writes the Flax model's weights in canonical form;
+    passed back with --weights (into torch, then to Flax) the pair still agrees."""
+    saved = tmp_path / "flax.safetensors"
+    code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--direction", "flax_to_torch",
+                              "--save-weights", str(saved)], capsys)
+    assert code == 0, err
+    from safetensors.numpy import load_file
+
+    from parity_tests.check import examples as ex
+
+    weights = load_file(str(saved))
+    assert set(weights) == set(ex.TorchMLPBlock().state_dict())
+    assert not np.array_equal(weights["embed.weight"], ex.torch_mlp_block().embed.weight.detach().numpy())
+    code, _, err = run(MLP + ["--flax", f"{EX}:nnx_mlp_block", "--weights", str(saved)], capsys)
+    assert code == 0, err
+
+
+def test_existing_output_files_are_left_alone(tmp_path, capsys):
+    existing = tmp_path / "r.json"
+    existing.write_text("mine")
+    code, _, err = run(RESNET + ["--flax", f"{EX}:nnx_resnet", "--json", str(existing)], capsys)
+    assert code == 2 and "exists" in err and existing.read_text() == "mine"
+
+
+def test_regenerate_examples_replaces_an_examples_output(tmp_path, capsys):
+    from parity_tests.check import regenerate_examples
+
+    page = tmp_path / "page.md"
+    page.write_text(f"```\n$ python -m parity_tests.check --torch {EX}:torch_resnet \\\n    --flax {EX}:LinenBlock "
+                    "--input-shape 4,3,32,32\nstale output\n(exit status 0)\n```\n")
+    assert regenerate_examples.main([str(page)]) == 0
+    lines = page.read_text().splitlines()
+    assert "cannot build the model without arguments" in lines[3] and lines[4:] == ["(exit status 2)", "```"]
