@@ -11,7 +11,7 @@ two-sample KS test). Designs: "independent", each framework's own random generat
 of the two frameworks get); "paired", per seed the same initial weights and the same batches in both
 (so a seed's difference is numerical divergence alone, plus fashion_cnn's own dropout masks);
 "shared-init" and "shared-order", one of those two streams shared. All but "independent" are
-analysed paired by seed. Run records (config, metrics, summary; never weights) go to OUT/runs, the
+analysed paired by seed. Run records (config, metrics, summary; never weights) go to OUT/records, the
 training workdirs (checkpoints, weights, logs) to --scratch (default OUT/scratch, which git ignores);
 finished runs are skipped and interrupted ones resume, so the study can span sessions.
 
@@ -63,13 +63,18 @@ def budget_epochs(model: str, budget: str) -> int:
     return load_recipe(model).epochs if budget == "full" else PILOT_EPOCHS[model]
 
 
-def run_dir(out: Path, model: str, design: str, framework: str, seed: int) -> Path:
-    """Where a run's record (or, under --scratch, its workdir) lives below `out`."""
-    return out / "runs" / model / design / f"{framework}-seed{seed}"
+def run_dir(scratch: Path, model: str, design: str, framework: str, seed: int) -> Path:
+    """A run's training workdir (checkpoints, weights) below the scratch folder."""
+    return scratch / "runs" / model / design / f"{framework}-seed{seed}"
+
+
+def record_dir(out: Path, model: str, design: str, framework: str, seed: int) -> Path:
+    """A finished run's record (runs.RECORD_FILES) below the output folder."""
+    return out / "records" / model / design / f"{framework}-seed{seed}"
 
 
 def _complete(out: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool) -> bool:
-    record = run_dir(out, model, design, framework, seed)
+    record = record_dir(out, model, design, framework, seed)
     return runs.run_complete(record, steps=QUICK_STEPS) if quick else runs.run_complete(record, budget_epochs(model, budget))
 
 
@@ -89,7 +94,7 @@ def train(out: Path, scratch: Path, model: str, design: str, framework: str, see
     workdir = run_dir(scratch, model, design, framework, seed)
     if not (runs.run_complete(workdir, steps=QUICK_STEPS) if quick else runs.run_complete(workdir, budget_epochs(model, budget))):
         runs.train(workdir, framework, model, seed, flags, data_dir, run_environment(scratch))
-    runs.keep_record(workdir, run_dir(out, model, design, framework, seed))
+    runs.keep_record(workdir, record_dir(out, model, design, framework, seed))
 
 
 def run_environment(scratch: Path) -> dict[str, str]:
@@ -120,7 +125,7 @@ def equivalence_test(flax, torch, margin: float, paired: bool) -> dict[str, Any]
 
 def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, Any]:
     """Every endpoint of one model and design over `seeds`: paired unless the design is independent."""
-    records = {f: [read_metrics(run_dir(out, model, design, f, s)) for s in seeds] for f in runs.FRAMEWORKS}
+    records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in runs.FRAMEWORKS}
     epochs = min(len(r) for rs in records.values() for r in rs)
     paired = design != "independent"
     curves = {f: np.array([[e["test_accuracy"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}

@@ -20,7 +20,7 @@ from .test_cli import REPO
 
 
 def _fake_run(out, model, design, framework, seed, epochs, loss, accuracies):
-    workdir = equivalence.run_dir(out, model, design, framework, seed)
+    workdir = equivalence.record_dir(out, model, design, framework, seed)
     workdir.mkdir(parents=True)
     records = [{"epoch": e + 1, "steps": 10 * (e + 1), "train_loss": loss * (1 - 0.1 * e), "train_accuracy": 0.5,
                 "test_loss": 1.0, "test_accuracy": accuracies[e], "train_time_s": 1.0, "eval_time_s": 1.0}
