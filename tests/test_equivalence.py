@@ -119,14 +119,17 @@ def test_a_killed_study_leaves_no_training_process(tmp_path, signum):
 
 
 def test_a_failed_run_is_reported_from_its_own_log(tmp_path):
-    data = tmp_path / "no-data"
-    data.mkdir()
+    scratch = tmp_path / "scratch"
+    blocked = equivalence.run_dir(scratch, "mlp", "independent", "flax", 0)
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the run's workdir should be")  # the training CLI refuses it (exit 2)
     result = subprocess.run(
         [sys.executable, "-m", "cnn_parity.equivalence", "--models", "mlp", "--seeds", "0", "1", "--quick",
-         "--data-dir", str(data), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+         "--scratch", str(scratch), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 1
     error = result.stderr.strip().splitlines()[-1]
-    log = tmp_path / "out" / "scratch" / "runs" / "mlp" / "independent" / "flax-seed0.log"
+    log = blocked.parent / "flax-seed0.log"
     child_error = [line for line in log.read_text().splitlines() if "error:" in line][-1].strip()
+    assert "not writable" in child_error
     assert "mlp flax seed 0 failed (exit 2)" in error and child_error in error and str(log) in error
