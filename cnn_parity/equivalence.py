@@ -150,6 +150,10 @@ def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, A
     }
     if not paired:
         result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], SD_RATIO_MARGIN)
+    # The model's verdict is the intersection of its equivalence endpoints (plateau escape is descriptive).
+    result["all_endpoints_equivalent"] = (result["test_error_log_ratio_test"]["equivalent"]
+                                          and result["train_loss_equivalent_every_epoch"]
+                                          and result.get("spread_test", {"equivalent": True})["equivalent"])
     if model in ESCAPE_ACCURACY:
         escapes = {f: statistics.escape_epochs(c, ESCAPE_ACCURACY[model]) for f, c in curves.items()}
         result["plateau_escape"] = {"threshold": ESCAPE_ACCURACY[model],
@@ -174,10 +178,14 @@ def _log_ratio(test: dict) -> str:
 
 
 def _verdict(test: dict) -> str:
+    """The TOST verdict on a log ratio; where equivalence is not shown, the margin the 90 % CI does decide."""
     ratio = math.exp(test["margin"])
     margin = f"{_ratio_pct(-test['margin']):+.2f} % / {_ratio_pct(test['margin']):+.0f} % (×/÷ {ratio:g})"
-    return (f"{'equivalent within' if test['equivalent'] else 'equivalence not shown at'} {margin}, "
-            f"TOST p = {test['tost_p']:.2g}")
+    if test["equivalent"]:
+        return f"equivalent within {margin}, TOST p = {test['tost_p']:.2g}"
+    decided = math.exp(max(abs(x) for x in test["ci90"]))
+    return (f"equivalence not shown at {margin}, TOST p = {test['tost_p']:.2g} (the 90 % CI decides ×/÷ "
+            f"{decided:.3g})")
 
 
 def _mean_sd(values) -> str:
@@ -223,7 +231,7 @@ def summary_table(report: dict) -> list[str]:
     lines = ["| model | budget | design | seeds | test accuracy Flax / PyTorch (%) | test error Flax / PyTorch − 1 "
              f"| primary: test error (×/÷ {ERROR_RATIO_MARGIN:g}) | SD ratio of test accuracy, 90% CI "
              f"(within [1/{SD_RATIO_MARGIN:g}, {SD_RATIO_MARGIN:g}]?) | train-loss curve (×/÷ {TRAIN_LOSS_MARGIN_RATIO:g}, "
-             "every epoch tested) |", "|---|---|---|---:|---|---|---|---|---|"]
+             "every epoch tested) | all endpoints (intersection) |", "|---|---|---|---:|---|---|---|---|---|---|"]
     for model, entry in report["models"].items():
         for design in (d for d in DESIGNS if d in entry):
             r = entry[design]
@@ -238,7 +246,8 @@ def summary_table(report: dict) -> list[str]:
             lines.append(
                 f"| {model} | {entry['budget']} | {design}{' (paired)' if r['paired'] else ''} | {primary['n']} | "
                 f"{_mean_sd(r['test_accuracy_pp']['flax'])} / {_mean_sd(r['test_accuracy_pp']['torch'])} | "
-                f"{_log_ratio(primary)} | {_verdict(primary)} | {spread_text} | {loss} |")
+                f"{_log_ratio(primary)} | {_verdict(primary)} | {spread_text} | {loss} | "
+                f"{'equivalent' if r['all_endpoints_equivalent'] else 'not shown'} |")
     return lines
 
 
@@ -289,10 +298,12 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
                  (f"epoch {epochs} of {full}" if epochs < full else f"full recipe, {full} epochs"),
                  **{design: analyse(out, model, design, seeds) for design in designs}}
         report["models"][model] = entry
+        entry["all_endpoints_equivalent"] = all(entry[d]["all_endpoints_equivalent"] for d in designs)
         plot_model(out / f"{model}.png", model, entry)
         details += [f"## {model} ({entry['budget']})", "", f"![{model}]({model}.png)", ""]
         for design in designs:
             details += _details(model, design, entry[design])
+    report["all_models_equivalent"] = all(e["all_endpoints_equivalent"] for e in report["models"].values())
     md = ["# Equivalence of learning: Flax vs PyTorch", "",
           f"Command: `{report['command']}`" + (" (QUICK smoke run: not a result)" if quick else ""), "",
           f"Tests: TOST, α = {ALPHA} each side (equivalent <=> the 90 % interval lies inside the margin; 95 % intervals "
@@ -301,7 +312,9 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
           "The train-loss curve passes only if every tested epoch does (intersection-union, no correction needed). "
           "\"Seeds for 80 % power\": seeds per framework for TOST to show equivalence 80 % of the time if the true "
           "difference is 0, at the spread measured here.", "",
-          *summary_table(report), "", "Values: mean ± sample SD over seeds.", "", *details,
+          *summary_table(report), "", "Values: mean ± sample SD over seeds.", "",
+          f"Overall (the intersection of every endpoint of every model and design above): "
+          f"{'equivalent' if report['all_models_equivalent'] else 'equivalence not shown'}.", "", *details,
           f"Machine: {report['machine'].get('cpu_model', '?')}, {report['machine']['cpu_count']} logical CPUs; versions: "
           + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     write_json_atomic(out / "report.json", report)

@@ -55,6 +55,8 @@ def test_report_from_run_records(tmp_path, monkeypatch):
     escape = independent["plateau_escape"]
     assert escape["escape_epochs"] == {"flax": [2] * 4, "torch": [3] * 4} and escape["survival"]["flax"] == [1, 0, 0]
     assert report["budget"] == "epoch 3 of 21" and "spread_test" in independent and "spread_test" not in paired
+    assert paired["all_endpoints_equivalent"] and not independent["all_endpoints_equivalent"]
+    assert not report["all_endpoints_equivalent"]
     assert (tmp_path / "lenet.png").stat().st_size > 10_000
     text = readme.read_text()
     assert "old" not in text and "| lenet | epoch 3 of 21 | paired (paired) | 4 |" in text and text.endswith("rest\n")
