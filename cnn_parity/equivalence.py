@@ -202,7 +202,8 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
     fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(11, 4))
     designs = [d for d in DESIGNS if d in entry]
     colours = dict(zip(DESIGNS, ("tab:purple", "tab:green", "tab:orange", "tab:blue")))
-    for offset, design in zip(np.linspace(-0.15, 0.15, len(designs)), designs):
+    offsets = np.linspace(-0.15, 0.15, len(designs)) if len(designs) > 1 else [0.0]
+    for offset, design in zip(offsets, designs):
         result, colour = entry[design], colours[design]
         for ax, tests, x in ((loss_ax, result["train_loss_log_ratio_tests"], None),
                              (err_ax, [result["test_error_log_ratio_test"]], [offset])):
@@ -217,10 +218,11 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
         ax.axhline(0, color="k", lw=0.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    n = len(entry[designs[0]]["seeds"])
+    n, epochs = len(entry[designs[0]]["seeds"]), entry[designs[0]]["epochs"]
+    loss_ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))
     loss_ax.set(title=f"{model}: train loss, Flax / PyTorch − 1 (%), {n} seeds ({entry['budget']})", xlabel="epoch",
                 ylabel="%")
-    err_ax.set(title=f"{model}: test error at epoch {entry[designs[0]]['epochs']}, Flax / PyTorch − 1 (%)", xticks=[],
+    err_ax.set(title=f"{model}: test error at epoch {epochs}, Flax / PyTorch − 1 (%)", xticks=[],
                ylabel="%")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
