@@ -19,9 +19,11 @@ from cnn_parity.runs import FRAMEWORKS
 from .test_cli import REPO
 
 
-def _fake_run(out, model, design, framework, seed, epochs, loss, accuracies):
-    workdir = equivalence.record_dir(out, model, design, framework, seed)
+def _fake_run(out, model, design, framework, seed, epochs, loss, accuracies, workdir=None):
+    """A finished run's files in its record below `out` (or in `workdir`)."""
+    workdir = workdir or equivalence.record_dir(out, model, design, framework, seed)
     workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"framework": framework}))
     records = [{"epoch": e + 1, "steps": 10 * (e + 1), "train_loss": loss * (1 - 0.1 * e), "train_accuracy": 0.5,
                 "test_loss": 1.0, "test_accuracy": accuracies[e], "train_time_s": 1.0, "eval_time_s": 1.0}
                for e in range(epochs)]
@@ -135,3 +137,30 @@ def test_a_failed_run_is_reported_from_its_own_log(tmp_path):
     child_error = [line for line in log.read_text().splitlines() if "error:" in line][-1].strip()
     assert "not writable" in child_error
     assert "mlp flax seed 0 failed (exit 2)" in error and child_error in error and str(log) in error
+
+
+def test_finished_runs_are_skipped_and_only_records_are_kept(tmp_path, monkeypatch):
+    """Across sessions: a run whose record is complete never trains again, even with its scratch gone;
+    one finished in scratch but not yet recorded is recorded without training; a record holds
+    runs.RECORD_FILES and nothing else (no weights, no checkpoints)."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    trained = []
+
+    def train(workdir, *args):
+        trained.append(workdir)
+        _fake_run(out, "mlp", "independent", "flax", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
+
+    monkeypatch.setattr(equivalence.runs, "train", train)
+    _fake_run(out, "mlp", "independent", "flax", 0, 17, 1.0, [0.9] * 17)  # recorded in an earlier session
+    equivalence.train(out, scratch, "mlp", "independent", "flax", 0, "full", False, None)
+    assert trained == []
+    workdir = equivalence.run_dir(scratch, "mlp", "independent", "torch", 0)
+    _fake_run(out, "mlp", "independent", "torch", 0, 17, 1.0, [0.9] * 17, workdir=workdir)  # finished, not recorded
+    (workdir / "model.safetensors").write_bytes(b"weights")
+    (workdir / "checkpoints").mkdir()
+    equivalence.train(out, scratch, "mlp", "independent", "torch", 0, "full", False, None)
+    record = equivalence.record_dir(out, "mlp", "independent", "torch", 0)
+    assert trained == [] and sorted(p.name for p in record.iterdir()) == sorted(equivalence.runs.RECORD_FILES)
+    equivalence.train(out, scratch, "mlp", "independent", "flax", 1, "full", False, None)
+    assert trained == [equivalence.run_dir(scratch, "mlp", "independent", "flax", 1)]
+    assert equivalence.runs.run_complete(equivalence.record_dir(out, "mlp", "independent", "flax", 1), 17)
