@@ -39,9 +39,10 @@ def report_errors(prog: str, body: Callable[[], int]) -> int:
     except CnnParityError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal passed on to children (cnn_parity.runs.Stopped)
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{prog}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
+        return 128 + signum
     except Exception as e:
         return internal_error(prog, e)
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cnn_parity import runs
+from cnn_parity import runs, statistics
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS, load_recipe
@@ -108,21 +108,19 @@ def compare(flax: dict, torch: dict) -> dict[str, Any]:
     (unequal variances; the frameworks draw different random streams, so seeds are not paired) and the 95 %
     confidence interval of the difference it implies. With 3 + 3 seeds the test only detects differences
     of a few seed standard deviations: the interval says how large a difference the data still allow."""
-    from scipy import stats
-
     difference = flax["test_accuracy_mean"] - torch["test_accuracy_mean"]
     a, b = flax["test_accuracy_per_seed"], torch["test_accuracy_per_seed"]
     if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
         return {"difference_pp": 100 * difference, "test": None,
                 "statement": "too few seeds (or no spread) for a test of the difference"}
-    result = stats.ttest_ind(a, b, equal_var=False)
-    low, high = result.confidence_interval(0.95)
-    within = bool(result.pvalue >= 0.05)
-    return {"difference_pp": 100 * difference, "test": "Welch's t-test, two-sided", "t": float(result.statistic),
-            "df": float(result.df), "p": float(result.pvalue), "ci95_pp": [100 * float(low), 100 * float(high)],
+    result = statistics.welch(a, b)
+    low, high = result["ci95"]
+    within = bool(result["p"] >= 0.05)
+    return {"difference_pp": 100 * difference, "test": "Welch's t-test, two-sided", "t": result["t"],
+            "df": result["df"], "p": result["p"], "ci95_pp": [100 * low, 100 * high],
             "within_noise": within,
             "statement": (f"Flax - PyTorch = {100 * difference:+.2f} pp, 95% CI [{100 * low:+.2f}, {100 * high:+.2f}] pp; "
-                          f"Welch t = {result.statistic:.2f}, df = {result.df:.1f}, p = {result.pvalue:.3f} "
+                          f"Welch t = {result['t']:.2f}, df = {result['df']:.1f}, p = {result['p']:.3f} "
                           f"(n = {len(a)} + {len(b)} seeds): "
                           + ("within seed-to-seed noise." if within else "larger than seed-to-seed noise (p < 0.05)."))}
 
@@ -337,9 +335,10 @@ def main(argv=None) -> int:
                 print(f"{model}: seeds {seeds_by_model.get(model, 'none')} complete in both frameworks")
         else:
             jobs = [(m, f, s) for m in args.models for s in args.seeds for f in FRAMEWORKS]
-            for model, framework, seed in tqdm(jobs, desc="reproduce", unit="run", file=sys.stderr):
-                tqdm.write(f"{model} {framework} seed {seed}", file=sys.stderr)
-                train(args.out, model, framework, seed, args.quick, args.data_dir)
+            with runs.supervised_children():
+                for model, framework, seed in tqdm(jobs, desc="reproduce", unit="run", file=sys.stderr):
+                    tqdm.write(f"{model} {framework} seed {seed}", file=sys.stderr)
+                    train(args.out, model, framework, seed, args.quick, args.data_dir)
         build_report(args.out, seeds_by_model, args.quick)
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(seeds_by_model)} PNGs")
         return 0

@@ -1,22 +1,98 @@
 """Training runs launched through the training CLIs themselves (`python -m flax_impl.train`,
 `python -m torch_ref.train`, as subprocesses: the same code a user runs), for the commands that
-train many runs (reproduce, equivalence). Each run writes its own workdir, and its output goes to
-`<workdir>.log`; an interrupted run resumes from its checkpoints when launched again."""
+train many runs (reproduce, equivalence). Each run writes its own workdir, and its output goes to its
+own log, `<workdir>.log`; an interrupted run resumes from its checkpoints when launched again.
+
+No child outlives its parent: within `supervised_children()` a SIGTERM or SIGINT the parent receives
+is passed on to every running child and the parent waits for them before it exits, and each child
+asks the kernel for a SIGTERM should its parent die without that chance (SIGKILL)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS
 
 FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 CHECKPOINT_EVERY = 2000
+# What a finished run's record is: everything its analysis reads, and no weights.
+RECORD_FILES = ("config.json", "metrics.jsonl", "summary.json")
+
+# Run as the child: set PR_SET_PDEATHSIG (Linux; it survives exec) so that the kernel sends the child
+# SIGTERM when its parent dies, then become the training CLI. A parent that died before the prctl
+# took effect is caught by the parent-pid check. (Done here and not in Popen's preexec_fn, which is
+# unsafe in a process with threads: the launcher starts runs from worker threads.)
+_ORPHAN_GUARD = """\
+import ctypes, os, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(143)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+class _Children:
+    """The running training children, and whether the parent is stopping (then none is started)."""
+
+    def __init__(self):
+        self.lock = threading.RLock()  # a signal handler may run while its own thread holds it
+        self.running: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def signal_all(self, signum: int) -> None:
+        with self.lock:
+            self.stopping = True
+            for child in self.running:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signum)  # the child leads its own process group
+
+
+_children = _Children()
+
+
+class Stopped(KeyboardInterrupt):
+    """The parent received SIGTERM or SIGINT; every child was told and has been waited for."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def supervised_children() -> Iterator[None]:
+    """Within: SIGTERM or SIGINT stops starting runs, passes the signal to every running child (a
+    training CLI checkpoints and stops on SIGINT, stops at once on SIGTERM) and raises Stopped in the
+    main thread; a second signal kills the children. Use around the code that waits for the runs (its
+    worker threads wait for their children), so they are reaped before the command exits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handle(signum, frame):
+        received.append(signum)
+        _children.signal_all(signum if len(received) == 1 else signal.SIGKILL)
+        if len(received) == 1:
+            raise Stopped(signum)
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    _children.stopping = False
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
@@ -37,20 +113,60 @@ def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = N
     return done["steps"] == steps if steps is not None else done["epochs"] == epochs
 
 
+def keep_record(workdir: Path, record: Path) -> None:
+    """Copy a finished run's RECORD_FILES from `workdir` to `record` (its summary last, so a record is
+    complete exactly when run_complete says so). Its log stays with the workdir: progress bars make
+    it megabytes."""
+    if record.resolve() == workdir.resolve():
+        return
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        shutil.copyfile(workdir / name, record / name)
+
+
+def log_path(workdir: Path) -> Path:
+    return workdir.parent / f"{workdir.name}.log"
+
+
+def _failure(log: Path, start: int) -> str:
+    """The last line this attempt wrote to its log that is not a progress bar."""
+    with open(log, "rb") as f:
+        f.seek(start)
+        text = f.read().decode(errors="replace")
+    lines = [line.strip() for chunk in text.splitlines() for line in chunk.split("\r")]
+    lines = [line for line in lines if line and "it/s]" not in line and "s/it]" not in line]
+    return lines[-1] if lines else "(no output)"
+
+
 def train(workdir: Path, framework: str, model: str, seed: int, flags: Sequence[str] = (),
           data_dir: str | None = None, env: dict[str, str] | None = None) -> None:
     """Train `model` with `framework` and `seed` into `workdir` (resuming it if it exists), passing
-    the extra CLI `flags`; raise RunError, naming the log, if the run fails."""
-    command = [sys.executable, "-m", FRAMEWORKS[framework], "--model", model, "--seed", str(seed),
+    the extra CLI `flags`; raise RunError, quoting the run's own log, if it fails."""
+    command = ["-m", FRAMEWORKS[framework], "--model", model, "--seed", str(seed),
                "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY), *flags]
     if data_dir:
         command += ["--data-dir", data_dir]
     if workdir.exists():
         command.append("--resume")
     workdir.parent.mkdir(parents=True, exist_ok=True)
-    log_path = workdir.parent / f"{workdir.name}.log"
-    with open(log_path, "a") as log:
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    if result.returncode != 0:
-        last = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
-        raise RunError(f"{model} {framework} seed {seed} failed (exit {result.returncode}): {last[0]} [log: {log_path}]")
+    log = log_path(workdir)
+    with open(log, "a") as out:
+        start = out.tell()
+        with _children.lock:
+            if _children.stopping:
+                raise RunError(f"{model} {framework} seed {seed} not started: stopping")
+            child = subprocess.Popen([sys.executable, "-c", _ORPHAN_GUARD, str(os.getpid()), *command], stdout=out,
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                     start_new_session=True)
+            _children.running.add(child)
+        try:
+            try:
+                returncode = child.wait()
+            except BaseException:  # Stopped, in a command that trains from its main thread
+                child.wait()  # the signal was passed on to the child: let it checkpoint and exit
+                raise
+        finally:
+            with _children.lock:
+                _children.running.discard(child)
+    if returncode != 0:
+        raise RunError(f"{model} {framework} seed {seed} failed (exit {returncode}): {_failure(log, start)} [log: {log}]")

@@ -1,101 +1,75 @@
-"""The equivalence study's statistics (TOST, confidence intervals, power) against scipy and simulation,
-and its report built from run folders."""
+"""The equivalence study: its report built from run records, its command line, and its launcher's
+hold on its training children (a killed study leaves no process behind)."""
 
 from __future__ import annotations
 
 import json
-import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import numpy as np
 import pytest
-from scipy import stats
 
 from cnn_parity import equivalence
 from cnn_parity.runs import FRAMEWORKS
 
-RNG = np.random.default_rng(0)
+from .test_cli import REPO
 
 
-def test_paired_tost_is_two_one_sided_one_sample_t_tests():
-    flax, torch = RNG.normal(0, 1, 12), RNG.normal(0.1, 1, 12)
-    result = equivalence.difference_test(flax, torch, margin=0.8, paired=True)
-    d = flax - torch
-    expected = max(stats.ttest_1samp(d, -0.8, alternative="greater").pvalue,
-                   stats.ttest_1samp(d, 0.8, alternative="less").pvalue)
-    assert result["tost_p"] == pytest.approx(expected, rel=1e-9)
-    assert result["ci95"] == pytest.approx(list(stats.ttest_1samp(d, 0).confidence_interval(0.95)), rel=1e-9)
-
-
-def test_independent_tost_is_two_one_sided_welch_tests():
-    flax, torch = RNG.normal(0, 1, 10), RNG.normal(0.2, 2, 10)
-    result = equivalence.difference_test(flax, torch, margin=1.0, paired=False)
-    expected = max(stats.ttest_ind(flax + 1.0, torch, equal_var=False, alternative="greater").pvalue,
-                   stats.ttest_ind(flax - 1.0, torch, equal_var=False, alternative="less").pvalue)
-    assert result["tost_p"] == pytest.approx(expected, rel=1e-9)
-    welch = stats.ttest_ind(flax, torch, equal_var=False)
-    assert result["ci95"] == pytest.approx(list(welch.confidence_interval(0.95)), rel=1e-9)
-    assert result["df"] == pytest.approx(welch.df, rel=1e-9)
-
-
-def test_equivalence_needs_the_90_percent_interval_inside_the_margin():
-    same = np.array([1.0, 1.1, 0.9, 1.05, 0.95])
-    assert equivalence.difference_test(same, same + 0.01, margin=0.1, paired=True)["equivalent"]
-    assert not equivalence.difference_test(same, same + 0.2, margin=0.1, paired=True)["equivalent"]
-    identical = equivalence.difference_test(same, same, margin=0.1, paired=True)
-    assert identical["equivalent"] and identical["tost_p"] == 0.0
-
-
-@pytest.mark.parametrize("paired", [True, False])
-def test_seeds_for_power_reaches_the_target_power_in_simulation(paired):
-    sd, margin = 1.0, 1.0
-    n = equivalence.seeds_for_power(sd, margin, paired)
-    trials = 1000
-
-    def power(seeds):
-        hits = 0
-        for _ in range(trials):
-            a = RNG.normal(0, sd / math.sqrt(2) if paired else sd, seeds)
-            b = RNG.normal(0, sd / math.sqrt(2) if paired else sd, seeds)
-            hits += equivalence.difference_test(a, b, margin, paired)["equivalent"]
-        return hits / trials
-
-    # The formula is an approximation: within 5 points of the target, and one seed fewer falls short.
-    assert power(n) >= equivalence.TARGET_POWER - 0.05
-    assert power(n - 1) < power(n) + 0.02
-
-
-def _fake_run(out, model, design, framework, seed, epochs, loss, accuracy):
-    workdir = equivalence.run_dir(out, model, design, framework, seed)
+def _fake_run(out, model, design, framework, seed, epochs, loss, accuracies, workdir=None):
+    """A finished run's files in its record below `out` (or in `workdir`)."""
+    workdir = workdir or equivalence.record_dir(out, model, design, framework, seed)
     workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps({"framework": framework}))
     records = [{"epoch": e + 1, "steps": 10 * (e + 1), "train_loss": loss * (1 - 0.1 * e), "train_accuracy": 0.5,
-                "test_loss": 1.0, "test_accuracy": accuracy, "train_time_s": 1.0, "eval_time_s": 1.0}
+                "test_loss": 1.0, "test_accuracy": accuracies[e], "train_time_s": 1.0, "eval_time_s": 1.0}
                for e in range(epochs)]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (workdir / "summary.json").write_text(json.dumps({"epochs": epochs, "steps": 10 * epochs}))
 
 
-def test_report_from_run_folders(tmp_path, monkeypatch):
-    monkeypatch.setitem(equivalence.BUDGET_EPOCHS, "mlp", 2)
+def test_report_from_run_records(tmp_path, monkeypatch):
+    monkeypatch.setitem(equivalence.PILOT_EPOCHS, "lenet", 3)
     for seed in range(4):
-        for design in equivalence.DEFAULT_DESIGNS:
+        for design in ("independent", "paired"):
             for framework in FRAMEWORKS:
-                # paired: identical; independent: Flax's loss 20 % higher, accuracies a point apart
+                # paired: identical; independent: Flax's loss 30 % higher, its error 2 points lower,
+                # and Flax's runs leave the plateau at epoch 2, PyTorch's at epoch 3.
                 worse = design == "independent" and framework == "flax"
-                _fake_run(tmp_path, "mlp", design, framework, seed, 2, (1.2 if worse else 1.0) + 0.01 * seed,
-                          0.90 + 0.001 * seed + (0.01 if worse else 0))
+                final = 0.90 + 0.002 * seed + (0.02 if worse else 0)
+                curve = [0.11, 0.6 if worse else 0.2, final]
+                _fake_run(tmp_path, "lenet", design, framework, seed, 3, (1.3 if worse else 1.0) + 0.01 * seed, curve)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- equivalence-report:begin -->\nold\n<!-- equivalence-report:end -->\nrest\n")
-    assert equivalence.main(["--models", "mlp", "--seeds", "0", "1", "2", "3", "--report-only", "--out", str(tmp_path),
-                             "--update-readme", str(readme)]) == 0
-    report = json.loads((tmp_path / "report.json").read_text())["models"]["mlp"]
-    assert report["paired"]["test_accuracy_test"]["equivalent"]
-    assert report["paired"]["train_loss_equivalent_every_epoch"]
-    assert not report["independent"]["test_accuracy_test"]["equivalent"]
-    assert not report["independent"]["train_loss_equivalent_every_epoch"]
-    assert report["independent"]["test_accuracy_test"]["difference"] == pytest.approx(1.0)
-    assert (tmp_path / "mlp.png").stat().st_size > 10_000
+    assert equivalence.main(["--models", "lenet", "--seeds", "0", "1", "2", "3", "--designs", "independent", "paired",
+                             "--budget", "pilot", "--report-only", "--out", str(tmp_path), "--update-readme",
+                             str(readme)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())["models"]["lenet"]
+    paired, independent = report["paired"], report["independent"]
+    assert paired["paired"] and not independent["paired"]
+    assert paired["test_error_log_ratio_test"]["equivalent"] and paired["train_loss_equivalent_every_epoch"]
+    assert not independent["test_error_log_ratio_test"]["equivalent"]
+    assert not independent["train_loss_equivalent_every_epoch"]
+    assert independent["test_accuracy_difference_pp"]["difference"] == pytest.approx(2.0)
+    escape = independent["plateau_escape"]
+    assert escape["escape_epochs"] == {"flax": [2] * 4, "torch": [3] * 4} and escape["survival"]["flax"] == [1, 0, 0]
+    assert report["budget"] == "epoch 3 of 21" and "spread_test" in independent and "spread_test" not in paired
+    assert paired["all_endpoints_equivalent"] and not independent["all_endpoints_equivalent"]
+    assert not report["all_endpoints_equivalent"]
+    assert (tmp_path / "lenet.png").stat().st_size > 10_000
     text = readme.read_text()
-    assert "old" not in text and "| mlp | 2 of 17 epochs | paired | 4 |" in text and text.endswith("rest\n")
+    assert "old" not in text and "| lenet | epoch 3 of 21 | paired (paired) | 4 |" in text and text.endswith("rest\n")
+    assert "90% CI" in text
+
+
+def test_help_describes_every_design_and_refers_to_no_missing_text():
+    help_text = subprocess.run([sys.executable, "-m", "cnn_parity.equivalence", "--help"], capture_output=True,
+                               text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert "below" not in help_text and "PROTOCOL.md" in help_text
+    assert all(f'"{design}"' in help_text for design in equivalence.DESIGNS)
 
 
 def test_bad_arguments_are_one_line_usage_errors(tmp_path, capsys):
@@ -105,3 +79,88 @@ def test_bad_arguments_are_one_line_usage_errors(tmp_path, capsys):
     assert equivalence.main(["--report-only", "--seeds", "0", "1", "--out", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("python -m cnn_parity.equivalence: error: ") for line in err)
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (zombies, already dead, excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or text not in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                continue
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_a_killed_study_leaves_no_training_process(tmp_path, signum):
+    """Kill the study as soon as its two training children start (full lenet runs: minutes each, were
+    they left running): SIGTERM and SIGINT are passed on and waited for; on SIGKILL the kernel stops
+    the orphans (PR_SET_PDEATHSIG). None survives."""
+    scratch = tmp_path / "scratch"
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "cnn_parity.equivalence", "--models", "lenet", "--seeds", "0", "1", "--jobs", "2",
+         "--scratch", str(scratch), "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.monotonic() + 60
+    while len(_processes_naming(str(scratch / "runs"))) < 2:
+        assert parent.poll() is None and time.monotonic() < deadline, "the study never started two runs"
+        time.sleep(0.1)
+    parent.send_signal(signum)
+    parent.wait(timeout=60)
+    if signum != signal.SIGKILL:
+        assert parent.returncode == 128 + signum
+        assert parent.stderr.read().decode().strip().endswith("terminated" if signum == signal.SIGTERM else "interrupted")
+        assert _processes_naming(str(scratch / "runs")) == []  # waited for before the parent exited
+    deadline = time.monotonic() + 30
+    while _processes_naming(str(scratch / "runs")):
+        assert time.monotonic() < deadline, "a training child outlived the study"
+        time.sleep(0.1)
+
+
+def test_a_failed_run_is_reported_from_its_own_log(tmp_path):
+    scratch = tmp_path / "scratch"
+    blocked = equivalence.run_dir(scratch, "mlp", "independent", "flax", 0)
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the run's workdir should be")  # the training CLI refuses it (exit 2)
+    result = subprocess.run(
+        [sys.executable, "-m", "cnn_parity.equivalence", "--models", "mlp", "--seeds", "0", "1", "--quick",
+         "--scratch", str(scratch), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    log = blocked.parent / "flax-seed0.log"
+    child_error = [line for line in log.read_text().splitlines() if "error:" in line][-1].strip()
+    assert "not writable" in child_error
+    assert "mlp flax seed 0 failed (exit 2)" in error and child_error in error and str(log) in error
+
+
+def test_finished_runs_are_skipped_and_only_records_are_kept(tmp_path, monkeypatch):
+    """Across sessions: a run whose record is complete never trains again, even with its scratch gone;
+    one finished in scratch but not yet recorded is recorded without training; a record holds
+    runs.RECORD_FILES and nothing else (no weights, no checkpoints)."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    trained = []
+
+    def train(workdir, *args):
+        trained.append(workdir)
+        _fake_run(out, "mlp", "independent", "flax", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
+
+    monkeypatch.setattr(equivalence.runs, "train", train)
+    _fake_run(out, "mlp", "independent", "flax", 0, 17, 1.0, [0.9] * 17)  # recorded in an earlier session
+    equivalence.train(out, scratch, "mlp", "independent", "flax", 0, "full", False, None)
+    assert trained == []
+    workdir = equivalence.run_dir(scratch, "mlp", "independent", "torch", 0)
+    _fake_run(out, "mlp", "independent", "torch", 0, 17, 1.0, [0.9] * 17, workdir=workdir)  # finished, not recorded
+    (workdir / "model.safetensors").write_bytes(b"weights")
+    (workdir / "checkpoints").mkdir()
+    equivalence.train(out, scratch, "mlp", "independent", "torch", 0, "full", False, None)
+    record = equivalence.record_dir(out, "mlp", "independent", "torch", 0)
+    assert trained == [] and sorted(p.name for p in record.iterdir()) == sorted(equivalence.runs.RECORD_FILES)
+    equivalence.train(out, scratch, "mlp", "independent", "flax", 1, "full", False, None)
+    assert trained == [equivalence.run_dir(scratch, "mlp", "independent", "flax", 1)]
+    assert equivalence.runs.run_complete(equivalence.record_dir(out, "mlp", "independent", "flax", 1), 17)

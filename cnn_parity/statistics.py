@@ -1,0 +1,191 @@
+"""The statistics the reports use, each implemented once (scipy underneath).
+
+- `welch`: Welch's two-sided t-test of a mean difference, with its confidence interval.
+- `mean_difference` / `difference_test`: a Flax − PyTorch mean difference, paired (one-sample t on
+  per-seed differences) or independent (Welch), with 90 % (the one TOST decides by) and 95 % intervals;
+  TOST equivalence against ±margin.
+- `tost_power` / `seeds_for_power`: TOST's exact power under normality, and the seeds per arm it needs.
+- `spread_test`: TOST equivalence of two standard deviations (their ratio within [1/r, r]), F-based.
+- `escape_epochs` / `survival` / `escape_test`: when each run leaves an initial plateau, as a
+  distribution (empirical survival curves, two-sample Kolmogorov-Smirnov test).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+ALPHA = 0.05  # each one-sided test of a TOST; equivalent <=> the 90 % CI lies inside the margin
+
+
+def _t_interval(mean: float, se: float, df: float, level: float) -> list[float]:
+    from scipy import stats
+
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return [mean - half, mean + half]
+
+
+def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Welch's t-test (unequal variances, two-sided) of mean(a) − mean(b), with its 95 % CI."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    # Welch-Satterthwaite; with no spread at all the pooled df (the difference is then known exactly).
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else len(a) + len(b) - 2
+    difference = float(a.mean() - b.mean())
+    if se == 0:
+        t, p = (0.0, 1.0) if difference == 0 else (math.copysign(math.inf, difference), 0.0)
+    else:
+        from scipy import stats
+
+        t = difference / se
+        p = float(2 * stats.t.sf(abs(t), df))
+    return {"difference": difference, "se": se, "df": float(df), "t": t, "p": p,
+            "ci95": _t_interval(difference, se, df, 0.95)}
+
+
+def mean_difference(flax: Sequence[float], torch: Sequence[float], paired: bool) -> dict[str, Any]:
+    """Flax − PyTorch mean difference with its standard error, df and 90 % / 95 % CIs. Paired: the
+    mean of per-seed differences (one-sample t); independent: Welch. `sd`: the spread power depends
+    on (of per-seed differences if paired, else the two arms' pooled seed-to-seed SD)."""
+    flax, torch = np.asarray(flax, np.float64), np.asarray(torch, np.float64)
+    if paired:
+        d = flax - torch
+        mean, sd = float(d.mean()), float(d.std(ddof=1))
+        se, df = sd / math.sqrt(len(d)), float(len(d) - 1)
+    else:
+        w = welch(flax, torch)
+        mean, se, df = w["difference"], w["se"], w["df"]
+        sd = math.sqrt((flax.var(ddof=1) + torch.var(ddof=1)) / 2)
+    if se == 0:  # identical values: the difference is known exactly
+        ci90 = ci95 = [mean, mean]
+    else:
+        ci90, ci95 = _t_interval(mean, se, df, 1 - 2 * ALPHA), _t_interval(mean, se, df, 0.95)
+    return {"n": len(flax), "paired": paired, "difference": mean, "se": se, "df": df, "sd": sd,
+            "ci90": ci90, "ci95": ci95}
+
+
+def difference_test(flax: Sequence[float], torch: Sequence[float], margin: float, paired: bool) -> dict[str, Any]:
+    """`mean_difference` and TOST against ±`margin`: "|difference| >= margin" is rejected when both
+    one-sided t-tests reject at level ALPHA; p = the larger of their p-values, and equivalent <=>
+    p < ALPHA <=> the 90 % CI lies strictly inside ±margin."""
+    from scipy import stats
+
+    result = mean_difference(flax, torch, paired)
+    mean, se, df = result["difference"], result["se"], result["df"]
+    if se == 0:
+        p_tost = 0.0 if abs(mean) < margin else 1.0
+    else:
+        p_lower = stats.t.sf((mean + margin) / se, df)  # H0: difference <= -margin
+        p_upper = stats.t.cdf((mean - margin) / se, df)  # H0: difference >= +margin
+        p_tost = float(max(p_lower, p_upper))
+    return {**result, "margin": margin, "tost_p": p_tost, "equivalent": bool(p_tost < ALPHA)}
+
+
+def tost_power(n: int, sd: float, margin: float, paired: bool, true_difference: float = 0.0) -> float:
+    """Probability that TOST at level ALPHA shows equivalence within ±`margin` with `n` seeds per arm,
+    when the true difference is `true_difference` and the spread is `sd` (of per-seed differences if
+    paired; else each arm's, equal in both, analysed with the pooled df 2n − 2, which Welch's df equals
+    when the sample variances agree). Exact under normality: the estimate is N(true, σ_se²) and
+    independent of its estimated standard error s, with (df)(s/σ_se)² ~ χ²(df); equivalence is
+    |estimate| + t_(1−α, df)·s < margin, integrated over s."""
+    from scipy import integrate, stats
+
+    se, df = (sd / math.sqrt(n), n - 1) if paired else (sd * math.sqrt(2 / n), 2 * n - 2)
+    t_crit = stats.t.ppf(1 - ALPHA, df)
+
+    def given(chi2: float) -> float:
+        half = margin - t_crit * se * math.sqrt(chi2 / df)  # the estimate must lie within ±half
+        if half <= 0:
+            return 0.0
+        return stats.norm.cdf((half - true_difference) / se) - stats.norm.cdf((-half - true_difference) / se)
+
+    # Beyond `upper` the interval is wider than the margin; the χ² tails past 1e-12 add nothing.
+    upper = min(df * (margin / (t_crit * se)) ** 2, stats.chi2.isf(1e-12, df))
+    lower = stats.chi2.ppf(1e-12, df)
+    if upper <= lower:
+        return 0.0
+    value, _ = integrate.quad(lambda c: given(c) * stats.chi2.pdf(c, df), lower, upper, limit=200)
+    return float(value)
+
+
+def seeds_for_power(sd: float, margin: float, paired: bool, power: float = 0.8,
+                    true_difference: float = 0.0, most: int = 10_000) -> int | None:
+    """The fewest seeds per arm (at least 2) for which `tost_power` reaches `power`; None above `most`."""
+    if sd == 0:
+        return 2 if abs(true_difference) < margin else None
+    if tost_power(most, sd, margin, paired, true_difference) < power:
+        return None
+    low, high = 2, most  # power grows with n: bisect for the first n that reaches `power`
+    if tost_power(low, sd, margin, paired, true_difference) >= power:
+        return low
+    while high - low > 1:
+        mid = (low + high) // 2
+        if tost_power(mid, sd, margin, paired, true_difference) >= power:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def spread_test(flax: Sequence[float], torch: Sequence[float], ratio_margin: float) -> dict[str, Any]:
+    """TOST equivalence of the two arms' standard deviations: H0 "SD_flax / SD_torch >= r or <= 1/r",
+    r = `ratio_margin`, by two one-sided F-tests on the variance ratio (exact under normality; an
+    F-test is sensitive to heavy tails, which is why spread is a secondary endpoint). Returns the SD
+    ratio, its 90 % and 95 % CIs, the TOST p and the verdict at ALPHA, and the two-sided F-test p of
+    "equal SDs" for reference."""
+    from scipy import stats
+
+    flax, torch = np.asarray(flax, np.float64), np.asarray(torch, np.float64)
+    d1, d2 = len(flax) - 1, len(torch) - 1
+    sd_flax, sd_torch = float(flax.std(ddof=1)), float(torch.std(ddof=1))
+    if sd_torch == 0 or sd_flax == 0:
+        raise ValueError("spread_test needs non-zero spread in both arms")
+    variance_ratio = (sd_flax / sd_torch) ** 2
+    r2 = ratio_margin**2
+    p_upper = stats.f.cdf(variance_ratio / r2, d1, d2)  # H0: true variance ratio >= r²
+    p_lower = stats.f.sf(variance_ratio * r2, d1, d2)  # H0: true variance ratio <= 1/r²
+    p_tost = float(max(p_upper, p_lower))
+
+    def interval(level: float) -> list[float]:
+        tail = (1 - level) / 2
+        return [math.sqrt(variance_ratio / stats.f.ppf(1 - tail, d1, d2)),
+                math.sqrt(variance_ratio / stats.f.ppf(tail, d1, d2))]
+
+    p_equal = float(2 * min(stats.f.cdf(variance_ratio, d1, d2), stats.f.sf(variance_ratio, d1, d2)))
+    return {"sd_flax": sd_flax, "sd_torch": sd_torch, "sd_ratio": math.sqrt(variance_ratio),
+            "ci90": interval(1 - 2 * ALPHA), "ci95": interval(0.95), "margin": ratio_margin, "tost_p": p_tost,
+            "equivalent": bool(p_tost < ALPHA), "f_test_p": p_equal}
+
+
+def escape_epochs(curves: Sequence[Sequence[float]], threshold: float) -> list[int | None]:
+    """Per run, the first epoch (1-based) whose value (test accuracy) exceeds `threshold`; None for a
+    run still below it at its last epoch (censored there)."""
+    out = []
+    for curve in curves:
+        above = [e for e, value in enumerate(curve, start=1) if value > threshold]
+        out.append(above[0] if above else None)
+    return out
+
+
+def survival(escapes: Sequence[int | None], epochs: int) -> list[float]:
+    """The fraction of runs still on the plateau after each epoch 1 .. `epochs` (every run observed to
+    the same epoch, so censoring is common to all and this is the Kaplan-Meier estimate)."""
+    n = len(escapes)
+    return [sum(1 for e in escapes if e is None or e > k) / n for k in range(1, epochs + 1)]
+
+
+def escape_test(flax: Sequence[int | None], torch: Sequence[int | None], epochs: int) -> dict[str, Any]:
+    """Two-sample Kolmogorov-Smirnov test of the escape-epoch distributions (a run not escaped by
+    `epochs` counts as epochs + 1: both arms are censored at the same epoch). Epochs are discrete, so
+    ties make the test conservative. A difference test: p > 0.05 is not evidence of equality."""
+    from scipy import stats
+
+    a = [epochs + 1 if e is None else e for e in flax]
+    b = [epochs + 1 if e is None else e for e in torch]
+    result = stats.ks_2samp(a, b)
+    return {"escape_epochs": {"flax": list(flax), "torch": list(torch)},
+            "survival": {"flax": survival(flax, epochs), "torch": survival(torch, epochs)},
+            "ks_statistic": float(result.statistic), "ks_p": float(result.pvalue)}

@@ -1,0 +1,117 @@
+"""cnn_parity.statistics against scipy, analytic values and simulation; each test its own generator."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from cnn_parity import statistics
+
+
+def test_welch_is_scipys_welch():
+    rng = np.random.default_rng(11)
+    a, b = rng.normal(0, 1, 7), rng.normal(0.5, 2, 9)
+    ours, theirs = statistics.welch(a, b), stats.ttest_ind(a, b, equal_var=False)
+    assert ours["p"] == pytest.approx(theirs.pvalue, rel=1e-9) and ours["df"] == pytest.approx(theirs.df, rel=1e-9)
+    assert ours["ci95"] == pytest.approx(list(theirs.confidence_interval(0.95)), rel=1e-9)
+
+
+def test_paired_tost_is_two_one_sided_one_sample_t_tests():
+    rng = np.random.default_rng(12)
+    flax, torch = rng.normal(0, 1, 12), rng.normal(0.1, 1, 12)
+    result = statistics.difference_test(flax, torch, margin=0.8, paired=True)
+    d = flax - torch
+    expected = max(stats.ttest_1samp(d, -0.8, alternative="greater").pvalue,
+                   stats.ttest_1samp(d, 0.8, alternative="less").pvalue)
+    assert result["tost_p"] == pytest.approx(expected, rel=1e-9)
+    assert result["ci90"] == pytest.approx(list(stats.ttest_1samp(d, 0).confidence_interval(0.90)), rel=1e-9)
+    assert result["ci95"] == pytest.approx(list(stats.ttest_1samp(d, 0).confidence_interval(0.95)), rel=1e-9)
+
+
+def test_independent_tost_is_two_one_sided_welch_tests():
+    rng = np.random.default_rng(13)
+    flax, torch = rng.normal(0, 1, 10), rng.normal(0.2, 2, 10)
+    result = statistics.difference_test(flax, torch, margin=1.0, paired=False)
+    expected = max(stats.ttest_ind(flax + 1.0, torch, equal_var=False, alternative="greater").pvalue,
+                   stats.ttest_ind(flax - 1.0, torch, equal_var=False, alternative="less").pvalue)
+    assert result["tost_p"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("p_target, equivalent", [(0.03, True), (0.07, False), (0.095, False)])
+def test_tost_decides_at_alpha_0_05_not_0_10(p_target, equivalent):
+    """Per-seed differences placed so that TOST's p is exactly `p_target`: p = 0.07 (inside the 95 %
+    but not the 90 % interval's reach) must not be declared equivalent."""
+    d = np.array([-1.0, 0.0, 1.0, -0.5, 0.5, 0.2, -0.2, 0.0])  # mean 0, sd fixed
+    se, df = d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1
+    shift = 0.3
+    margin = shift + stats.t.isf(p_target, df) * se  # p_upper = P(T <= (shift - margin)/se) = p_target
+    result = statistics.difference_test(d + shift, np.zeros_like(d), margin, paired=True)
+    assert result["tost_p"] == pytest.approx(p_target, rel=1e-9)
+    assert result["equivalent"] is equivalent
+    assert bool(result["ci90"][1] < margin) == equivalent  # the decision is the 90 % interval's
+
+
+def test_tost_power_is_the_simulated_power():
+    """The exact power formula against 4,000 simulated TOSTs (Monte-Carlo SE ≈ 0.008)."""
+    rng = np.random.default_rng(14)
+    n, sd, margin, trials = 9, 1.0, 1.2, 4000
+    for paired, true in ((False, 0.0), (True, 0.3)):
+        hits = sum(statistics.difference_test(rng.normal(true, sd, n), np.zeros(n) if paired else rng.normal(0, sd, n),
+                                              margin, paired)["equivalent"] for _ in range(trials))
+        assert hits / trials == pytest.approx(statistics.tost_power(n, sd, margin, paired, true), abs=0.03)
+
+
+def test_tost_power_matches_the_normal_approximation_for_many_seeds():
+    # Large n: s ≈ σ, so power → 2Φ(margin/se − z_0.95) − 1 (true difference 0).
+    n, sd, margin = 2000, 1.0, 0.1
+    se = sd * math.sqrt(2 / n)
+    approx = 2 * stats.norm.cdf(margin / se - stats.norm.isf(0.05)) - 1
+    assert statistics.tost_power(n, sd, margin, paired=False) == pytest.approx(approx, abs=0.005)
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_seeds_for_power_is_the_first_n_reaching_the_power(paired):
+    sd, margin = 1.0, 0.8
+    n = statistics.seeds_for_power(sd, margin, paired)
+    assert statistics.tost_power(n, sd, margin, paired) >= 0.8 > statistics.tost_power(n - 1, sd, margin, paired)
+    # Normal-theory sample size 2(z_0.95 + z_0.90)²σ²/δ² per arm (paired: half), which the t-based exact
+    # n exceeds by at most a few seeds.
+    z = stats.norm.isf(0.05) + stats.norm.isf(0.10)
+    normal_n = (1 if paired else 2) * (z * sd / margin) ** 2
+    assert normal_n <= n <= normal_n + 3
+
+
+def test_spread_tost_is_two_one_sided_f_tests():
+    rng = np.random.default_rng(15)
+    a, b = rng.normal(0, 1.0, 20), rng.normal(0, 1.3, 20)
+    result = statistics.spread_test(a, b, ratio_margin=2.0)
+    v = a.var(ddof=1) / b.var(ddof=1)
+    expected = max(stats.f.cdf(v / 4, 19, 19), stats.f.sf(v * 4, 19, 19))
+    assert result["tost_p"] == pytest.approx(expected, rel=1e-9)
+    assert result["equivalent"] == (2.0 > result["ci90"][1] and result["ci90"][0] > 0.5)
+    # Its 90 % CI: the SD ratios not rejected by one-sided F-tests at 5 %.
+    low, high = result["ci90"]
+    assert stats.f.sf(v / low**2, 19, 19) == pytest.approx(0.05, rel=1e-6)
+    assert stats.f.cdf(v / high**2, 19, 19) == pytest.approx(0.05, rel=1e-6)
+
+
+def test_spread_tost_size_at_the_margin_is_alpha():
+    """Simulated at a true SD ratio of exactly 2: equivalence within [1/2, 2] is declared ≤ 5 % of the time."""
+    rng = np.random.default_rng(16)
+    hits = sum(statistics.spread_test(rng.normal(0, 2.0, 15), rng.normal(0, 1.0, 15), 2.0)["equivalent"]
+               for _ in range(3000))
+    assert hits / 3000 == pytest.approx(0.05, abs=0.015)
+
+
+def test_plateau_escape_epochs_survival_and_ks():
+    curves = [[0.1, 0.2, 0.9], [0.1, 0.6, 0.9], [0.1, 0.1, 0.1]]
+    escapes = statistics.escape_epochs(curves, 0.5)
+    assert escapes == [3, 2, None]
+    assert statistics.survival(escapes, 3) == pytest.approx([1.0, 2 / 3, 1 / 3])
+    late, early = [3, 3, 3, None, 3, 3], [1, 1, 1, 1, 1, 2]
+    result = statistics.escape_test(early, late, 3)
+    assert result["ks_statistic"] == pytest.approx(1.0) and result["ks_p"] < 0.01
+    assert statistics.escape_test(early, early, 3)["ks_p"] == pytest.approx(1.0)
