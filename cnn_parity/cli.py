@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 from cnn_parity import checkpoints
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import CnnParityError, UsageError
-from cnn_parity.recipes import MODELS, Recipe, load_recipe, parse_assignment, recipe_from_dict
+from cnn_parity.recipes import MODELS, OPTIMIZERS, Recipe, load_recipe, parse_assignment, recipe_from_dict, settable_keys
 from cnn_parity.training import Interrupted, StopRequest, Trainer, fit
 from cnn_parity.workdir import Workdir, command_line
 
@@ -79,10 +79,11 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml")
     p.add_argument("--dataset", choices=DATASETS, help="override the recipe's data set")
     # Numeric flags are checked by the recipe's validation, so --lr -1 and --set optimizer.lr=-1 agree.
-    p.add_argument("--epochs", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N")
-    p.add_argument("--lr", type=_float, metavar="LR")
-    p.add_argument("--seed", type=int, metavar="N")
+    p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default: the recipe's)")
+    p.add_argument("--lr", type=_float, metavar="LR", help="learning rate, optimizer.lr (default: the recipe's)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed of the initial weights, shuffling and dropout, 0 .. 2**32 - 1 (default: the recipe's)")
     p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N training steps (smoke runs)")
     p.add_argument("--pipeline", choices=pipelines, default=pipelines[0],
                    help=f"input pipeline (default {pipelines[0]})")
@@ -97,7 +98,8 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the workdir (written by default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe key, e.g. --set optimizer.momentum=0.5 (repeatable)")
+                   help=f"override a recipe key (repeatable): {', '.join(settable_keys())}; optimizer.name is one "
+                        f"of {', '.join(OPTIMIZERS)} (--set optimizer=adam for short); e.g. --set optimizer.momentum=0.5")
     return p
 
 

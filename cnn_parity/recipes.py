@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import math
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,9 @@ from cnn_parity.errors import UsageError
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 OPTIMIZERS = ("sgd", "adam")
+# The [optimizer] keys each optimizer reads: an override that switches the optimizer drops the recipe's
+# other ones (lenet's momentum is no setting of Adam's), and refuses them when given.
+OPTIMIZER_KEYS = {"sgd": ("name", "lr", "momentum"), "adam": ("name", "lr", "b1", "b2", "eps")}
 INITS = ("torch", "flax")
 # Where the initial weights and each epoch's shuffling order come from: each framework's own random
 # generators ("framework"), or one neutral numpy generator (cnn_parity/shared_rng.py) that gives both
@@ -87,8 +91,7 @@ def load_recipe(model: str | None = None, config: str | Path | None = None,
         raise UsageError(f"config {path} is not valid TOML: {e}") from None
     if model is not None and config is not None and raw.get("model") != model:
         raise UsageError(f"--model {model} disagrees with {path}, which is a recipe for {raw.get('model')!r}")
-    for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
+    _apply_overrides(raw, overrides or {})
     return _build(raw, str(path))
 
 
@@ -97,8 +100,7 @@ def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",
     """A Recipe from `Recipe.to_dict()` output (e.g. stored in a checkpoint), with dotted-key
     `overrides` applied, validated."""
     raw = {**raw, "optimizer": dict(raw.get("optimizer") or {})}
-    for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
+    _apply_overrides(raw, overrides or {})
     return _build(raw, origin)
 
 
@@ -114,13 +116,47 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), parsed
 
 
+def settable_keys() -> list[str]:
+    """The recipe keys `--set` takes (dotted for the optimizer's)."""
+    fixed = ("model", "optimizer", "source", "reported")  # what a recipe is, and where it comes from
+    return [f.name for f in dataclasses.fields(Recipe) if f.name not in fixed] + \
+        [f"optimizer.{f.name}" for f in dataclasses.fields(Optimizer)]
+
+
+def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> None:
+    """Set dotted-key `overrides` in a raw recipe. `optimizer=NAME` is short for `optimizer.name=NAME`;
+    switching the optimizer drops the settings of the old one that the new one does not read (said on
+    stderr), and refuses such a setting given with it."""
+    overrides = dict(overrides)
+    if isinstance(overrides.get("optimizer"), str):
+        overrides["optimizer.name"] = overrides.pop("optimizer")
+    table = raw.get("optimizer")
+    before = table.get("name") if isinstance(table, dict) else None
+    for key, value in overrides.items():
+        _set_dotted(raw, key, value)
+    table = raw.get("optimizer")
+    name = table.get("name") if isinstance(table, dict) else None
+    if name == before or name not in OPTIMIZER_KEYS:
+        return
+    foreign = [key for key in table if key not in OPTIMIZER_KEYS[name]]
+    given = [key for key in foreign if f"optimizer.{key}" in overrides]
+    if given:
+        raise UsageError(f"optimizer.{given[0]} is no setting of {name} (it reads: "
+                         f"{', '.join('optimizer.' + k for k in OPTIMIZER_KEYS[name][1:])})")
+    dropped = {key: table.pop(key) for key in foreign}
+    if any(value != getattr(Optimizer, key, None) for key, value in dropped.items()):
+        shown = ", ".join(f"{key}={value}" for key, value in dropped.items())
+        print(f"recipe: optimizer {before} -> {name}: dropping the {before} setting(s) {shown}", file=sys.stderr)
+
+
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = raw
-    for part in parents:
+    for depth, part in enumerate(parents):
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise UsageError(f"unknown recipe key {key!r}")
+            raise UsageError(f"recipe key {'.'.join(parents[:depth + 1])} is not a table: cannot set {key} "
+                             f"(settable: {', '.join(settable_keys())})")
     node[leaf] = value
 
 
@@ -129,7 +165,7 @@ def _typed(cls, values: dict, where: str):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise UsageError(f"unknown recipe key {where}{unknown[0]!r}; known: {', '.join(sorted(fields))}")
+        raise UsageError(f"unknown recipe key {where}{unknown[0]}; known: {', '.join(sorted(fields))}")
     missing = [name for name, f in fields.items() if name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -106,7 +106,7 @@ class TestBadInput:
         assert_one_line_error(run_cli(framework, "--model", "lenet", "--max-steps", "-3", cwd=tmp_path),
                               2, "--max-steps")
         assert_one_line_error(run_cli(framework, "--model", "lenet", "--set", "lr=0.1", cwd=tmp_path),
-                              2, "unknown recipe key 'lr'")
+                              2, "unknown recipe key lr")
         assert_one_line_error(run_cli(framework, cwd=tmp_path), 2, "--model is required")
 
     def test_missing_data(self, framework, tmp_path, no_data_env):

@@ -57,8 +57,8 @@ def test_parse_assignment(text, expected):
     ({"dataset": "cifar10"}, "unknown dataset"),
     ({"batch_size": 1.5}, "batch_size must be int"),
     ({"drop_last": "yes"}, "drop_last must be bool"),
-    ({"learning_rate": 0.1}, "unknown recipe key 'learning_rate'"),
-    ({"optimizer.betas": 0.1}, "unknown recipe key optimizer.'betas'"),
+    ({"learning_rate": 0.1}, "unknown recipe key learning_rate"),
+    ({"optimizer.betas": 0.1}, "unknown recipe key optimizer.betas"),
 ])
 def test_invalid_values_are_usage_errors(overrides, message):
     with pytest.raises(UsageError, match=message):
@@ -79,3 +79,18 @@ def test_config_file_and_model_must_agree(tmp_path):
     path.write_text("model = [")
     with pytest.raises(UsageError, match="not valid TOML"):
         load_recipe(config=path)
+
+
+def test_switching_the_optimizer_drops_the_old_ones_settings(capsys):
+    recipe = load_recipe("lenet", overrides={"optimizer": "adam", "optimizer.lr": 1e-3})  # optimizer=NAME: short form
+    assert (recipe.optimizer.name, recipe.optimizer.lr, recipe.optimizer.momentum) == ("adam", 1e-3, 0.0)
+    assert "optimizer sgd -> adam: dropping the sgd setting(s) momentum=0.9" in capsys.readouterr().err
+    with pytest.raises(UsageError, match=r"optimizer\.momentum is no setting of adam"):
+        load_recipe("lenet", overrides={"optimizer.name": "adam", "optimizer.momentum": 0.5})
+
+
+def test_bad_keys_are_named_as_typed():
+    with pytest.raises(UsageError, match=r"unknown recipe key optimizer\.type; known: b1, b2, eps, lr, momentum, name"):
+        load_recipe("lenet", overrides={"optimizer.type": "adam"})
+    with pytest.raises(UsageError, match=r"recipe key seed is not a table: cannot set seed\.x \(settable: dataset, "):
+        load_recipe("lenet", overrides={"seed.x": 1})
