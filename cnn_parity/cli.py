@@ -97,6 +97,10 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
                    help="start from these weights: a .safetensors export, a checkpoint or a workdir (either framework)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the workdir (written by default)")
+    p.add_argument("--paired", action="store_true",
+                   help="a paired run: the initial weights and each epoch's batch order from one neutral generator, "
+                        "as the same command in the other framework draws them (--set init_rng=shared --set "
+                        "shuffle_rng=shared); compare the two with python -m cnn_parity.compare")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"override a recipe key (repeatable): {', '.join(settable_keys())}; optimizer.name is one "
                         f"of {', '.join(OPTIMIZERS)} (--set optimizer=adam for short); e.g. --set optimizer.momentum=0.5")
@@ -133,6 +137,8 @@ def recipe_from_args(args: argparse.Namespace, recorded: dict[str, Any] | None =
     flags = {"dataset": args.dataset, "epochs": args.epochs, "batch_size": args.batch_size,
              "optimizer.lr": args.lr, "seed": args.seed}
     overrides.update({key: value for key, value in flags.items() if value is not None})
+    if args.paired:
+        overrides.update({"init_rng": "shared", "shuffle_rng": "shared"})
     if recorded is not None and args.config is None:
         model = recorded["recipe"].get("model")
         if args.model is not None and args.model != model:

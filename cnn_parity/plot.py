@@ -15,13 +15,21 @@ from cnn_parity.workdir import check_new_output, read_metrics
 _PLOTTED = ("epoch", "train_loss", "test_accuracy")
 
 
+def pairing(recipe: dict) -> str:
+    """What a run shares with its twin in the other framework: its initial weights, its batch order."""
+    shared = [what for key, what in (("init_rng", "init"), ("shuffle_rng", "order"))
+              if recipe.get(key) == "shared"]
+    return f"shared {' + '.join(shared)}" if shared else "own init and order"
+
+
 def _label(workdir: Path) -> str:
     config = workdir / "config.json"
     if not config.is_file():
         return workdir.name
     try:
         info = json.loads(config.read_text())
-        return f"{info['framework']} {info['recipe']['model']} (seed {info['recipe']['seed']})"
+        recipe = info["recipe"]
+        return f"{info['framework']} {recipe['model']} (seed {recipe['seed']}; {pairing(recipe)})"
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"{config} is not a run's config ({type(e).__name__}: {e})") from None
 
