@@ -159,8 +159,8 @@ def test_flax_nnx_api_trains_resumes_and_evaluates(data_dir, tmp_path):
     chosen = resolve_conv_impl("auto", "lenet")  # recorded as resolved: "auto" is not the same on every backend
     assert f"flax (api nnx) (conv_impl {chosen}) lenet: 44,426 parameters" in resumed.stdout
     summary = json.loads((workdir / "summary.json").read_text())
-    assert (summary["steps"], summary["options"]) == (20, {"api": "nnx", "conv_impl": chosen})
-    assert json.loads((workdir / "config.json").read_text())["options"] == {"api": "nnx", "conv_impl": chosen}
+    assert (summary["steps"], summary["options"]) == (20, {"api": "nnx", "conv_impl": chosen, "devices": 1})
+    assert json.loads((workdir / "config.json").read_text())["options"] == {"api": "nnx", "conv_impl": chosen, "devices": 1}
     evaluate = [sys.executable, "-m", "flax_impl.evaluate", "--checkpoint", str(workdir), "--json"]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     evaluated = subprocess.run([*evaluate, "--api", "nnx"], cwd=tmp_path, env=full_env, capture_output=True, text=True)
