@@ -216,6 +216,7 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
             recipe = recipe_from_args(args, recorded)
             initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
             trainer = make_trainer(recipe, args)
+            stop.reclaim()
             if initial is not None:
                 trainer.load_canonical(initial)
             if args.workdir is None and not trainer.is_single_process:

@@ -174,6 +174,13 @@ class StopRequest:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def reclaim(self) -> None:
+        """Handle the signals again after a library took them over (JAX's distributed runtime installs a
+        SIGTERM handler of its own, its preemption notifier, in jax.distributed.initialize)."""
+        if self._previous:
+            for signum in self.SIGNALS:
+                signal.signal(signum, self._handle)
+
     def _handle(self, signum, frame):
         now = time.monotonic()
         if self.signal is not None:
