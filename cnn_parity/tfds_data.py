@@ -83,6 +83,8 @@ def prepare(dataset: str, tfds_dir: str | os.PathLike, idx_data_dir: str | os.Pa
     tfds = _tfds()
     # Read and verified before TFDS starts: a missing or corrupt file is the data module's one-line error.
     splits = {split: data.load_split(dataset, split, idx_data_dir) for split in data.SPLITS}
+    print(f"preparing the TFDS data set {dataset} in {tfds_dir} from the verified IDX files (once)",
+          file=sys.stderr, flush=True)
     try:
         Path(tfds_dir).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="cnn_parity-tfds-") as scratch, \
@@ -137,8 +139,6 @@ def ensure_prepared(dataset: str, tfds_dir: str | os.PathLike, idx_data_dir: str
             return False
         for stale in Path(tfds_dir, dataset).glob("incomplete.*"):  # left by a killed preparation
             shutil.rmtree(stale, ignore_errors=True)
-        print(f"preparing the TFDS data set {dataset} in {tfds_dir} from the verified IDX files (once)",
-              file=sys.stderr, flush=True)
         prepare(dataset, tfds_dir, idx_data_dir)
     return True
 
