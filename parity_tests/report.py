@@ -1,7 +1,7 @@
 """Measure Flax-vs-PyTorch parity for all five models, with the Flax side in each API (Linen, NNX),
 and NNX against Linen, and write DIR/parity.json and DIR/parity.md.
 
-    python -m parity_tests.report --out DIR [--models mlp,lenet] [--data-dir PATH] [--no-accuracy]
+    python -m parity_tests.report --out DIR [--models mlp lenet] [--data-dir PATH] [--no-accuracy]
                                   [--update-readme README.md]
 
 The numbers are the parity tests' own measurements (parity_tests/measurements.py), judged by the
@@ -12,7 +12,6 @@ README's table is regenerated, never typed. Exit status 1 when a model is outsid
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -20,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cnn_parity.cli import OneLineParser
 from cnn_parity.errors import CnnParityError
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
@@ -157,18 +157,16 @@ def conv_impls(by_model: dict[str, str]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m parity_tests.report", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m parity_tests.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="folder for parity.json and parity.md")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                   help=f"models to measure (default: all; {', '.join(MODELS)})")
     p.add_argument("--data-dir", default=batches.default_data_dir(),
                    help="folder holding mnist/ (default $CNN_PARITY_DATA_DIR, else the cache)")
     p.add_argument("--no-accuracy", action="store_true", help="skip the independent-init accuracy runs (test 8)")
     p.add_argument("--update-readme", metavar="PATH", help="replace the marked table block in this file")
     args = p.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        p.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    models = list(dict.fromkeys(args.models))
     precision.configure()
     batches.set_data_dir(args.data_dir)
     out = Path(args.out)

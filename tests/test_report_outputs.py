@@ -108,5 +108,14 @@ def test_parity_report_with_an_unknown_model_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "parity_tests.report", "--models", "resnet", "--out", str(tmp_path)],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("unknown model(s) resnet; choose from mlp, cnn_base, "
-                                                            "cnn_2layer, lenet, fashion_cnn")
+    assert result.stderr.strip().splitlines() == [
+        "python -m parity_tests.report: error: argument --models: invalid choice: 'resnet' (choose from 'mlp', "
+        "'cnn_base', 'cnn_2layer', 'lenet', 'fashion_cnn')"]
+
+
+def test_parity_report_takes_models_as_a_space_separated_list_like_every_other_command(capsys):
+    from parity_tests import report
+    with pytest.raises(SystemExit) as stopped:  # only the bad flag is refused: both models were taken
+        report.main(["--models", "mlp", "lenet", "--out", "unused", "--bogus"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("error: unrecognized arguments: --bogus")
