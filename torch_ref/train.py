@@ -39,23 +39,31 @@ def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, labels)
 
 
-def loss_and_gradients(model: torch.nn.Module, images: torch.Tensor,
-                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_gradients(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       loss_fn=cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward in the model's current mode: returns (loss, outputs), both detached,
-    with every parameter's `.grad` holding the gradient of this batch alone."""
+    with every parameter's `.grad` holding the gradient of this batch alone. `loss_fn(outputs, labels)`:
+    the recipes' cross-entropy, or another loss (the model checker's)."""
     model.zero_grad(set_to_none=True)
     outputs = model(images)
-    loss = cross_entropy(outputs, labels)
+    loss = loss_fn(outputs, labels)
     loss.backward()
     return loss.detach(), outputs.detach()
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                   targets: torch.Tensor, loss_fn=cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on `loss_fn(model(inputs), targets)`: returns (loss, outputs), detached."""
+    loss, outputs = loss_and_gradients(model, inputs, targets, loss_fn)
+    optimizer.step()
+    return loss, outputs
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch (NCHW float images, int labels), the model in training mode;
     returns (mean loss, correct count) as device tensors, so a caller need not wait for them."""
-    loss, outputs = loss_and_gradients(model, images, labels)
-    optimizer.step()
+    loss, outputs = optimizer_step(model, optimizer, images, labels)
     return loss, (outputs.argmax(1) == labels).sum()
 
 
