@@ -24,6 +24,7 @@ from cnn_parity.workdir import Workdir, command_line
 
 
 FRAMEWORK_MODULES = {"flax": "flax_impl", "torch": "torch_ref"}
+DEFAULT_LOG_EVERY = 50  # steps between step records: a few hundred points per run, as other trainers log
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -65,6 +66,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}")
+    return value
+
+
 def _float(text: str) -> float:
     try:
         return float(text)
@@ -95,6 +106,9 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
                    help="continue the run in --workdir from its newest complete checkpoint")
     p.add_argument("--init-weights", metavar="PATH",
                    help="start from these weights: a .safetensors export, a checkpoint or a workdir (either framework)")
+    p.add_argument("--log-every", type=_non_negative_int, default=DEFAULT_LOG_EVERY, metavar="N",
+                   help=f"log every N-th step's training loss and the learning rate to WORKDIR/steps.jsonl and "
+                        f"TensorBoard (default {DEFAULT_LOG_EVERY}; 0: epoch records only)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the workdir (written by default)")
     p.add_argument("--paired", action="store_true",
@@ -212,7 +226,8 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
                 raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
             recorded = Workdir(args.workdir).read_config() if args.resume else None
             if recorded is not None:
-                _continue_recorded(framework, args, given, recorded, ("pipeline", "max_steps", "devices", *recorded_flags))
+                _continue_recorded(framework, args, given, recorded,
+                                   ("pipeline", "max_steps", "log_every", "devices", *recorded_flags))
             recipe = recipe_from_args(args, recorded)
             initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
             trainer = make_trainer(recipe, args)
@@ -232,10 +247,10 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
                 print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
                       f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
             config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
-                      "options": {**options, "devices": trainer.num_devices},
+                      "log_every": args.log_every, "options": {**options, "devices": trainer.num_devices},
                       "command": command_line(), "recipe": recipe.to_dict()}
             summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config,
-                          tensorboard=not args.no_tensorboard, stop=stop)
+                          tensorboard=not args.no_tensorboard, stop=stop, log_every=args.log_every)
         except CnnParityError as e:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
             return e.exit_code

@@ -89,16 +89,18 @@ class EpochLog:
 
     A trainer reports each step with `record`, or a run of steps it computed in one dispatch with
     `record_steps`; `on_step` (checkpoints, Ctrl-C) runs after each report, so a trainer that runs
-    several steps at once keeps each run within `steps_before_checkpoint`.
+    several steps at once keeps each run within `steps_before_checkpoint`. `on_losses(first, losses)`
+    receives the losses as they are read back, `first` being the global step of the first of them.
     """
 
     def __init__(self, progress: Progress, bar: tqdm, on_step: Callable[[EpochLog], None] | None = None,
-                 checkpoint_every: int | None = None):
+                 checkpoint_every: int | None = None,
+                 on_losses: Callable[[int, list[float]], None] | None = None):
         self.first_step = progress.steps - progress.step_in_epoch + 1  # global index of the epoch's first step
         self.losses = list(progress.epoch_losses)
         self.correct = progress.epoch_correct
         self.examples = progress.epoch_examples
-        self.bar, self.on_step, self.checkpoint_every = bar, on_step, checkpoint_every
+        self.bar, self.on_step, self.checkpoint_every, self.on_losses = bar, on_step, checkpoint_every, on_losses
         self._pending: list[tuple[Any, Any, int | None]] = []  # (loss, correct, number of steps or None: one scalar)
         self._pending_steps = 0
 
@@ -127,6 +129,7 @@ class EpochLog:
             self.on_step(self)
 
     def flush(self) -> None:
+        first_new = len(self.losses)
         for loss, correct, count in self._pending:
             if count is None:
                 values, correct_sum = [float(loss)], float(correct)
@@ -141,6 +144,8 @@ class EpochLog:
             self.correct += correct_sum
         self._pending.clear()
         self._pending_steps = 0
+        if self.on_losses is not None and len(self.losses) > first_new:
+            self.on_losses(self.first_step + first_new, self.losses[first_new:])
         if self.losses:
             self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}", refresh=False)
 
@@ -207,12 +212,14 @@ class Interrupted(KeyboardInterrupt):
 def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | None = None,
         checkpoint_every: int | None = None, resume: bool = False,
         config: dict[str, Any] | None = None, tensorboard: bool = False,
-        stop: StopRequest | None = None) -> dict[str, Any]:
+        stop: StopRequest | None = None, log_every: int | None = None) -> dict[str, Any]:
     """Train for the recipe's epochs (or until global step `max_steps`), logging every epoch, checkpointing
     every `checkpoint_every` steps and at each epoch end (if set), on SIGINT / SIGTERM and at the end; return the
     summary. The run ends with its final checkpoint and its final weights in WORKDIR/model.safetensors.
     `config` (the run's configuration, config.json) is recorded once the run is known to start or go on.
     `tensorboard`: also log the epochs as TensorBoard events in the workdir (cnn_parity/tensorboard_log.py).
+    `log_every`: also log every `log_every`-th step's batch loss and the learning rate (steps.jsonl, and
+    TensorBoard); None or 0: no step records.
     `stop`: a StopRequest the caller entered earlier (so that a signal during its setup counts), else
     one held for the run."""
     started = time.time()
@@ -235,6 +242,8 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
 
     with StopRequest() if stop is None else contextlib.nullcontext(stop) as stop:
         progress = _resume(recipe, trainer, workdir, last_step, config) if resume else Progress()
+        if resume:
+            workdir.keep_steps_until(progress.steps)
         if config is not None:
             config = _record_config(workdir, config, progress.steps)
         if tensorboard:
@@ -260,10 +269,16 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
                             raise Interrupted(finish(snapshot), stop.signal or signal.SIGTERM)
                         save(snapshot)
 
+                def on_losses(first: int, losses: list[float]) -> None:
+                    records = [{"step": step, "epoch": progress.epoch, "loss": loss, "learning_rate": recipe.optimizer.lr}
+                               for step, loss in enumerate(losses, start=first) if step % log_every == 0]
+                    if records:
+                        workdir.log_steps(records)
+
                 with tqdm(total=steps_per_epoch, initial=progress.step_in_epoch, file=sys.stderr, leave=False,
                           desc=f"{trainer.framework} {recipe.model} epoch {progress.epoch}/{recipe.epochs}",
                           dynamic_ncols=True, disable=not workdir.writer) as bar:
-                    log = EpochLog(progress, bar, on_step, checkpoint_every)
+                    log = EpochLog(progress, bar, on_step, checkpoint_every, on_losses if log_every else None)
                     trainer.train_epoch(progress.epoch, progress.step_in_epoch, epoch_end - progress.step_in_epoch, log)
                     log.flush()
                 progress = _snapshot(progress, log, time.perf_counter() - tick)

@@ -140,6 +140,7 @@ class Workdir:
         self.path = Path(path)
         self.writer = writer
         self.metrics_path = self.path / "metrics.jsonl"
+        self.steps_path = self.path / "steps.jsonl"
         self.summary_path = self.path / "summary.json"
         self.config_path = self.path / "config.json"
         self.model_path = self.path / "model.safetensors"
@@ -159,12 +160,13 @@ class Workdir:
 
     def _clear_unstarted_run(self) -> None:
         """Take over a folder whose run stopped before its first epoch record or checkpoint: only its
-        config and TensorBoard events (both written by this project) are there, and they go."""
+        config, step records and TensorBoard events (all written by this project) are there, and they go."""
         print(f"workdir {self.path}: its earlier run stopped before its first record or checkpoint; starting anew",
               file=sys.stderr)
         try:
             for path in [self.config_path, *self.path.glob("events.out.tfevents.*")]:
                 path.unlink()
+            self.steps_path.unlink(missing_ok=True)
         except OSError as e:
             raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
 
@@ -212,7 +214,34 @@ class Workdir:
         text = "".join(json.dumps(r) + "\n" for r in records)
         self._guarded(write_bytes_atomic, self.metrics_path, text.encode())
         if self.events is not None:
-            self._guarded(self.events.rewrite, records)
+            self._guarded(self.events.rewrite, records, self.read_steps())
+
+    def read_steps(self) -> list[dict[str, Any]]:
+        """The step records logged so far (steps.jsonl); a last line cut short by a killed process is
+        left out (it lies past the run's last checkpoint)."""
+        if not self.writer or not self.steps_path.is_file():
+            return []
+        records = []
+        for line in self.steps_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+        return records
+
+    def keep_steps_until(self, step: int) -> None:
+        """Drop the step records past `step` (those after the checkpoint a run resumes from)."""
+        if self.writer and self.steps_path.is_file():
+            kept = [r for r in self.read_steps() if r["step"] <= step]
+            self._guarded(write_bytes_atomic, self.steps_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def log_steps(self, records: list[dict[str, Any]]) -> None:
+        def append():
+            with open(self.steps_path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+        self._guarded(append)
+        if self.events is not None:
+            self._guarded(self.events.append_steps, records)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         def append():
@@ -223,14 +252,14 @@ class Workdir:
             self._guarded(self.events.append, record)
 
     def start_tensorboard(self, recipe: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        """From now on keep TensorBoard event files beside metrics.jsonl, holding the recipe and the same
-        records (cnn_parity/tensorboard_log.py)."""
+        """From now on keep TensorBoard event files beside metrics.jsonl and steps.jsonl, holding the
+        recipe and the same records (cnn_parity/tensorboard_log.py)."""
         if not self.writer:
             return
         from cnn_parity.tensorboard_log import EventLog  # loads tensorboard: only runs that log to it
 
         def start():
-            self.events = EventLog(self.path, recipe, records)
+            self.events = EventLog(self.path, recipe, records, self.read_steps())
         self._guarded(start)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
