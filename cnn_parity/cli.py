@@ -98,7 +98,7 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N training steps (smoke runs)")
     p.add_argument("--pipeline", choices=pipelines, default=pipelines[0],
                    help=f"input pipeline (default {pipelines[0]})")
-    p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see README: Data)")
+    p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see docs/data.md)")
     p.add_argument("--workdir", help=f"output folder (default runs/{framework}-<model>-<time>)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="checkpoint every N steps and at each epoch end, into WORKDIR/checkpoints")

@@ -32,7 +32,7 @@ def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None,
                      description=f"Evaluate trained weights (from either framework) with {framework}.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a checkpoint folder, a workdir (newest checkpoint) or a .safetensors export")
-    parser.add_argument("--data-dir", help="folder holding <dataset>/ (see README: Data)")
+    parser.add_argument("--data-dir", help="folder holding <dataset>/ (see docs/data.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     if add_flags is not None:
         add_flags(parser)

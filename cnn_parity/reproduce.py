@@ -27,7 +27,7 @@ from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_
 FRAMEWORKS = runs.FRAMEWORKS
 QUICK_STEPS = 20
 
-# What each source did differently, what we did, and what it does to the comparison (README: Deviations).
+# What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
 DEVIATIONS = {
     "mlp": "The source reports only the mean train loss per epoch, for two notebook runs; our test accuracy has "
            "no source counterpart, so compare the train-loss curves. Run A lies one epoch ahead of run B "

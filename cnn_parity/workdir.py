@@ -18,7 +18,7 @@ from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_bytes_atomic
 
 _VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "tensorflow-datasets", "tensorboard")
-# The verified set of exact versions, in a source checkout (README: Quickstart).
+# The verified set of exact versions, in a source checkout (docs/install.md: Versions).
 CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
 
 

@@ -1,4 +1,4 @@
-"""constraints.txt, the verified set of exact versions: it pins what the README says it pins, every pin
+"""constraints.txt, the verified set of exact versions: it pins what docs/install.md says it pins, every pin
 lies within pyproject.toml's ranges, and runs' versions blocks say whether the installed set is it."""
 
 from __future__ import annotations
