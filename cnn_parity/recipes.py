@@ -68,6 +68,12 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+# The Recipe fields that say where a recipe comes from (the source's citation, the figures it reported),
+# not what is trained: no number a run produces depends on them, so they are no part of a run's identity
+# (cnn_parity.workdir.run_differences), and `--set` does not take them.
+PROVENANCE = ("source", "reported")
+
+
 def config_path(model: str):
     """The recipe file of `model` (a Path, or an importlib.resources Traversable)."""
     if model not in MODELS:
@@ -118,7 +124,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def settable_keys() -> list[str]:
     """The recipe keys `--set` takes (dotted for the optimizer's)."""
-    fixed = ("model", "optimizer", "source", "reported")  # what a recipe is, and where it comes from
+    fixed = ("model", "optimizer", *PROVENANCE)  # what a recipe is, and where it comes from
     return [f.name for f in dataclasses.fields(Recipe) if f.name not in fixed] + \
         [f"optimizer.{f.name}" for f in dataclasses.fields(Optimizer)]
 
