@@ -56,7 +56,6 @@ ALPHA = statistics.ALPHA
 # The pilot study's budgets (epochs): ten seeds per framework and design in about two hours.
 PILOT_EPOCHS = {"mlp": 17, "cnn_base": 2, "cnn_2layer": 1, "lenet": 3, "fashion_cnn": 1}
 BUDGETS = ("full", "pilot")
-QUICK_STEPS = 20
 
 
 def budget_epochs(model: str, budget: str) -> int:
@@ -75,7 +74,7 @@ def record_dir(out: Path, model: str, design: str, framework: str, seed: int) ->
 
 def _complete(out: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool) -> bool:
     record = record_dir(out, model, design, framework, seed)
-    return runs.run_complete(record, steps=QUICK_STEPS) if quick else runs.run_complete(record, budget_epochs(model, budget))
+    return runs.finished(record, budget_epochs(model, budget), quick)
 
 
 def complete_seeds(out: Path, model: str, seeds: list[int], designs: list[str], budget: str, quick: bool) -> list[int]:
@@ -90,9 +89,9 @@ def train(out: Path, scratch: Path, model: str, design: str, framework: str, see
         return
     init_rng, shuffle_rng = DESIGNS[design]
     flags = ["--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
-    flags += ["--max-steps", str(QUICK_STEPS)] if quick else ["--epochs", str(budget_epochs(model, budget))]
+    flags += ["--max-steps", str(runs.QUICK_STEPS)] if quick else ["--epochs", str(budget_epochs(model, budget))]
     workdir = run_dir(scratch, model, design, framework, seed)
-    if not (runs.run_complete(workdir, steps=QUICK_STEPS) if quick else runs.run_complete(workdir, budget_epochs(model, budget))):
+    if not runs.finished(workdir, budget_epochs(model, budget), quick):
         runs.train(workdir, framework, model, seed, flags, data_dir, run_environment(scratch))
     runs.keep_record(workdir, record_dir(out, model, design, framework, seed))
 
@@ -296,7 +295,7 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
     for model, seeds in seeds_by_model.items():
         epochs = budget_epochs(model, budget)
         full = load_recipe(model).epochs
-        entry = {"budget": f"{QUICK_STEPS} steps" if quick else
+        entry = {"budget": f"{runs.QUICK_STEPS} steps" if quick else
                  (f"epoch {epochs} of {full}" if epochs < full else f"full recipe, {full} epochs"),
                  **{design: analyse(out, model, design, seeds) for design in designs}}
         report["models"][model] = entry
@@ -337,7 +336,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", choices=BUDGETS, default="full",
                         help="full: each recipe's epochs (default, the protocol's); pilot: the pilot study's "
                              f"shorter budgets ({', '.join(f'{m} {e}' for m, e in PILOT_EPOCHS.items())})")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
+    runs.add_quick_flag(parser)
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="runs trained at once, one thread each (default 1); results do not depend on it")
     parser.add_argument("--report-only", action="store_true",

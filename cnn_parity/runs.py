@@ -25,6 +25,8 @@ from cnn_parity.recipes import MODELS
 
 FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 CHECKPOINT_EVERY = 2000
+# `--quick` (reproduce, equivalence): a smoke run of this many training steps per run.
+QUICK_STEPS = 20
 # What a finished run's record is: everything its analysis reads, and no weights.
 RECORD_FILES = ("config.json", "metrics.jsonl", "summary.json")
 
@@ -95,6 +97,10 @@ def supervised_children() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def add_quick_flag(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
+
+
 def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
     """A command's --models and --seeds: known models, distinct non-negative seeds."""
     unknown = [m for m in models if m not in MODELS]
@@ -111,6 +117,11 @@ def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = N
         return False
     done = json.loads(summary.read_text())
     return done["steps"] == steps if steps is not None else done["epochs"] == epochs
+
+
+def finished(workdir: Path, epochs: int, quick: bool) -> bool:
+    """Whether the run in `workdir` finished its `epochs` epochs, or in --quick its QUICK_STEPS steps."""
+    return run_complete(workdir, steps=QUICK_STEPS) if quick else run_complete(workdir, epochs)
 
 
 def keep_record(workdir: Path, record: Path) -> None:
