@@ -34,6 +34,7 @@ from tqdm import tqdm
 from cnn_parity import runs, statistics
 from cnn_parity.cli import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
@@ -79,7 +80,7 @@ def _complete(out: Path, model: str, design: str, framework: str, seed: int, bud
 
 def complete_seeds(out: Path, model: str, seeds: list[int], designs: list[str], budget: str, quick: bool) -> list[int]:
     """The seeds whose runs are complete in both frameworks and every one of `designs`."""
-    return [s for s in seeds if all(_complete(out, model, d, f, s, budget, quick) for d in designs for f in runs.FRAMEWORKS)]
+    return [s for s in seeds if all(_complete(out, model, d, f, s, budget, quick) for d in designs for f in FRAMEWORKS)]
 
 
 def train(out: Path, scratch: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool,
@@ -124,7 +125,7 @@ def equivalence_test(flax, torch, margin: float, paired: bool) -> dict[str, Any]
 
 def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, Any]:
     """Every endpoint of one model and design over `seeds`: paired unless the design is independent."""
-    records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in runs.FRAMEWORKS}
+    records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in FRAMEWORKS}
     epochs = min(len(r) for rs in records.values() for r in rs)
     paired = design != "independent"
     curves = {f: np.array([[e["test_accuracy"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}
@@ -359,7 +360,7 @@ def main(argv=None) -> int:
         except OSError as e:
             raise UsageError(f"cannot write to {e.filename or args.out}: {e.strerror or e}") from None
         if not args.report_only:
-            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in runs.FRAMEWORKS]
+            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in FRAMEWORKS]
             with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
                     tqdm(total=len(jobs), desc="equivalence", unit="run", file=sys.stderr) as bar:
                 def job(spec):

@@ -21,10 +21,9 @@ from tqdm import tqdm
 from cnn_parity import runs, statistics
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
-
-FRAMEWORKS = runs.FRAMEWORKS
 
 # What each source did differently, what we did, and what it does to the comparison (README: Deviations).
 DEVIATIONS = {

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import MODELS
 
-FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 CHECKPOINT_EVERY = 2000
 # `--quick` (reproduce, equivalence): a smoke run of this many training steps per run.
 QUICK_STEPS = 20
@@ -153,7 +153,7 @@ def train(workdir: Path, framework: str, model: str, seed: int, flags: Sequence[
           data_dir: str | None = None, env: dict[str, str] | None = None) -> None:
     """Train `model` with `framework` and `seed` into `workdir` (resuming it if it exists), passing
     the extra CLI `flags`; raise RunError, quoting the run's own log, if it fails."""
-    command = ["-m", FRAMEWORKS[framework], "--model", model, "--seed", str(seed),
+    command = ["-m", command_module(framework, "train"), "--model", model, "--seed", str(seed),
                "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY), *flags]
     if data_dir:
         command += ["--data-dir", data_dir]
