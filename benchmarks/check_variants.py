@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks.candidates import new_epoch_log
 from benchmarks.flax_variants import VARIANTS, make_trainer
 from cnn_parity.data import load_split
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import MODELS, load_recipe
 from flax_impl.data import normalize
 from flax_impl.train import create_train_state, loss_and_gradients, train_step
 
@@ -66,7 +66,7 @@ def check_model(model, data_dir, steps=3):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--models", nargs="+", default=["mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn"])
+    p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--data-dir")
     args = p.parse_args()
     worst = 0.0

@@ -28,9 +28,10 @@ from pathlib import Path
 from cnn_parity.cli import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS, load_recipe
+from cnn_parity.training import CHECK_EVERY
 from cnn_parity.workdir import write_json_atomic
 
-WARMUP_STEPS = 50
+WARMUP_STEPS = CHECK_EVERY  # one chunk: Flax's first dispatch of STEPS_PER_DISPATCH steps, which compiles
 PROG = "python -m benchmarks.scaling"
 
 

@@ -18,12 +18,12 @@ from typing import Any, Callable, Sequence
 from cnn_parity import checkpoints
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import CnnParityError, UsageError
+from cnn_parity.frameworks import PACKAGES
 from cnn_parity.recipes import MODELS, OPTIMIZERS, Recipe, load_recipe, parse_assignment, recipe_from_dict, settable_keys
 from cnn_parity.training import Interrupted, StopRequest, Trainer, fit
 from cnn_parity.workdir import Workdir, command_line
 
 
-FRAMEWORK_MODULES = {"flax": "flax_impl", "torch": "torch_ref"}
 DEFAULT_LOG_EVERY = 50  # steps between step records: a few hundred points per run, as other trainers log
 
 
@@ -84,7 +84,7 @@ def _float(text: str) -> float:
 
 
 def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentParser:
-    p = OneLineParser(prog=f"python -m {FRAMEWORK_MODULES[framework]}.train",
+    p = OneLineParser(prog=f"python -m {PACKAGES[framework]}.train",
                 description=f"Train one of the five recipes with {framework}; the recipe comes from configs/<model>.toml.")
     p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml")
@@ -173,7 +173,7 @@ def _continue_recorded(framework: str, args: argparse.Namespace, given: set[str]
     continues the run as it was started); a changed target is said."""
     if recorded.get("framework") != framework:
         raise UsageError(f"--workdir {args.workdir} holds a {recorded.get('framework')} run: resume it with "
-                         f"python -m {FRAMEWORK_MODULES.get(recorded.get('framework'), '?')}.train")
+                         f"python -m {PACKAGES.get(recorded.get('framework'), '?')}.train")
     options = {**recorded, **(recorded.get("options") or {})}
     if "epochs" in given and "max_steps" not in given:  # a new target in epochs replaces a step limit
         options["max_steps"] = None

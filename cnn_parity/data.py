@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import struct
 import sys
@@ -41,7 +42,8 @@ _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-_NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+# Examples per split, the same in both data sets (fixed by the checksums below).
+NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
 
 # SHA-256 of the uncompressed IDX files (the originals, as LeCun's and Zalando's archives hold them).
 SHA256 = {
@@ -71,9 +73,9 @@ _SYSTEM_DIRS = {"mnist": (), "fashion_mnist": (Path("/usr/share/datasets/fashion
 
 _IDX_UBYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
-# Largest legitimate file is train images: 16 + 60000 * 784 bytes. Anything that inflates past
-# this bound is not MNIST, and reading no further protects against gzip bombs.
-_MAX_IDX_BYTES = 16 + 60_000 * 28 * 28
+# Largest legitimate file is train images: a 16-byte header and 60,000 images of 28 x 28 bytes.
+# Anything that inflates past this bound is not MNIST, and reading no further protects against gzip bombs.
+_MAX_IDX_BYTES = 16 + NUM_EXAMPLES["train"] * math.prod(IMAGE_SHAPE)
 _DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -246,7 +248,7 @@ def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = No
     image_path, label_path = _find_file(folder, image_stem), _find_file(folder, label_stem)
     images = _verify(image_path, dataset, image_stem, 3, str(image_path))
     labels = _verify(label_path, dataset, label_stem, 1, str(label_path))
-    if images.shape != (_NUM_EXAMPLES[split], *IMAGE_SHAPE) or labels.shape != images.shape[:1]:
+    if images.shape != (NUM_EXAMPLES[split], *IMAGE_SHAPE) or labels.shape != images.shape[:1]:
         raise DataError(f"{folder}: {split} images {images.shape} and labels {labels.shape} disagree")
     return Split(images, labels)
 

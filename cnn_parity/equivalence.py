@@ -34,6 +34,7 @@ from tqdm import tqdm
 from cnn_parity import runs, statistics
 from cnn_parity.cli import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
@@ -56,7 +57,6 @@ ALPHA = statistics.ALPHA
 # The pilot study's budgets (epochs): ten seeds per framework and design in about two hours.
 PILOT_EPOCHS = {"mlp": 17, "cnn_base": 2, "cnn_2layer": 1, "lenet": 3, "fashion_cnn": 1}
 BUDGETS = ("full", "pilot")
-QUICK_STEPS = 20
 
 
 def budget_epochs(model: str, budget: str) -> int:
@@ -75,12 +75,12 @@ def record_dir(out: Path, model: str, design: str, framework: str, seed: int) ->
 
 def _complete(out: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool) -> bool:
     record = record_dir(out, model, design, framework, seed)
-    return runs.run_complete(record, steps=QUICK_STEPS) if quick else runs.run_complete(record, budget_epochs(model, budget))
+    return runs.finished(record, budget_epochs(model, budget), quick)
 
 
 def complete_seeds(out: Path, model: str, seeds: list[int], designs: list[str], budget: str, quick: bool) -> list[int]:
     """The seeds whose runs are complete in both frameworks and every one of `designs`."""
-    return [s for s in seeds if all(_complete(out, model, d, f, s, budget, quick) for d in designs for f in runs.FRAMEWORKS)]
+    return [s for s in seeds if all(_complete(out, model, d, f, s, budget, quick) for d in designs for f in FRAMEWORKS)]
 
 
 def train(out: Path, scratch: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool,
@@ -90,9 +90,9 @@ def train(out: Path, scratch: Path, model: str, design: str, framework: str, see
         return
     init_rng, shuffle_rng = DESIGNS[design]
     flags = ["--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
-    flags += ["--max-steps", str(QUICK_STEPS)] if quick else ["--epochs", str(budget_epochs(model, budget))]
+    flags += ["--max-steps", str(runs.QUICK_STEPS)] if quick else ["--epochs", str(budget_epochs(model, budget))]
     workdir = run_dir(scratch, model, design, framework, seed)
-    if not (runs.run_complete(workdir, steps=QUICK_STEPS) if quick else runs.run_complete(workdir, budget_epochs(model, budget))):
+    if not runs.finished(workdir, budget_epochs(model, budget), quick):
         runs.train(workdir, framework, model, seed, flags, data_dir, run_environment(scratch))
     runs.keep_record(workdir, record_dir(out, model, design, framework, seed))
 
@@ -125,7 +125,7 @@ def equivalence_test(flax, torch, margin: float, paired: bool) -> dict[str, Any]
 
 def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, Any]:
     """Every endpoint of one model and design over `seeds`: paired unless the design is independent."""
-    records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in runs.FRAMEWORKS}
+    records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in FRAMEWORKS}
     epochs = min(len(r) for rs in records.values() for r in rs)
     paired = design != "independent"
     curves = {f: np.array([[e["test_accuracy"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}
@@ -296,7 +296,7 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
     for model, seeds in seeds_by_model.items():
         epochs = budget_epochs(model, budget)
         full = load_recipe(model).epochs
-        entry = {"budget": f"{QUICK_STEPS} steps" if quick else
+        entry = {"budget": f"{runs.QUICK_STEPS} steps" if quick else
                  (f"epoch {epochs} of {full}" if epochs < full else f"full recipe, {full} epochs"),
                  **{design: analyse(out, model, design, seeds) for design in designs}}
         report["models"][model] = entry
@@ -337,7 +337,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", choices=BUDGETS, default="full",
                         help="full: each recipe's epochs (default, the protocol's); pilot: the pilot study's "
                              f"shorter budgets ({', '.join(f'{m} {e}' for m, e in PILOT_EPOCHS.items())})")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
+    runs.add_quick_flag(parser)
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="runs trained at once, one thread each (default 1); results do not depend on it")
     parser.add_argument("--report-only", action="store_true",
@@ -360,7 +360,7 @@ def main(argv=None) -> int:
         except OSError as e:
             raise UsageError(f"cannot write to {e.filename or args.out}: {e.strerror or e}") from None
         if not args.report_only:
-            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in runs.FRAMEWORKS]
+            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in FRAMEWORKS]
             with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
                     tqdm(total=len(jobs), desc="equivalence", unit="run", file=sys.stderr) as bar:
                 def job(spec):

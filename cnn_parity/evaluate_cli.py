@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from cnn_parity import checkpoints
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
+from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import load_recipe, recipe_from_dict
 from cnn_parity.training import EvalResult
 
@@ -27,8 +28,7 @@ def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None,
         add_flags: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
     """Parse `argv`, evaluate, print, and return the exit code. `add_flags` adds a framework's own
     flags; their values reach `evaluate` as keywords and the report as its `options`."""
-    module = {"flax": "flax_impl", "torch": "torch_ref"}[framework]
-    parser = OneLineParser(prog=f"python -m {module}.evaluate",
+    parser = OneLineParser(prog=f"python -m {command_module(framework, 'evaluate')}",
                      description=f"Evaluate trained weights (from either framework) with {framework}.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a checkpoint folder, a workdir (newest checkpoint) or a .safetensors export")

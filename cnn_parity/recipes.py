@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cnn_parity.data import DATASETS
+from cnn_parity.data import DATASETS, NUM_EXAMPLES
 from cnn_parity.errors import UsageError
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
@@ -68,6 +68,12 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
+# The Recipe fields that say where a recipe comes from (the source's citation, the figures it reported),
+# not what is trained: no number a run produces depends on them, so they are no part of a run's identity
+# (cnn_parity.workdir.run_differences), and `--set` does not take them.
+PROVENANCE = ("source", "reported")
+
+
 def config_path(model: str):
     """The recipe file of `model` (a Path, or an importlib.resources Traversable)."""
     if model not in MODELS:
@@ -118,7 +124,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def settable_keys() -> list[str]:
     """The recipe keys `--set` takes (dotted for the optimizer's)."""
-    fixed = ("model", "optimizer", "source", "reported")  # what a recipe is, and where it comes from
+    fixed = ("model", "optimizer", *PROVENANCE)  # what a recipe is, and where it comes from
     return [f.name for f in dataclasses.fields(Recipe) if f.name not in fixed] + \
         [f"optimizer.{f.name}" for f in dataclasses.fields(Optimizer)]
 
@@ -195,16 +201,14 @@ def _build(raw: dict, origin: str) -> Recipe:
 
 
 def _validate(r: Recipe) -> None:
-    from cnn_parity.data import _NUM_EXAMPLES as split_size  # both data sets' sizes, fixed by their checksums
-
     o = r.optimizer
     checks = [
         (r.model in MODELS, f"unknown model {r.model!r}; choose one of: {', '.join(MODELS)}"),
         (r.dataset in DATASETS, f"unknown dataset {r.dataset!r}; choose one of: {', '.join(DATASETS)}"),
-        (0 < r.batch_size <= split_size["train"],
-         f"batch size must be positive and at most {split_size['train']:,} (the training split), got {r.batch_size}"),
-        (0 < r.eval_batch_size <= split_size["test"],
-         f"eval batch size must be positive and at most {split_size['test']:,} (the test split), got {r.eval_batch_size}"),
+        (0 < r.batch_size <= NUM_EXAMPLES["train"],
+         f"batch size must be positive and at most {NUM_EXAMPLES['train']:,} (the training split), got {r.batch_size}"),
+        (0 < r.eval_batch_size <= NUM_EXAMPLES["test"],
+         f"eval batch size must be positive and at most {NUM_EXAMPLES['test']:,} (the test split), got {r.eval_batch_size}"),
         (r.epochs > 0, f"epochs must be positive, got {r.epochs}"),
         # JAX's keys (without x64) and PyTorch's CPU generator both keep only a seed's low 32 bits, so
         # seeds 2**32 apart would be the same run.

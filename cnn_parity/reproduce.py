@@ -21,11 +21,9 @@ from tqdm import tqdm
 from cnn_parity import runs, statistics
 from cnn_parity.cli import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
-
-FRAMEWORKS = runs.FRAMEWORKS
-QUICK_STEPS = 20
 
 # What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
 DEVIATIONS = {
@@ -50,9 +48,8 @@ def run_dir(out: Path, model: str, framework: str, seed: int) -> Path:
 
 
 def run_complete(out: Path, model: str, framework: str, seed: int, quick: bool) -> bool:
-    """Whether the run finished: all the recipe's epochs (or QUICK_STEPS in --quick)."""
-    workdir = run_dir(out, model, framework, seed)
-    return runs.run_complete(workdir, steps=QUICK_STEPS) if quick else runs.run_complete(workdir, load_recipe(model).epochs)
+    """Whether the run finished: all the recipe's epochs (or runs.QUICK_STEPS in --quick)."""
+    return runs.finished(run_dir(out, model, framework, seed), load_recipe(model).epochs, quick)
 
 
 def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list[int]:
@@ -62,7 +59,7 @@ def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list
 def train(out: Path, model: str, framework: str, seed: int, quick: bool, data_dir: str | None) -> None:
     if not run_complete(out, model, framework, seed, quick):
         runs.train(run_dir(out, model, framework, seed), framework, model, seed,
-                   ["--max-steps", str(QUICK_STEPS)] if quick else [], data_dir)
+                   ["--max-steps", str(runs.QUICK_STEPS)] if quick else [], data_dir)
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -307,7 +304,7 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m cnn_parity.reproduce", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], metavar="N")
-    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
+    runs.add_quick_flag(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report each model over those of --seeds complete in both frameworks")
     parser.add_argument("--data-dir")

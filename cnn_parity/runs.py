@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import MODELS
 
-FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
 CHECKPOINT_EVERY = 2000
+# `--quick` (reproduce, equivalence): a smoke run of this many training steps per run.
+QUICK_STEPS = 20
 # What a finished run's record is: everything its analysis reads, and no weights.
 RECORD_FILES = ("config.json", "metrics.jsonl", "summary.json")
 
@@ -95,6 +97,10 @@ def supervised_children() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def add_quick_flag(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
+
+
 def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
     """A command's --models and --seeds: known models, distinct non-negative seeds."""
     unknown = [m for m in models if m not in MODELS]
@@ -111,6 +117,11 @@ def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = N
         return False
     done = json.loads(summary.read_text())
     return done["steps"] == steps if steps is not None else done["epochs"] == epochs
+
+
+def finished(workdir: Path, epochs: int, quick: bool) -> bool:
+    """Whether the run in `workdir` finished its `epochs` epochs, or in --quick its QUICK_STEPS steps."""
+    return run_complete(workdir, steps=QUICK_STEPS) if quick else run_complete(workdir, epochs)
 
 
 def keep_record(workdir: Path, record: Path) -> None:
@@ -142,7 +153,7 @@ def train(workdir: Path, framework: str, model: str, seed: int, flags: Sequence[
           data_dir: str | None = None, env: dict[str, str] | None = None) -> None:
     """Train `model` with `framework` and `seed` into `workdir` (resuming it if it exists), passing
     the extra CLI `flags`; raise RunError, quoting the run's own log, if it fails."""
-    command = ["-m", FRAMEWORKS[framework], "--model", model, "--seed", str(seed),
+    command = ["-m", command_module(framework, "train"), "--model", model, "--seed", str(seed),
                "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY), *flags]
     if data_dir:
         command += ["--data-dir", data_dir]

@@ -111,7 +111,7 @@ def load_split(dataset: str, split: str, tfds_dir: str | os.PathLike) -> data.Sp
         reason = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(":. ")
         raise DataError(f"cannot read the TFDS data set {dataset}/{split} in {tfds_dir} ({reason}); if it is "
                         f"damaged, delete {Path(tfds_dir, dataset)} to have it prepared again") from None
-    expected = data._NUM_EXAMPLES[split]  # fixed by the data sets' checksums
+    expected = data.NUM_EXAMPLES[split]
     if images.shape != (expected, *data.IMAGE_SHAPE):
         raise DataError(f"the TFDS data set {dataset}/{split} in {tfds_dir} holds {len(images):,} examples, "
                         f"not {dataset}'s {expected:,}; delete {Path(tfds_dir, dataset)} to have it prepared again")

@@ -27,9 +27,11 @@ from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import Recipe
 from cnn_parity.workdir import Workdir, command_line, read_metrics, run_differences, versions
 
-# Losses stay on the device and are read back in chunks, so a step never waits for the previous one;
-# a non-finite loss is therefore caught at most this many steps late, and reported with its step.
-_CHECK_EVERY = 50
+# Losses stay on the device and are read back in chunks of this many steps, so a step never waits for
+# the previous one; a non-finite loss is therefore caught at most this many steps late, and reported
+# with its step. A trainer that runs several steps per dispatch runs this many at a time
+# (flax_impl/train.py, STEPS_PER_DISPATCH): one dispatch, one read-back.
+CHECK_EVERY = 50
 
 
 @dataclass
@@ -123,7 +125,7 @@ class EpochLog:
         self._pending_steps += num_steps
         self.examples += examples
         self.bar.update(num_steps)
-        if self._pending_steps >= _CHECK_EVERY:
+        if self._pending_steps >= CHECK_EVERY:
             self.flush()
         if self.on_step is not None:
             self.on_step(self)

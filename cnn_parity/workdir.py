@@ -16,6 +16,7 @@ from typing import Any
 
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_bytes_atomic
+from cnn_parity.recipes import PROVENANCE
 
 _VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "tensorflow-datasets", "tensorboard")
 # The verified set of exact versions, in a source checkout (docs/install.md: Versions).
@@ -294,11 +295,13 @@ def _check_path_length(path: Path) -> None:
 def run_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What would change a run's meaning between a recorded configuration (config.json or a checkpoint's
     meta) and the current one: framework, pipeline, any recipe key but `epochs` (more epochs continue a
-    run exactly as a longer run would have gone on: no recipe has a schedule that depends on them)."""
+    run exactly as a longer run would have gone on: no recipe has a schedule that depends on them) and
+    the recipe's provenance (recipes.PROVENANCE: a corrected citation changes no number)."""
     changed = [key for key in ("framework", "pipeline") if key in recorded and recorded[key] != current[key]]
     old, new = recorded.get("recipe") or {}, current["recipe"]
+    ignored = {"epochs", *PROVENANCE}
     changed += sorted(f"recipe {key}" for key in set(old) | set(new)
-                      if key != "epochs" and old.get(key) != new.get(key))
+                      if key not in ignored and old.get(key) != new.get(key))
     return changed
 
 

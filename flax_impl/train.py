@@ -39,7 +39,7 @@ from cnn_parity import cli, shared_rng
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
-from cnn_parity.training import EpochLog, EvalResult
+from cnn_parity.training import CHECK_EVERY, EpochLog, EvalResult
 from cnn_parity.weights import CONV_GEOMETRY
 from flax_impl import compilation_cache, data, distributed, kernels, models_nnx, onednn_conv
 from flax_impl.convert import params_from_canonical, params_to_canonical
@@ -55,9 +55,10 @@ def make_optimizer(cfg: Optimizer) -> optax.GradientTransformation:
     return optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
 
 
-# Steps per dispatch: long enough to hide dispatch, short enough for a live progress bar and a prompt
-# Ctrl-C (50 cnn_base steps take ~5 s on a 2-core CPU).
-STEPS_PER_DISPATCH = 50
+# Steps per dispatch: the chunk whose losses EpochLog reads back at once (one dispatch, one read-back);
+# long enough to hide dispatch, short enough for a live progress bar and a prompt Ctrl-C (50 cnn_base
+# steps take ~5 s on a 2-core CPU).
+STEPS_PER_DISPATCH = CHECK_EVERY
 
 
 APIS = ("linen", "nnx")

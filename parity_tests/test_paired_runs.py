@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from cnn_parity.frameworks import FRAMEWORKS, command_module
 from cnn_parity.recipes import MODELS, load_recipe
 from flax_impl.train import FlaxTrainer
 from torch_ref.train import TorchTrainer
@@ -35,8 +36,7 @@ def test_shared_init_gives_both_frameworks_the_same_weights(model):
 
 
 def _metrics(framework: str, model: str, rng: str, workdir) -> dict:
-    module = {"flax": "flax_impl.train", "torch": "torch_ref.train"}[framework]
-    subprocess.run([sys.executable, "-m", module, "--model", model, "--max-steps", str(STEPS), "--workdir", str(workdir),
+    subprocess.run([sys.executable, "-m", command_module(framework, "train"), "--model", model, "--max-steps", str(STEPS), "--workdir", str(workdir),
                     "--set", f"init_rng={rng}", "--set", f"shuffle_rng={rng}"], check=True, capture_output=True)
     return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
 
@@ -44,7 +44,7 @@ def _metrics(framework: str, model: str, rng: str, workdir) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "lenet"])
 def test_paired_cli_runs_differ_only_by_rounding(model, tmp_path):
-    paired = {f: _metrics(f, model, "shared", tmp_path / f"{f}-shared") for f in ("flax", "torch")}
+    paired = {f: _metrics(f, model, "shared", tmp_path / f"{f}-shared") for f in FRAMEWORKS}
     assert abs(paired["flax"]["train_loss"] - paired["torch"]["train_loss"]) <= PAIRED_LOSS_ABS
     assert abs(paired["flax"]["test_loss"] - paired["torch"]["test_loss"]) <= PAIRED_LOSS_ABS
     assert abs(paired["flax"]["test_accuracy"] - paired["torch"]["test_accuracy"]) <= PAIRED_ACCURACY_ABS

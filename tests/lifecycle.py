@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from tensorboard.util import tensor_util
 
 from cnn_parity import checkpoints
+from cnn_parity.frameworks import command_module
 from cnn_parity.weights import load_safetensors
 from cnn_parity.workdir import read_metrics
 
@@ -49,7 +50,7 @@ def module_command(module: str, *args: str, cwd: Path, data_dir: Path | None = N
 
 
 def evaluate(framework: str, path: Path, data_dir: Path) -> dict:
-    module = FRAMEWORKS[framework].replace(".train", ".evaluate")
+    module = command_module(framework, "evaluate")
     result = module_command(module, "--checkpoint", str(path), "--json", cwd=path.parent, data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -16,12 +16,13 @@ import pytest
 
 from cnn_parity import checkpoints
 from cnn_parity.errors import UsageError
+from cnn_parity.frameworks import command_module
 from cnn_parity.weights import canonical_shapes, load_safetensors, save_safetensors
 
 from .lifecycle import SHORT, litter, module_command, train
 from .test_cli import FRAMEWORKS, assert_one_line_error, run_cli
 
-EVALUATE = {framework: module.replace(".train", ".evaluate") for framework, module in FRAMEWORKS.items()}
+EVALUATE = {framework: command_module(framework, "evaluate") for framework in FRAMEWORKS}
 
 
 def assert_usage_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from cnn_parity import checkpoints
 from cnn_parity.errors import RunError
+from cnn_parity.frameworks import command_module
 from cnn_parity.weights import load_safetensors
 from cnn_parity.workdir import Workdir, read_metrics
 
@@ -122,7 +123,7 @@ def test_a_model_evaluates_the_same_in_both_frameworks(trained_with, data_dir, t
     summary = json.loads((workdir / "summary.json").read_text())
     reports = {}
     for framework in FRAMEWORKS:
-        module = FRAMEWORKS[framework].replace(".train", ".evaluate")
+        module = command_module(framework, "evaluate")
         out = subprocess.run([sys.executable, "-m", module, "--checkpoint", str(workdir), "--json"], cwd=tmp_path,
                              env={**__import__("os").environ, "PYTHONPATH": str(REPO), **env},
                              capture_output=True, text=True, timeout=300)
@@ -169,7 +170,7 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint_usable(framework, data_d
     assert_one_line_error(result, 1, "at step 2")
     (good,) = [checkpoints.latest(tmp_path / "w")]
     assert good is not None and good.name == "step_000000001"
-    module = FRAMEWORKS[framework].replace(".train", ".evaluate")
+    module = command_module(framework, "evaluate")
     out = subprocess.run([sys.executable, "-m", module, "--checkpoint", str(good), "--json"], cwd=tmp_path,
                          env={**__import__("os").environ, "PYTHONPATH": str(REPO), **env},
                          capture_output=True, text=True, timeout=300)

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnn_parity import frameworks
 from cnn_parity.recipes import MODELS
 
 from .helpers import source_num_params
 
 
-FRAMEWORKS = {"flax": "flax_impl.train", "torch": "torch_ref.train"}
+FRAMEWORKS = {framework: frameworks.command_module(framework, "train") for framework in frameworks.FRAMEWORKS}
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cnn_parity import equivalence
-from cnn_parity.runs import FRAMEWORKS
+from cnn_parity.frameworks import FRAMEWORKS
 
 from .test_cli import REPO
 

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from cnn_parity.frameworks import FRAMEWORKS, command_module
+from cnn_parity.recipes import MODELS
+
 pytestmark = pytest.mark.slow  # builds a wheel, makes an environment and trains through both CLIs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +36,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_recipes_and_no_generic_top_level_name(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     assert {name.split("/")[0] for name in names if ".dist-info/" not in name} == TOP_LEVEL
-    assert {f"cnn_parity/configs/{model}.toml" for model in ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")} \
-        <= set(names)
+    assert {f"cnn_parity/configs/{model}.toml" for model in MODELS} <= set(names)
 
 
 def test_a_wheel_install_trains_from_another_folder(wheel, tmp_path, data_dir):
@@ -53,7 +55,7 @@ def test_a_wheel_install_trains_from_another_folder(wheel, tmp_path, data_dir):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CNN_PARITY_DATA_DIR": str(data_dir)}
-    for module in ("flax_impl.train", "torch_ref.train"):
+    for module in (command_module(framework, "train") for framework in FRAMEWORKS):
         result = subprocess.run([str(python), "-m", module, "--model", "lenet", "--max-steps", "2", "--workdir",
                                  f"run-{module}"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]

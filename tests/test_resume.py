@@ -1,7 +1,7 @@
 """Fast proofs that a stopped run continues exactly (`pytest -m "not slow"` runs them): the optimiser's
 state (momentum, Adam's moments) and dropout's random state survive a resume bitwise; SIGTERM keeps the
 run, and `--resume --workdir W` alone continues it as it was started; a resume under other options
-says so and records them."""
+says so and records them; a recipe whose provenance alone changed (a corrected citation) still resumes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import time
 import pytest
 
 from cnn_parity import checkpoints
+from cnn_parity.recipes import config_path, load_recipe
+from cnn_parity.workdir import run_differences
 
 from .lifecycle import SHORT, assert_same_run, metrics, start, summary, train
 from .test_cli import FRAMEWORKS
@@ -84,3 +86,29 @@ def test_a_run_that_failed_before_its_first_record_leaves_its_workdir_usable(dat
     assert "stopped before its first record or checkpoint; starting anew" in result.stderr
     assert [r["steps"] for r in metrics(workdir)] == [5]
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
+
+
+def _config(**recipe_changes) -> dict:
+    recipe = load_recipe("mlp").to_dict()
+    return {"framework": "torch", "pipeline": "tensor", "recipe": {**recipe, **recipe_changes}}
+
+
+def test_a_runs_identity_is_what_changes_its_numbers_not_its_provenance():
+    current, optimizer = _config(), load_recipe("mlp").to_dict()["optimizer"]
+    assert run_differences(_config(source="a corrected citation", reported={"num_params": 1}), current) == []
+    assert run_differences(_config(epochs=3), current) == []
+    assert run_differences(_config(optimizer={**optimizer, "lr": 0.5}), current) == ["recipe optimizer"]
+
+
+def test_a_recipe_file_whose_citation_changed_still_resumes_and_one_whose_lr_changed_does_not(data_dir, tmp_path):
+    recipe, workdir = tmp_path / "mlp.toml", tmp_path / "run"
+    recipe.write_text(config_path("mlp").read_text().replace("batch_size = 100", "batch_size = 2000"))
+    assert train("torch", workdir, "--config", str(recipe), "--max-steps", "5", data_dir=data_dir).returncode == 0
+    text = recipe.read_text()
+    recipe.write_text(text.replace('source = "003: ', 'source = "003 (corrected): ').replace("num_params = ", "num_params = 1"))
+    result = train("torch", workdir, "--config", str(recipe), "--resume", "--max-steps", "10", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert [r["steps"] for r in metrics(workdir)] == [10]
+    recipe.write_text(text.replace("lr = 0.1", "lr = 0.2"))
+    result = train("torch", workdir, "--config", str(recipe), "--resume", "--max-steps", "15", data_dir=data_dir)
+    assert result.returncode == 2 and "differs in: recipe optimizer" in result.stderr, result.stderr

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from cnn_parity import shared_rng
+from cnn_parity.frameworks import FRAMEWORKS, command_module
 from cnn_parity.recipes import INITS, MODELS, load_recipe
 from cnn_parity.weights import check_canonical
 from cnn_parity.workdir import read_metrics
@@ -50,7 +51,7 @@ def test_recipe_keys_default_to_the_frameworks_own_generators(key):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module", ["flax_impl.train", "torch_ref.train"])
+@pytest.mark.parametrize("module", [command_module(framework, "train") for framework in FRAMEWORKS])
 @pytest.mark.parametrize("rng, stop", [("shared", 700), ("framework", 600)])
 def test_run_resumes_exactly_across_an_epoch_boundary(module, rng, stop, tmp_path, data_dir):
     """Stopped mid-epoch 2 (step 700), or exactly at the end of epoch 1 (step 600, where a checkpoint
