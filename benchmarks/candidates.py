@@ -10,8 +10,9 @@ Every candidate exposes the same small interface the worker times:
   train(epoch, steps) -> examples   runs `steps` training steps of epoch `epoch`, fully synchronised
   evaluate() -> examples            the whole test split, as the trainers' `evaluate()` does it
   tiny_step_seconds() -> s | None   one step on a 1-example batch (Flax per-step loops): overhead
-Training goes through the trainers' own `train_epoch` with the shared `EpochLog` (losses read back
-every `cnn_parity.training.CHECK_EVERY` steps, as in a real run), so the numbers describe the product, not a stripped-down loop.
+Training goes through the trainers' own `train_steps`, driven by the training loop's `run_steps` (losses
+read back every `cnn_parity.training.CHECK_EVERY` steps, as in a real run), so the numbers describe the
+product, not a stripped-down loop.
 """
 
 from __future__ import annotations
@@ -27,16 +28,6 @@ def framework_of(variant: str) -> str:
     return "flax" if variant in FLAX_VARIANTS else "torch"
 
 
-class _NullProgress:
-    """Stands in for tqdm inside EpochLog: no terminal output during timing."""
-
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-
 class _Candidate:
     def __init__(self, trainer, sync, trainer_default: bool):
         self.trainer = trainer
@@ -48,9 +39,7 @@ class _Candidate:
         self.num_params = trainer.num_params
 
     def train(self, epoch: int, steps: int) -> int:
-        log = new_epoch_log()
-        self.trainer.train_epoch(epoch, 0, steps, log)
-        log.flush()
+        log = train_to_step(self.trainer, epoch, steps)
         self._sync()
         return log.examples
 
@@ -73,11 +62,15 @@ class _Candidate:
             t.test_loader = DataLoader(Subset(t.test_loader.dataset, range(n)), batch_size=t.test_loader.batch_size)
 
 
-def new_epoch_log():
-    """A fresh EpochLog for the first step of an epoch, with no terminal output."""
+def train_to_step(trainer, epoch: int, end: int, log=None):
+    """Train epoch `epoch` up to its step `end` (from where `log` stands; default: a fresh log, from its
+    first step) through the training loop's own `cnn_parity.training.run_steps`; return the log."""
     from cnn_parity import training
 
-    return training.EpochLog(training.Progress(), _NullProgress())
+    log = log if log is not None else training.EpochLog(training.Progress())
+    for _ in training.run_steps(trainer, epoch, log, end):
+        pass
+    return log
 
 
 def build(model: str, variant: str, data_dir: str | None, quick: bool = False) -> _Candidate:

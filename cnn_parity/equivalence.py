@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cnn_parity import runs, statistics
-from cnn_parity.cli import OneLineParser, positive_int, report_errors
+from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.markdown import replace_marked_block

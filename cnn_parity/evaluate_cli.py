@@ -14,11 +14,11 @@ import sys
 from typing import Any, Callable, Sequence
 
 from cnn_parity import checkpoints
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import load_recipe, recipe_from_dict
-from cnn_parity.training import EvalResult
+from cnn_parity.trainer import EvalResult
 
 # (recipe, canonical weights, data dir, **the values of the framework's own flags) -> result
 EvaluateFn = Callable[..., EvalResult]

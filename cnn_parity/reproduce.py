@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cnn_parity import runs, statistics
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.recipes import MODELS, load_recipe

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from cnn_parity import tfds_data
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.data import DATASETS
 
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnn_parity.cli import OneLineParser
+from cnn_parity.commands import OneLineParser
 from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 
 PROMPT = "$ python -m parity_tests.check"
