@@ -15,7 +15,6 @@ and chart: benchmarks/tables.py. See benchmarks/README.md for the definitions of
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,49 +27,35 @@ from benchmarks import flops, ratios
 from benchmarks.candidates import VARIANTS
 from benchmarks.rounds import REPO, bench_model
 from benchmarks.tables import fmt, goals_table, markdown_table, summary_lines, write_chart
+from cnn_parity.commands import OneLineParser, positive_int
+from cnn_parity.errors import UsageError
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS
-from cnn_parity.workdir import machine_info
+from cnn_parity.provenance import machine_info
 
 # Training steps per timed trial (full mode): about 1-3 s of work each on a 2-core CPU.
 FULL_STEPS = {"mlp": 600, "cnn_base": 12, "cnn_2layer": 25, "lenet": 120, "fashion_cnn": 120}
 QUICK_STEPS = 3
 # The README block `--update-readme` regenerates.
 README_MARKER = "benchmark-goals"
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "python -m benchmarks.run"
 
 
 def parse_args(argv):
-    p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL", help=f"any of: {', '.join(MODELS)}")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                   help=f"any of: {', '.join(MODELS)}")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="VARIANT",
                    help=f"any of: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few steps, one round (CI)")
-    p.add_argument("--repeats", type=int, help="timed rounds per candidate (default 3; 1 with --quick)")
-    p.add_argument("--steps", type=int, help="training steps per trial (default: per model; 4 with --quick)")
+    p.add_argument("--repeats", type=positive_int, help="timed rounds per candidate (default 3; 1 with --quick)")
+    p.add_argument("--steps", type=positive_int,
+                   help=f"training steps per trial (default: per model; {QUICK_STEPS} with --quick)")
     p.add_argument("--data-dir", help="folder holding <dataset>/ (default: the project's search order)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--update-readme", metavar="PATH",
                    help=f"replace the '{README_MARKER}' block of this Markdown file with the goals table")
     args = p.parse_args(argv)
-    for m in args.models:
-        if m not in MODELS:
-            raise UsageError(f"unknown model {m!r}; choose from: {', '.join(MODELS)}")
-    for q in args.variants:
-        if q not in VARIANTS:
-            raise UsageError(f"unknown variant {q!r}; choose from: {', '.join(VARIANTS)}")
-    if args.repeats is not None and args.repeats < 1:
-        raise UsageError(f"--repeats must be positive, got {args.repeats}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be positive, got {args.steps}")
     if args.update_readme:  # checked now, not after a long run
         try:
             text = Path(args.update_readme).read_text()
@@ -116,8 +101,8 @@ def main(argv=None) -> int:
     try:
         args = parse_args(argv)
     except UsageError as e:
-        print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
     out = Path(args.out)
     repeats = args.repeats or (1 if args.quick else 3)
     started = time.time()

@@ -29,7 +29,7 @@ from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.trainer import CHECK_EVERY
-from cnn_parity.workdir import write_json_atomic
+from cnn_parity.files import write_json_atomic
 
 WARMUP_STEPS = CHECK_EVERY  # one chunk: Flax's first dispatch of STEPS_PER_DISPATCH steps, which compiles
 PROG = "python -m benchmarks.scaling"

@@ -23,7 +23,9 @@ from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
+from cnn_parity.files import write_json_atomic
+from cnn_parity.provenance import machine_info, versions
+from cnn_parity.workdir import read_metrics
 
 # What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
 DEVIATIONS = {

@@ -23,7 +23,8 @@ from cnn_parity.recipes import MODELS, OPTIMIZERS, Recipe, load_recipe, parse_as
 from cnn_parity.stop_signals import Interrupted, StopRequest
 from cnn_parity.trainer import Trainer
 from cnn_parity.training import fit
-from cnn_parity.workdir import Workdir, command_line
+from cnn_parity.provenance import command_line
+from cnn_parity.workdir import Workdir
 
 
 DEFAULT_LOG_EVERY = 50  # steps between step records: a few hundred points per run, as other trainers log

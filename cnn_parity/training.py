@@ -29,7 +29,8 @@ from cnn_parity.resume import record_config
 from cnn_parity.resume import restore as resume_from_checkpoint
 from cnn_parity.stop_signals import Interrupted, StopRequest
 from cnn_parity.trainer import CHECK_EVERY, EvalResult, Progress, StepMetrics, Trainer
-from cnn_parity.workdir import Workdir, command_line, versions
+from cnn_parity.provenance import command_line, versions
+from cnn_parity.workdir import Workdir
 
 
 class EpochLog:

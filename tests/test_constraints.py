@@ -9,7 +9,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from cnn_parity.workdir import CONSTRAINTS, constraints_match, versions
+from cnn_parity.provenance import CONSTRAINTS, constraints_match, versions
 
 from .test_cli import REPO
 
