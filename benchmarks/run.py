@@ -8,8 +8,9 @@ compile / first-step time), then `--repeats` rounds in which the candidates' ord
 trial being `--steps` training steps followed by a full test-set evaluation. Reported: medians over
 rounds, with min-max spread, and each Flax variant's ratio to PyTorch eager with its interval over the
 rounds, read in three tiers (stock Flax, pure JAX, same kernels: benchmarks/ratios.py). Writes
-DIR/bench.json, DIR/bench.md, DIR/bench.png; prints the tables. This file is the command line and the
-machine's measurements; the rounds: benchmarks/rounds.py; the ratios: benchmarks/ratios.py; tables
+DIR/bench.json, DIR/bench.md, DIR/bench.png; prints the tables. This file is the command line; the
+machine's measurements: benchmarks/machine.py; the rounds: benchmarks/rounds.py; the worker processes:
+benchmarks/worker.py; the ratios: benchmarks/ratios.py; tables
 and chart: benchmarks/tables.py. See benchmarks/README.md for the definitions of every figure.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +25,8 @@ from pathlib import Path
 
 from benchmarks import flops, ratios
 from benchmarks.candidates import VARIANTS
-from benchmarks.rounds import REPO, bench_model
+from benchmarks.machine import IDLE_BUSY_FRACTION, busy_cpu_fraction, measure_gemm
+from benchmarks.rounds import bench_model
 from benchmarks.tables import fmt, goals_table, markdown_table, summary_lines, write_chart
 from cnn_parity.commands import OneLineParser, positive_int
 from cnn_parity.errors import UsageError
@@ -70,31 +71,6 @@ def parse_args(argv):
     except OSError as e:
         raise UsageError(f"--out {out} is not writable: {e.strerror or e}") from None
     return args
-
-
-def measure_gemm(quick: bool) -> dict:
-    results = {}
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    for fw in ("jax", "torch"):
-        cmd = [sys.executable, "-m", "benchmarks.gemm", fw] + (["--quick"] if quick else [])
-        try:
-            done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-            results[fw] = json.loads(done.stdout.strip().splitlines()[-1])
-        except Exception as e:  # a broken framework must not stop the benchmark
-            results[fw] = {"error": f"{type(e).__name__}: {e}"}
-    peaks = [r["peak_gflops"] for r in results.values() if "peak_gflops" in r]
-    return {"by_framework": results, "peak_gflops": max(peaks) if peaks else None}
-
-
-IDLE_BUSY_FRACTION = 0.1
-
-
-def busy_cpu_fraction(seconds: float = 3.0) -> float:
-    """Fraction of the machine's CPU time others use over `seconds` (load averages include the
-    benchmark's own threads, so they cannot say whether the machine was idle)."""
-    import psutil
-
-    return psutil.cpu_percent(interval=seconds) / 100
 
 
 def main(argv=None) -> int:
