@@ -27,16 +27,6 @@ def framework_of(variant: str) -> str:
     return "flax" if variant in FLAX_VARIANTS else "torch"
 
 
-class _NullProgress:
-    """Stands in for tqdm inside EpochLog: no terminal output during timing."""
-
-    def update(self, n=1):
-        pass
-
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-
 class _Candidate:
     def __init__(self, trainer, sync, trainer_default: bool):
         self.trainer = trainer
@@ -75,9 +65,11 @@ class _Candidate:
 
 def new_epoch_log():
     """A fresh EpochLog for the first step of an epoch, with no terminal output."""
+    from tqdm import tqdm
+
     from cnn_parity import training
 
-    return training.EpochLog(training.Progress(), _NullProgress())
+    return training.EpochLog(training.Progress(), tqdm(disable=True))
 
 
 def build(model: str, variant: str, data_dir: str | None, quick: bool = False) -> _Candidate:
