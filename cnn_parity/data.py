@@ -22,7 +22,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -32,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cnn_parity.errors import DataError
+from cnn_parity.files import atomic_file, write_bytes_atomic
 
 DATASETS = ("mnist", "fashion_mnist")
 SPLITS = ("train", "test")
@@ -213,21 +213,17 @@ def download(dataset: str, dest: Path) -> Path:
 def _fetch_verified(url: str, target: Path, dataset: str, stem: str, ndim: int) -> None:
     from tqdm import tqdm
 
-    # Download next to the target and rename only once verified: never a half-written file.
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{stem}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
+    # Downloaded next to the target, which it becomes only once verified: never a half-written file.
+    with atomic_file(target) as out:
+        with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"{dataset}/{stem}",
                       file=sys.stderr, leave=False) as bar:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        _verify(tmp, dataset, stem, ndim, name=url)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        out.flush()
+        _verify(Path(out.name), dataset, stem, ndim, name=url)
 
 
 def _verify(path: Path, dataset: str, stem: str, ndim: int, name: str) -> np.ndarray:
@@ -265,10 +261,7 @@ def copy_uncompressed(dataset: str, data_dir: str | os.PathLike | None, dest: Pa
             content = read_file(_find_file(folder, stem))
             if hashlib.sha256(content).hexdigest() != SHA256[dataset][stem]:
                 raise DataError(f"{folder / stem}: SHA-256 does not match {dataset}'s {stem}")
-            fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{stem}.", suffix=".part")
-            with os.fdopen(fd, "wb") as out:
-                out.write(content)
-            os.replace(tmp_name, target)
+            write_bytes_atomic(target, content)
     except OSError as e:
         raise DataError(f"cannot prepare {dest}: {e.strerror or e}") from None
 

@@ -4,28 +4,38 @@ the ownership check that comes before loading anything executable from a cache f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open, not mkstemp: the file gets the umask's permissions, as any other file the user writes.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through, in a `with` block. It is written beside `path` under a
+    hidden temporary name (the file's `name`, to check the content before it counts); when the block
+    ends without an error it is flushed to disk and renamed to `path`, and on an error or an
+    interruption it is removed. Created with the umask's permissions, as any other file the user
+    writes (tempfile.mkstemp would make it private, 0600)."""
+    tmp = Path(path).with_name(f".{Path(path).name}.{secrets.token_hex(4)}.tmp")
+    f = open(tmp, "xb")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

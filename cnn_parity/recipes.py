@@ -7,6 +7,8 @@ import importlib.resources
 import math
 import sys
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,9 +168,32 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _options(expected) -> tuple:
+    """The types a field annotated `expected` admits, generics by their origin (`dict[str, Any]`:
+    dict): the members of a union, else `expected` itself."""
+    members = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+    return tuple(typing.get_origin(t) or t for t in members)
+
+
+def _type_name(expected) -> str:
+    return " | ".join("None" if t is type(None) else t.__name__ for t in _options(expected))
+
+
+def _conforms(value, expected) -> bool:
+    """Whether `value` is of a type the annotation `expected` admits (an int is no bool, a bool no int)."""
+    for option in _options(expected):
+        if option is Any or (option is type(None) and value is None):
+            return True
+        if isinstance(value, bool) == (option is bool) and isinstance(value, option):
+            return True
+    return False
+
+
 def _typed(cls, values: dict, where: str):
-    """Instantiate a dataclass from `values`, rejecting unknown keys and wrong types."""
+    """Instantiate a dataclass from `values`, rejecting unknown keys and wrong types (read from the
+    fields' annotations); an int is accepted for a float."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise UsageError(f"unknown recipe key {where}{unknown[0]}; known: {', '.join(sorted(fields))}")
@@ -178,15 +203,11 @@ def _typed(cls, values: dict, where: str):
         raise UsageError(f"recipe is missing {where}{missing[0]!r}")
     kwargs = {}
     for name, value in values.items():
-        expected = fields[name].type
-        if name in ("optimizer", "reported"):
-            kwargs[name] = value
-            continue
-        if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+        expected = hints[name]
+        if float in _options(expected) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        python_type = {"int": int, "float": float, "bool": bool, "str": str}[expected]
-        if not isinstance(value, python_type) or (python_type is int and isinstance(value, bool)):
-            raise UsageError(f"recipe key {where}{name} must be {expected}, got {value!r}")
+        if not _conforms(value, expected):
+            raise UsageError(f"recipe key {where}{name} must be {_type_name(expected)}, got {value!r}")
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -16,12 +16,9 @@ import math
 import numpy as np
 
 from cnn_parity.recipes import INITS
-from cnn_parity.weights import LAYERS
+from cnn_parity.weights import EXPLICIT_WEIGHT_INITS, LAYERS
 
 _INIT_STREAM, _SHUFFLE_STREAM = 0, 1
-
-# Layers whose source initialised the weight explicitly (Xavier-uniform), under either init scheme.
-XAVIER_UNIFORM_WEIGHTS = {"cnn_2layer": ("fc",)}
 
 # Flax's truncated_normal(stddev) draws N(0, 1) truncated to [-2, 2] and divides by this, that
 # truncated distribution's standard deviation, so the result has standard deviation `stddev`.
@@ -32,21 +29,31 @@ def _generator(seed: int, *stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=stream)))
 
 
+def _xavier_uniform(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    fan_out, fan_in = shape[0] * math.prod(shape[2:]), math.prod(shape[1:])
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, shape)
+
+
+# numpy's implementation of each initialiser cnn_parity.weights.EXPLICIT_WEIGHT_INITS names.
+_EXPLICIT_WEIGHT_INITS = {"xavier_uniform": _xavier_uniform}
+
+
 def initial_weights(model: str, init_scheme: str, seed: int) -> dict[str, np.ndarray]:
     """Canonical float32 initial weights of `model` (cnn_parity/weights.py layout), drawn as the init
     scheme prescribes: "torch", PyTorch's defaults, U(±1/√fan_in) for weights and biases; "flax",
-    LeCun-normal weights truncated at ±2σ and zero biases. Same distributions as either framework's own
-    initialisers; these exact values are the same in both."""
+    LeCun-normal weights truncated at ±2σ and zero biases; a weight the source initialised explicitly
+    (weights.EXPLICIT_WEIGHT_INITS) as it did, under either scheme. Same distributions as either
+    framework's own initialisers; these exact values are the same in both."""
     if init_scheme not in INITS:
         raise ValueError(f"init scheme must be one of {INITS}, not {init_scheme!r}")
     rng = _generator(seed, _INIT_STREAM)
-    arrays = {}
+    arrays, explicit = {}, EXPLICIT_WEIGHT_INITS.get(model, {})
     for name, fan_in_channels, out, kernel in LAYERS[model]:
         shape = (out, fan_in_channels, kernel, kernel) if kernel else (out, fan_in_channels)
         fan_in = math.prod(shape[1:])
-        if name in XAVIER_UNIFORM_WEIGHTS.get(model, ()):
-            bound = math.sqrt(6.0 / (fan_in + out))
-            weight = rng.uniform(-bound, bound, shape)
+        if name in explicit:
+            weight = _EXPLICIT_WEIGHT_INITS[explicit[name]](rng, shape)
         elif init_scheme == "torch":
             weight = rng.uniform(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), shape)
         else:

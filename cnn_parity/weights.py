@@ -16,6 +16,7 @@ from typing import Mapping
 
 import numpy as np
 
+from cnn_parity.data import IMAGE_SHAPE
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 
@@ -30,32 +31,54 @@ LAYERS: dict[str, list[tuple[str, int, int, int | None]]] = {
     "fashion_cnn": [("conv1", 1, 10, 5), ("conv2", 10, 20, 5), ("fc1", 320, 50, None), ("fc2", 50, 10, None)],
 }
 
-# Per convolution: input height = width, zero padding, and whether a 2x2 max-pool follows it. All are
-# square, stride 1, undilated.
-CONV_GEOMETRY: dict[str, dict[str, tuple[int, int, bool]]] = {
+# Per convolution, in forward order: its zero padding, and whether a 2x2 max-pool follows it. All are
+# square, stride 1 and undilated, and the first one sees the whole image.
+_CONVOLUTIONS: dict[str, dict[str, tuple[int, bool]]] = {
     "mlp": {},
-    "cnn_base": {"conv1": (28, 0, False), "conv2": (24, 0, True), "conv3": (10, 0, True)},
-    "cnn_2layer": {"conv1": (28, 1, True), "conv2": (14, 1, True)},
-    "lenet": {"conv1": (28, 0, True), "conv2": (12, 0, True)},
-    "fashion_cnn": {"conv1": (28, 0, True), "conv2": (12, 0, True)},
+    "cnn_base": {"conv1": (0, False), "conv2": (0, True), "conv3": (0, True)},
+    "cnn_2layer": {"conv1": (1, True), "conv2": (1, True)},
+    "lenet": {"conv1": (0, True), "conv2": (0, True)},
+    "fashion_cnn": {"conv1": (0, True), "conv2": (0, True)},
 }
+
+# The weights a model's source initialised explicitly, and with what, under either init scheme (the
+# recipe's `init` decides every other weight and every bias). Each framework implements each
+# initialiser named here: flax_impl/models.py, torch_ref/models.py, cnn_parity/shared_rng.py.
+EXPLICIT_WEIGHT_INITS: dict[str, dict[str, str]] = {"cnn_2layer": {"fc": "xavier_uniform"}}
+
+
+def _convolved(side: int, padding: int, kernel: int) -> int:
+    """Output height = width of a square, stride-1, undilated convolution."""
+    return side + 2 * padding - kernel + 1
+
+
+def _feature_maps(model: str) -> tuple[dict[str, tuple[int, int, bool]], tuple[int, int, int]]:
+    """Each convolution's (input side, padding, pooled), and the (C, H, W) of the last feature map
+    (mlp: the image)."""
+    channels, side, geometry = 1, IMAGE_SHAPE[0], {}
+    for name, _, out, kernel in LAYERS[model]:
+        if kernel is not None:
+            padding, pooled = _CONVOLUTIONS[model][name]
+            geometry[name] = (side, padding, pooled)
+            side = _convolved(side, padding, kernel) // (2 if pooled else 1)
+            channels = out
+    return geometry, (channels, side, side)
+
+
+# Per convolution: input height = width, zero padding, and whether a 2x2 max-pool follows it.
+CONV_GEOMETRY: dict[str, dict[str, tuple[int, int, bool]]] = {model: _feature_maps(model)[0] for model in LAYERS}
+
+# The Linear layer that consumes flattened feature maps, with the (C, H, W) shape it flattens.
+FLATTENED_INPUT: dict[str, tuple[str, tuple[int, int, int]]] = {
+    model: (next(name for name, _, _, kernel in LAYERS[model] if kernel is None), _feature_maps(model)[1])
+    for model in LAYERS}
 
 
 def conv_output_side(model: str, layer: str) -> int:
     """Output height = width of a convolution of `model` (before its pooling)."""
     side, padding, _ = CONV_GEOMETRY[model][layer]
     kernel = {name: k for name, _, _, k in LAYERS[model]}[layer]
-    return side + 2 * padding - kernel + 1
-
-
-# The Linear layer that consumes flattened feature maps, with the (C, H, W) shape it flattens.
-FLATTENED_INPUT: dict[str, tuple[str, tuple[int, int, int]]] = {
-    "mlp": ("fc1", (1, 28, 28)),
-    "cnn_base": ("fc1", (64, 3, 3)),
-    "cnn_2layer": ("fc", (64, 7, 7)),
-    "lenet": ("fc1", (16, 4, 4)),
-    "fashion_cnn": ("fc1", (20, 4, 4)),
-}
+    return _convolved(side, padding, kernel)
 
 
 def canonical_shapes(model: str) -> dict[str, tuple[int, ...]]:

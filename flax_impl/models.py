@@ -3,8 +3,8 @@
 Layer names match torch_ref/models.py attribute names (conv1, fc1, ...), so converting weights is a
 matter of layout only (see cnn_parity/weights.py). `init_scheme="torch"` reproduces PyTorch's default
 initialisation, U(±1/√fan_in) for weights and biases; `"flax"` keeps Flax's defaults (LeCun-normal
-weights, zero biases). A layer the source initialised explicitly (cnn_2layer's final Linear,
-Xavier-uniform) keeps that under both schemes.
+weights, zero biases). A weight the source initialised explicitly (cnn_parity.weights.EXPLICIT_WEIGHT_INITS:
+cnn_2layer's final Linear, Xavier-uniform) keeps that under both schemes.
 
 `conv_impl` says how the convolutions and 2x2 max-pools are computed ("xla": Flax's own layers,
 "gemm", "onednn"): flax_impl/kernels.py. The trainer chooses it (flax_impl/train.py); a model
@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_parity.weights import EXPLICIT_WEIGHT_INITS
 from flax_impl.kernels import conv_function, pool_2x2
 
 # PyTorch's kaiming_uniform_(a=√5) is U(±gain·√(3/fan_in)) with gain √(1/3): U(±1/√fan_in).
@@ -34,10 +35,16 @@ def _torch_bias_init(fan_in: int):
     return init
 
 
-def layer_inits(init_scheme: str, fan_in: int, kernel_init=None) -> dict[str, Any]:
-    """The kernel_init / bias_init keywords of a Dense or Conv layer with `fan_in` inputs (Linen's
-    nn.Dense / nn.Conv and NNX's nnx.Linear / nnx.Conv take the same ones); none: Flax's defaults.
-    `kernel_init`: a layer the source initialised explicitly, under either scheme."""
+# Flax's implementation of each initialiser cnn_parity.weights.EXPLICIT_WEIGHT_INITS names.
+_EXPLICIT_KERNEL_INITS = {"xavier_uniform": nn.initializers.xavier_uniform()}
+
+
+def layer_inits(init_scheme: str, fan_in: int, model: str, layer: str) -> dict[str, Any]:
+    """The kernel_init / bias_init keywords of `model`'s Dense or Conv layer `layer` with `fan_in`
+    inputs (Linen's nn.Dense / nn.Conv and NNX's nnx.Linear / nnx.Conv take the same ones); none:
+    Flax's defaults. A kernel the source initialised explicitly keeps that under either scheme."""
+    explicit = EXPLICIT_WEIGHT_INITS.get(model, {}).get(layer)
+    kernel_init = _EXPLICIT_KERNEL_INITS[explicit] if explicit else None
     if init_scheme == "torch":
         return {"kernel_init": kernel_init or _torch_kernel_init, "bias_init": _torch_bias_init(fan_in)}
     return {"kernel_init": kernel_init} if kernel_init else {}
@@ -45,17 +52,19 @@ def layer_inits(init_scheme: str, fan_in: int, kernel_init=None) -> dict[str, An
 
 class _Layers(nn.Module):
     """Base: builds Dense / Conv layers initialised by `init_scheme`, convolving and pooling per
-    `conv_impl` (flax_impl/kernels.py; default: Flax's own layers)."""
+    `conv_impl` (flax_impl/kernels.py; default: Flax's own layers). `model_name`: the model a
+    subclass is (cnn_parity.recipes.MODELS)."""
 
+    model_name = ""  # a class attribute, not a field
     init_scheme: str = "torch"
     conv_impl: str = "xla"
 
-    def dense(self, x, features: int, name: str, kernel_init=None):
-        return nn.Dense(features, name=name, **layer_inits(self.init_scheme, x.shape[-1], kernel_init))(x)
+    def dense(self, x, features: int, name: str):
+        return nn.Dense(features, name=name, **layer_inits(self.init_scheme, x.shape[-1], self.model_name, name))(x)
 
     def conv(self, x, features: int, kernel: int, name: str, padding: int = 0):
         return nn.Conv(features, (kernel, kernel), padding=[(padding, padding)] * 2, name=name,
-                       **layer_inits(self.init_scheme, x.shape[-1] * kernel * kernel),
+                       **layer_inits(self.init_scheme, x.shape[-1] * kernel * kernel, self.model_name, name),
                        **conv_function(self.conv_impl))(x)
 
     def pool(self, x):
@@ -67,6 +76,8 @@ def flatten(x):
 
 
 class MLP(_Layers):
+    model_name = "mlp"
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = nn.sigmoid(self.dense(flatten(x), 20, "fc1"))
@@ -74,6 +85,8 @@ class MLP(_Layers):
 
 
 class CNNBase(_Layers):
+    model_name = "cnn_base"
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = nn.relu(self.conv(x, 16, 5, "conv1"))
@@ -84,14 +97,18 @@ class CNNBase(_Layers):
 
 
 class CNN2Layer(_Layers):
+    model_name = "cnn_2layer"
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = self.pool(nn.relu(self.conv(x, 32, 3, "conv1", padding=1)))
         x = self.pool(nn.relu(self.conv(x, 64, 3, "conv2", padding=1)))
-        return self.dense(flatten(x), 10, "fc", kernel_init=nn.initializers.xavier_uniform())
+        return self.dense(flatten(x), 10, "fc")
 
 
 class LeNet(_Layers):
+    model_name = "lenet"
+
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = self.pool(nn.relu(self.conv(x, 6, 5, "conv1")))
@@ -104,6 +121,7 @@ class LeNet(_Layers):
 class FashionCNN(_Layers):
     """Outputs log-probabilities, as the source does; its loss is cross-entropy on them (= NLL)."""
 
+    model_name = "fashion_cnn"
     dropout_rate: float = 0.5
 
     @nn.compact
@@ -117,7 +135,7 @@ class FashionCNN(_Layers):
 
 
 # The module class of each model named in cnn_parity.recipes.MODELS.
-MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
+MODULES = {module.model_name: module for module in (MLP, CNNBase, CNN2Layer, LeNet, FashionCNN)}
 
 
 def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla") -> nn.Module:

@@ -1,11 +1,13 @@
 """The five models as Flax NNX modules: the same layers, names, initialisation and convolutions as
 the Linen ones in flax_impl/models.py (the same layer helpers: `layer_inits`, `flatten`, and
 flax_impl/kernels.py's `conv_function` and `pool_2x2`), so speed work on the kernels serves both APIs.
+NNX layers are built before they see an input, so each takes its sizes and padding from the neutral
+tables (cnn_parity.weights: LAYERS, CONV_GEOMETRY).
 
 Split into a pure pytree (`nnx.split(model, nnx.Param)`, then `to_pure_dict`), an NNX model's
 parameters have exactly the structure of Linen's params dict ({"conv1": {"kernel", "bias"}, ...}), and
-`FunctionalModel.apply` has Linen's `apply` signature. The training step, the evaluator, Orbax /
-msgpack checkpoints, the canonical-weight converters and the multi-device code therefore run NNX
+`FunctionalModel.apply` has Linen's `apply` signature. The training step, the evaluator, msgpack
+checkpoints, the canonical-weight converters and the multi-device code therefore run NNX
 models unchanged (flax_impl/train.py, `api="nnx"`): the graph is split once, outside `jax.jit`, and
 merged inside the traced function, as the Flax performance guide recommends for small models
 (docs_nnx/guides/performance.md: `nnx.split` / `nnx.merge` under `jax.jit`).
@@ -20,51 +22,66 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 from flax import nnx
 from flax.core.scope import LazyRng
 
+from cnn_parity.weights import CONV_GEOMETRY, LAYERS
 from flax_impl.kernels import conv_function, pool_2x2
 from flax_impl.models import flatten, layer_inits
 
 
 class _Layers(nnx.Module):
-    """Base: builds Linear / Conv layers initialised by `init_scheme`, convolving and pooling per
+    """Base: builds the Linear / Conv layers of model `model_name` (a class attribute) by name, as
+    cnn_parity.weights describes them, initialised by `init_scheme`, convolving and pooling per
     `conv_impl` (flax_impl/kernels.py)."""
+
+    model_name = ""
 
     def __init__(self, init_scheme: str, conv_impl: str):
         self.init_scheme, self.conv_impl = init_scheme, conv_impl
 
-    def linear(self, fan_in: int, features: int, rngs: nnx.Rngs, kernel_init=None) -> nnx.Linear:
-        return nnx.Linear(fan_in, features, rngs=rngs, **layer_inits(self.init_scheme, fan_in, kernel_init))
+    def _sizes(self, name: str) -> tuple[int, int, int | None]:
+        """(in features / channels, out, kernel size or None) of layer `name`."""
+        return next((fan_in, out, kernel) for layer, fan_in, out, kernel in LAYERS[self.model_name] if layer == name)
 
-    def conv(self, channels: int, features: int, kernel: int, rngs: nnx.Rngs, padding: int = 0) -> nnx.Conv:
+    def linear(self, name: str, rngs: nnx.Rngs) -> nnx.Linear:
+        fan_in, features, _ = self._sizes(name)
+        return nnx.Linear(fan_in, features, rngs=rngs, **layer_inits(self.init_scheme, fan_in, self.model_name, name))
+
+    def conv(self, name: str, rngs: nnx.Rngs) -> nnx.Conv:
+        channels, features, kernel = self._sizes(name)
+        _, padding, _ = CONV_GEOMETRY[self.model_name][name]
         return nnx.Conv(channels, features, (kernel, kernel), padding=((padding, padding),) * 2, rngs=rngs,
-                        **layer_inits(self.init_scheme, channels * kernel * kernel), **conv_function(self.conv_impl))
+                        **layer_inits(self.init_scheme, channels * kernel * kernel, self.model_name, name),
+                        **conv_function(self.conv_impl))
 
     def pool(self, x):
         return pool_2x2(x, self.conv_impl)
 
 
 class MLP(_Layers):
+    model_name = "mlp"
+
     def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
         super().__init__(init_scheme, conv_impl)
-        self.fc1 = self.linear(28 * 28, 20, rngs)
-        self.fc2 = self.linear(20, 10, rngs)
+        self.fc1 = self.linear("fc1", rngs)
+        self.fc2 = self.linear("fc2", rngs)
 
     def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
         return self.fc2(nnx.sigmoid(self.fc1(flatten(x))))
 
 
 class CNNBase(_Layers):
+    model_name = "cnn_base"
+
     def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
         super().__init__(init_scheme, conv_impl)
-        self.conv1 = self.conv(1, 16, 5, rngs)
-        self.conv2 = self.conv(16, 32, 5, rngs)
-        self.conv3 = self.conv(32, 64, 5, rngs)
-        self.fc1 = self.linear(64 * 3 * 3, 100, rngs)
-        self.fc2 = self.linear(100, 10, rngs)
+        self.conv1 = self.conv("conv1", rngs)
+        self.conv2 = self.conv("conv2", rngs)
+        self.conv3 = self.conv("conv3", rngs)
+        self.fc1 = self.linear("fc1", rngs)
+        self.fc2 = self.linear("fc2", rngs)
 
     def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
         x = nnx.relu(self.conv1(x))
@@ -75,11 +92,13 @@ class CNNBase(_Layers):
 
 
 class CNN2Layer(_Layers):
+    model_name = "cnn_2layer"
+
     def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
         super().__init__(init_scheme, conv_impl)
-        self.conv1 = self.conv(1, 32, 3, rngs, padding=1)
-        self.conv2 = self.conv(32, 64, 3, rngs, padding=1)
-        self.fc = self.linear(64 * 7 * 7, 10, rngs, kernel_init=nn.initializers.xavier_uniform())
+        self.conv1 = self.conv("conv1", rngs)
+        self.conv2 = self.conv("conv2", rngs)
+        self.fc = self.linear("fc", rngs)
 
     def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
         x = self.pool(nnx.relu(self.conv1(x)))
@@ -88,13 +107,15 @@ class CNN2Layer(_Layers):
 
 
 class LeNet(_Layers):
+    model_name = "lenet"
+
     def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
         super().__init__(init_scheme, conv_impl)
-        self.conv1 = self.conv(1, 6, 5, rngs)
-        self.conv2 = self.conv(6, 16, 5, rngs)
-        self.fc1 = self.linear(16 * 4 * 4, 120, rngs)
-        self.fc2 = self.linear(120, 84, rngs)
-        self.fc3 = self.linear(84, 10, rngs)
+        self.conv1 = self.conv("conv1", rngs)
+        self.conv2 = self.conv("conv2", rngs)
+        self.fc1 = self.linear("fc1", rngs)
+        self.fc2 = self.linear("fc2", rngs)
+        self.fc3 = self.linear("fc3", rngs)
 
     def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
         x = self.pool(nnx.relu(self.conv1(x)))
@@ -114,15 +135,17 @@ def linen_dropout_key(dropout_key: jax.Array) -> jax.Array:
 class FashionCNN(_Layers):
     """Outputs log-probabilities, as the source does; its loss is cross-entropy on them (= NLL)."""
 
+    model_name = "fashion_cnn"
+
     def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", dropout_rate: float = 0.5, *,
                  rngs: nnx.Rngs):
         super().__init__(init_scheme, conv_impl)
-        self.conv1 = self.conv(1, 10, 5, rngs)
-        self.conv2 = self.conv(10, 20, 5, rngs)
-        self.fc1 = self.linear(20 * 4 * 4, 50, rngs)
+        self.conv1 = self.conv("conv1", rngs)
+        self.conv2 = self.conv("conv2", rngs)
+        self.fc1 = self.linear("fc1", rngs)
         # The source's Dropout2d on a (N, 50) tensor acts element-wise; plain dropout is the intent.
         self.dropout = nnx.Dropout(dropout_rate)
-        self.fc2 = self.linear(50, 10, rngs)
+        self.fc2 = self.linear("fc2", rngs)
 
     def __call__(self, x, train: bool = False, dropout_key: jax.Array | None = None):
         x = nnx.relu(self.pool(self.conv1(x)))
@@ -134,7 +157,7 @@ class FashionCNN(_Layers):
 
 
 # The module class of each model named in cnn_parity.recipes.MODELS.
-MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
+MODULES = {module.model_name: module for module in (MLP, CNNBase, CNN2Layer, LeNet, FashionCNN)}
 
 
 def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs) -> nnx.Module:

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import serialization
 from flax.training import train_state
 
@@ -299,12 +298,7 @@ class FlaxTrainer:
         write_bytes_atomic(Path(folder) / "state.msgpack", serialization.to_bytes(jax.device_get(self.state)))
 
     def restore_state(self, folder: Path) -> None:
-        folder = Path(folder)
-        if (folder / "state").is_dir():  # checkpoints written before state.msgpack (Orbax)
-            target = jax.tree.map(ocp.utils.to_shape_dtype_struct, self.state)
-            state = ocp.StandardCheckpointer().restore(folder.resolve() / "state", target)
-        else:
-            state = serialization.from_bytes(self.state, (folder / "state.msgpack").read_bytes())
+        state = serialization.from_bytes(self.state, (Path(folder) / "state.msgpack").read_bytes())
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
     def any_process(self, flag: bool) -> bool:

@@ -9,9 +9,9 @@ import math
 import numpy as np
 
 from cnn_parity.recipes import load_recipe
-from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD, XAVIER_UNIFORM_WEIGHTS
+from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD
 from cnn_parity.training import fit
-from cnn_parity.weights import LAYERS
+from cnn_parity.weights import EXPLICIT_WEIGHT_INITS, LAYERS
 from cnn_parity.workdir import Workdir
 
 # Short real-data budgets (steps at the recipe's own batch size and optimiser) and the test accuracy
@@ -45,7 +45,7 @@ def check_init_statistics(model: str, scheme: str, weights: dict[str, np.ndarray
     for name, fan_in, fan_out, kernel in LAYERS[model]:
         fan_in = fan_in * (kernel or 1) ** 2
         weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]
-        if name in XAVIER_UNIFORM_WEIGHTS.get(model, ()):  # explicit in the source, under both schemes
+        if EXPLICIT_WEIGHT_INITS.get(model, {}).get(name) == "xavier_uniform":  # the source's, under both schemes
             bound = math.sqrt(6 / (fan_in + fan_out))
             _check_uniform(weight, bound, f"{name}.weight")
         elif scheme == "torch":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import os
 import shutil
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -176,7 +178,22 @@ def test_download_of_corrupt_file_keeps_nothing(mirror, isolated_env, monkeypatc
     with pytest.raises(DataError, match="SHA-256"):
         data.locate("mnist")
     leftovers = [p.name for p in (data.cache_dir() / "mnist").iterdir()]
-    assert "t10k-labels-idx1-ubyte.gz" not in leftovers and not [n for n in leftovers if n.endswith(".part")]
+    assert "t10k-labels-idx1-ubyte.gz" not in leftovers and not [n for n in leftovers if n.startswith(".")]
+
+
+def test_downloaded_and_copied_data_files_get_the_umasks_permissions(mirror, data_dir, isolated_env, monkeypatch):
+    base, _ = mirror
+    monkeypatch.delenv("CNN_PARITY_OFFLINE")
+    monkeypatch.setenv("CNN_PARITY_MIRROR", f"{base}/{{dataset}}/")
+    previous = os.umask(0o027)  # neither a private temporary file's 0600 nor the usual 0644
+    try:
+        data.locate("mnist")  # downloads into the cache
+        data.copy_uncompressed("mnist", data_dir, isolated_env / "raw")
+    finally:
+        os.umask(previous)
+    for folder in (data.cache_dir() / "mnist", isolated_env / "raw"):
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in folder.iterdir()}
+        assert len(modes) == 4 and set(modes.values()) == {0o640}, modes
 
 
 def test_download_failure_is_reported(isolated_env, monkeypatch):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import run as benchmarks_run
-from cnn_parity import equivalence, reproduce, shared_rng, weights
+from cnn_parity import equivalence, reproduce, weights
 from cnn_parity.recipes import MODELS
 from flax_impl import models as linen_models
 from flax_impl import models_nnx
@@ -33,7 +33,7 @@ PER_MODEL = {
 EXCEPTIONS = {
     "cnn_parity.equivalence.CURVE_FIRST_EPOCH": equivalence.CURVE_FIRST_EPOCH,
     "cnn_parity.equivalence.ESCAPE_ACCURACY": equivalence.ESCAPE_ACCURACY,
-    "cnn_parity.shared_rng.XAVIER_UNIFORM_WEIGHTS": shared_rng.XAVIER_UNIFORM_WEIGHTS,
+    "cnn_parity.weights.EXPLICIT_WEIGHT_INITS": weights.EXPLICIT_WEIGHT_INITS,
 }
 
 

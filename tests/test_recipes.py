@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 
 import pytest
 
 from cnn_parity.errors import UsageError
-from cnn_parity.recipes import MODELS, config_path, load_recipe, parse_assignment
+from cnn_parity.recipes import MODELS, _typed, config_path, load_recipe, parse_assignment
 from cnn_parity.weights import canonical_shapes
 
 from .helpers import source_num_params
@@ -59,6 +61,7 @@ def test_parse_assignment(text, expected):
     ({"drop_last": "yes"}, "drop_last must be bool"),
     ({"learning_rate": 0.1}, "unknown recipe key learning_rate"),
     ({"optimizer.betas": 0.1}, "unknown recipe key optimizer.betas"),
+    ({"reported": 3}, "recipe key reported must be dict, got 3"),
 ])
 def test_invalid_values_are_usage_errors(overrides, message):
     with pytest.raises(UsageError, match=message):
@@ -94,3 +97,18 @@ def test_bad_keys_are_named_as_typed():
         load_recipe("lenet", overrides={"optimizer.type": "adam"})
     with pytest.raises(UsageError, match=r"recipe key seed is not a table: cannot set seed\.x \(settable: dataset, "):
         load_recipe("lenet", overrides={"seed.x": 1})
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithOptional:
+    limit: int | None = None
+    rate: float = 1.0
+
+
+def test_keys_are_typed_by_their_annotations_unions_included():
+    assert _typed(_WithOptional, {"limit": None}, "") == _WithOptional(None)
+    typed = _typed(_WithOptional, {"limit": 3, "rate": 2}, "")
+    assert typed == _WithOptional(3, 2.0) and isinstance(typed.rate, float)
+    for value in ("3", True, 1.5):
+        with pytest.raises(UsageError, match=re.escape(f"recipe key limit must be int | None, got {value!r}")):
+            _typed(_WithOptional, {"limit": value}, "")

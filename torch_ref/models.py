@@ -2,8 +2,10 @@
 
 `init_scheme="torch"` is PyTorch's own default initialisation (what the sources used); `"flax"`
 re-initialises to Flax's defaults (LeCun-normal weights truncated at ±2σ, zero biases) so that a
-recipe with `init = "flax"` means the same in both frameworks. cnn_2layer's final Linear weight is
-Xavier-uniform under both schemes, as in the source.
+recipe with `init = "flax"` means the same in both frameworks. A weight the source initialised
+explicitly (cnn_parity.weights.EXPLICIT_WEIGHT_INITS: cnn_2layer's final Linear, Xavier-uniform) keeps
+that under both schemes; `create_model` applies it after the constructor (as the source did at the end
+of its constructor: the same draws).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD
-
+from cnn_parity.weights import EXPLICIT_WEIGHT_INITS
 
 
 class MLP(nn.Module):
@@ -51,8 +53,7 @@ class CNN2Layer(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
-        self.fc = nn.Linear(7 * 7 * 64, 10)
-        nn.init.xavier_uniform_(self.fc.weight)
+        self.fc = nn.Linear(7 * 7 * 64, 10)  # its weight Xavier-uniform: create_model
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -100,18 +101,26 @@ class FashionCNN(nn.Module):
 MODULES = {"mlp": MLP, "cnn_base": CNNBase, "cnn_2layer": CNN2Layer, "lenet": LeNet, "fashion_cnn": FashionCNN}
 
 
+# PyTorch's implementation of each initialiser cnn_parity.weights.EXPLICIT_WEIGHT_INITS names.
+_EXPLICIT_WEIGHT_INITS = {"xavier_uniform": nn.init.xavier_uniform_}
+
+
 def create_model(name: str, init_scheme: str = "torch") -> nn.Module:
     model = MODULES[name]()
+    explicit = EXPLICIT_WEIGHT_INITS.get(name, {})
+    with torch.no_grad():
+        for layer, init in explicit.items():
+            _EXPLICIT_WEIGHT_INITS[init](model.get_submodule(layer).weight)
     if init_scheme == "flax":
-        _flax_default_init(model)
+        _flax_default_init(model, explicit)
     return model
 
 
 @torch.no_grad()
-def _flax_default_init(model: nn.Module) -> None:
-    for module in model.modules():
+def _flax_default_init(model: nn.Module, explicit_weights) -> None:
+    for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            if not (isinstance(model, CNN2Layer) and module is model.fc):
+            if name not in explicit_weights:
                 std = math.sqrt(1.0 / module.weight[0].numel()) / TRUNCATED_NORMAL_STD
                 nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
             nn.init.zeros_(module.bias)
