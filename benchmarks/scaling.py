@@ -9,8 +9,8 @@ PyTorch as N torchrun processes (gloo on CPU, nccl on GPU). A warm-up dispatch o
 steps, then `--steps` timed steps through the trainers' own train_epoch. Writes DIR/scaling.json,
 DIR/scaling.md and prints the table. Simulated CPU devices share the machine's cores, so on a CPU
 the table shows the cost of the collectives, not a speed-up. Flax convolves with conv_impl "gemm" at
-every device count (its oneDNN convolutions train on one device only: flax_impl/models.py), so that
-a ratio is the mesh's alone.
+every device count (its oneDNN convolutions train on one device only: resolve_conv_impl in
+flax_impl/train.py), so that a ratio is the mesh's alone.
 """
 
 from __future__ import annotations

@@ -53,11 +53,11 @@ def any_process(flag: bool) -> bool:
 
 
 def synchronous_dispatch(mesh: Mesh) -> bool:
-    """Whether each multi-device program must finish before the next is dispatched. On XLA:CPU (jax
-    0.10.2) two in-flight data-parallel steps deadlock in the all-reduce rendezvous ("Expected 2
-    threads to join"), then abort after 40 s; waiting for each one avoids it, at the cost of one
-    host sync per dispatch (of flax_impl/train.py's STEPS_PER_DISPATCH steps). Reproduction:
-    benchmarks/cpu_collective_hang.py."""
+    """Whether each multi-device program must finish before the next is dispatched. On XLA:CPU two
+    in-flight data-parallel steps deadlock in the all-reduce rendezvous ("Expected 2 threads to
+    join"), then abort; waiting for each one avoids it, at the cost of one host sync per dispatch (of
+    flax_impl/train.py's STEPS_PER_DISPATCH steps). Reproduction, and the versions it was seen with:
+    benchmarks/cpu_collective_hang.py (benchmarks/FINDINGS.md, section 13)."""
     return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
 

@@ -3,10 +3,10 @@
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function; the trainer runs it under
 `jax.jit` with the state donated, gathering each batch on the device from a per-epoch permutation:
 `train_on_slice` (one step) and `train_chunk` (full batches, up to `STEPS_PER_DISPATCH` of them inside
-one jitted `lax.fori_loop`) (one dispatch and one
-host↔device exchange per chunk, not per step; Python's per-step dispatch cost ~0.1-0.3 ms is a third
-of a LeNet step on a 2-core CPU). Every full batch runs through that same compiled loop body whatever
-the chunking, so where checkpoints and resumes cut an epoch changes no result. Nothing here names a
+one jitted `lax.fori_loop`: one dispatch and one host↔device exchange per chunk, not per step; Python's
+per-step dispatch cost weighs on short steps, benchmarks/FINDINGS.md section 13). Every full batch runs
+through that same compiled loop body whatever the chunking, so where checkpoints and resumes cut an
+epoch changes no result. Nothing here names a
 device: the same code runs on a GPU when JAX sees one. How the model convolves (`--conv-impl`,
 flax_impl/kernels.py) is chosen once, here, by `resolve_conv_impl`: "auto" is the pure-JAX GEMM
 formulation on a CPU and XLA's own convolutions elsewhere; oneDNN only when asked for.
@@ -57,8 +57,8 @@ def make_optimizer(cfg: Optimizer) -> optax.GradientTransformation:
 
 
 # Steps per dispatch: the chunk whose losses EpochLog reads back at once (one dispatch, one read-back);
-# long enough to hide dispatch, short enough for a live progress bar and a prompt Ctrl-C (50 cnn_base
-# steps take ~5 s on a 2-core CPU).
+# long enough to hide dispatch, short enough for a live progress bar and a prompt Ctrl-C
+# (benchmarks/FINDINGS.md, section 13).
 STEPS_PER_DISPATCH = CHECK_EVERY
 
 
@@ -182,7 +182,7 @@ def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh, api: str = "linen"):
     `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once, and no example is
     dropped or counted twice), each chunk sharded over the mesh's devices. The forward pass uses XLA's
     own convolutions on every backend: only their CPU *gradients* are slow, and the im2col patches of a
-    1,000-image chunk would take ~0.9 GB (cnn_base); same parameters, same function."""
+    1,000-image chunk would be large (benchmarks/FINDINGS.md, section 13); same parameters, same function."""
     apply_fn = apply_function(recipe, "xla", api)
     normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
     distributed.check_batch_size(mesh, recipe.eval_batch_size, "eval batch size")
@@ -343,7 +343,8 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
         compilation_cache.enable()
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
-        # Orbax saves a multi-process state collectively; the shared checkpoint writer is single-process.
+        # The checkpoint writer runs in process 0 only (cnn_parity/training.py), and restoring a checkpoint
+        # into every process of a multi-process run is not implemented.
         raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
     trainer = FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl,
                           mesh=distributed.make_mesh(args.devices), api=args.api)
