@@ -10,8 +10,9 @@ Every candidate exposes the same small interface the worker times:
   train(epoch, steps) -> examples   runs `steps` training steps of epoch `epoch`, fully synchronised
   evaluate() -> examples            the whole test split, as the trainers' `evaluate()` does it
   tiny_step_seconds() -> s | None   one step on a 1-example batch (Flax per-step loops): overhead
-Training goes through the trainers' own `train_epoch` with the shared `EpochLog` (losses read back
-every `cnn_parity.training.CHECK_EVERY` steps, as in a real run), so the numbers describe the product, not a stripped-down loop.
+Training goes through the trainers' own `train_steps`, driven by the training loop's `run_steps` (losses
+read back every `cnn_parity.trainer.CHECK_EVERY` steps, as in a real run), so the numbers describe the
+product, not a stripped-down loop.
 """
 
 from __future__ import annotations
@@ -38,9 +39,7 @@ class _Candidate:
         self.num_params = trainer.num_params
 
     def train(self, epoch: int, steps: int) -> int:
-        log = new_epoch_log()
-        self.trainer.train_epoch(epoch, 0, steps, log)
-        log.flush()
+        log = train_to_step(self.trainer, epoch, steps)
         self._sync()
         return log.examples
 
@@ -63,13 +62,15 @@ class _Candidate:
             t.test_loader = DataLoader(Subset(t.test_loader.dataset, range(n)), batch_size=t.test_loader.batch_size)
 
 
-def new_epoch_log():
-    """A fresh EpochLog for the first step of an epoch, with no terminal output."""
-    from tqdm import tqdm
-
+def train_to_step(trainer, epoch: int, end: int, log=None):
+    """Train epoch `epoch` up to its step `end` (from where `log` stands; default: a fresh log, from its
+    first step) through the training loop's own `cnn_parity.training.run_steps`; return the log."""
     from cnn_parity import training
 
-    return training.EpochLog(training.Progress(), tqdm(disable=True))
+    log = log if log is not None else training.EpochLog(training.Progress())
+    for _ in training.run_steps(trainer, epoch, log, end):
+        pass
+    return log
 
 
 def build(model: str, variant: str, data_dir: str | None, quick: bool = False) -> _Candidate:

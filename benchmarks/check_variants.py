@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.candidates import new_epoch_log
+from benchmarks.candidates import train_to_step
 from benchmarks.flax_variants import VARIANTS, make_trainer
 from cnn_parity.data import load_split
 from cnn_parity.recipes import MODELS, load_recipe
@@ -49,14 +49,14 @@ def check_model(model, data_dir, steps=3):
     results["gemm logits"] = _max_diff(logits["xla"], logits["gemm"])
     results["gemm grads"] = _max_diff(grads["xla"], grads["gemm"])
     results[f"gemm params after {steps} steps"] = _max_diff(states["xla"].params, states["gemm"].params)
-    # Whole trainers: K steps of epoch 1 through train_epoch, each variant vs jit-loop, all from
+    # Whole trainers: K steps of epoch 1 through the training loop, each variant vs jit-loop, all from
     # jit-loop's initial weights (the NNX variants' own init draws other weights).
     k = 5
     trainers = {p: make_trainer(p, recipe, data_dir) for p in VARIANTS}
     initial = trainers["jit-loop"].canonical_weights()
     for t in trainers.values():
         t.load_canonical(initial)
-        t.train_epoch(1, 0, k, new_epoch_log())
+        train_to_step(t, 1, k)
         t.sync()
     for p, t in trainers.items():
         if p != "jit-loop":

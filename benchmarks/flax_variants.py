@@ -42,7 +42,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from flax_impl import data, models_nnx
-from flax_impl.train import FlaxTrainer, loss_and_gradients, resolve_conv_impl
+from cnn_parity.trainer import StepMetrics
+from flax_impl.train import FlaxTrainer, loss_and_gradients, resolve_conv_impl, train_on_slice
 
 VARIANTS = {  # variant -> (api, conv_impl, loop)
     "jit-loop": ("linen", "xla", "python"),
@@ -72,8 +73,8 @@ class VariantTrainer(FlaxTrainer):
 
         def train_scan(state, split, perm, rng, start, num_steps):
             def step(state, i):
-                # FlaxTrainer's jitted gathered step, inlined into the scan (donation applies to the scan's state)
-                state, metrics = self.train_on_slice(state, split, perm, i * b, rng, batch_size=b)
+                # The trainer's jitted gathered step, inlined into the scan (donation applies to the scan's state)
+                state, metrics = train_on_slice(state, split, perm, i * b, rng, **self.step_options)
                 return state, (metrics["loss"], metrics["correct"])
             return jax.lax.scan(step, state, start + jnp.arange(num_steps))
 
@@ -99,8 +100,8 @@ class VariantTrainer(FlaxTrainer):
         if self.loop == "nnx-jit":
             return self._nnx_step(self.model, self.optimizer, self.train_data, perm, start, self.dropout_key,
                                   batch_size=batch_size)
-        self.state, metrics = self.train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
-                                                  batch_size=batch_size)
+        self.state, metrics = train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
+                                             **{**self.step_options, "batch_size": batch_size})
         return metrics
 
     def sync(self):
@@ -125,20 +126,26 @@ class VariantTrainer(FlaxTrainer):
         self.sync()
         return seconds
 
-    def train_epoch(self, epoch, start, num_steps, log):
+    def train_steps(self, epoch, start, count):
         if self.loop == "chunked":
-            return super().train_epoch(epoch, start, num_steps, log)
+            return super().train_steps(epoch, start, count)
         n, b = len(self.train_data.labels), self.recipe.batch_size
         perm = self.epoch_order(epoch)
-        full = max(0, min(start + num_steps, n // b) - start) if self.loop == "scan" else 0
+        full = max(0, min(start + count, n // b) - start) if self.loop == "scan" else 0
+        losses, correct, examples = [], [], 0
         if full:
-            self.state, (losses, correct) = self._train_scan(self.state, self.train_data, perm, self.dropout_key,
-                                                             start, num_steps=full)
-            log.record_steps(losses, correct, full, b)
-        for i in range(start + full, start + num_steps):  # python / NNX-object loop; for scan, the last partial batch
+            self.state, (scan_losses, scan_correct) = self._train_scan(self.state, self.train_data, perm,
+                                                                       self.dropout_key, start, num_steps=full)
+            losses.append(scan_losses)
+            correct.append(scan_correct)
+            examples += full * b
+        for i in range(start + full, start + count):  # python / NNX-object loop; for scan, the last partial batch
             size = min(b, n - i * b)
             metrics = self.step_once(perm, i * b, size)
-            log.record(metrics["loss"], metrics["correct"], size)
+            losses.append(metrics["loss"])
+            correct.append(metrics["correct"])
+            examples += size
+        return StepMetrics(losses, correct, examples)
 
 
 def _nnx_jit_step(recipe):

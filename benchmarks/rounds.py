@@ -1,116 +1,21 @@
-"""The benchmark's measurement: worker processes (benchmarks/worker.py), one per candidate, spoken to
-over stdin/stdout, and the interleaved rounds that time them (a warm-up trial each, then `repeats`
-rounds in rotated order). Returns one record per candidate; what the records mean:
-benchmarks/README.md."""
+"""The benchmark's measurement: the interleaved rounds that time the candidates' worker processes
+(benchmarks/worker.py): a warm-up trial each, then `repeats` rounds in rotated order. Returns one
+record per candidate; what the records mean: benchmarks/README.md."""
 
 from __future__ import annotations
 
-import json
-import os
-import select
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks import flops
 from benchmarks.candidates import framework_of
 from benchmarks.ratios import median
-
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.worker import Candidate, Worker
 
 # A candidate whose first timed trial took longer than this is timed in one round only (keeps a full run
 # within ~15 minutes when one candidate is pathologically slow, e.g. XLA convolutions under lax.scan).
 SLOW_TRIAL_S = 25.0
-WORKER_TIMEOUT_S = 900
-
-
-class Worker:
-    """A worker process hosting one or more candidates of one model and one framework."""
-
-    def __init__(self, model, variants, data_dir, log_dir: Path, quick=False, compile_cache: Path | None = None,
-                 log_suffix=""):
-        """`compile_cache`: the JAX persistent compilation cache folder a Flax worker uses, as the
-        training CLI uses its own."""
-        self.model, self.variants = model, list(variants)
-        self.log_path = log_dir / f"{model}-{'+'.join(self.variants)}{log_suffix}.log"
-        cmd = [sys.executable, "-m", "benchmarks.worker", "--model", model, "--variants", *self.variants]
-        if data_dir:
-            cmd += ["--data-dir", data_dir]
-        if quick:
-            cmd.append("--quick")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-        env["CNN_PARITY_JAX_CACHE"] = str(compile_cache) if compile_cache else "off"
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._log, text=True, bufsize=1)
-        self.dead = None  # why the process is gone, once it is
-
-    def _read(self, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                return {"error": f"timed out after {timeout:.0f} s"}
-            ready, _, _ = select.select([self.proc.stdout], [], [], left)
-            if not ready:
-                continue
-            line = self.proc.stdout.readline()
-            if not line:
-                self.proc.wait()
-                return {"error": f"worker exited with status {self.proc.returncode}: {self._tail()}"}
-            if line.startswith("@@ "):
-                return json.loads(line[3:])
-
-    def _tail(self):
-        self._log.flush()
-        try:
-            lines = [l.strip() for l in self.log_path.read_text().splitlines() if l.strip()]
-        except OSError:
-            return ""
-        return lines[-1][:300] if lines else ""
-
-    def ask(self, command, timeout=WORKER_TIMEOUT_S):
-        if self.dead:
-            return {"error": self.dead}
-        if command is not None:
-            try:
-                self.proc.stdin.write(command + "\n")
-                self.proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                pass
-        answer = self._read(timeout)
-        if "error" in answer and self.proc.poll() is not None:
-            self.dead = answer["error"]
-        return answer
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def close(self):
-        answer = self.ask("quit", timeout=60)
-        self.kill()
-        self._log.close()
-        return answer.get("peak_rss_mb")
-
-
-class Candidate:
-    def __init__(self, worker: Worker, variant: str):
-        self.worker, self.variant = worker, variant
-        self.info, self.error = {}, None
-
-    def ask(self, command):
-        if self.error:
-            return {"error": self.error}
-        answer = self.worker.ask(command)
-        if "error" in answer:
-            self.error = answer["error"]
-        return answer
 
 
 def second_run_compile_s(model, variant, steps, data_dir, log_dir, cache: Path, shared) -> float | None:

@@ -8,17 +8,16 @@ compile / first-step time), then `--repeats` rounds in which the candidates' ord
 trial being `--steps` training steps followed by a full test-set evaluation. Reported: medians over
 rounds, with min-max spread, and each Flax variant's ratio to PyTorch eager with its interval over the
 rounds, read in three tiers (stock Flax, pure JAX, same kernels: benchmarks/ratios.py). Writes
-DIR/bench.json, DIR/bench.md, DIR/bench.png; prints the tables. This file is the command line and the
-machine's measurements; the rounds: benchmarks/rounds.py; the ratios: benchmarks/ratios.py; tables
+DIR/bench.json, DIR/bench.md, DIR/bench.png; prints the tables. This file is the command line; the
+machine's measurements: benchmarks/machine.py; the rounds: benchmarks/rounds.py; the worker processes:
+benchmarks/worker.py; the ratios: benchmarks/ratios.py; tables
 and chart: benchmarks/tables.py. See benchmarks/README.md for the definitions of every figure.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,51 +25,38 @@ from pathlib import Path
 
 from benchmarks import flops, ratios
 from benchmarks.candidates import VARIANTS
-from benchmarks.rounds import REPO, bench_model
+from benchmarks.machine import IDLE_BUSY_FRACTION, busy_cpu_fraction, measure_gemm
+from benchmarks.rounds import bench_model
 from benchmarks.tables import fmt, goals_table, markdown_table, summary_lines, write_chart
+from cnn_parity.commands import OneLineParser, positive_int
+from cnn_parity.errors import UsageError
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS
-from cnn_parity.workdir import machine_info
+from cnn_parity.provenance import machine_info
 
 # Training steps per timed trial (full mode): about 1-3 s of work each on a 2-core CPU.
 FULL_STEPS = {"mlp": 600, "cnn_base": 12, "cnn_2layer": 25, "lenet": 120, "fashion_cnn": 120}
 QUICK_STEPS = 3
 # The README block `--update-readme` regenerates.
 README_MARKER = "benchmark-goals"
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "python -m benchmarks.run"
 
 
 def parse_args(argv):
-    p = _Parser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL", help=f"any of: {', '.join(MODELS)}")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                   help=f"any of: {', '.join(MODELS)}")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), metavar="VARIANT",
                    help=f"any of: {', '.join(VARIANTS)} (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: a few steps, one round (CI)")
-    p.add_argument("--repeats", type=int, help="timed rounds per candidate (default 3; 1 with --quick)")
-    p.add_argument("--steps", type=int, help="training steps per trial (default: per model; 4 with --quick)")
+    p.add_argument("--repeats", type=positive_int, help="timed rounds per candidate (default 3; 1 with --quick)")
+    p.add_argument("--steps", type=positive_int,
+                   help=f"training steps per trial (default: per model; {QUICK_STEPS} with --quick)")
     p.add_argument("--data-dir", help="folder holding <dataset>/ (default: the project's search order)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--update-readme", metavar="PATH",
                    help=f"replace the '{README_MARKER}' block of this Markdown file with the goals table")
     args = p.parse_args(argv)
-    for m in args.models:
-        if m not in MODELS:
-            raise UsageError(f"unknown model {m!r}; choose from: {', '.join(MODELS)}")
-    for q in args.variants:
-        if q not in VARIANTS:
-            raise UsageError(f"unknown variant {q!r}; choose from: {', '.join(VARIANTS)}")
-    if args.repeats is not None and args.repeats < 1:
-        raise UsageError(f"--repeats must be positive, got {args.repeats}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be positive, got {args.steps}")
     if args.update_readme:  # checked now, not after a long run
         try:
             text = Path(args.update_readme).read_text()
@@ -87,37 +73,12 @@ def parse_args(argv):
     return args
 
 
-def measure_gemm(quick: bool) -> dict:
-    results = {}
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    for fw in ("jax", "torch"):
-        cmd = [sys.executable, "-m", "benchmarks.gemm", fw] + (["--quick"] if quick else [])
-        try:
-            done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-            results[fw] = json.loads(done.stdout.strip().splitlines()[-1])
-        except Exception as e:  # a broken framework must not stop the benchmark
-            results[fw] = {"error": f"{type(e).__name__}: {e}"}
-    peaks = [r["peak_gflops"] for r in results.values() if "peak_gflops" in r]
-    return {"by_framework": results, "peak_gflops": max(peaks) if peaks else None}
-
-
-IDLE_BUSY_FRACTION = 0.1
-
-
-def busy_cpu_fraction(seconds: float = 3.0) -> float:
-    """Fraction of the machine's CPU time others use over `seconds` (load averages include the
-    benchmark's own threads, so they cannot say whether the machine was idle)."""
-    import psutil
-
-    return psutil.cpu_percent(interval=seconds) / 100
-
-
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
     except UsageError as e:
-        print(f"python -m benchmarks.run: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return e.exit_code
     out = Path(args.out)
     repeats = args.repeats or (1 if args.quick else 3)
     started = time.time()

@@ -25,29 +25,25 @@ import sys
 import time
 from pathlib import Path
 
-from cnn_parity.cli import OneLineParser, positive_int, report_errors
+from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.training import CHECK_EVERY
-from cnn_parity.workdir import write_json_atomic
+from cnn_parity.trainer import CHECK_EVERY
+from cnn_parity.files import write_json_atomic
 
 WARMUP_STEPS = CHECK_EVERY  # one chunk: Flax's first dispatch of STEPS_PER_DISPATCH steps, which compiles
 PROG = "python -m benchmarks.scaling"
 
 
 def _time_trainer(trainer, steps: int, sync) -> float:
-    from benchmarks.candidates import new_epoch_log
+    from benchmarks.candidates import train_to_step
 
-    log = new_epoch_log()
-    trainer.train_epoch(1, 0, WARMUP_STEPS, log)
-    log.flush()
+    log = train_to_step(trainer, 1, WARMUP_STEPS)
     sync()
-    tick = time.perf_counter()
-    log = new_epoch_log()
-    trainer.train_epoch(1, WARMUP_STEPS, steps, log)
-    log.flush()
+    warmup_examples, tick = log.examples, time.perf_counter()
+    train_to_step(trainer, 1, WARMUP_STEPS + steps, log)
     sync()
-    return log.examples / (time.perf_counter() - tick)
+    return (log.examples - warmup_examples) / (time.perf_counter() - tick)
 
 
 def worker(framework: str, model: str, devices: int, steps: int) -> None:

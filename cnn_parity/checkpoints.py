@@ -26,7 +26,7 @@ import numpy as np
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import fsync_dir, write_bytes_atomic
 from cnn_parity.weights import load_safetensors, save_safetensors
-from cnn_parity.workdir import write_json_atomic
+from cnn_parity.files import write_json_atomic
 
 KEEP = 2  # newest checkpoints kept; older ones are removed after each new commit
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cnn_parity import checkpoints
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.plot import pairing
 from cnn_parity.workdir import Workdir, read_metrics

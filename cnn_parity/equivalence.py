@@ -32,12 +32,14 @@ import numpy as np
 from tqdm import tqdm
 
 from cnn_parity import runs, statistics
-from cnn_parity.cli import OneLineParser, positive_int, report_errors
+from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
+from cnn_parity.files import write_json_atomic
+from cnn_parity.provenance import machine_info, versions
+from cnn_parity.workdir import read_metrics
 
 # design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
 # bisecting a difference the independent design shows: which of the two random streams carries it.

@@ -14,11 +14,11 @@ import sys
 from typing import Any, Callable, Sequence
 
 from cnn_parity import checkpoints
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import load_recipe, recipe_from_dict
-from cnn_parity.training import EvalResult
+from cnn_parity.trainer import EvalResult
 
 # (recipe, canonical weights, data dir, **the values of the framework's own flags) -> result
 EvaluateFn = Callable[..., EvalResult]
@@ -32,7 +32,7 @@ def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None,
                      description=f"Evaluate trained weights (from either framework) with {framework}.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
                         help="a checkpoint folder, a workdir (newest checkpoint) or a .safetensors export")
-    parser.add_argument("--data-dir", help="folder holding <dataset>/ (see README: Data)")
+    parser.add_argument("--data-dir", help="folder holding <dataset>/ (see docs/data.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     if add_flags is not None:
         add_flags(parser)

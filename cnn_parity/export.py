@@ -8,7 +8,7 @@ import json
 import sys
 
 from cnn_parity import checkpoints
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.weights import load_safetensors, save_safetensors
 from cnn_parity.workdir import check_new_output

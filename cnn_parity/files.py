@@ -5,11 +5,12 @@ the ownership check that comes before loading anything executable from a cache f
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 
 @contextlib.contextmanager
@@ -65,3 +66,8 @@ def unsafe_to_load(path: str | os.PathLike) -> str | None:
         if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
             return f"{parent} (above {path}) is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
     return None
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that a reader never sees a half-written file, even if this process dies."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())

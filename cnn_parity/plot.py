@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.workdir import check_new_output, read_metrics
 

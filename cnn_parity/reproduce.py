@@ -19,13 +19,16 @@ import numpy as np
 from tqdm import tqdm
 
 from cnn_parity import runs, statistics
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.frameworks import FRAMEWORKS
+from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.workdir import machine_info, read_metrics, versions, write_json_atomic
+from cnn_parity.files import write_json_atomic
+from cnn_parity.provenance import machine_info, versions
+from cnn_parity.workdir import read_metrics
 
-# What each source did differently, what we did, and what it does to the comparison (README: Deviations).
+# What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
 DEVIATIONS = {
     "mlp": "The source reports only the mean train loss per epoch, for two notebook runs; our test accuracy has "
            "no source counterpart, so compare the train-loss curves. Run A lies one epoch ahead of run B "
@@ -101,7 +104,7 @@ def summarise(out: Path, model: str, framework: str, seeds: list[int]) -> dict[s
 
 
 def compare(flax: dict, torch: dict) -> dict[str, Any]:
-    """Is the Flax-vs-PyTorch difference in final test accuracy within seed-to-seed noise? Welch's t-test
+    """Does a Flax-vs-PyTorch difference in final test accuracy show? Welch's t-test
     (unequal variances; the frameworks draw different random streams, so seeds are not paired) and the 95 %
     confidence interval of the difference it implies. With 3 + 3 seeds the test only detects differences
     of a few seed standard deviations: the interval says how large a difference the data still allow."""
@@ -112,14 +115,35 @@ def compare(flax: dict, torch: dict) -> dict[str, Any]:
                 "statement": "too few seeds (or no spread) for a test of the difference"}
     result = statistics.welch(a, b)
     low, high = result["ci95"]
-    within = bool(result["p"] >= 0.05)
+    shown = bool(result["p"] < 0.05)
     return {"difference_pp": 100 * difference, "test": "Welch's t-test, two-sided", "t": result["t"],
             "df": result["df"], "p": result["p"], "ci95_pp": [100 * low, 100 * high],
-            "within_noise": within,
+            "difference_shown": shown,
             "statement": (f"Flax - PyTorch = {100 * difference:+.2f} pp, 95% CI [{100 * low:+.2f}, {100 * high:+.2f}] pp; "
                           f"Welch t = {result['t']:.2f}, df = {result['df']:.1f}, p = {result['p']:.3f} "
                           f"(n = {len(a)} + {len(b)} seeds): "
-                          + ("within seed-to-seed noise." if within else "larger than seed-to-seed noise (p < 0.05)."))}
+                          + ("a difference at p < 0.05." if shown else
+                             "no difference shown (p ≥ 0.05: absence of evidence, not evidence of equality)."))}
+
+
+README_MARKER = "reproduction-report"  # the README block `--update-readme` regenerates
+
+
+def readme_table(report: dict[str, Any]) -> str:
+    """The README's table: per model, final test accuracy per framework, the difference with its
+    95 % interval and Welch p, and the source's own figure beside ours."""
+    lines = ["| model | Flax | PyTorch | Flax − PyTorch [95% CI], Welch p | source's figure: source / Flax / PyTorch |",
+             "|---|---:|---:|---|---|"]
+    for model, entry in report["models"].items():
+        flax, torch, comparison = entry["flax"], entry["torch"], entry["comparison"]
+        difference = f"{comparison['difference_pp']:+.2f} pp" + (
+            f" [{comparison['ci95_pp'][0]:+.2f}, {comparison['ci95_pp'][1]:+.2f}], p = {comparison['p']:.2f}"
+            if comparison["test"] else "")
+        figure, source_value, flax_value, torch_value = headline(entry["source"]["reported"], flax, torch)
+        source = "none reported" if source_value == "—" else f"{figure}: {source_value} / {flax_value} / {torch_value}"
+        lines.append(f"| {model} | {_mean_std(flax['test_accuracy_per_seed'], 100, 2)} "
+                     f"| {_mean_std(torch['test_accuracy_per_seed'], 100, 2)} | {difference} | {source} |")
+    return "\n".join(lines) + "\n"
 
 
 def _mean_std(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
@@ -309,6 +333,8 @@ def main(argv=None) -> int:
                         help="train nothing: report each model over those of --seeds complete in both frameworks")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--update-readme", metavar="PATH",
+                        help=f"replace the '{README_MARKER}' block of this Markdown file with the results table")
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -336,7 +362,9 @@ def main(argv=None) -> int:
                 for model, framework, seed in tqdm(jobs, desc="reproduce", unit="run", file=sys.stderr):
                     tqdm.write(f"{model} {framework} seed {seed}", file=sys.stderr)
                     train(args.out, model, framework, seed, args.quick, args.data_dir)
-        build_report(args.out, seeds_by_model, args.quick)
+        report = build_report(args.out, seeds_by_model, args.quick)
+        if args.update_readme:
+            replace_marked_block(args.update_readme, README_MARKER, readme_table(report))
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(seeds_by_model)} PNGs")
         return 0
 

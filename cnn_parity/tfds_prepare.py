@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from cnn_parity import tfds_data
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.data import DATASETS
 
 
@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS), metavar="NAME",
                         help=f"which data sets (default: {' '.join(DATASETS)})")
     parser.add_argument("--data-dir", metavar="DIR", help="where the IDX files are, if not where cnn_parity.data "
-                        "finds them by default (see README: Data)")
+                        "finds them by default (see docs/data.md)")
     args = parser.parse_args(argv)
     return report_errors(parser.prog, lambda: prepare_all(args.out, args.datasets, args.data_dir))
 

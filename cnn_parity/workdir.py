@@ -1,5 +1,6 @@
-"""A run's folder: `config.json`, `metrics.jsonl` (one JSON object per epoch), `summary.json`,
-`model.safetensors` (the final weights) and `checkpoints/`; locked by the process that writes it."""
+"""A run's folder: `config.json`, `metrics.jsonl` (one JSON object per epoch), `steps.jsonl` (every
+--log-every steps), `summary.json`, `model.safetensors` (the final weights) and `checkpoints/`; locked
+by the process that writes it."""
 
 from __future__ import annotations
 
@@ -7,89 +8,13 @@ import fcntl
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from cnn_parity.errors import RunError, UsageError
-from cnn_parity.files import write_bytes_atomic
+from cnn_parity.files import write_bytes_atomic, write_json_atomic
 from cnn_parity.recipes import PROVENANCE
-
-_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "tensorflow-datasets", "tensorboard")
-# The verified set of exact versions, in a source checkout (README: Quickstart).
-CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
-
-
-def versions(packages=_VERSIONED) -> dict[str, str]:
-    """Python's and the installed packages' versions (read from metadata: imports nothing), and under
-    `constraints` whether the installed packages are constraints.txt's verified set."""
-    found = {"python": platform.python_version()}
-    for name in packages:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    if (constraints := constraints_match()) is not None:
-        found["constraints"] = constraints
-    return found
-
-
-def constraints_match(path: Path = CONSTRAINTS) -> str | None:
-    """"constraints.txt" where every installed package it pins has its pinned version; else "none" and
-    the packages that differ; None without the file (an install from a wheel, not a checkout)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return None
-    differing = []
-    for line in lines:
-        name, pinned = (part.strip() for part in line.split("#")[0].partition("==")[::2])
-        if not (name and pinned):
-            continue
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:  # not needed here (e.g. another platform's CUDA wheels)
-            continue
-        if installed != pinned:
-            differing.append(f"{name} {installed} (pinned {pinned})")
-    if not differing:
-        return path.name
-    return f"none: {len(differing)} installed package(s) differ from {path.name}: {', '.join(differing[:3])}" + \
-        (", ..." if len(differing) > 3 else "")
-
-
-def machine_info() -> dict:
-    """The machine a result came from: CPU model and count, memory, GPUs (nvidia-smi), versions."""
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):  # not a POSIX system
-        pass
-    try:
-        gpus = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                              text=True, timeout=20)
-        if gpus.returncode == 0 and gpus.stdout.strip():
-            info["gpus"] = gpus.stdout.strip().splitlines()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    info["versions"] = versions()
-    return info
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that a reader never sees a half-written file, even if this process dies."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
 
 # What a run leaves in its workdir; a folder holding any of these belongs to a run.
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints")
@@ -141,6 +66,7 @@ class Workdir:
         self.path = Path(path)
         self.writer = writer
         self.metrics_path = self.path / "metrics.jsonl"
+        self.steps_path = self.path / "steps.jsonl"
         self.summary_path = self.path / "summary.json"
         self.config_path = self.path / "config.json"
         self.model_path = self.path / "model.safetensors"
@@ -160,12 +86,13 @@ class Workdir:
 
     def _clear_unstarted_run(self) -> None:
         """Take over a folder whose run stopped before its first epoch record or checkpoint: only its
-        config and TensorBoard events (both written by this project) are there, and they go."""
+        config, step records and TensorBoard events (all written by this project) are there, and they go."""
         print(f"workdir {self.path}: its earlier run stopped before its first record or checkpoint; starting anew",
               file=sys.stderr)
         try:
             for path in [self.config_path, *self.path.glob("events.out.tfevents.*")]:
                 path.unlink()
+            self.steps_path.unlink(missing_ok=True)
         except OSError as e:
             raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
 
@@ -213,7 +140,34 @@ class Workdir:
         text = "".join(json.dumps(r) + "\n" for r in records)
         self._guarded(write_bytes_atomic, self.metrics_path, text.encode())
         if self.events is not None:
-            self._guarded(self.events.rewrite, records)
+            self._guarded(self.events.rewrite, records, self.read_steps())
+
+    def read_steps(self) -> list[dict[str, Any]]:
+        """The step records logged so far (steps.jsonl); a last line cut short by a killed process is
+        left out (it lies past the run's last checkpoint)."""
+        if not self.writer or not self.steps_path.is_file():
+            return []
+        records = []
+        for line in self.steps_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                break
+        return records
+
+    def keep_steps_until(self, step: int) -> None:
+        """Drop the step records past `step` (those after the checkpoint a run resumes from)."""
+        if self.writer and self.steps_path.is_file():
+            kept = [r for r in self.read_steps() if r["step"] <= step]
+            self._guarded(write_bytes_atomic, self.steps_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+    def log_steps(self, records: list[dict[str, Any]]) -> None:
+        def append():
+            with open(self.steps_path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in records))
+        self._guarded(append)
+        if self.events is not None:
+            self._guarded(self.events.append_steps, records)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         def append():
@@ -224,14 +178,14 @@ class Workdir:
             self._guarded(self.events.append, record)
 
     def start_tensorboard(self, recipe: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        """From now on keep TensorBoard event files beside metrics.jsonl, holding the recipe and the same
-        records (cnn_parity/tensorboard_log.py)."""
+        """From now on keep TensorBoard event files beside metrics.jsonl and steps.jsonl, holding the
+        recipe and the same records (cnn_parity/tensorboard_log.py)."""
         if not self.writer:
             return
         from cnn_parity.tensorboard_log import EventLog  # loads tensorboard: only runs that log to it
 
         def start():
-            self.events = EventLog(self.path, recipe, records)
+            self.events = EventLog(self.path, recipe, records, self.read_steps())
         self._guarded(start)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -295,8 +249,3 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise UsageError(f"{metrics} line {number} is not an epoch record: {line[:60]!r}")
         records.append(record)
     return records
-
-
-def command_line() -> str:
-    """The command as typed (`python -m flax_impl.train ...`), for rerunning a recorded run."""
-    return shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]])

@@ -7,7 +7,7 @@ the order of floating-point sums.
 
 Multi-host: every host runs the same command with `--coordinator HOST:PORT --num-processes P
 --process-id I` (jax.distributed.initialize); the mesh then spans every process's devices
-(README: Multi-device training).
+(docs/multi-device.md).
 """
 
 from __future__ import annotations

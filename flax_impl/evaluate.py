@@ -10,7 +10,7 @@ import numpy as np
 
 from cnn_parity import evaluate_cli
 from cnn_parity.recipes import Recipe
-from cnn_parity.training import EvalResult
+from cnn_parity.trainer import EvalResult
 from flax_impl import compilation_cache, data, distributed
 from flax_impl.convert import params_from_canonical
 from flax_impl.train import add_api_flag, make_evaluator

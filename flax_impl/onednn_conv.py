@@ -264,7 +264,7 @@ conv.defvjp(_conv_forward, _conv_backward)
 
 
 def main(argv=None) -> int:
-    from cnn_parity.cli import OneLineParser, report_errors
+    from cnn_parity.commands import OneLineParser, report_errors
 
     parser = OneLineParser(prog="python -m flax_impl.onednn_conv",
                            description="The opt-in oneDNN convolutions (--conv-impl onednn) of the Flax trainer.")

@@ -1,12 +1,13 @@
 """Train one recipe with Flax: `python -m flax_impl.train --model lenet` (flags: --help).
 
 `train_step(state, batch, rng) -> (state, metrics)` is a pure function; the trainer runs it under
-`jax.jit` with the state donated, gathering each batch on the device from a per-epoch permutation.
-Full batches run `STEPS_PER_DISPATCH` at a time inside one jitted `lax.fori_loop` (one dispatch and one
-host↔device exchange per chunk, not per step: Python's per-step dispatch cost weighs on short steps,
-benchmarks/FINDINGS.md section 13). Every full batch runs through that same compiled loop body whatever
-the chunking, so where checkpoints and resumes cut an epoch changes no result. Nothing here names a
-device: the same code runs on a GPU when JAX sees one. How the model convolves (`--conv-impl`,
+`jax.jit` with the state donated, gathering each batch on the device from a per-epoch permutation:
+`train_on_slice` (one step) and `train_chunk` (full batches, up to `STEPS_PER_DISPATCH` of them inside
+one jitted `lax.fori_loop`: one dispatch and one host↔device exchange per chunk, not per step, since
+Python's per-step dispatch cost weighs on short steps; benchmarks/FINDINGS.md, section 13). Every full
+batch runs through that same compiled loop body whatever the chunking, so where checkpoints and
+resumes cut an epoch changes no result. Nothing here names a device: the same code runs on a GPU when
+JAX sees one. How the model convolves (`--conv-impl`,
 flax_impl/kernels.py) is chosen once, here, by `resolve_conv_impl`: "auto" is the pure-JAX GEMM
 formulation on a CPU and XLA's own convolutions elsewhere; oneDNN only when asked for.
 
@@ -34,11 +35,12 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
-from cnn_parity import cli, shared_rng
+from cnn_parity import shared_rng, train_cli
+from cnn_parity.commands import positive_int
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
-from cnn_parity.training import CHECK_EVERY, EpochLog, EvalResult
+from cnn_parity.trainer import CHECK_EVERY, EvalResult, StepMetrics
 from cnn_parity.weights import CONV_GEOMETRY
 from flax_impl import compilation_cache, data, distributed, kernels, models_nnx, onednn_conv
 from flax_impl.convert import params_from_canonical, params_to_canonical
@@ -134,6 +136,39 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -
     return state.apply_gradients(grads=grads), {"loss": loss, "correct": correct}
 
 
+def _train_on_slice(state: TrainState, split: data.DeviceSplit, perm: jax.Array, start, rng: jax.Array, *,
+                    mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
+    """`train_step` on the batch of `batch_size` examples at `perm[start:]`, gathered and normalised
+    (by `mean`, `std`) on the device and sharded over `mesh`; its dropout key is `rng` folded with the step."""
+    index = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+    index = jax.lax.with_sharding_constraint(index, distributed.batch_sharded(mesh))
+    batch = {"image": data.normalize(split.images[index], mean=mean, std=std), "label": split.labels[index]}
+    state, metrics = train_step(state, batch, jax.random.fold_in(rng, state.step))
+    return jax.lax.with_sharding_constraint(state, distributed.replicated(mesh)), metrics
+
+
+_STATIC = ("mean", "std", "mesh", "batch_size")  # a step is a function of its data, given these
+# One gathered step, jitted on its own: an epoch's last, partial batch, and the benchmarks' per-step loops.
+train_on_slice = jax.jit(_train_on_slice, donate_argnums=0, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, donate_argnums=0, static_argnames=_STATIC)
+def train_chunk(state: TrainState, split: data.DeviceSplit, perm: jax.Array, first, count, rng: jax.Array, *,
+                mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
+    """Steps `first` .. `first + count - 1` of an epoch (count ≤ STEPS_PER_DISPATCH, all full batches),
+    as `_train_on_slice`; their losses and correct counts come back in buffers of STEPS_PER_DISPATCH
+    (so that one compilation serves every count)."""
+
+    def body(i, carry):
+        state, losses, correct = carry
+        state, metrics = _train_on_slice(state, split, perm, (first + i) * batch_size, rng, mean=mean, std=std,
+                                         mesh=mesh, batch_size=batch_size)
+        return state, losses.at[i].set(metrics["loss"]), correct.at[i].set(metrics["correct"])
+
+    buffers = jnp.zeros(STEPS_PER_DISPATCH, jnp.float32), jnp.zeros(STEPS_PER_DISPATCH, jnp.int32)
+    return jax.lax.fori_loop(0, count, body, (state, *buffers))
+
+
 def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Summed loss and correct count over the examples of a chunk marked `valid`."""
     outputs = apply_fn({"params": params}, images, train=False)
@@ -205,62 +240,46 @@ class FlaxTrainer:
         count = f"{self.mesh.size} × " if self.mesh.size > 1 else ""
         self.device = f"{count}{device.platform} ({device.device_kind})"
         self.num_devices = self.mesh.size
-        normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
-
-        def train_on_slice(state, split, perm, start, rng, batch_size):
-            index = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
-            index = jax.lax.with_sharding_constraint(index, distributed.batch_sharded(self.mesh))
-            batch = {"image": normalize(split.images[index]), "label": split.labels[index]}
-            state, metrics = train_step(state, batch, jax.random.fold_in(rng, state.step))
-            return jax.lax.with_sharding_constraint(state, replicated), metrics
-
-        def train_full_batches(state, split, perm, first, count, rng):
-            """Steps first .. first + count - 1 (count ≤ STEPS_PER_DISPATCH, all full batches); the
-            per-step losses and correct counts come back in fixed-size buffers (one compilation)."""
-
-            def body(i, carry):
-                state, losses, correct = carry
-                state, metrics = train_on_slice(state, split, perm, (first + i) * b, rng, b)
-                return state, losses.at[i].set(metrics["loss"]), correct.at[i].set(metrics["correct"])
-
-            buffers = jnp.zeros(STEPS_PER_DISPATCH, jnp.float32), jnp.zeros(STEPS_PER_DISPATCH, jnp.int32)
-            return jax.lax.fori_loop(0, count, body, (state, *buffers))
-
-        # One gathered step, jitted on its own: the epoch's last partial batch, and the benchmarks' loops.
-        self.train_on_slice = jax.jit(train_on_slice, donate_argnums=0, static_argnames="batch_size")
-        self._train_full_batches = jax.jit(train_full_batches, donate_argnums=0)
+        # The static arguments of train_on_slice and train_chunk.
+        self.step_options = {"mean": recipe.normalize_mean, "std": recipe.normalize_std, "mesh": self.mesh,
+                             "batch_size": recipe.batch_size}
         self._evaluate = make_evaluator(recipe, self.mesh, api)
         self._synchronous = distributed.synchronous_dispatch(self.mesh)
+        self._order: tuple[int, jax.Array] | None = None  # (epoch, its order), computed once per epoch
 
-    def train_epoch(self, epoch: int, start: int, num_steps: int, log: EpochLog) -> None:
+    def train_steps(self, epoch: int, start: int, count: int) -> StepMetrics:
         # The permutation and every dropout key are functions of (seed, epoch, step): resuming at
         # `start` needs no saved RNG state.
         n, b = len(self.train_data.labels), self.recipe.batch_size
         perm = self.epoch_order(epoch)
-        step, end = start, start + num_steps
-        while step < min(end, n // b):
-            count = log.steps_before_checkpoint(min(STEPS_PER_DISPATCH, min(end, n // b) - step))
-            self.state, losses, correct = self._train_full_batches(self.state, self.train_data, perm, step, count,
-                                                                   self.dropout_key)
-            if self._synchronous:
-                jax.block_until_ready(self.state)
-            log.record_steps(losses, correct, count, b)
-            step += count
-        if step < end:  # the epoch's last, partial batch (recipes without drop_last)
-            size = n - step * b
-            self.state, metrics = self.train_on_slice(self.state, self.train_data, perm, step * b, self.dropout_key,
-                                                      batch_size=size)
-            if self._synchronous:
-                jax.block_until_ready(self.state)
-            log.record(metrics["loss"], metrics["correct"], size)
+        full = max(0, min(start + count, n // b) - start)  # full batches among the steps
+        partial = n - (start + full) * b if full < count else 0  # the epoch's last batch, if short (no drop_last)
+        losses, correct = [], []
+        if full:
+            self.state, chunk_losses, chunk_correct = train_chunk(self.state, self.train_data, perm, start, full,
+                                                                  self.dropout_key, **self.step_options)
+            losses.append(chunk_losses[:full])
+            correct.append(chunk_correct[:full])
+        if partial:
+            self.state, metrics = train_on_slice(self.state, self.train_data, perm, (start + full) * b,
+                                                 self.dropout_key, **{**self.step_options, "batch_size": partial})
+            losses.append(metrics["loss"])
+            correct.append(metrics["correct"])
+        if self._synchronous:
+            jax.block_until_ready(self.state)
+        return StepMetrics(losses, correct, examples=full * b + partial)
 
     def epoch_order(self, epoch: int) -> jax.Array:
         """The order (indices into the training split) in which epoch `epoch` (1-based) visits it."""
-        n = len(self.train_data.labels)
-        if self.recipe.shuffle_rng == "shared":
-            order = shared_rng.epoch_permutation(self.recipe.seed, epoch, n).astype(np.int32)
-            return jax.device_put(order, distributed.replicated(self.mesh))
-        return data.epoch_permutation(self.shuffle_key, epoch, n)
+        if self._order is None or self._order[0] != epoch:
+            n = len(self.train_data.labels)
+            if self.recipe.shuffle_rng == "shared":
+                order = shared_rng.epoch_permutation(self.recipe.seed, epoch, n).astype(np.int32)
+                order = jax.device_put(order, distributed.replicated(self.mesh))
+            else:
+                order = data.epoch_permutation(self.shuffle_key, epoch, n)
+            self._order = (epoch, order)
+        return self._order[1]
 
     def evaluate(self) -> EvalResult:
         return self._evaluate(self.state.params, self.test_data)
@@ -301,11 +320,11 @@ def add_flax_flags(parser) -> None:
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")
-    parser.add_argument("--devices", type=cli.positive_int, metavar="N",
+    parser.add_argument("--devices", type=positive_int, metavar="N",
                         help="train on the first N local devices (default: all), the batch sharded over them")
     parser.add_argument("--coordinator", type=_host_port, metavar="HOST:PORT",
                         help="multi-host: process 0's address (all hosts)")
-    parser.add_argument("--num-processes", type=cli.positive_int, metavar="P", help="multi-host: number of processes")
+    parser.add_argument("--num-processes", type=positive_int, metavar="P", help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process's index, 0 .. P-1")
 
 
@@ -334,7 +353,7 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
 
 
 def main(argv=None) -> int:
-    return cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags, recorded_flags=("api", "conv_impl"))
+    return train_cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags, recorded_flags=("api", "conv_impl"))
 
 
 if __name__ == "__main__":

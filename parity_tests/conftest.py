@@ -1,7 +1,7 @@
 """Parity-suite configuration: full float32 in both frameworks, real data, shared measurements.
 
 `pytest_configure` pins the precision (jax_default_matmul_precision="highest", no TF32 in torch),
-single-threaded torch and the XLA compilation cache (precision.configure, see README.md) before any
+single-threaded torch and the XLA compilation cache (precision.configure, see docs/parity.md) before any
 test module is imported, and points the suite at the real data sets.
 """
 

@@ -172,3 +172,18 @@ def test_nothing_passed_in_is_modified():
     assert all(torch.equal(before_torch[k], v) for k, v in torch_model.state_dict().items())
     assert np.array_equal(before_flax, np.asarray(flax_model.conv1.kernel[...]))
     assert torch_model.training and not isinstance(RESNET_X, torch.Tensor)
+
+
+def test_the_training_comparison_runs_the_products_pytorch_step(monkeypatch):
+    """A fault planted in torch_ref.train's optimiser step (it skips every update) shows in the
+    checker's training comparison: the checker trains through that step, not a copy of it."""
+    from torch_ref import train as torch_train
+
+    def step_without_update(model, optimizer, inputs, targets, loss_fn):
+        return torch_train.loss_and_gradients(model, inputs, targets, loss_fn)
+
+    specs = dict(torch_optimizer="sgd:lr=0.1", optax_optimizer="sgd:learning_rate=0.1")
+    assert check_pair(ex.torch_mlp_block(), ex.nnx_mlp_block(), MLP_X, train_steps=2, **specs).passed
+    monkeypatch.setattr(torch_train, "optimizer_step", step_without_update)
+    report = check_pair(ex.torch_mlp_block(), ex.nnx_mlp_block(), MLP_X, train_steps=2, **specs)
+    assert not report.passed and report.first_divergence["kind"] == "training", report.summary()

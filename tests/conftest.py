@@ -19,7 +19,7 @@ def real_data_dir() -> Path:
 def data_dir() -> Path:
     path = real_data_dir()
     if not (path / "mnist").is_dir():
-        pytest.fail(f"real MNIST not found in {path}; set CNN_PARITY_DATA_DIR (see README: Data)")
+        pytest.fail(f"real MNIST not found in {path}; set CNN_PARITY_DATA_DIR (see docs/data.md)")
     return path
 
 

@@ -26,6 +26,8 @@ _TIMINGS = ("train_time_s", "eval_time_s")
 # The TensorBoard tags both CLIs write, and the epoch record's key each one holds.
 TENSORBOARD_SCALARS = {"train/loss": "train_loss", "train/accuracy": "train_accuracy",
                        "test/loss": "test_loss", "test/accuracy": "test_accuracy"}
+# ... and those of the step records (steps.jsonl), at step = the global step.
+TENSORBOARD_STEP_SCALARS = {"train/step_loss": "loss", "train/learning_rate": "learning_rate"}
 
 
 def train(framework: str, workdir: Path, *flags: str, data_dir: Path) -> subprocess.CompletedProcess:
@@ -54,6 +56,11 @@ def evaluate(framework: str, path: Path, data_dir: Path) -> dict:
     return json.loads(result.stdout)
 
 
+def step_records(workdir: Path) -> list[dict]:
+    path = workdir / "steps.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
 def metrics(workdir: Path) -> list[dict]:
     """The epoch records without their timings (which differ between any two runs)."""
     return [{k: v for k, v in r.items() if k not in _TIMINGS} for r in read_metrics(workdir)]
@@ -69,8 +76,9 @@ def final_weights(workdir: Path) -> dict:
 
 
 def assert_same_run(workdir: Path, reference: Path) -> None:
-    """Bitwise the same epoch records, final weights and final checkpoint step as `reference`."""
+    """Bitwise the same epoch and step records, final weights and final checkpoint step as `reference`."""
     assert metrics(workdir) == metrics(reference)
+    assert step_records(workdir) == step_records(reference)
     got, expected = final_weights(workdir), final_weights(reference)
     assert got.keys() == expected.keys()
     for name in got:
@@ -90,12 +98,14 @@ def tensorboard_events(workdir: Path) -> dict[str, list[tuple[int, object]]]:
 
 
 def assert_events_mirror_metrics(workdir: Path) -> None:
-    """The workdir's TensorBoard events hold its recipe and exactly its epoch records, once each, in
-    one event file."""
-    records, events = read_metrics(workdir), tensorboard_events(workdir)
-    assert set(events) == {"recipe", *TENSORBOARD_SCALARS}
+    """The workdir's TensorBoard events hold its recipe and exactly its epoch and step records, once
+    each, in one event file."""
+    records, steps, events = read_metrics(workdir), step_records(workdir), tensorboard_events(workdir)
+    assert set(events) == {"recipe", *TENSORBOARD_SCALARS, *(TENSORBOARD_STEP_SCALARS if steps else ())}
     for tag, key in TENSORBOARD_SCALARS.items():  # float32: what TensorBoard stores a scalar as
         assert events[tag] == [(r["epoch"], float(np.float32(r[key]))) for r in records], tag
+    for tag, key in TENSORBOARD_STEP_SCALARS.items() if steps else ():
+        assert events[tag] == [(r["step"], float(np.float32(r[key]))) for r in steps], tag
     ((step, text),) = events["recipe"]
     assert step == 0 and json.loads(text.decode()) == json.loads((workdir / "config.json").read_text())["recipe"]
     assert len(list(workdir.glob("*tfevents*"))) == 1

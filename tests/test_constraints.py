@@ -1,4 +1,4 @@
-"""constraints.txt, the verified set of exact versions: it pins what the README says it pins, every pin
+"""constraints.txt, the verified set of exact versions: it pins what docs/install.md says it pins, every pin
 lies within pyproject.toml's ranges, and runs' versions blocks say whether the installed set is it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from importlib import metadata
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from cnn_parity.workdir import CONSTRAINTS, constraints_match, versions
+from cnn_parity.provenance import CONSTRAINTS, constraints_match, versions
 
 from .test_cli import REPO
 

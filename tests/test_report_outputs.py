@@ -1,8 +1,8 @@
 """What the generators of the README's tables write, from records of the shape they produce: the
 benchmark's tables, ratios and chart (benchmarks/tables.py, ratios.py; what `python -m benchmarks.run`
-writes) and the parity report's table (parity_tests/report.py, from the committed report's
-measurements). No timing and no speed threshold: the records are made up; only their rendering is
-checked."""
+writes) and the parity report's two tables (parity_tests/report.py: the full one in parity.md, the
+compact one in the README), from the committed report's measurements. No timing and no speed
+threshold: the records are made up or committed; only their rendering is checked."""
 
 from __future__ import annotations
 
@@ -119,3 +119,88 @@ def test_parity_report_takes_models_as_a_space_separated_list_like_every_other_c
         report.main(["--models", "mlp", "lenet", "--out", "unused", "--bogus"])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().endswith("error: unrecognized arguments: --bogus")
+
+
+def table_rows(table: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in `table`, as lists of cells."""
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows[1:]]
+
+
+def test_full_parity_table_names_its_columns_in_plain_words(parity_report):
+    module, report = parity_report
+    header = module.markdown(report).splitlines()[0]
+    assert header.count(" | ") == 16  # 17 columns: every measurement
+    for jargon in ("fp32", "fp64", "grads", "torch vs torch", "params"):
+        assert jargon not in header, jargon
+
+
+def test_readme_parity_table_is_compact_and_links_its_legend(parity_report):
+    module, report = parity_report
+    report = copy.deepcopy(report)
+    report["models"]["lenet"]["nnx"]["within_bounds"]["forward"] = False
+    report["models"]["fashion_cnn"]["linen"]["trajectory_steps"] = 91  # a near-tie ended the compared steps
+    table = module.readme_table(report)
+    lines = table.splitlines()
+    assert lines[0] == ("| model | Flax API | parameters | outputs: max \\|Δ\\| | gradients: max \\|Δ\\| "
+                        "| 100 training steps: loss max \\|Δ\\| (bound) | within every bound |")
+    rows = table_rows(table)
+    assert [row[:2] for row in rows] == [[m, api] for m in report["models"] for api in ("linen", "nnx")]
+    assert all(len(row) == 7 for row in rows)
+    by_key = {(row[0], row[1]): row for row in rows}
+    assert by_key["cnn_base", "linen"][2:6] == ["123,222", "8.2e-08", "1.4e-08", "3.2e-02 (2.3e-01)"]
+    assert by_key["lenet", "nnx"][6] == "NO: forward" and by_key["lenet", "linen"][6] == "yes"
+    assert by_key["fashion_cnn", "linen"][5] == "4.8e-07 (1.0e-04), first 91 steps"
+    legend = next(line for line in lines if line.startswith("max |Δ|:"))
+    assert "[docs/parity.md](docs/parity.md)" in legend
+    assert lines[-1].startswith("Measured on cpu (cpu) / torch cpu (2 CPUs), float32")
+
+
+def test_committed_parity_tables_are_what_the_committed_report_renders(tmp_path, capsys):
+    """The README's block and reports/parity/parity.md come from reports/parity/parity.json (rendered
+    again, nothing measured): no figure is typed."""
+    from parity_tests import report
+
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- parity-report:begin -->\nold\n<!-- parity-report:end -->\nafter\n")
+    out = tmp_path / "parity"
+    assert report.main(["--from-json", str(REPO / "reports" / "parity" / "parity.json"), "--out", str(out),
+                        "--update-readme", str(readme)]) == 0
+    assert not (out / "parity.json").exists()
+    assert (out / "parity.md").read_text() == (REPO / "reports" / "parity" / "parity.md").read_text()
+
+    def block(text: str) -> str:
+        return text.split("<!-- parity-report:begin -->\n")[1].split("<!-- parity-report:end -->")[0]
+
+    assert block(readme.read_text()) == block((REPO / "README.md").read_text())
+    assert readme.read_text().startswith("before\n") and readme.read_text().endswith("after\n")
+    assert capsys.readouterr().out.startswith("| model | Flax API | parameters |")
+
+
+def test_parity_report_from_json_refuses_measuring_flags_and_unreadable_reports(tmp_path, capsys):
+    from parity_tests import report
+
+    with pytest.raises(SystemExit) as stopped:
+        report.main(["--from-json", "parity.json", "--models", "mlp", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == ("python -m parity_tests.report: error: --from-json renders a report "
+                                               "written earlier and measures nothing: leave out --models")
+    not_a_report = tmp_path / "other.json"
+    not_a_report.write_text('{"models": {"mlp": {"linen": {}}}}')
+    assert report.main(["--from-json", str(not_a_report), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"python -m parity_tests.report: error: {not_a_report} is not a parity report")
+    assert "\n" not in error
+
+
+def test_readme_reproduction_table_is_what_the_committed_report_renders(tmp_path):
+    """The README's reproduction block is what `python -m cnn_parity.reproduce ... --update-readme
+    README.md` writes from reports/reproduction/report.json: no figure is typed."""
+    from cnn_parity import reproduce
+    from cnn_parity.markdown import replace_marked_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text((REPO / "README.md").read_text())
+    report = json.loads((REPO / "reports" / "reproduction" / "report.json").read_text())
+    replace_marked_block(readme, reproduce.README_MARKER, reproduce.readme_table(report))
+    assert readme.read_text() == (REPO / "README.md").read_text()

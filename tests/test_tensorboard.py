@@ -1,6 +1,6 @@
-"""TensorBoard event files: both CLIs write the same tags (lifecycle.TENSORBOARD_SCALARS and "recipe"),
-holding exactly metrics.jsonl's values and the recipe, and a resumed run neither repeats nor loses a
-point. Read back with TensorBoard's own reader (lifecycle.assert_events_mirror_metrics; the resumed and
+"""TensorBoard event files and step records: both CLIs write the same tags (lifecycle.TENSORBOARD_SCALARS,
+TENSORBOARD_STEP_SCALARS and "recipe"), holding exactly metrics.jsonl's and steps.jsonl's values and the
+recipe, and a resumed run neither repeats nor loses a point. Read back with TensorBoard's own reader (lifecycle.assert_events_mirror_metrics; the resumed and
 randomly killed runs of test_run_lifecycle and test_random_kills check it too)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from cnn_parity import checkpoints
 from cnn_parity.workdir import read_metrics
 
-from .lifecycle import SHORT, assert_events_mirror_metrics, litter, tensorboard_events, train
+from .lifecycle import SHORT, assert_events_mirror_metrics, litter, step_records, tensorboard_events, train
 from .test_cli import FRAMEWORKS
 
 
@@ -22,7 +22,8 @@ def test_events_mirror_the_metrics_through_a_resume(framework, data_dir, tmp_pat
     workdir = tmp_path / "run"
     # 30-step epochs: epoch 2 is cut short at step 45 and logged; then the run loses its newest checkpoint
     # (as if killed after logging, before checkpointing) and resumes from step 30 to step 75.
-    first = train(framework, workdir, *SHORT, "--max-steps", "45", "--checkpoint-every", "15", data_dir=data_dir)
+    first = train(framework, workdir, *SHORT, "--max-steps", "45", "--checkpoint-every", "15", "--log-every", "10",
+                  data_dir=data_dir)
     assert first.returncode == 0, first.stderr
     assert [step for step, _ in tensorboard_events(workdir)["test/loss"]] == [1, 2]
     shutil.rmtree(checkpoints.latest(workdir))
@@ -30,6 +31,9 @@ def test_events_mirror_the_metrics_through_a_resume(framework, data_dir, tmp_pat
     assert resumed.returncode == 0, resumed.stderr
 
     assert [(r["epoch"], r["steps"]) for r in read_metrics(workdir)] == [(1, 30), (2, 60), (3, 75)]
+    # --log-every 10 was recorded and kept; the records past step 30 were dropped and logged again.
+    assert [(r["step"], r["epoch"]) for r in step_records(workdir)] == [
+        (10, 1), (20, 1), (30, 1), (40, 2), (50, 2), (60, 2), (70, 3)]
     assert_events_mirror_metrics(workdir)
     assert not litter(workdir)
 
@@ -39,3 +43,40 @@ def test_no_tensorboard_writes_no_events(data_dir, tmp_path):
     result = train("torch", workdir, *SHORT, "--max-steps", "5", "--no-tensorboard", data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     assert (workdir / "metrics.jsonl").is_file() and not list(workdir.glob("*tfevents*"))
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_step_records_hold_every_nth_steps_loss_and_the_learning_rate(framework, data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    result = train(framework, workdir, *SHORT, "--max-steps", "35", "--log-every", "5", "--set", "optimizer.lr=0.05",
+                   data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    steps = step_records(workdir)
+    assert [(r["step"], r["epoch"], r["learning_rate"]) for r in steps] == [
+        (step, 1 if step <= 30 else 2, 0.05) for step in range(5, 36, 5)]
+    assert all(0 < r["loss"] < 10 for r in steps)
+    assert_events_mirror_metrics(workdir)
+
+
+def test_log_every_zero_writes_no_step_records(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    result = train("flax", workdir, *SHORT, "--max-steps", "5", "--log-every", "0", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert not (workdir / "steps.jsonl").exists()
+    assert "train/step_loss" not in tensorboard_events(workdir)
+
+
+def test_the_classic_reader_lists_every_scalar(data_dir, tmp_path):
+    """`EventAccumulator(...).Tags()["scalars"]` (the reader most scripts use) sees the scalars: they are
+    written as classic simple_value summaries, not as tensors only the plugin reader lists."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir = tmp_path / "run"
+    result = train("torch", workdir, *SHORT, "--max-steps", "10", "--log-every", "5", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    accumulator = EventAccumulator(str(workdir))
+    accumulator.Reload()
+    assert sorted(accumulator.Tags()["scalars"]) == sorted(
+        ["train/loss", "train/accuracy", "test/loss", "test/accuracy", "train/step_loss", "train/learning_rate"])
+    assert [(e.step, e.value) for e in accumulator.Scalars("test/accuracy")] == [
+        (1, pytest.approx(read_metrics(workdir)[0]["test_accuracy"], rel=1e-7))]

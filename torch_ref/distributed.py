@@ -4,7 +4,7 @@ One process per device (gloo on CPU, nccl on GPU). The global batch stays the re
 trains on batch_size / N examples of it and DDP averages the gradients, which equals the gradient of
 the global batch's mean loss. Logged losses and accuracies are all-reduced over ranks, evaluation is
 split over ranks without padding (no example counted twice or dropped), and only rank 0 writes the
-workdir (README: Multi-device training).
+workdir (docs/multi-device.md).
 """
 
 from __future__ import annotations

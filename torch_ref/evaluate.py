@@ -10,7 +10,7 @@ import torch
 from cnn_parity import data as neutral_data
 from cnn_parity import evaluate_cli
 from cnn_parity.recipes import Recipe
-from cnn_parity.training import EvalResult
+from cnn_parity.trainer import EvalResult
 from torch_ref import data
 from torch_ref.convert import load_canonical
 from torch_ref.models import create_model

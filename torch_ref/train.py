@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnn_parity import cli, shared_rng
+from cnn_parity import shared_rng, train_cli
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.recipes import Optimizer, Recipe
-from cnn_parity.training import EpochLog, EvalResult
+from cnn_parity.trainer import EvalResult, StepMetrics
 from torch.nn.parallel import DistributedDataParallel
 
 from torch_ref import data, distributed
@@ -39,23 +39,31 @@ def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(outputs, labels)
 
 
-def loss_and_gradients(model: torch.nn.Module, images: torch.Tensor,
-                       labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def loss_and_gradients(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       loss_fn=cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward in the model's current mode: returns (loss, outputs), both detached,
-    with every parameter's `.grad` holding the gradient of this batch alone."""
+    with every parameter's `.grad` holding the gradient of this batch alone. `loss_fn(outputs, labels)`:
+    the recipes' cross-entropy, or another loss (the model checker's)."""
     model.zero_grad(set_to_none=True)
     outputs = model(images)
-    loss = cross_entropy(outputs, labels)
+    loss = loss_fn(outputs, labels)
     loss.backward()
     return loss.detach(), outputs.detach()
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+                   targets: torch.Tensor, loss_fn=cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step on `loss_fn(model(inputs), targets)`: returns (loss, outputs), detached."""
+    loss, outputs = loss_and_gradients(model, inputs, targets, loss_fn)
+    optimizer.step()
+    return loss, outputs
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on a batch (NCHW float images, int labels), the model in training mode;
     returns (mean loss, correct count) as device tensors, so a caller need not wait for them."""
-    loss, outputs = loss_and_gradients(model, images, labels)
-    optimizer.step()
+    loss, outputs = optimizer_step(model, optimizer, images, labels)
     return loss, (outputs.argmax(1) == labels).sum()
 
 
@@ -111,30 +119,40 @@ class TorchTrainer:
         self.train_loader, self.test_loader = data.make_loaders(recipe, pipeline, data_dir, self.torch_device,
                                                                 self.shuffle_generator, world)
         self.steps_per_epoch = len(self.train_loader)
-        self._epoch_start_shuffle_state: torch.Tensor | None = None  # set while an epoch is running
-        self._epoch_steps_done = 0
+        self._batches = None  # the running epoch's batch iterator, from step self._next_step on
+        self._epoch, self._next_step = 0, 0
+        self._epoch_start_shuffle_state: torch.Tensor | None = None  # while an epoch is running
 
-    def train_epoch(self, epoch: int, start: int, num_steps: int, log: EpochLog) -> None:
+    def train_steps(self, epoch: int, start: int, count: int) -> StepMetrics:
+        if self._batches is None or (self._epoch, self._next_step) != (epoch, start):
+            # The shuffle generator is drawn from only when an epoch's iterator starts; keeping its state
+            # from before that draw lets a checkpoint taken mid-epoch replay the same order on resume,
+            # while one taken after the epoch's last step keeps the drawn state, for the next epoch's order.
+            self._epoch_start_shuffle_state = self.shuffle_generator.get_state()
+            data.set_epoch(self.train_loader, epoch)
+            self._batches = itertools.islice(self.train_loader, start, None)
+            self._epoch, self._next_step = epoch, start
         self.model.train()
-        # The shuffle generator is drawn from only when an epoch's iterator starts; keeping its state
-        # from before that draw lets a checkpoint taken mid-epoch replay the same order on resume,
-        # while one taken after the epoch's last step keeps the drawn state, for the next epoch's order.
-        self._epoch_start_shuffle_state = self.shuffle_generator.get_state()
-        data.set_epoch(self.train_loader, epoch)
         model = self._ddp if self._ddp is not None else self.model
-        batches = itertools.islice(self.train_loader, start, start + num_steps)
-        for self._epoch_steps_done, (images, labels) in enumerate(batches, start=start + 1):
+        losses, correct, examples = [], [], 0
+        for images, labels in itertools.islice(self._batches, count):
             images = images.to(self.torch_device, non_blocking=True)
             labels = labels.to(self.torch_device, non_blocking=True)
-            loss, correct = train_step(model, self.optimizer, images, labels)
+            loss, batch_correct = train_step(model, self.optimizer, images, labels)
             if self.world is None:
-                log.record(loss, correct, len(labels))
+                batch_examples = len(labels)
             else:  # the global batch's mean loss and correct count, as one process logs them; every
                 # rank holds an equal share, and the sums stay on the device (no host sync per step)
-                examples = len(labels) * self.world.size
-                totals = distributed.all_sum(torch.stack([loss * len(labels), correct.to(loss.dtype)]))
-                log.record(totals[0] / examples, totals[1], examples)
-        self._epoch_start_shuffle_state = None
+                batch_examples = len(labels) * self.world.size
+                totals = distributed.all_sum(torch.stack([loss * len(labels), batch_correct.to(loss.dtype)]))
+                loss, batch_correct = totals[0] / batch_examples, totals[1]
+            losses.append(loss)
+            correct.append(batch_correct)
+            examples += batch_examples
+        self._next_step += count
+        if self._next_step == self.steps_per_epoch:
+            self._batches, self._epoch_start_shuffle_state = None, None
+        return StepMetrics([torch.stack(losses).cpu()], [torch.stack(correct).cpu()], examples)
 
     def evaluate(self) -> EvalResult:
         sums = evaluation_sums(self.model, self.test_loader, self.torch_device)
@@ -147,7 +165,7 @@ class TorchTrainer:
         load_canonical(self.recipe.model, self.model, arrays)
 
     def save_state(self, folder: Path) -> None:
-        mid_epoch = self._epoch_start_shuffle_state is not None and self._epoch_steps_done < self.steps_per_epoch
+        mid_epoch = self._epoch_start_shuffle_state is not None
         # Serialised in memory, written by one plain write: torch.save to a file reports a full disk as a
         # RuntimeError after leaving a partial file; this raises OSError and leaves nothing.
         buffer = io.BytesIO()
@@ -168,6 +186,7 @@ class TorchTrainer:
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.shuffle_generator.set_state(state["shuffle"])
+        self._batches = None  # the next train_steps starts its epoch's iterator from the restored generator
 
     def any_process(self, flag: bool) -> bool:
         return flag if self.world is None else distributed.any_rank(flag, self.torch_device)
@@ -179,7 +198,7 @@ def make_trainer(recipe: Recipe, args) -> TorchTrainer:
 
 def main(argv=None) -> int:
     try:
-        return cli.run("torch", data.PIPELINES, make_trainer, argv)
+        return train_cli.run("torch", data.PIPELINES, make_trainer, argv)
     finally:
         distributed.shutdown()
 

@@ -10,7 +10,7 @@ import os
 import sys
 from typing import Sequence
 
-from cnn_parity.cli import OneLineParser, positive_int, report_errors
+from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 

@@ -1,8 +1,8 @@
 """Re-run every `$ python -m parity_tests.check ...` example in markdown files and replace its printed
-output, so that the worked examples in docs/check-your-own-model.md and the README are what the
-command prints today:
+output, so that the worked examples in docs/check-your-own-model.md (and any other page given) are
+what the command prints today:
 
-    python -m parity_tests.check.regenerate_examples docs/check-your-own-model.md [README.md ...]
+    python -m parity_tests.check.regenerate_examples docs/check-your-own-model.md [OTHER.md ...]
 
 An example is a line starting with `$ python -m parity_tests.check` (continued by trailing
 backslashes) inside a fenced block; its output runs to the end of the block. Where the block ends
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cnn_parity.cli import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 
 PROMPT = "$ python -m parity_tests.check"

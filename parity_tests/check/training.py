@@ -4,7 +4,8 @@ the optimisers alone on identical gradients (which separates a model difference 
 difference).
 
 The loss is one neither model knows: half the mean squared distance of the output to a fixed random
-target (the same on both sides), so that any model with any output can be compared.
+target (the same on both sides), so that any model with any output can be compared. The PyTorch side
+trains through the product's own step, `torch_ref.train.optimizer_step`, given that loss.
 Optimisers are given as NAME:key=value,... : torch `adam:lr=1e-3,eps=1e-8` is torch.optim.Adam;
 optax `adam:learning_rate=1e-3` is optax.adam.
 """
@@ -28,6 +29,7 @@ from parity_tests.check.causes import finding
 from parity_tests.check.compare import calibrated_bound, diff
 from parity_tests.check.mapping import layer_to_flax, layer_to_torch
 from parity_tests.check.sides import _lookup, as_torch
+from torch_ref import train as torch_train
 
 OPTIMIZER_HINTS = {
     "adam_eps_root": "optax adds eps_root inside the square root and eps outside; torch's Adam adds eps outside only: "
@@ -151,6 +153,11 @@ def _targets(pair, seed: int):
 
 # --- gradients ---------------------------------------------------------------------------------------
 
+def half_mean_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The checker's loss on the PyTorch side (flax_loss is its twin)."""
+    return 0.5 * ((outputs - targets) ** 2).mean()
+
+
 def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, dtype=torch.float32,
                     layers: tuple[str, ...] = ()):
     """(loss, parameter gradients by name, gradients w.r.t. the outputs of `layers` (first calls))."""
@@ -172,7 +179,7 @@ def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, d
     finally:
         for h in handles:
             h.remove()
-    loss = 0.5 * ((out - torch.as_tensor(target, dtype=dtype)) ** 2).mean()
+    loss = half_mean_squared_error(out, torch.as_tensor(target, dtype=dtype))
     loss.backward()
     params = {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
     return float(loss.detach()), params, {k: v.grad.numpy().copy() for k, v in outputs.items() if v.grad is not None}
@@ -256,15 +263,12 @@ def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, train: 
     state = opt_f.init(params)
     loss_and_grad = jax.jit(jax.value_and_grad(flax_loss(pair, train)))
     loss_diffs, param_diffs = [], []
-    for x in xs:
-        opt_t.zero_grad()
-        loss_t = 0.5 * ((model(as_torch(x)) - torch.as_tensor(target)) ** 2).mean()
-        loss_t.backward()
-        opt_t.step()
+    for x in xs:  # PyTorch: the product's own optimiser step (torch_ref.train), on this loss
+        loss_t, _ = torch_train.optimizer_step(model, opt_t, as_torch(x), torch.as_tensor(target), loss_fn=half_mean_squared_error)
         loss_f, grads = loss_and_grad(params, jnp.asarray(pair.layout.model_input(x)), flax_target)
         updates, state = opt_f.update(grads, state, params)
         params = optax.apply_updates(params, updates)
-        loss_diffs.append(abs(float(loss_f) - float(loss_t.detach())))
+        loss_diffs.append(abs(float(loss_f) - float(loss_t)))
         param_diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_params(model)))
     return {"steps": steps, "loss_diffs": loss_diffs, "param_diffs": param_diffs, "max_loss_diff": max(loss_diffs),
             "loss_bound": fixed_bounds.TRAJECTORY_LOSS, "param_bound": fixed_bounds.TRAJECTORY_PARAM,

@@ -7,7 +7,6 @@ one line on stderr; Ctrl-C exits 130 after saying what was kept.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import signal
 import sys
@@ -16,58 +15,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cnn_parity import checkpoints
+from cnn_parity.commands import OneLineParser, internal_error, non_negative_int, number, positive_int
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.frameworks import PACKAGES
 from cnn_parity.recipes import MODELS, OPTIMIZERS, Recipe, load_recipe, parse_assignment, recipe_from_dict, settable_keys
-from cnn_parity.training import Interrupted, StopRequest, Trainer, fit
-from cnn_parity.workdir import Workdir, command_line
+from cnn_parity.stop_signals import Interrupted, StopRequest
+from cnn_parity.trainer import Trainer
+from cnn_parity.training import fit
+from cnn_parity.provenance import command_line
+from cnn_parity.workdir import Workdir
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def report_errors(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; a CnnParityError becomes one line on stderr and its exit code, and so
-    does any other exception (a bug: exit 1, the traceback with CNN_PARITY_DEBUG=1)."""
-    try:
-        return body()
-    except CnnParityError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C, or a signal passed on to children (cnn_parity.runs.Stopped)
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(f"{prog}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
-        return 128 + signum
-    except Exception as e:
-        return internal_error(prog, e)
-
-
-def internal_error(prog: str, error: Exception) -> int:
-    if os.environ.get("CNN_PARITY_DEBUG") == "1":
-        raise error
-    print(f"{prog}: error: internal error {type(error).__name__}: {error} "
-          f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
-    return 1
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+DEFAULT_LOG_EVERY = 50  # steps between step records: a few hundred points per run, as other trainers log
 
 
 def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentParser:
@@ -79,13 +39,13 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     # Numeric flags are checked by the recipe's validation, so --lr -1 and --set optimizer.lr=-1 agree.
     p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=int, metavar="N", help="training batch size (default: the recipe's)")
-    p.add_argument("--lr", type=_float, metavar="LR", help="learning rate, optimizer.lr (default: the recipe's)")
+    p.add_argument("--lr", type=number, metavar="LR", help="learning rate, optimizer.lr (default: the recipe's)")
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initial weights, shuffling and dropout, 0 .. 2**32 - 1 (default: the recipe's)")
     p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N training steps (smoke runs)")
     p.add_argument("--pipeline", choices=pipelines, default=pipelines[0],
                    help=f"input pipeline (default {pipelines[0]})")
-    p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see README: Data)")
+    p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see docs/data.md)")
     p.add_argument("--workdir", help=f"output folder (default runs/{framework}-<model>-<time>)")
     p.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="checkpoint every N steps and at each epoch end, into WORKDIR/checkpoints")
@@ -93,6 +53,9 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
                    help="continue the run in --workdir from its newest complete checkpoint")
     p.add_argument("--init-weights", metavar="PATH",
                    help="start from these weights: a .safetensors export, a checkpoint or a workdir (either framework)")
+    p.add_argument("--log-every", type=non_negative_int, default=DEFAULT_LOG_EVERY, metavar="N",
+                   help=f"log every N-th step's training loss and the learning rate to WORKDIR/steps.jsonl and "
+                        f"TensorBoard (default {DEFAULT_LOG_EVERY}; 0: epoch records only)")
     p.add_argument("--no-tensorboard", action="store_true",
                    help="write no TensorBoard event files into the workdir (written by default)")
     p.add_argument("--paired", action="store_true",
@@ -210,7 +173,8 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
                 raise UsageError("--init-weights starts a run; --resume continues one: pass only one")
             recorded = Workdir(args.workdir).read_config() if args.resume else None
             if recorded is not None:
-                _continue_recorded(framework, args, given, recorded, ("pipeline", "max_steps", "devices", *recorded_flags))
+                _continue_recorded(framework, args, given, recorded,
+                                   ("pipeline", "max_steps", "log_every", "devices", *recorded_flags))
             recipe = recipe_from_args(args, recorded)
             initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
             trainer = make_trainer(recipe, args)
@@ -230,10 +194,10 @@ def run(framework: str, pipelines: Sequence[str], make_trainer: Callable[[Recipe
                 print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
                       f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
             config = {"framework": framework, "pipeline": args.pipeline, "max_steps": args.max_steps,
-                      "options": {**options, "devices": trainer.num_devices},
+                      "log_every": args.log_every, "options": {**options, "devices": trainer.num_devices},
                       "command": command_line(), "recipe": recipe.to_dict()}
             summary = fit(recipe, trainer, workdir, args.max_steps, args.checkpoint_every, args.resume, config,
-                          tensorboard=not args.no_tensorboard, stop=stop)
+                          tensorboard=not args.no_tensorboard, stop=stop, log_every=args.log_every)
         except CnnParityError as e:
             print(f"{parser.prog}: error: {e}", file=sys.stderr)
             return e.exit_code
