@@ -11,7 +11,7 @@ Every candidate exposes the same small interface the worker times:
   evaluate() -> examples            the whole test split, as the trainers' `evaluate()` does it
   tiny_step_seconds() -> s | None   one step on a 1-example batch (Flax per-step loops): overhead
 Training goes through the trainers' own `train_steps`, driven by the training loop's `run_steps` (losses
-read back every `cnn_parity.training.CHECK_EVERY` steps, as in a real run), so the numbers describe the
+read back every `cnn_parity.trainer.CHECK_EVERY` steps, as in a real run), so the numbers describe the
 product, not a stripped-down loop.
 """
 

@@ -6,10 +6,10 @@
 one jitted `lax.fori_loop`: one dispatch and one host↔device exchange per chunk, not per step; Python's
 per-step dispatch cost weighs on short steps, benchmarks/FINDINGS.md section 13). Every full batch runs
 through that same compiled loop body whatever the chunking, so where checkpoints and resumes cut an
-epoch changes no result. Nothing here names a
-device: the same code runs on a GPU when JAX sees one. How the model convolves (`--conv-impl`,
-flax_impl/kernels.py) is chosen once, here, by `resolve_conv_impl`: "auto" is the pure-JAX GEMM
-formulation on a CPU and XLA's own convolutions elsewhere; oneDNN only when asked for.
+epoch changes no result. Nothing here names a device: the same code runs on a GPU when JAX sees one.
+How the model convolves (`--conv-impl`, flax_impl/kernels.py) is chosen once, here, by
+`resolve_conv_impl`: "auto" is the pure-JAX GEMM formulation on a CPU and XLA's own convolutions
+elsewhere; oneDNN only when asked for.
 
 `--api linen` (default) trains the Linen modules of flax_impl/models.py, `--api nnx` the NNX ones of
 flax_impl/models_nnx.py through this same step: an NNX model is split once (`nnx.split`) into a
