@@ -16,7 +16,7 @@ from cnn_parity.workdir import check_new_output
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m cnn_parity.export", description=__doc__)
-    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder or a workdir")
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint folder, a workdir or a .safetensors export (either framework)")
     parser.add_argument("--out", required=True, metavar="FILE",
                         help="the .safetensors file to write (not inside a run's workdir; an existing file only if "
                              "it is an export of this project, or with --force)")
