@@ -40,19 +40,20 @@ def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def loss_and_gradients(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                       loss_fn=cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+                       loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, loss and backward in the model's current mode: returns (loss, outputs), both detached,
     with every parameter's `.grad` holding the gradient of this batch alone. `loss_fn(outputs, labels)`:
-    the recipes' cross-entropy, or another loss (the model checker's)."""
+    another loss than the recipes' `cross_entropy` (the model checker's); None: that one, looked up
+    when called."""
     model.zero_grad(set_to_none=True)
     outputs = model(images)
-    loss = loss_fn(outputs, labels)
+    loss = (loss_fn or cross_entropy)(outputs, labels)
     loss.backward()
     return loss.detach(), outputs.detach()
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
-                   targets: torch.Tensor, loss_fn=cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
+                   targets: torch.Tensor, loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step on `loss_fn(model(inputs), targets)`: returns (loss, outputs), detached."""
     loss, outputs = loss_and_gradients(model, inputs, targets, loss_fn)
     optimizer.step()
