@@ -16,6 +16,14 @@ from .lifecycle import SHORT, assert_events_mirror_metrics, litter, step_records
 from .test_cli import FRAMEWORKS
 
 
+def trained(framework: str, tmp_path, *flags: str, data_dir):
+    """The workdir of a short run with `flags`, which must succeed."""
+    workdir = tmp_path / "run"
+    result = train(framework, workdir, *SHORT, *flags, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_events_mirror_the_metrics_through_a_resume(framework, data_dir, tmp_path):
@@ -39,18 +47,14 @@ def test_events_mirror_the_metrics_through_a_resume(framework, data_dir, tmp_pat
 
 
 def test_no_tensorboard_writes_no_events(data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    result = train("torch", workdir, *SHORT, "--max-steps", "5", "--no-tensorboard", data_dir=data_dir)
-    assert result.returncode == 0, result.stderr
+    workdir = trained("torch", tmp_path, "--max-steps", "5", "--no-tensorboard", data_dir=data_dir)
     assert (workdir / "metrics.jsonl").is_file() and not list(workdir.glob("*tfevents*"))
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_step_records_hold_every_nth_steps_loss_and_the_learning_rate(framework, data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    result = train(framework, workdir, *SHORT, "--max-steps", "35", "--log-every", "5", "--set", "optimizer.lr=0.05",
-                   data_dir=data_dir)
-    assert result.returncode == 0, result.stderr
+    workdir = trained(framework, tmp_path, "--max-steps", "35", "--log-every", "5", "--set", "optimizer.lr=0.05",
+                      data_dir=data_dir)
     steps = step_records(workdir)
     assert [(r["step"], r["epoch"], r["learning_rate"]) for r in steps] == [
         (step, 1 if step <= 30 else 2, 0.05) for step in range(5, 36, 5)]
@@ -59,9 +63,7 @@ def test_step_records_hold_every_nth_steps_loss_and_the_learning_rate(framework,
 
 
 def test_log_every_zero_writes_no_step_records(data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    result = train("flax", workdir, *SHORT, "--max-steps", "5", "--log-every", "0", data_dir=data_dir)
-    assert result.returncode == 0, result.stderr
+    workdir = trained("flax", tmp_path, "--max-steps", "5", "--log-every", "0", data_dir=data_dir)
     assert not (workdir / "steps.jsonl").exists()
     assert "train/step_loss" not in tensorboard_events(workdir)
 
@@ -71,9 +73,7 @@ def test_the_classic_reader_lists_every_scalar(data_dir, tmp_path):
     written as classic simple_value summaries, not as tensors only the plugin reader lists."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    workdir = tmp_path / "run"
-    result = train("torch", workdir, *SHORT, "--max-steps", "10", "--log-every", "5", data_dir=data_dir)
-    assert result.returncode == 0, result.stderr
+    workdir = trained("torch", tmp_path, "--max-steps", "10", "--log-every", "5", data_dir=data_dir)
     accumulator = EventAccumulator(str(workdir))
     accumulator.Reload()
     assert sorted(accumulator.Tags()["scalars"]) == sorted(

@@ -173,16 +173,14 @@ def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, d
         return hook
 
     handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
-    try:
-        model.zero_grad()
-        out = model(as_torch(x, dtype))
+    try:  # the product's own forward, loss and backward (torch_ref.train), given the checker's loss
+        loss, _ = torch_train.loss_and_gradients(model, as_torch(x, dtype), torch.as_tensor(target, dtype=dtype),
+                                                 half_mean_squared_error)
     finally:
         for h in handles:
             h.remove()
-    loss = half_mean_squared_error(out, torch.as_tensor(target, dtype=dtype))
-    loss.backward()
     params = {k: p.grad.numpy().copy() for k, p in model.named_parameters() if p.grad is not None}
-    return float(loss.detach()), params, {k: v.grad.numpy().copy() for k, v in outputs.items() if v.grad is not None}
+    return float(loss), params, {k: v.grad.numpy().copy() for k, v in outputs.items() if v.grad is not None}
 
 
 def flax_loss(pair, train: bool):
