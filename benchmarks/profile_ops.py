@@ -9,7 +9,6 @@ a change in the machine's load reaches them all alike.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import jax
@@ -18,7 +17,8 @@ import numpy as np
 
 from flax_impl import onednn_conv
 from flax_impl.kernels import gemm_conv, max_pool_2x2
-from cnn_parity.recipes import load_recipe
+from cnn_parity.commands import OneLineParser, positive_int, report_errors
+from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.weights import CONV_GEOMETRY, LAYERS, conv_output_side
 
 
@@ -150,20 +150,29 @@ def step_rows(model, reps):
     return [(f"{model} whole step (fwdbwd = step incl. update)", _times(fns, reps))]
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--models", nargs="+", default=["lenet", "fashion_cnn", "cnn_2layer", "cnn_base", "mlp"])
-    p.add_argument("--reps", type=int, default=20)
-    args = p.parse_args()
-    cols = [f"{impl}_{part}" for part in ("fwd", "fwdbwd") for impl in ("xla", "gemm", "onednn", "torch")]
-    print("| op (ms, min) | " + " | ".join(cols) + " |")
-    print("|---" * (len(cols) + 1) + "|")
-    for model in args.models:
-        rows = (conv_rows(model, args.reps) + pool_rows(model, args.reps) if model != "mlp" else []) \
-            + step_rows(model, args.reps)
-        for label, out in rows:
-            print(f"| {label} | " + " | ".join(f"{out[c]:.2f}" if c in out else "–" for c in cols) + " |", flush=True)
+PROG = "python -m benchmarks.profile_ops"
+
+
+def main(argv=None) -> int:
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), metavar="MODEL",
+                   help=f"any of: {', '.join(MODELS)} (default: all)")
+    p.add_argument("--reps", type=positive_int, default=20, help="timed repetitions per op (default 20)")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        cols = [f"{impl}_{part}" for part in ("fwd", "fwdbwd") for impl in ("xla", "gemm", "onednn", "torch")]
+        print("| op (ms, min) | " + " | ".join(cols) + " |")
+        print("|---" * (len(cols) + 1) + "|")
+        for model in args.models:
+            rows = (conv_rows(model, args.reps) + pool_rows(model, args.reps) if model != "mlp" else []) \
+                + step_rows(model, args.reps)
+            for label, out in rows:
+                print(f"| {label} | " + " | ".join(f"{out[c]:.2f}" if c in out else "–" for c in cols) + " |",
+                      flush=True)
+        return 0
+    return report_errors(PROG, body)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

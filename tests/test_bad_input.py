@@ -229,3 +229,16 @@ def test_a_checkpoint_that_cannot_be_written(framework, exhausted, data_dir, tmp
     assert checkpoints.latest(workdir) == previous
     assert {p.name: p.read_bytes() for p in previous.iterdir()} == kept
     assert not litter(workdir)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "resnet"], "argument --models: invalid choice: 'resnet' (choose from 'mlp', 'cnn_base', "
+                             "'cnn_2layer', 'lenet', 'fashion_cnn')"),
+    (["--reps", "0"], "argument --reps: expected a positive integer, got 0"),
+])
+def test_profiler_flags_are_one_line_usage_errors(argv, message, capsys):
+    from benchmarks import profile_ops
+    with pytest.raises(SystemExit) as stopped:
+        profile_ops.main(argv)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"{profile_ops.PROG}: error: {message}"]

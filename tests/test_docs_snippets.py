@@ -15,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "checkpoints.md"
+pytestmark = pytest.mark.slow  # trains a run through the CLI, then exports it
+
 SNIPPETS = {"load-export-pytorch": "PyTorch", "load-export-flax": "Flax"}
 
 
