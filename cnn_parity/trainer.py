@@ -70,6 +70,10 @@ class Trainer(Protocol):
 
     def canonical_weights(self) -> dict[str, np.ndarray]: ...
 
+    def collect_state(self) -> None:
+        """Called by every process right before the primary one's `save_state`: a multi-process trainer
+        gathers here what only the other processes hold."""
+
     def save_state(self, folder: Path) -> None:
         """Write everything an exact resume needs (parameters, optimiser, RNG) into `folder`."""
 

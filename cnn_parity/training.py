@@ -90,7 +90,8 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
     last_step = recipe.epochs * steps_per_epoch if max_steps is None else min(max_steps, recipe.epochs * steps_per_epoch)
 
     def save(snapshot: Progress) -> Path | None:
-        if not workdir.writer:  # every process holds the same state; the primary one writes it
+        trainer.collect_state()
+        if not workdir.writer:  # the primary process writes the checkpoint
             return None
         meta = {"framework": trainer.framework, "model": recipe.model, "recipe": recipe.to_dict(),
                 "pipeline": trainer.pipeline, **dataclasses.asdict(snapshot)}

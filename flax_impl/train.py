@@ -292,6 +292,10 @@ class FlaxTrainer:
         state = TrainState.create(apply_fn=self.state.apply_fn, params=params, tx=self.state.tx)
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
+    def collect_state(self) -> None:
+        """Nothing to gather: every process holds the same replicated state, and dropout's keys are
+        functions of (seed, epoch, step)."""
+
     def save_state(self, folder: Path) -> None:
         # One msgpack file written by one plain write: a full disk or a missing inode is one OSError,
         # where Orbax's asynchronous writer hung on its timeouts or sprayed tracebacks.

@@ -178,6 +178,26 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint_usable(framework, data_d
     assert json.loads(out.stdout)["step"] == "1"
 
 
+def test_a_torch_checkpoint_of_one_process_generator_state_still_restores_it(data_dir, tmp_path):
+    """state.pt as written before it held one generator state per rank (a single state) still resumes:
+    the state dropout draws from is the one saved."""
+    import torch
+
+    from cnn_parity.recipes import load_recipe
+    from torch_ref.train import TorchTrainer
+
+    trainer = TorchTrainer(load_recipe("fashion_cnn"), data_dir=str(data_dir))
+    trainer.collect_state()
+    trainer.save_state(tmp_path)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert state["rng"].shape[0] == 1  # one row per rank
+    saved = state["rng"][0].clone()
+    torch.save({**state, "rng": saved, "cuda_rng": []}, tmp_path / "state.pt")
+    torch.manual_seed(12345)
+    trainer.restore_state(tmp_path)
+    assert torch.equal(torch.get_rng_state(), saved)
+
+
 def test_half_written_checkpoints_are_never_picked_up(tmp_path):
     folder = checkpoints.root(tmp_path)
     (folder / "step_000000100").mkdir(parents=True)

@@ -175,13 +175,16 @@ def _wait_for(path: Path, *processes: subprocess.Popen) -> None:
         time.sleep(0.01)
 
 
-def test_torchrun_sigterm_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, data_dir):
+@pytest.mark.parametrize("run", [
+    ("--model", "mlp", "--set", "batch_size=2000", "--set", "optimizer.momentum=0.9", "--epochs", "3"),
+    ("--model", "fashion_cnn", "--max-steps", "120"),  # dropout: each rank's masks, from its own generator
+], ids=["mlp", "fashion_cnn-dropout"])
+def test_torchrun_sigterm_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, data_dir, run):
     """SIGTERM to torchrun (as a scheduler sends it) reaches every rank; they agree on the step to stop at,
-    rank 0 checkpoints, and the resumed DDP run ends bitwise where an uninterrupted one does."""
+    rank 0 checkpoints every rank's generators, and the resumed DDP run ends bitwise where an
+    uninterrupted one does."""
     import signal
 
-    # No dropout: each rank draws its own masks, and a resume restores rank 0's RNG state on every rank.
-    run = ("--model", "mlp", "--set", "batch_size=2000", "--set", "optimizer.momentum=0.9", "--epochs", "3")
     reference, workdir = tmp_path / "reference", tmp_path / "stopped"
     _torch(reference, 2, data_dir, *run)
     launch = [shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun", "--standalone",

@@ -59,6 +59,14 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_gather(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Every rank's `tensor` (equal shapes), stacked in rank order, on the CPU."""
+    local = tensor.to(world.device)
+    gathered = [torch.empty_like(local) for _ in range(world.size)]
+    dist.all_gather(gathered, local)
+    return torch.stack(gathered).cpu()
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
     """Whether `flag` is true on any rank (every rank calls this at the same point)."""
     value = torch.tensor([int(flag)], device=device)

@@ -165,16 +165,31 @@ class TorchTrainer:
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
         load_canonical(self.recipe.model, self.model, arrays)
 
+    def _dropout_rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The generator states dropout draws from in this process: the CPU's, and its device's on CUDA."""
+        cuda = torch.cuda.get_rng_state(self.torch_device) if self.torch_device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def collect_state(self) -> None:
+        # Under DDP each rank draws its own dropout masks: the checkpoint keeps every rank's generators.
+        cpu, cuda = self._dropout_rng_state()
+        if self.world is None:
+            self._rank_rng_states = (cpu[None], None if cuda is None else cuda[None])
+        else:
+            self._rank_rng_states = (distributed.all_gather(cpu, self.world),
+                                     None if cuda is None else distributed.all_gather(cuda, self.world))
+
     def save_state(self, folder: Path) -> None:
         mid_epoch = self._epoch_start_shuffle_state is not None
+        cpu_rng, cuda_rng = self._rank_rng_states
         # Serialised in memory, written by one plain write: torch.save to a file reports a full disk as a
         # RuntimeError after leaving a partial file; this raises OSError and leaves nothing.
         buffer = io.BytesIO()
         torch.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": torch.get_rng_state(),  # dropout draws from the global generator
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng": cpu_rng,  # one row per rank: dropout draws from the global generators
+            "cuda_rng": cuda_rng,
             "shuffle": self._epoch_start_shuffle_state if mid_epoch else self.shuffle_generator.get_state(),
         }, buffer)
         write_bytes_atomic(Path(folder) / "state.pt", buffer.getvalue())
@@ -183,9 +198,15 @@ class TorchTrainer:
         state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        # A rank the checkpoint has no row for (a resume on more processes) keeps its own seeding.
+        rank = 0 if self.world is None else self.world.rank
+        cpu_rng, cuda_rng = state["rng"], state["cuda_rng"]
+        if cpu_rng.dim() == 1:  # a checkpoint of one process's generators, of an earlier version
+            cpu_rng, cuda_rng = cpu_rng[None], cuda_rng[self.torch_device.index or 0][None] if cuda_rng else None
+        if rank < len(cpu_rng):  # a copy of the row: torch 2.14 set_rng_state segfaults on a view at an offset
+            torch.set_rng_state(cpu_rng[rank].clone())
+            if cuda_rng is not None and self.torch_device.type == "cuda":
+                torch.cuda.set_rng_state(cuda_rng[rank].clone(), self.torch_device)
         self.shuffle_generator.set_state(state["shuffle"])
         self._batches = None  # the next train_steps starts its epoch's iterator from the restored generator
 
