@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import run as benchmarks_run
-from cnn_parity import equivalence, reproduce, weights
+from cnn_parity import equivalence, reproduction_report, weights
 from cnn_parity.recipes import MODELS
 from flax_impl import models as linen_models
 from flax_impl import models_nnx
@@ -21,7 +21,7 @@ PER_MODEL = {
     "cnn_parity.weights.CONV_GEOMETRY": weights.CONV_GEOMETRY,
     "cnn_parity.weights.FLATTENED_INPUT": weights.FLATTENED_INPUT,
     "cnn_parity.equivalence.PILOT_EPOCHS": equivalence.PILOT_EPOCHS,
-    "cnn_parity.reproduce.DEVIATIONS": reproduce.DEVIATIONS,
+    "cnn_parity.reproduction_report.DEVIATIONS": reproduction_report.DEVIATIONS,
     "flax_impl.models.MODULES": linen_models.MODULES,
     "flax_impl.models_nnx.MODULES": models_nnx.MODULES,
     "torch_ref.models.MODULES": torch_models.MODULES,

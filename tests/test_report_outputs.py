@@ -196,11 +196,11 @@ def test_parity_report_from_json_refuses_measuring_flags_and_unreadable_reports(
 def test_readme_reproduction_table_is_what_the_committed_report_renders(tmp_path):
     """The README's reproduction block is what `python -m cnn_parity.reproduce ... --update-readme
     README.md` writes from reports/reproduction/report.json: no figure is typed."""
-    from cnn_parity import reproduce
+    from cnn_parity import reproduction_report
     from cnn_parity.markdown import replace_marked_block
 
     readme = tmp_path / "README.md"
     readme.write_text((REPO / "README.md").read_text())
     report = json.loads((REPO / "reports" / "reproduction" / "report.json").read_text())
-    replace_marked_block(readme, reproduce.README_MARKER, reproduce.readme_table(report))
+    replace_marked_block(readme, reproduction_report.README_MARKER, reproduction_report.readme_table(report))
     assert readme.read_text() == (REPO / "README.md").read_text()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cnn_parity.reproduce import _median_epoch_seconds, gaps, prediction_interval
+from cnn_parity.reproduction_report import _median_epoch_seconds, gaps, prediction_interval
 
 from .test_cli import REPO
 
