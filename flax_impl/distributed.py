@@ -34,15 +34,19 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
 
 
-def make_mesh(devices_per_process: int | None = None) -> Mesh:
-    """A 1-D mesh over the first `devices_per_process` local devices of every process (all by default)."""
+def make_mesh(devices: int | None = None) -> Mesh:
+    """A 1-D mesh over `devices` devices in all (default: every device of every process), the first
+    devices / P local ones of each of the P processes."""
     by_process: dict[int, list[jax.Device]] = {}
     for device in jax.devices():
         by_process.setdefault(device.process_index, []).append(device)
     local = len(by_process[jax.process_index()])
-    count = local if devices_per_process is None else devices_per_process
+    if devices is not None and devices % len(by_process):
+        raise UsageError(f"--devices {devices} does not split evenly over {len(by_process)} processes")
+    count = local if devices is None else devices // len(by_process)
     if count > local:
-        raise UsageError(f"--devices {count}: this process sees only {local} {jax.default_backend()} device(s)")
+        raise UsageError(f"--devices {devices}: this process sees only {local} {jax.default_backend()} device(s)"
+                         + (f" of the {count} it would need" if len(by_process) > 1 else ""))
     return Mesh(np.array([d for p in sorted(by_process) for d in by_process[p][:count]]), (DATA_AXIS,))
 
 

@@ -325,7 +325,8 @@ def add_flax_flags(parser) -> None:
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")
     parser.add_argument("--devices", type=positive_int, metavar="N",
-                        help="train on the first N local devices (default: all), the batch sharded over them")
+                        help="train on N devices in all (default: all), the batch sharded over them: the first N "
+                             "local ones, or in a multi-host run the first N / P of each process's")
     parser.add_argument("--coordinator", type=_host_port, metavar="HOST:PORT",
                         help="multi-host: process 0's address (all hosts)")
     parser.add_argument("--num-processes", type=positive_int, metavar="P", help="multi-host: number of processes")
@@ -346,10 +347,6 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     if not args.no_compile_cache:
         compilation_cache.enable()
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    if jax.process_count() > 1 and (args.checkpoint_every or args.resume):
-        # The checkpoint writer runs in process 0 only (cnn_parity/training.py), and restoring a checkpoint
-        # into every process of a multi-process run is not implemented.
-        raise UsageError("--checkpoint-every / --resume are not supported in multi-host Flax runs yet")
     trainer = FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl,
                           mesh=distributed.make_mesh(args.devices), api=args.api)
     args.conv_impl = trainer.conv_impl  # recorded as resolved: "auto" is not the same on every backend

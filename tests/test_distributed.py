@@ -143,28 +143,36 @@ def test_cpu_collective_hang_workaround_completes(tmp_path):
     assert result.returncode == 0 and "300 steps on 2 devices (sync dispatch)" in result.stdout
 
 
-def test_flax_multi_process_launch_trains_as_one_device(tmp_path, data_dir):
-    """The multi-host launch (jax.distributed, gloo collectives) with two processes on this host, one
-    CPU device each, against one process on one device. Measured: train loss 2.4e-9, test loss 1.0e-7."""
+def _flax_two_processes(workdir: Path, data_dir, *args: str) -> list[subprocess.Popen]:
+    """A two-process JAX run on this host (jax.distributed, one CPU device each), started."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    common = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--max-steps", "100", "--conv-impl", "gemm"]
-    env = _env(data_dir)
-    processes = [subprocess.Popen([*common, "--workdir", str(tmp_path / "two"), "--coordinator", f"127.0.0.1:{port}",
-                                   "--num-processes", "2", "--process-id", str(i)], cwd=tmp_path, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    common = [sys.executable, "-m", "flax_impl.train", "--conv-impl", "gemm", "--workdir", str(workdir),
+              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", *args]
+    return [subprocess.Popen([*common, "--process-id", str(i)], cwd=workdir.parent, env=_env(data_dir),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _finish(processes: list[subprocess.Popen], codes: list[int]) -> list[tuple[str, str]]:
     outputs = [p.communicate(timeout=600) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], [err[-1000:] for _, err in outputs]
+    assert [p.returncode for p in processes] == codes, [err[-1000:] for _, err in outputs]
+    return outputs
+
+
+def test_flax_multi_process_launch_trains_as_one_device(tmp_path, data_dir):
+    """The multi-host launch (jax.distributed, gloo collectives) with two processes on this host, one
+    CPU device each, against one process on one device. Measured: train loss 2.4e-9, test loss 1.0e-7."""
+    run = ("--model", "lenet", "--max-steps", "100")
+    outputs = _finish(_flax_two_processes(tmp_path / "two", data_dir, *run), [0, 0])
     assert "test accuracy" in outputs[0][0] and "test accuracy" not in outputs[1][0]  # process 0 reports
-    _run([*common, "--workdir", str(tmp_path / "one")], env, tmp_path)
+    _flax(tmp_path / "one", 1, data_dir, *run)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     for key in ("train_loss", "test_loss"):
         assert abs(one[key] - two[key]) <= TEST_LOSS_TOLERANCE, key
     assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 2e-4
-
 
 
 def _wait_for(path: Path, *processes: subprocess.Popen) -> None:
@@ -204,25 +212,25 @@ def test_torchrun_sigterm_stops_every_rank_at_one_step_and_resumes_exactly(tmp_p
     assert_same_run(workdir, reference)
 
 
-def test_flax_multi_process_sigterm_to_one_process_stops_both_at_one_step(tmp_path, data_dir):
+def test_flax_multi_process_sigterm_to_one_process_stops_both_and_resumes_exactly(tmp_path, data_dir):
     """A stop signal reaching only one process of a multi-process JAX run stops every process at the
-    same step (a rank left behind would wait in the next collective forever); process 0 keeps the model."""
+    same step (a rank left behind would wait in the next collective forever); process 0 checkpoints, every
+    process restores that checkpoint, and the resumed run ends bitwise where an uninterrupted one does."""
     import signal
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir = tmp_path / "two"
-    common = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--epochs", "3", "--conv-impl", "gemm",
-              "--workdir", str(workdir), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    processes = [subprocess.Popen([*common, "--process-id", str(i)], cwd=tmp_path, env=_env(data_dir),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    from tests.lifecycle import assert_same_run
+
+    run = ("--model", "lenet", "--max-steps", "150")
+    reference, workdir = tmp_path / "reference", tmp_path / "stopped"
+    _finish(_flax_two_processes(reference, data_dir, *run), [0, 0])
+    processes = _flax_two_processes(workdir, data_dir, *run)
     _wait_for(workdir / "config.json", *processes)
     processes[1].send_signal(signal.SIGTERM)
-    outputs = [p.communicate(timeout=600) for p in processes]
-    assert [p.returncode for p in processes] == [128 + signal.SIGTERM] * 2, [err[-1000:] for _, err in outputs]
+    outputs = _finish(processes, [128 + signal.SIGTERM] * 2)
     assert "stopped by SIGTERM" in outputs[0][1]
     newest = sorted((workdir / "checkpoints").glob("step_*"))[-1]
-    steps = json.loads((newest / "meta.json").read_text())["steps"]
-    assert 0 < steps < 3 * 469 and (workdir / "model.safetensors").is_file()
+    assert 0 < json.loads((newest / "meta.json").read_text())["steps"] < 150
+    assert (workdir / "model.safetensors").is_file()
+    resumed = _finish(_flax_two_processes(workdir, data_dir, "--resume"), [0, 0])
+    assert f"resuming from {newest}" in resumed[0][1]
+    assert_same_run(workdir, reference)
