@@ -165,14 +165,11 @@ class TorchTrainer:
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
         load_canonical(self.recipe.model, self.model, arrays)
 
-    def _dropout_rng_state(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The generator states dropout draws from in this process: the CPU's, and its device's on CUDA."""
-        cuda = torch.cuda.get_rng_state(self.torch_device) if self.torch_device.type == "cuda" else None
-        return torch.get_rng_state(), cuda
-
     def collect_state(self) -> None:
-        # Under DDP each rank draws its own dropout masks: the checkpoint keeps every rank's generators.
-        cpu, cuda = self._dropout_rng_state()
+        # Dropout draws from this process's CPU generator, or on CUDA from its device's; under DDP each rank
+        # has its own, so the checkpoint keeps every rank's (one row each).
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state(self.torch_device) if self.torch_device.type == "cuda" else None
         if self.world is None:
             self._rank_rng_states = (cpu[None], None if cuda is None else cuda[None])
         else:
@@ -188,7 +185,7 @@ class TorchTrainer:
         torch.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": cpu_rng,  # one row per rank: dropout draws from the global generators
+            "rng": cpu_rng,
             "cuda_rng": cuda_rng,
             "shuffle": self._epoch_start_shuffle_state if mid_epoch else self.shuffle_generator.get_state(),
         }, buffer)
