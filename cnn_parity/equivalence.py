@@ -363,15 +363,18 @@ def main(argv=None) -> int:
             raise UsageError(f"cannot write to {e.filename or args.out}: {e.strerror or e}") from None
         if not args.report_only:
             jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in FRAMEWORKS]
+            # Runs recorded in earlier sessions count as done from the start (the bar redraws only as runs end).
+            pending = [spec for spec in jobs if not _complete(args.out, *spec, args.budget, args.quick)]
             with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
-                    tqdm(total=len(jobs), desc="equivalence", unit="run", file=sys.stderr) as bar:
+                    tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="equivalence", unit="run",
+                         file=sys.stderr) as bar:
                 def job(spec):
                     model, design, framework, seed = spec
                     train(args.out, scratch, model, design, framework, seed, args.budget, args.quick, args.data_dir)
                     bar.update()
                 try:
-                    for done in [pool.submit(job, spec) for spec in jobs]:
-                        done.result()
+                    for future in [pool.submit(job, spec) for spec in pending]:
+                        future.result()
                 except BaseException:  # a failed run, Ctrl-C or SIGTERM: start no more; finished runs are kept
                     pool.shutdown(cancel_futures=True)
                     raise

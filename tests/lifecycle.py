@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from tensorboard.util import tensor_util
 
 from cnn_parity import checkpoints
+from cnn_parity.tensorboard_log import RECIPE_TAG, SCALAR_TAGS, STEP_SCALAR_TAGS
 from cnn_parity.frameworks import command_module
 from cnn_parity.weights import load_safetensors
 from cnn_parity.workdir import read_metrics
@@ -23,11 +24,6 @@ from .test_cli import FRAMEWORKS, REPO, run_cli
 # mlp at batch 2,000: a 30-step epoch, so runs of a few epochs take seconds.
 SHORT = ("--model", "mlp", "--set", "batch_size=2000")
 _TIMINGS = ("train_time_s", "eval_time_s")
-# The TensorBoard tags both CLIs write, and the epoch record's key each one holds.
-TENSORBOARD_SCALARS = {"train/loss": "train_loss", "train/accuracy": "train_accuracy",
-                       "test/loss": "test_loss", "test/accuracy": "test_accuracy"}
-# ... and those of the step records (steps.jsonl), at step = the global step.
-TENSORBOARD_STEP_SCALARS = {"train/step_loss": "loss", "train/learning_rate": "learning_rate"}
 
 
 def train(framework: str, workdir: Path, *flags: str, data_dir: Path) -> subprocess.CompletedProcess:
@@ -101,12 +97,12 @@ def assert_events_mirror_metrics(workdir: Path) -> None:
     """The workdir's TensorBoard events hold its recipe and exactly its epoch and step records, once
     each, in one event file."""
     records, steps, events = read_metrics(workdir), step_records(workdir), tensorboard_events(workdir)
-    assert set(events) == {"recipe", *TENSORBOARD_SCALARS, *(TENSORBOARD_STEP_SCALARS if steps else ())}
-    for tag, key in TENSORBOARD_SCALARS.items():  # float32: what TensorBoard stores a scalar as
+    assert set(events) == {RECIPE_TAG, *SCALAR_TAGS, *(STEP_SCALAR_TAGS if steps else ())}
+    for tag, key in SCALAR_TAGS.items():  # float32: what TensorBoard stores a scalar as
         assert events[tag] == [(r["epoch"], float(np.float32(r[key]))) for r in records], tag
-    for tag, key in TENSORBOARD_STEP_SCALARS.items() if steps else ():
+    for tag, key in STEP_SCALAR_TAGS.items() if steps else ():
         assert events[tag] == [(r["step"], float(np.float32(r[key]))) for r in steps], tag
-    ((step, text),) = events["recipe"]
+    ((step, text),) = events[RECIPE_TAG]
     assert step == 0 and json.loads(text.decode()) == json.loads((workdir / "config.json").read_text())["recipe"]
     assert len(list(workdir.glob("*tfevents*"))) == 1
 

@@ -175,6 +175,14 @@ def test_flax_multi_process_launch_trains_as_one_device(tmp_path, data_dir):
     assert abs(one["test_accuracy"] - two["test_accuracy"]) <= 2e-4
 
 
+def test_flax_multi_process_devices_that_do_not_split_over_the_processes_are_one_line(tmp_path, data_dir):
+    """--devices counts every process's devices: 3 over 2 processes is refused by both, before training."""
+    outputs = _finish(_flax_two_processes(tmp_path / "w", data_dir, "--model", "mlp", "--devices", "3"), [2, 2])
+    for stdout, stderr in outputs:
+        assert_one_line_error(subprocess.CompletedProcess([], 2, stdout, stderr), 2,
+                              "--devices 3 does not split evenly over 2 processes")
+
+
 def _wait_for(path: Path, *processes: subprocess.Popen) -> None:
     import time
 

@@ -164,3 +164,24 @@ def test_finished_runs_are_skipped_and_only_records_are_kept(tmp_path, monkeypat
     equivalence.train(out, scratch, "mlp", "independent", "flax", 1, "full", False, None)
     assert trained == [equivalence.run_dir(scratch, "mlp", "independent", "flax", 1)]
     assert equivalence.runs.run_complete(equivalence.record_dir(out, "mlp", "independent", "flax", 1), 17)
+
+
+def test_a_resumed_study_counts_its_recorded_runs_from_the_start(tmp_path, monkeypatch, capsys):
+    """The progress bar of a study resumed in a new session starts at the runs already recorded, and
+    only the others train."""
+    out = tmp_path / "out"
+    for seed, framework in [(0, "flax"), (0, "torch"), (1, "flax")]:
+        _fake_run(out, "mlp", "independent", framework, seed, 17, 1.0, [0.9] * 17)
+    trained = []
+
+    def train(workdir, *args):
+        trained.append(workdir)
+        _fake_run(out, "mlp", "independent", "torch", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
+
+    monkeypatch.setattr(equivalence.runs, "train", train)
+    monkeypatch.setattr(equivalence, "build_report", lambda *args: None)
+    assert equivalence.main(["--models", "mlp", "--seeds", "0", "1", "--out", str(out),
+                             "--scratch", str(tmp_path / "scratch")]) == 0
+    bar = capsys.readouterr().err.replace("\r", "\n")
+    assert trained == [equivalence.run_dir(tmp_path / "scratch", "mlp", "independent", "torch", 1)]
+    assert "3/4" in bar.split("4/4")[0] and "0/4" not in bar

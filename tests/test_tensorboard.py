@@ -1,5 +1,5 @@
-"""TensorBoard event files and step records: both CLIs write the same tags (lifecycle.TENSORBOARD_SCALARS,
-TENSORBOARD_STEP_SCALARS and "recipe"), holding exactly metrics.jsonl's and steps.jsonl's values and the
+"""TensorBoard event files and step records: both CLIs write the same tags (tensorboard_log.SCALAR_TAGS,
+STEP_SCALAR_TAGS and RECIPE_TAG), holding exactly metrics.jsonl's and steps.jsonl's values and the
 recipe, and a resumed run neither repeats nor loses a point. Read back with TensorBoard's own reader (lifecycle.assert_events_mirror_metrics; the resumed and
 randomly killed runs of test_run_lifecycle and test_random_kills check it too)."""
 
@@ -10,10 +10,11 @@ import shutil
 import pytest
 
 from cnn_parity import checkpoints
+from cnn_parity.tensorboard_log import RECIPE_TAG, SCALAR_TAGS, STEP_SCALAR_TAGS
 from cnn_parity.workdir import read_metrics
 
 from .lifecycle import SHORT, assert_events_mirror_metrics, litter, step_records, tensorboard_events, train
-from .test_cli import FRAMEWORKS
+from .test_cli import FRAMEWORKS, REPO
 
 
 def trained(framework: str, tmp_path, *flags: str, data_dir):
@@ -80,3 +81,9 @@ def test_the_classic_reader_lists_every_scalar(data_dir, tmp_path):
         ["train/loss", "train/accuracy", "test/loss", "test/accuracy", "train/step_loss", "train/learning_rate"])
     assert [(e.step, e.value) for e in accumulator.Scalars("test/accuracy")] == [
         (1, pytest.approx(read_metrics(workdir)[0]["test_accuracy"], rel=1e-7))]
+
+
+def test_the_logging_page_names_every_tag_written():
+    page = (REPO / "docs" / "logging.md").read_text()
+    for tag in (*SCALAR_TAGS, *STEP_SCALAR_TAGS, RECIPE_TAG):
+        assert f"`{tag}`" in page, tag
