@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.plugin_event_accumulator import EventA
 from tensorboard.util import tensor_util
 
 from cnn_parity import checkpoints
-from cnn_parity.tensorboard_log import RECIPE_TAG, SCALAR_TAGS, STEP_SCALAR_TAGS
 from cnn_parity.frameworks import command_module
+from cnn_parity.tensorboard_log import RECIPE_TAG, SCALAR_TAGS, STEP_SCALAR_TAGS
 from cnn_parity.weights import load_safetensors
 from cnn_parity.workdir import read_metrics
 
