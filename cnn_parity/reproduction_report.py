@@ -1,7 +1,7 @@
 """The reproduction report: per model, each framework's runs summarised over seeds, the two compared
 (Welch), set beside the source's own figures and deviations, as report.json, report.md, one PNG per
 model and the README's table. Reads the runs `python -m cnn_parity.reproduce` trained in
-OUT/runs/MODEL/FRAMEWORK-seedN."""
+OUT/runs/MODEL/FRAMEWORK-seedN, or (--from-json) the per-seed summaries of a report written earlier."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnn_parity import statistics
+from cnn_parity.errors import UsageError
 from cnn_parity.files import write_json_atomic
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import load_recipe
@@ -254,42 +255,51 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
 
 
 def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -> dict[str, Any]:
+    """Summarise the runs in OUT/runs over each model's seeds, then write the report (write_report)."""
     report: dict[str, Any] = {"models": {}, "seeds": seeds_by_model, "quick": quick, "versions": versions(), "machine": machine_info(),
                               "command": " ".join(["python -m cnn_parity.reproduce", *sys.argv[1:]])}
+    for model, seeds in seeds_by_model.items():
+        recipe = load_recipe(model)
+        flax, torch = summarise(out, model, "flax", seeds), summarise(out, model, "torch", seeds)
+        report["models"][model] = {"source": {"description": recipe.source, "reported": recipe.reported},
+                                   "flax": flax, "torch": torch, "deviation": DEVIATIONS[model]}
+        report["device"] = flax["device"]
+    return write_report(out, report)
+
+
+def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """From the per-seed summaries in `report`: the Flax-vs-PyTorch comparison and the gaps of each model
+    (set into `report`), then OUT/report.json, OUT/report.md and one PNG per model. Reads no runs, so a
+    report written earlier renders again with this version's statistics and wording (--from-json)."""
     md = ["# Reproduction report", "",
-          f"Command: `{report['command']}`" + (" (QUICK smoke run: not a result)" if quick else ""), "",
-          "Seeds (each in both frameworks): " + "; ".join(f"{m} {', '.join(map(str, v))}" for m, v in seeds_by_model.items())
+          f"Command: `{report['command']}`" + (" (QUICK smoke run: not a result)" if report["quick"] else ""), "",
+          *([f"Rendered again from its report.json, training nothing: `{report['rendered_by']}`.", ""]
+            if "rendered_by" in report else []),
+          "Seeds (each in both frameworks): " + "; ".join(f"{m} {', '.join(map(str, v))}" for m, v in report["seeds"].items())
           + ".", "",
           "| model | source's figure | source | Flax | PyTorch | Flax test acc | PyTorch test acc | Flax − PyTorch "
           "| Flax test loss | PyTorch test loss | s/epoch Flax | s/epoch PyTorch |",
           "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     details = []
-    for model, seeds in seeds_by_model.items():
-        recipe = load_recipe(model)
-        flax, torch = summarise(out, model, "flax", seeds), summarise(out, model, "torch", seeds)
-        entry = {"source": {"description": recipe.source, "reported": recipe.reported},
-                 "flax": flax, "torch": torch, "comparison": compare(flax, torch), "deviation": DEVIATIONS[model]}
-        report["models"][model] = entry
-        report["device"] = flax["device"]
+    for model, entry in report["models"].items():
+        flax, torch, reported = entry["flax"], entry["torch"], entry["source"]["reported"]
+        entry["comparison"] = comparison = compare(flax, torch)
+        entry["gaps_over_0_5_pp"] = gaps(reported, flax, torch, comparison)
         plot_model(out / f"{model}.png", model, entry)
-        reported = recipe.reported
         figure, source_value, flax_value, torch_value = headline(reported, flax, torch)
-        comparison = entry["comparison"]
-        difference = _difference_cell(comparison)
         md.append(f"| {model} | {figure} | {source_value} | {flax_value} | {torch_value} "
                   f"| {_mean_std(flax['test_accuracy_per_seed'], 100, 2)} | {_mean_std(torch['test_accuracy_per_seed'], 100, 2)} "
-                  f"| {difference} | {flax['test_loss_mean']:.4f} | {torch['test_loss_mean']:.4f} "
+                  f"| {_difference_cell(comparison)} | {flax['test_loss_mean']:.4f} | {torch['test_loss_mean']:.4f} "
                   f"| {flax['seconds_per_epoch']:.1f} | {torch['seconds_per_epoch']:.1f} |")
-        entry["gaps_over_0_5_pp"] = gaps(reported, flax, torch, entry["comparison"])
         params = f"parameters: Flax {flax['num_params']:,}, PyTorch {torch['num_params']:,}" + (
             f", source {reported['num_params']:,}" if "num_params" in reported else "")
-        details += [f"## {model}", "", f"Source: {recipe.source}", "", f"![{model}]({model}.png)", "",
-                    f"- Epochs run: {flax['epochs']} (Flax), {torch['epochs']} (PyTorch); seeds {seeds}; {params}.",
+        details += [f"## {model}", "", f"Source: {entry['source']['description']}", "", f"![{model}]({model}.png)", "",
+                    f"- Epochs run: {flax['epochs']} (Flax), {torch['epochs']} (PyTorch); seeds {flax['seeds']}; {params}.",
                     "- Final test accuracy per seed: Flax "
                     + ", ".join(f"{100 * a:.2f}" for a in flax["test_accuracy_per_seed"]) + "; PyTorch "
                     + ", ".join(f"{100 * a:.2f}" for a in torch["test_accuracy_per_seed"]) + " (%).",
-                    f"- {entry['comparison']['statement']}",
-                    f"- Deviation: {DEVIATIONS[model]}",
+                    f"- {comparison['statement']}",
+                    f"- Deviation: {entry['deviation']}",
                     "- Gaps over 0.5 pp: " + ("; ".join(entry["gaps_over_0_5_pp"]) or "none") + ".", "",
                     *source_metric_table(reported, flax, torch)]
     md += ["", "Accuracy and loss: mean ± sample std over seeds, final epoch, full test split. Seconds per epoch: "
@@ -300,4 +310,25 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -
            f"{report['machine']['platform']}; versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     write_json_atomic(out / "report.json", report)
     (out / "report.md").write_text("\n".join(md) + "\n")
+    return report
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A report written earlier (OUT/report.json), checked to render: every model's summaries compare."""
+    try:
+        report = json.loads(path.read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not JSON ({e})") from None
+    try:
+        for entry in report["models"].values():
+            compare(entry["flax"], entry["torch"])
+            headline(entry["source"]["reported"], entry["flax"], entry["torch"])
+        missing = {"seeds", "quick", "command", "machine", "versions"} - report.keys()
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UsageError(f"{path} is not a reproduction report written by python -m cnn_parity.reproduce "
+                         f"({type(e).__name__}: {e})") from None
     return report

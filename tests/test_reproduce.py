@@ -90,3 +90,51 @@ def test_a_source_figure_is_judged_against_our_prediction_interval():
     assert "is inside the 95% prediction interval for one run from our 6 runs" in gaps({"test_accuracy": {"1": 0.7535}}, entry, entry,
                                                         {"difference_pp": 0.0})[0]
     assert "OUTSIDE" in gaps({"test_accuracy": {"1": 0.80}}, entry, entry, {"difference_pp": 0.0})[0]
+
+
+COMMITTED = REPO / "reports" / "reproduction"
+
+
+def test_the_committed_report_is_what_this_version_renders_from_its_json(tmp_path):
+    """--from-json reads no runs and changes no figure: rendering the committed report.json again gives
+    the committed report.md (but for the line naming the rendering command) and the same JSON."""
+    from cnn_parity import reproduce
+
+    (tmp_path / "report.json").write_text((COMMITTED / "report.json").read_text())
+    assert reproduce.main(["--from-json", str(tmp_path / "report.json"), "--out", str(tmp_path)]) == 0
+
+    def without_rendering_line(text):
+        return [line for line in text.splitlines() if not line.startswith("Rendered again from its report.json")]
+
+    assert without_rendering_line((tmp_path / "report.md").read_text()) == without_rendering_line((COMMITTED / "report.md").read_text())
+    rendered, committed = (json.loads(p.read_text()) for p in (tmp_path / "report.json", COMMITTED / "report.json"))
+    assert rendered.pop("rendered_by") and committed.pop("rendered_by", True)
+    assert rendered == committed
+    assert all((tmp_path / f"{model}.png").read_bytes()[:4] == b"\x89PNG" for model in rendered["models"])
+
+
+def test_from_json_trains_nothing_and_overwrites_no_other_report(tmp_path, capsys):
+    from cnn_parity import reproduce
+
+    report_json = tmp_path / "a" / "report.json"
+    report_json.parent.mkdir()
+    report_json.write_text((COMMITTED / "report.json").read_text())
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "report.md").write_text("another report")
+    assert reproduce.main(["--from-json", str(report_json), "--out", str(other)]) == 2
+    assert (other / "report.md").read_text() == "another report"
+    with pytest.raises(SystemExit) as stopped:
+        reproduce.main(["--from-json", str(report_json), "--out", str(tmp_path / "a"), "--seeds", "1", "--quick"])
+    assert stopped.value.code == 2
+    not_a_report = tmp_path / "other.json"
+    not_a_report.write_text('{"models": {"mlp": {}}}')
+    assert reproduce.main(["--from-json", str(not_a_report), "--out", str(tmp_path / "c")]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [f"python -m cnn_parity.reproduce: error: {other} holds another report: render into {report_json.parent} "
+                      "or a folder without one",
+                      "python -m cnn_parity.reproduce: error: --from-json renders a report written earlier and trains "
+                      "nothing: leave out --seeds, --quick",
+                      f"python -m cnn_parity.reproduce: error: {not_a_report} is not a reproduction report written by "
+                      "python -m cnn_parity.reproduce (KeyError: 'flax')"]
+    assert not (tmp_path / "c").exists()
