@@ -54,8 +54,9 @@ def constraints_match(path: Path = CONSTRAINTS) -> str | None:
         (", ..." if len(differing) > 3 else "")
 
 
-def machine_info() -> dict:
-    """The machine a result came from: CPU model and count, memory, GPUs (nvidia-smi), versions."""
+def machine_info(with_versions: bool = True) -> dict:
+    """The machine a result came from: CPU model and count, memory, GPUs (nvidia-smi), versions (unless
+    the record states them already)."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
     try:
         for line in open("/proc/cpuinfo"):
@@ -75,7 +76,8 @@ def machine_info() -> dict:
             info["gpus"] = gpus.stdout.strip().splitlines()
     except (OSError, subprocess.SubprocessError):
         pass
-    info["versions"] = versions()
+    if with_versions:
+        info["versions"] = versions()
     return info
 
 

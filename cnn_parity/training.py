@@ -29,7 +29,7 @@ from cnn_parity.resume import record_config
 from cnn_parity.resume import restore as resume_from_checkpoint
 from cnn_parity.stop_signals import Interrupted, StopRequest
 from cnn_parity.trainer import CHECK_EVERY, EvalResult, Progress, StepMetrics, Trainer
-from cnn_parity.provenance import command_line, versions
+from cnn_parity.provenance import command_line, machine_info, versions
 from cnn_parity.workdir import Workdir
 
 
@@ -176,6 +176,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, max_steps: int | Non
         "wall_time_s": time.time() - started,
         "resumed": resume,
         "device": trainer.device,
+        "machine": machine_info(with_versions=False),  # so a run's timings can be read against its CPU
         "versions": versions(),
         "command": command_line(),
         "recipe": recipe.to_dict(),

@@ -53,6 +53,7 @@ def test_every_model_runs_from_the_cli(framework, model, data_dir, tmp_path):
     for key in ("dataset", "epochs", "batch_size", "seed", "test_accuracy", "test_loss", "train_time_s",
                 "train_samples_per_s", "device", "versions"):
         assert summary[key] is not None, key
+    assert summary["machine"]["cpu_count"] == os.cpu_count() and "platform" in summary["machine"]
     (epoch,) = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert epoch["epoch"] == 1 and epoch["test_accuracy"] == summary["test_accuracy"]
     assert "epoch  1/" in result.stdout and "test acc" in result.stdout
