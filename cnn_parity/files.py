@@ -1,6 +1,7 @@
 """Durable, atomic file writes: a reader (or a resumed run) sees the old file or the new one, never a
-partial one, whenever the writer dies; a failed write raises OSError and leaves nothing behind. And
-the ownership check that comes before loading anything executable from a cache folder."""
+partial one, whenever the writer dies; a failed write raises OSError and leaves nothing behind. The
+ownership check that comes before loading anything executable from a cache folder. And reading back a
+JSON report, with a one-line error for a file that is missing or not JSON."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import secrets
 import stat
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
+
+from cnn_parity.errors import UsageError
 
 
 @contextlib.contextmanager
@@ -71,3 +74,13 @@ def unsafe_to_load(path: str | os.PathLike) -> str | None:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON so that a reader never sees a half-written file, even if this process dies."""
     write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The content of a JSON file a command was given; a missing, unreadable or malformed one is a UsageError."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path} is not JSON ({e})") from None

@@ -26,6 +26,8 @@ from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.reproduction_report import README_MARKER, build_report, load_report, readme_table, run_dir, write_report
 
+DEFAULT_SEEDS = [0, 1, 2]
+
 
 def run_complete(out: Path, model: str, framework: str, seed: int, quick: bool) -> bool:
     """Whether the run finished: all the recipe's epochs (or runs.QUICK_STEPS in --quick)."""
@@ -90,7 +92,7 @@ def render_again(report_json: Path, out: Path) -> dict:
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m cnn_parity.reproduce", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="default: all")
-    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help="default: 0 1 2")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
     runs.add_quick_flag(parser)
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report each model over those of --seeds complete in both frameworks")
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
                                           ("--data-dir", args.data_dir is not None)) if value]
         if given:
             parser.error(f"--from-json renders a report written earlier and trains nothing: leave out {', '.join(given)}")
-    args.models, args.seeds = args.models or list(MODELS), args.seeds or [0, 1, 2]
+    args.models, args.seeds = args.models or list(MODELS), args.seeds or DEFAULT_SEEDS
 
     def body() -> int:
         report = render_again(args.from_json, args.out) if args.from_json is not None else reproduce(args)

@@ -15,7 +15,7 @@ import numpy as np
 
 from cnn_parity import statistics
 from cnn_parity.errors import UsageError
-from cnn_parity.files import write_json_atomic
+from cnn_parity.files import read_json, write_json_atomic
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import load_recipe
 from cnn_parity.workdir import read_metrics
@@ -315,12 +315,7 @@ def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
 
 def load_report(path: Path) -> dict[str, Any]:
     """A report written earlier (OUT/report.json), checked to render: every model's summaries compare."""
-    try:
-        report = json.loads(path.read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} is not JSON ({e})") from None
+    report = read_json(path)
     try:
         for entry in report["models"].values():
             compare(entry["flax"], entry["torch"])

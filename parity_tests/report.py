@@ -25,6 +25,7 @@ from typing import Any
 
 from cnn_parity.commands import OneLineParser
 from cnn_parity.errors import CnnParityError, UsageError
+from cnn_parity.files import read_json
 from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.provenance import versions
@@ -222,12 +223,7 @@ PARITY_MD_HEADER = (
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """A report written earlier (DIR/parity.json), checked to render."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path} is not JSON ({e})") from None
+    report = read_json(path)
     try:
         markdown(report), readme_table(report)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
