@@ -179,15 +179,27 @@ def _log_ratio(test: dict) -> str:
             f"(95% CI {_interval([_ratio_pct(x) for x in test['ci95']])})")
 
 
-def _verdict(test: dict) -> str:
+def _decided_ratio(tests: list[dict]) -> float:
+    """The ×/÷ margin the 90 % CIs of log-ratio tests do decide: their farthest bound."""
+    return max(math.exp(max(abs(x) for x in t["ci90"])) for t in tests)
+
+
+def _verdict(test: dict, state_margin: bool = True) -> str:
     """The TOST verdict on a log ratio; where equivalence is not shown, the margin the 90 % CI does decide."""
     ratio = math.exp(test["margin"])
     margin = f"{_ratio_pct(-test['margin']):+.2f} % / {_ratio_pct(test['margin']):+.0f} % (×/÷ {ratio:g})"
     if test["equivalent"]:
-        return f"equivalent within {margin}, TOST p = {test['tost_p']:.2g}"
-    decided = math.exp(max(abs(x) for x in test["ci90"]))
-    return (f"equivalence not shown at {margin}, TOST p = {test['tost_p']:.2g} (the 90 % CI decides ×/÷ "
-            f"{decided:.3g})")
+        return f"equivalent{f' within {margin}' if state_margin else ''}, TOST p = {test['tost_p']:.2g}"
+    return (f"equivalence not shown{f' at {margin}' if state_margin else ''}, TOST p = {test['tost_p']:.2g} "
+            f"(the 90 % CI decides ×/÷ {_decided_ratio([test]):.3g})")
+
+
+def _spread_verdict(spread: dict) -> str:
+    """The SD-ratio verdict; where equivalence is not shown, the margin [1/r, r] the 90 % CI does decide."""
+    if spread["equivalent"]:
+        return "equivalent"
+    decided = max(spread["ci90"][1], 1 / spread["ci90"][0])
+    return f"equivalence not shown (the 90 % CI decides [1/{decided:.3g}, {decided:.3g}])"
 
 
 def _mean_sd(values) -> str:
@@ -214,6 +226,9 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
             low, high = (np.array([_ratio_pct(t["ci90"][i]) for t in tests]) for i in (0, 1))
             ax.errorbar(x, mid, yerr=[mid - low, high - mid], fmt="o-" if len(tests) > 1 else "o", color=colour,
                         capsize=3, label=f"{design} (90% CI)")
+    first_tested = entry[designs[0]]["curve_first_epoch"]
+    if first_tested > 1:
+        loss_ax.axvspan(0.5, first_tested - 0.5, color="0.92", label="not tested (initial plateau)")
     for ax, ratio in ((loss_ax, TRAIN_LOSS_MARGIN_RATIO), (err_ax, ERROR_RATIO_MARGIN)):
         for m in (_ratio_pct(-math.log(ratio)), _ratio_pct(math.log(ratio))):  # the margin where it is
             ax.axhline(m, color="k", ls="--", lw=1)
@@ -222,10 +237,10 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
         ax.legend(fontsize=8)
     n, epochs = len(entry[designs[0]]["seeds"]), entry[designs[0]]["epochs"]
     loss_ax.set_xticks(range(1, epochs + 1, max(1, epochs // 10)))
-    loss_ax.set(title=f"{model}: train loss, Flax / PyTorch − 1 (%), {n} seeds ({entry['budget']})", xlabel="epoch",
-                ylabel="%")
-    err_ax.set(title=f"{model}: test error at epoch {epochs}, Flax / PyTorch − 1 (%)", xticks=[],
-               ylabel="%")
+    loss_ax.set_title(f"{model}: train loss, Flax / PyTorch − 1 (%)\n{n} seeds, {entry['budget']}", fontsize=10)
+    loss_ax.set(xlabel="epoch", ylabel="%")
+    err_ax.set_title(f"{model}: test error at epoch {epochs}\nFlax / PyTorch − 1 (%)", fontsize=10)
+    err_ax.set(xticks=[], ylabel="%")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -242,15 +257,17 @@ def summary_table(report: dict) -> list[str]:
             primary = r["test_error_log_ratio_test"]
             first = r["curve_first_epoch"]
             failed = [e + 1 for e, t in enumerate(r["train_loss_log_ratio_tests"]) if e + 1 >= first and not t["equivalent"]]
+            decided = _decided_ratio([r["train_loss_log_ratio_tests"][e - 1] for e in failed]) if failed else None
             loss = (f"epochs {first}-{r['epochs']}: " if first > 1 else "") + (
-                "equivalent" if not failed else "not shown at epoch " + ", ".join(map(str, failed)))
+                "equivalent" if not failed else f"equivalence not shown at epoch {', '.join(map(str, failed))} "
+                                                f"(the 90 % CI decides ×/÷ {decided:.3g})")
             spread = r.get("spread_test")
             spread_text = (f"{spread['sd_ratio']:.2f} {_interval(spread['ci90'], '{:.2f}'.format)}: "
-                           f"{'equivalent' if spread['equivalent'] else 'not shown'}" if spread else "(paired design)")
+                           f"{_spread_verdict(spread)}" if spread else "(paired design)")
             lines.append(
                 f"| {model} | {entry['budget']} | {design}{' (paired)' if r['paired'] else ''} | {primary['n']} | "
                 f"{_mean_sd(r['test_accuracy_pp']['flax'])} / {_mean_sd(r['test_accuracy_pp']['torch'])} | "
-                f"{_log_ratio(primary)} | {_verdict(primary)} | {spread_text} | {loss} | "
+                f"{_log_ratio(primary)} | {_verdict(primary, state_margin=False)} | {spread_text} | {loss} | "
                 f"{'equivalent' if r['all_endpoints_equivalent'] else 'not shown'} |")
     return lines
 
@@ -267,8 +284,8 @@ def _details(model: str, design: str, r: dict) -> list[str]:
         s = r["spread_test"]
         lines.append(f"- spread: test-accuracy SD {s['sd_flax']:.3f} / {s['sd_torch']:.3f} pp, ratio {s['sd_ratio']:.2f}, "
                      f"90% CI {_interval(s['ci90'], '{:.2f}'.format)} (95% CI {_interval(s['ci95'], '{:.2f}'.format)}); "
-                     f"{'equivalent' if s['equivalent'] else 'equivalence not shown'} within [1/{s['margin']:g}, "
-                     f"{s['margin']:g}] (TOST p = {s['tost_p']:.2g}); F-test of equal SDs p = {s['f_test_p']:.2g}.")
+                     f"margin [1/{s['margin']:g}, {s['margin']:g}]: {_spread_verdict(s)} (TOST p = {s['tost_p']:.2g}); "
+                     f"F-test of equal SDs p = {s['f_test_p']:.2g} (a difference test).")
     if "plateau_escape" in r:
         e = r["plateau_escape"]
         lines.append(f"- plateau escape (first epoch with test accuracy > {e['threshold']:.0%}; not escaped by epoch "

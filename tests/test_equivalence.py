@@ -63,6 +63,8 @@ def test_report_from_run_records(tmp_path, monkeypatch):
     text = readme.read_text()
     assert "old" not in text and "| lenet | epoch 3 of 21 | paired (paired) | 4 |" in text and text.endswith("rest\n")
     assert "90% CI" in text
+    # An endpoint not shown equivalent is reported with the margin its 90 % CI does decide (the protocol's rule).
+    assert "epochs 3-3: equivalence not shown at epoch 3 (the 90 % CI decides ×/÷" in text
 
 
 def test_help_describes_every_design_and_refers_to_no_missing_text():
