@@ -179,7 +179,7 @@ def _log_ratio(test: dict) -> str:
             f"(95% CI {_interval([_ratio_pct(x) for x in test['ci95']])})")
 
 
-def _decided_ratio(tests: list[dict]) -> float:
+def _decided_ratio(tests) -> float:
     """The ×/÷ margin the 90 % CIs of log-ratio tests do decide: their farthest bound."""
     return max(math.exp(max(abs(x) for x in t["ci90"])) for t in tests)
 
@@ -256,11 +256,10 @@ def summary_table(report: dict) -> list[str]:
             r = entry[design]
             primary = r["test_error_log_ratio_test"]
             first = r["curve_first_epoch"]
-            failed = [e + 1 for e, t in enumerate(r["train_loss_log_ratio_tests"]) if e + 1 >= first and not t["equivalent"]]
-            decided = _decided_ratio([r["train_loss_log_ratio_tests"][e - 1] for e in failed]) if failed else None
+            failed = {e + 1: t for e, t in enumerate(r["train_loss_log_ratio_tests"]) if e + 1 >= first and not t["equivalent"]}
             loss = (f"epochs {first}-{r['epochs']}: " if first > 1 else "") + (
                 "equivalent" if not failed else f"equivalence not shown at epoch {', '.join(map(str, failed))} "
-                                                f"(the 90 % CI decides ×/÷ {decided:.3g})")
+                                                f"(the 90 % CI decides ×/÷ {_decided_ratio(failed.values()):.3g})")
             spread = r.get("spread_test")
             spread_text = (f"{spread['sd_ratio']:.2f} {_interval(spread['ci90'], '{:.2f}'.format)}: "
                            f"{_spread_verdict(spread)}" if spread else "(paired design)")

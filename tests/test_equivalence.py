@@ -65,6 +65,10 @@ def test_report_from_run_records(tmp_path, monkeypatch):
     assert "90% CI" in text
     # An endpoint not shown equivalent is reported with the margin its 90 % CI does decide (the protocol's rule).
     assert "epochs 3-3: equivalence not shown at epoch 3 (the 90 % CI decides ×/÷" in text
+    spread = independent["spread_test"]  # equal SDs, but 4 seeds decide no margin near [1/2, 2]
+    decided = max(spread["ci90"][1], 1 / spread["ci90"][0])
+    assert not spread["equivalent"] and decided > 2
+    assert f"equivalence not shown (the 90 % CI decides [1/{decided:.3g}, {decided:.3g}])" in text
 
 
 def test_help_describes_every_design_and_refers_to_no_missing_text():
