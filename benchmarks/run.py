@@ -30,9 +30,9 @@ from benchmarks.rounds import bench_model
 from benchmarks.tables import fmt, goals_table, markdown_table, summary_lines, write_chart
 from cnn_parity.commands import OneLineParser, positive_int
 from cnn_parity.errors import UsageError
-from cnn_parity.markdown import replace_marked_block
-from cnn_parity.recipes import MODELS
 from cnn_parity.provenance import machine_info
+from cnn_parity.recipes import MODELS
+from parity_studies.markdown import replace_marked_block
 
 # Training steps per timed trial (full mode): about 1-3 s of work each on a 2-core CPU.
 FULL_STEPS = {"mlp": 600, "cnn_base": 12, "cnn_2layer": 25, "lenet": 120, "fashion_cnn": 120}

@@ -4,12 +4,13 @@ handling that turns any failure into one line and an exit status, and the flag t
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
 from typing import Callable
 
-from cnn_parity.errors import CnnParityError
+from cnn_parity.errors import CnnParityError, UsageError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,7 +26,7 @@ def report_errors(prog: str, body: Callable[[], int]) -> int:
     except CnnParityError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C, or a signal passed on to children (cnn_parity.runs.Stopped)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal passed on to children (parity_studies.runs.Stopped)
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{prog}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
         return 128 + signum
@@ -39,6 +40,15 @@ def internal_error(prog: str, error: Exception) -> int:
     print(f"{prog}: error: internal error {type(error).__name__}: {error} "
           f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
     return 1
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Import `module`, a dependency of the optional extra `extra`; a one-line UsageError saying what to
+    install where it is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"this command needs {module}, which is not installed: pip install 'cnn-parity[{extra}]'") from None
 
 
 def positive_int(text: str) -> int:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cnn_parity.commands import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors, require_extra
 from cnn_parity.errors import UsageError
 from cnn_parity.workdir import check_new_output, read_metrics
 
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        require_extra("matplotlib", "plots")
         plot_runs(args.workdirs, args.out, args.title, args.force)
         print(f"wrote {args.out}")
         return 0

@@ -26,15 +26,15 @@ from typing import Any
 from cnn_parity.commands import OneLineParser
 from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.files import read_json
-from cnn_parity.markdown import replace_marked_block
-from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.provenance import versions
+from cnn_parity.recipes import MODELS, load_recipe
+from parity_studies.markdown import replace_marked_block
 from parity_tests import accuracy, batches, bounds, precision
 from parity_tests.apis import measure_apis
 from parity_tests.gradients import grad_cases
 from parity_tests.measurements import Measurements
-from parity_tests.pairs import APIS, default_conv_impl
 from parity_tests.outputs import forward_cases
+from parity_tests.pairs import APIS, default_conv_impl
 from parity_tests.trajectory import FLOAT64_BATCH, TRAJECTORY_BATCH, TRAJECTORY_STEPS
 from parity_tests.updates import OPTIMIZER_STEPS
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cnn_parity import equivalence
 from cnn_parity.frameworks import FRAMEWORKS
+from parity_studies import equivalence
 
 from .test_cli import REPO
 
@@ -72,7 +72,7 @@ def test_report_from_run_records(tmp_path, monkeypatch):
 
 
 def test_help_describes_every_design_and_refers_to_no_missing_text():
-    help_text = subprocess.run([sys.executable, "-m", "cnn_parity.equivalence", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "parity_studies.equivalence", "--help"], capture_output=True,
                                text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert "below" not in help_text and "PROTOCOL.md" in help_text
     assert all(f'"{design}"' in help_text for design in equivalence.DESIGNS)
@@ -84,7 +84,7 @@ def test_bad_arguments_are_one_line_usage_errors(tmp_path, capsys):
     assert equivalence.main(["--seeds", "1", "1", "--out", str(tmp_path)]) == 2
     assert equivalence.main(["--report-only", "--seeds", "0", "1", "--out", str(tmp_path / "empty")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 4 and all(line.startswith("python -m cnn_parity.equivalence: error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("python -m parity_studies.equivalence: error: ") for line in err)
 
 
 def _processes_naming(text: str) -> list[int]:
@@ -109,7 +109,7 @@ def test_a_killed_study_leaves_no_training_process(tmp_path, signum):
     the orphans (PR_SET_PDEATHSIG). None survives."""
     scratch = tmp_path / "scratch"
     parent = subprocess.Popen(
-        [sys.executable, "-m", "cnn_parity.equivalence", "--models", "lenet", "--seeds", "0", "1", "--jobs", "2",
+        [sys.executable, "-m", "parity_studies.equivalence", "--models", "lenet", "--seeds", "0", "1", "--jobs", "2",
          "--scratch", str(scratch), "--out", str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 60
@@ -134,7 +134,7 @@ def test_a_failed_run_is_reported_from_its_own_log(tmp_path):
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where the run's workdir should be")  # the training CLI refuses it (exit 2)
     result = subprocess.run(
-        [sys.executable, "-m", "cnn_parity.equivalence", "--models", "mlp", "--seeds", "0", "1", "--quick",
+        [sys.executable, "-m", "parity_studies.equivalence", "--models", "mlp", "--seeds", "0", "1", "--quick",
          "--scratch", str(scratch), "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 1

@@ -19,7 +19,7 @@ from cnn_parity.recipes import MODELS
 pytestmark = pytest.mark.slow  # builds a wheel, makes an environment and trains through both CLIs
 
 REPO = Path(__file__).resolve().parents[1]
-TOP_LEVEL = {"cnn_parity", "flax_impl", "torch_ref", "parity_tests"}
+TOP_LEVEL = {"cnn_parity", "flax_impl", "torch_ref", "parity_studies", "parity_tests"}
 
 
 @pytest.fixture(scope="module")

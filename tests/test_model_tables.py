@@ -20,8 +20,8 @@ PER_MODEL = {
     "cnn_parity.weights.LAYERS": weights.LAYERS,
     "cnn_parity.weights.CONV_GEOMETRY": weights.CONV_GEOMETRY,
     "cnn_parity.weights.FLATTENED_INPUT": weights.FLATTENED_INPUT,
-    "cnn_parity.equivalence.PILOT_EPOCHS": equivalence.PILOT_EPOCHS,
-    "cnn_parity.reproduction_report.DEVIATIONS": reproduction_report.DEVIATIONS,
+    "parity_studies.equivalence.PILOT_EPOCHS": equivalence.PILOT_EPOCHS,
+    "parity_studies.reproduction_report.DEVIATIONS": reproduction_report.DEVIATIONS,
     "flax_impl.models.MODULES": linen_models.MODULES,
     "flax_impl.models_nnx.MODULES": models_nnx.MODULES,
     "torch_ref.models.MODULES": torch_models.MODULES,
@@ -31,8 +31,8 @@ PER_MODEL = {
     "tests.helpers.MIN_TEST_ACCURACY": helpers.MIN_TEST_ACCURACY,
 }
 EXCEPTIONS = {
-    "cnn_parity.equivalence.CURVE_FIRST_EPOCH": equivalence.CURVE_FIRST_EPOCH,
-    "cnn_parity.equivalence.ESCAPE_ACCURACY": equivalence.ESCAPE_ACCURACY,
+    "parity_studies.equivalence.CURVE_FIRST_EPOCH": equivalence.CURVE_FIRST_EPOCH,
+    "parity_studies.equivalence.ESCAPE_ACCURACY": equivalence.ESCAPE_ACCURACY,
     "cnn_parity.weights.EXPLICIT_WEIGHT_INITS": weights.EXPLICIT_WEIGHT_INITS,
 }
 

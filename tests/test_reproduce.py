@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from cnn_parity.reproduction_report import _median_epoch_seconds, gaps, prediction_interval
+from parity_studies.reproduction_report import _median_epoch_seconds, gaps, prediction_interval
 
 from .test_cli import REPO
 
 
 def _reproduce(out, *extra, data_dir=REPO.parent / "shared" / "data"):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cnn_parity.reproduce", "--quick", "--models", "mlp",
+    return subprocess.run([sys.executable, "-m", "parity_studies.reproduce", "--quick", "--models", "mlp",
                            "--seeds", "0", "1", "--out", str(out), "--data-dir", str(data_dir), *extra], env=env, capture_output=True,
                           text=True, timeout=900)
 
@@ -98,7 +98,7 @@ COMMITTED = REPO / "reports" / "reproduction"
 def test_the_committed_report_is_what_this_version_renders_from_its_json(tmp_path):
     """--from-json reads no runs and changes no figure: rendering the committed report.json again gives
     the committed report.md (but for the line naming the rendering command) and the same JSON."""
-    from cnn_parity import reproduce
+    from parity_studies import reproduce
 
     (tmp_path / "report.json").write_text((COMMITTED / "report.json").read_text())
     assert reproduce.main(["--from-json", str(tmp_path / "report.json"), "--out", str(tmp_path)]) == 0
@@ -114,7 +114,7 @@ def test_the_committed_report_is_what_this_version_renders_from_its_json(tmp_pat
 
 
 def test_from_json_trains_nothing_and_overwrites_no_other_report(tmp_path, capsys):
-    from cnn_parity import reproduce
+    from parity_studies import reproduce
 
     report_json = tmp_path / "a" / "report.json"
     report_json.parent.mkdir()
@@ -131,10 +131,10 @@ def test_from_json_trains_nothing_and_overwrites_no_other_report(tmp_path, capsy
     not_a_report.write_text('{"models": {"mlp": {}}}')
     assert reproduce.main(["--from-json", str(not_a_report), "--out", str(tmp_path / "c")]) == 2
     errors = capsys.readouterr().err.splitlines()
-    assert errors == [f"python -m cnn_parity.reproduce: error: {other} holds another report: render into {report_json.parent} "
+    assert errors == [f"python -m parity_studies.reproduce: error: {other} holds another report: render into {report_json.parent} "
                       "or a folder without one",
-                      "python -m cnn_parity.reproduce: error: --from-json renders a report written earlier and trains "
+                      "python -m parity_studies.reproduce: error: --from-json renders a report written earlier and trains "
                       "nothing: leave out --seeds, --quick",
-                      f"python -m cnn_parity.reproduce: error: {not_a_report} is not a reproduction report written by "
-                      "python -m cnn_parity.reproduce (KeyError: 'flax')"]
+                      f"python -m parity_studies.reproduce: error: {not_a_report} is not a reproduction report written by "
+                      "python -m parity_studies.reproduce (KeyError: 'flax')"]
     assert not (tmp_path / "c").exists()

@@ -1,4 +1,4 @@
-"""cnn_parity.statistics against scipy, analytic values and simulation; each test its own generator."""
+"""parity_studies.statistics against scipy, analytic values and simulation; each test its own generator."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cnn_parity import statistics
+from parity_studies import statistics
 
 
 def test_welch_is_scipys_welch():

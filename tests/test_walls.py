@@ -1,4 +1,5 @@
-"""The import walls: the neutral package imports neither framework; the two sides never import each other."""
+"""The import walls: the neutral package imports neither framework nor the studies (nor their libraries); the two
+sides never import each other."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ assert not leaked, f"{packages} imported {{leaked}}"
 
 
 @pytest.mark.parametrize("packages, forbidden", [
-    (["cnn_parity"], ["jax", "flax", "optax", "torch", "torchvision"]),
+    (["cnn_parity"], ["jax", "flax", "optax", "torch", "torchvision", "parity_studies", "scipy", "matplotlib"]),
     (["cnn_parity", "flax_impl"], ["torch", "torchvision", "torch_ref"]),
     (["cnn_parity", "torch_ref"], ["jax", "flax", "optax", "flax_impl"]),
 ])

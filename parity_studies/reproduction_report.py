@@ -1,6 +1,6 @@
 """The reproduction report: per model, each framework's runs summarised over seeds, the two compared
 (Welch), set beside the source's own figures and deviations, as report.json, report.md, one PNG per
-model and the README's table. Reads the runs `python -m cnn_parity.reproduce` trained in
+model and the README's table. Reads the runs `python -m parity_studies.reproduce` trained in
 OUT/runs/MODEL/FRAMEWORK-seedN, or (--from-json) the per-seed summaries of a report written earlier."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from cnn_parity import statistics
 from cnn_parity.errors import UsageError
 from cnn_parity.files import read_json, write_json_atomic
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import load_recipe
 from cnn_parity.workdir import read_metrics
+from parity_studies import statistics
 
 # What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
 DEVIATIONS = {
@@ -257,7 +257,7 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
 def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -> dict[str, Any]:
     """Summarise the runs in OUT/runs over each model's seeds, then write the report (write_report)."""
     report: dict[str, Any] = {"models": {}, "seeds": seeds_by_model, "quick": quick, "versions": versions(), "machine": machine_info(),
-                              "command": " ".join(["python -m cnn_parity.reproduce", *sys.argv[1:]])}
+                              "command": " ".join(["python -m parity_studies.reproduce", *sys.argv[1:]])}
     for model, seeds in seeds_by_model.items():
         recipe = load_recipe(model)
         flax, torch = summarise(out, model, "flax", seeds), summarise(out, model, "torch", seeds)
@@ -324,6 +324,6 @@ def load_report(path: Path) -> dict[str, Any]:
         if missing:
             raise KeyError(", ".join(sorted(missing)))
     except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise UsageError(f"{path} is not a reproduction report written by python -m cnn_parity.reproduce "
+        raise UsageError(f"{path} is not a reproduction report written by python -m parity_studies.reproduce "
                          f"({type(e).__name__}: {e})") from None
     return report

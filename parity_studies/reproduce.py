@@ -1,4 +1,4 @@
-"""`python -m cnn_parity.reproduce [--models ...] [--seeds 0 1 2] [--quick] --out DIR`
+"""`python -m parity_studies.reproduce [--models ...] [--seeds 0 1 2] [--quick] --out DIR`
 
 Runs each model's full source recipe in both frameworks for each seed, through the training CLIs
 themselves (`python -m flax_impl.train`, `python -m torch_ref.train`, as subprocesses: the same code a
@@ -17,14 +17,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cnn_parity import runs
-from cnn_parity.commands import OneLineParser, report_errors
+from cnn_parity.commands import OneLineParser, report_errors, require_extra
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
-from cnn_parity.markdown import replace_marked_block
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.reproduction_report import README_MARKER, build_report, load_report, readme_table, run_dir, write_report
+from parity_studies import runs
+from parity_studies.markdown import replace_marked_block
+from parity_studies.reproduction_report import README_MARKER, build_report, load_report, readme_table, run_dir, write_report
 
 DEFAULT_SEEDS = [0, 1, 2]
 
@@ -83,14 +83,14 @@ def render_again(report_json: Path, out: Path) -> dict:
         if not own_folder and any((out / name).exists() for name in ("report.json", "report.md")):
             raise UsageError(f"{out} holds another report: render into {report_json.parent} or a folder without one")
         out.mkdir(parents=True, exist_ok=True)
-        report["rendered_by"] = " ".join(["python -m cnn_parity.reproduce", *sys.argv[1:]])
+        report["rendered_by"] = " ".join(["python -m parity_studies.reproduce", *sys.argv[1:]])
         return write_report(out, report)
     except OSError as e:
         raise UsageError(f"cannot write to {out}: {e.strerror or e}") from None
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m cnn_parity.reproduce", description=__doc__.split("\n\n")[1])
+    parser = OneLineParser(prog="python -m parity_studies.reproduce", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="default: all")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
     runs.add_quick_flag(parser)
@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     args.models, args.seeds = args.models or list(MODELS), args.seeds or DEFAULT_SEEDS
 
     def body() -> int:
+        require_extra("scipy", "studies")
         report = render_again(args.from_json, args.out) if args.from_json is not None else reproduce(args)
         if args.update_readme:
             replace_marked_block(args.update_readme, README_MARKER, readme_table(report))

@@ -1,9 +1,9 @@
-"""`python -m cnn_parity.equivalence [--models ...] [--seeds ...] [--designs ...] --out DIR`
+"""`python -m parity_studies.equivalence [--models ...] [--seeds ...] [--designs ...] --out DIR`
 
 Do Flax and PyTorch compute the same thing? Trains every model over many seeds in both frameworks,
 through the training CLIs, and tests each Flax − PyTorch difference for equivalence (TOST, α = 0.05
 each side: equivalent <=> the 90 % interval lies inside the margin). The defaults are the endpoints,
-margins and seeds of reports/equivalence/PROTOCOL.md (constants in cnn_parity/equivalence.py):
+margins and seeds of reports/equivalence/PROTOCOL.md (constants in parity_studies/equivalence.py):
 primary, the ratio of test error rates at the full recipe length within ×/÷ 1.2; secondary, the
 train-loss ratio at every epoch within ×/÷ 1.2 (intersection-union), the ratio of seed-to-seed SDs
 within [1/2, 2], and for lenet the epoch each run leaves its initial plateau (survival curves,
@@ -31,15 +31,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from cnn_parity import runs, statistics
-from cnn_parity.commands import OneLineParser, positive_int, report_errors
+from cnn_parity.commands import OneLineParser, positive_int, report_errors, require_extra
 from cnn_parity.errors import RunError, UsageError
-from cnn_parity.frameworks import FRAMEWORKS
-from cnn_parity.markdown import replace_marked_block
-from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.files import write_json_atomic
+from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.provenance import machine_info, versions
+from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import read_metrics
+from parity_studies import runs, statistics
+from parity_studies.markdown import replace_marked_block
 
 # design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
 # bisecting a difference the independent design shows: which of the two random streams carries it.
@@ -305,7 +305,7 @@ def _details(model: str, design: str, r: dict) -> list[str]:
 def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str], budget: str,
                  quick: bool) -> dict[str, Any]:
     report: dict[str, Any] = {
-        "command": " ".join(["python -m cnn_parity.equivalence", *sys.argv[1:]]), "quick": quick, "budget": budget,
+        "command": " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]), "quick": quick, "budget": budget,
         "designs": {d: {"init_rng": DESIGNS[d][0], "shuffle_rng": DESIGNS[d][1]} for d in designs},
         "margins": {"test_error_ratio": ERROR_RATIO_MARGIN, "train_loss_ratio": TRAIN_LOSS_MARGIN_RATIO,
                     "sd_ratio": SD_RATIO_MARGIN},
@@ -346,7 +346,7 @@ README_MARKER = "equivalence-report"
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m cnn_parity.equivalence", description=__doc__.split("\n\n")[1])
+    parser = OneLineParser(prog="python -m parity_studies.equivalence", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
     parser.add_argument("--seeds", nargs="+", type=int, default=PROTOCOL_SEEDS, metavar="N",
                         help=f"default: the protocol's, {PROTOCOL_SEEDS[0]} .. {PROTOCOL_SEEDS[-1]}")
@@ -367,6 +367,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        require_extra("scipy", "studies")
         runs.check_models_and_seeds(args.models, args.seeds)
         if len(args.seeds) < 2:
             raise UsageError("an equivalence test needs at least 2 seeds")
