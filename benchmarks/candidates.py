@@ -39,9 +39,9 @@ class _Candidate:
         self.num_params = trainer.num_params
 
     def train(self, epoch: int, steps: int) -> int:
-        log = train_to_step(self.trainer, epoch, steps)
+        progress = train_to_step(self.trainer, epoch, steps)
         self._sync()
-        return log.examples
+        return progress.examples_seen
 
     def evaluate(self) -> int:
         return self.trainer.evaluate().examples
@@ -62,15 +62,14 @@ class _Candidate:
             t.test_loader = DataLoader(Subset(t.test_loader.dataset, range(n)), batch_size=t.test_loader.batch_size)
 
 
-def train_to_step(trainer, epoch: int, end: int, log=None):
-    """Train epoch `epoch` up to its step `end` (from where `log` stands; default: a fresh log, from its
-    first step) through the training loop's own `cnn_parity.training.run_steps`; return the log."""
+def train_to_step(trainer, epoch: int, end: int, progress=None):
+    """Train epoch `epoch` up to its step `end` (from where `progress` stands; default: the epoch's first
+    step) through the training loop's own `cnn_parity.training.train_to`; return where it stands."""
     from cnn_parity import training
 
-    log = log if log is not None else training.EpochLog(training.Progress())
-    for _ in training.run_steps(trainer, epoch, log, end):
-        pass
-    return log
+    first = (epoch - 1) * trainer.steps_per_epoch
+    progress = progress if progress is not None else training.Progress(steps=first)
+    return training.train_to(trainer, progress, first + end)
 
 
 def build(model: str, variant: str, data_dir: str | None, quick: bool = False) -> _Candidate:

@@ -38,12 +38,12 @@ PROG = "python -m benchmarks.scaling"
 def _time_trainer(trainer, steps: int, sync) -> float:
     from benchmarks.candidates import train_to_step
 
-    log = train_to_step(trainer, 1, WARMUP_STEPS)
+    progress = train_to_step(trainer, 1, WARMUP_STEPS)
     sync()
-    warmup_examples, tick = log.examples, time.perf_counter()
-    train_to_step(trainer, 1, WARMUP_STEPS + steps, log)
+    warmup_examples, tick = progress.examples_seen, time.perf_counter()
+    progress = train_to_step(trainer, 1, WARMUP_STEPS + steps, progress)
     sync()
-    return (log.examples - warmup_examples) / (time.perf_counter() - tick)
+    return (progress.examples_seen - warmup_examples) / (time.perf_counter() - tick)
 
 
 def worker(framework: str, model: str, devices: int, steps: int) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import fsync_dir, write_bytes_atomic
 from cnn_parity.weights import load_safetensors, save_safetensors
+from cnn_parity.workdir import has_type, is_record
 from cnn_parity.files import write_json_atomic
 
 KEEP = 2  # newest checkpoints kept; older ones are removed after each new commit
@@ -94,47 +95,84 @@ def export_final(workdir: str | os.PathLike, checkpoint: Path) -> Path:
     return path
 
 
+# What a checkpoint's meta.json holds, and the types (a checkpoint of an earlier version has the running
+# epoch's losses as a list instead of their sum: cnn_parity/resume.py reads both).
+_META_FIELDS = {"framework": str, "model": str, "recipe": dict, "pipeline": str, "steps": int, "records": list,
+                "epoch_correct": float, "epoch_examples": int, "examples_seen": int, "train_time_s": float,
+                "eval_time_s": float}
+
+
 def read_meta(checkpoint: Path) -> dict[str, Any]:
-    """A checkpoint's meta.json; UsageError if it is unreadable or not a checkpoint's."""
+    """A checkpoint's meta.json; UsageError, naming it, if it is unreadable or not a checkpoint's."""
+    path = checkpoint / "meta.json"
     try:
-        meta = json.loads((checkpoint / "meta.json").read_text())
+        meta = json.loads(path.read_bytes())
     except (OSError, ValueError) as e:
-        raise UsageError(f"{checkpoint}/meta.json is unreadable ({e})") from None
-    if not isinstance(meta, dict) or not {"framework", "model", "recipe", "steps"} <= set(meta):
-        raise UsageError(f"{checkpoint}/meta.json is not a checkpoint's")
+        raise UsageError(f"{path} is unreadable ({e})") from None
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path} is not a checkpoint's")
+    wrong = [key for key, kind in _META_FIELDS.items() if not has_type(meta.get(key), kind)]
+    old_losses = meta.get("epoch_losses")
+    wrong += [] if has_type(meta.get("epoch_loss_sum"), float) or (
+        isinstance(old_losses, list) and all(has_type(x, float) for x in old_losses)) else ["epoch_loss_sum"]
+    wrong += [] if all(is_record(r, "epoch") for r in meta.get("records") or []) else ["records"]
+    wrong += [] if has_type(meta.get("sessions", []), list) else ["sessions"]
+    if wrong:
+        raise UsageError(f"{path} is not a checkpoint's: its {wrong[0]} is {str(meta.get(wrong[0]))[:40]!r}")
     return meta
 
 
 def load_weights(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, Any]]:
     """(model, canonical weights, info) from a checkpoint folder, a workdir (its newest checkpoint, or
     else its final `model.safetensors`) or a `.safetensors` file; info has `framework` (who trained
-    it), `recipe` and `step` where known."""
+    it), `recipe` and `step` where known. A live run may prune the checkpoint found before it is read:
+    a workdir is then looked at again, up to `_LIVE_RETRIES` times."""
     path = Path(path)
-    if path.is_dir() and not (path / "meta.json").is_file():
-        newest = latest(path)
-        if newest is not None:
-            path = newest
-        elif (path / "model.safetensors").is_file():
-            path = path / "model.safetensors"
-        else:
-            raise UsageError(f"{path} holds no complete checkpoint and no model.safetensors")
-    weights_file = path / "model.safetensors" if path.is_dir() else path
-    if not weights_file.is_file():
-        raise UsageError(f"no checkpoint or weights file at {path}")
-    model, arrays, metadata = load_safetensors(weights_file)
+    for attempt in range(_LIVE_RETRIES):
+        found = _weights_file(path)
+        try:
+            model, arrays, metadata = load_safetensors(found)
+        except UsageError:
+            if found.exists() or found.parent == path or attempt == _LIVE_RETRIES - 1:
+                raise
+            continue  # pruned by the run between finding it and reading it: the newer one
+        break
     non_finite = [name for name, array in arrays.items() if not np.all(np.isfinite(array))]
     if non_finite:
         more = f" and {len(non_finite) - 1} more" if len(non_finite) > 1 else ""
-        raise UsageError(f"{weights_file} holds non-finite values (NaN or inf) in {non_finite[0]}{more}: "
+        raise UsageError(f"{found} holds non-finite values (NaN or inf) in {non_finite[0]}{more}: "
                          f"not usable weights")
-    recipe = None
-    if "recipe" in metadata:
-        try:
-            recipe = json.loads(metadata["recipe"])
-        except ValueError:
-            recipe = None
-        if not isinstance(recipe, dict):
-            raise UsageError(f"{weights_file}: its recipe metadata is not a JSON recipe")
-    info = {"framework": metadata.get("framework", "unknown"), "step": metadata.get("step"), "recipe": recipe,
-            "path": str(path)}
-    return model, arrays, info
+    in_checkpoint = found.name == "model.safetensors" and (found.parent / "meta.json").is_file()
+    return model, arrays, {"framework": metadata.get("framework", "unknown"), "step": metadata.get("step"),
+                           "recipe": _recipe_metadata(found, metadata), "path": str(found.parent if in_checkpoint else found)}
+
+
+_LIVE_RETRIES = 5
+
+
+def _weights_file(path: Path) -> Path:
+    """The safetensors file `path` names: itself, a checkpoint's, a workdir's newest checkpoint's, or a
+    workdir's final model."""
+    if path.is_dir() and not (path / "meta.json").is_file():
+        newest = latest(path)
+        if newest is not None:
+            return newest / "model.safetensors"
+        if (path / "model.safetensors").is_file():
+            return path / "model.safetensors"
+        raise UsageError(f"{path} holds no complete checkpoint and no model.safetensors")
+    weights_file = path / "model.safetensors" if path.is_dir() else path
+    if not weights_file.is_file():
+        raise UsageError(f"no checkpoint or weights file at {path}")
+    return weights_file
+
+
+def _recipe_metadata(weights_file: Path, metadata: dict[str, str]) -> dict | None:
+    if "recipe" not in metadata:
+        return None
+    try:
+        recipe = json.loads(metadata["recipe"])
+    except ValueError:
+        recipe = None
+    if not isinstance(recipe, dict):
+        raise UsageError(f"{weights_file}: its recipe metadata is not a JSON recipe")
+    return recipe

@@ -18,17 +18,21 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def report_errors(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; a CnnParityError becomes one line on stderr and its exit code, and so
-    does any other exception (a bug: exit 1, the traceback with CNN_PARITY_DEBUG=1)."""
+def report_errors(prog: str, body: Callable[[], int], stopped: Callable[[KeyboardInterrupt], str] | None = None) -> int:
+    """Run a command's body and map what it raises to one line on stderr and an exit code, the same for
+    every command: a CnnParityError its own code (2 bad input, 1 a failed run); a stop signal
+    (KeyboardInterrupt, or one carrying the `signum` that stopped it) 128 + its number, saying what
+    `stopped` reports was kept; any other exception 1, as an internal error (a bug: the traceback with
+    CNN_PARITY_DEBUG=1)."""
     try:
         return body()
     except CnnParityError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C, or a signal passed on to children (parity_studies.runs.Stopped)
+    except KeyboardInterrupt as e:  # Ctrl-C, a training run's stop, a study's signal passed on to its children
         signum = getattr(e, "signum", signal.SIGINT)
-        print(f"{prog}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
+        said = stopped(e) if stopped is not None else "interrupted" if signum == signal.SIGINT else "terminated"
+        print(f"{prog}: {said}", file=sys.stderr)
         return 128 + signum
     except Exception as e:
         return internal_error(prog, e)

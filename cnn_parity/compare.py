@@ -4,7 +4,6 @@ metric of both and their difference, and the largest |difference| of their final
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 from cnn_parity import checkpoints
 from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
+from cnn_parity.files import strict_json
 from cnn_parity.plot import pairing
 from cnn_parity.workdir import Workdir, read_metrics
 
@@ -37,7 +37,8 @@ def compare(run_a: Path, run_b: Path) -> dict:
         "model": model_a,
         "epochs": [{"epoch": e, **{m: [records[0][e][m], records[1][e][m], records[0][e][m] - records[1][e][m]]
                                    for m in METRICS}} for e in epochs],
-        "weights_max_abs_diff": {name: float(np.max(np.abs(weights_a[name] - weights_b[name]))) for name in weights_a},
+        "weights_max_abs_diff": {name: float(np.max(np.abs(weights_a[name].astype(np.float64) - weights_b[name])))
+                                 for name in weights_a},
     }
 
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     def body() -> int:
         result = compare(*args.runs)
         if args.json:
-            print(json.dumps(result))
+            print(strict_json(result))
         else:
             _print(result)
         return 0

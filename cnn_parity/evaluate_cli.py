@@ -8,7 +8,6 @@ converts from those and evaluates on the recipe's whole test split.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from typing import Any, Callable, Sequence
@@ -16,6 +15,7 @@ from typing import Any, Callable, Sequence
 from cnn_parity import checkpoints
 from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
+from cnn_parity.files import strict_json
 from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import load_recipe, recipe_from_dict
 from cnn_parity.trainer import EvalResult
@@ -25,9 +25,10 @@ EvaluateFn = Callable[..., EvalResult]
 
 
 def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None,
-        add_flags: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+        add_flags: Callable[[argparse.ArgumentParser], dict[str, Any]] | None = None) -> int:
     """Parse `argv`, evaluate, print, and return the exit code. `add_flags` adds a framework's own
-    flags; their values reach `evaluate` as keywords and the report as its `options`."""
+    flags and returns their defaults; their values reach `evaluate` as keywords and the report as its
+    `options`."""
     parser = OneLineParser(prog=f"python -m {command_module(framework, 'evaluate')}",
                      description=f"Evaluate trained weights (from either framework) with {framework}.")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
@@ -35,7 +36,7 @@ def run(framework: str, evaluate: EvaluateFn, argv: Sequence[str] | None = None,
     parser.add_argument("--data-dir", help="folder holding <dataset>/ (see docs/data.md)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     if add_flags is not None:
-        add_flags(parser)
+        parser.set_defaults(**add_flags(parser))
     args = parser.parse_args(argv)
     options = {name: value for name, value in vars(args).items() if name not in ("checkpoint", "data_dir", "json")}
     return report_errors(parser.prog, lambda: _evaluate_and_print(framework, evaluate, args, options))
@@ -52,9 +53,8 @@ def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args, options: dic
               "examples": result.examples, "step": info["step"], "checkpoint": info["path"]}
     if not (math.isfinite(result.loss) and math.isfinite(result.accuracy)):
         print(f"warning: the test loss of these weights is {result.loss} (not finite)", file=sys.stderr)
-    if args.json:  # strict JSON: a non-finite number is null
-        print(json.dumps({k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in report.items()},
-                         allow_nan=False))
+    if args.json:
+        print(strict_json(report))
     else:
         shown = "".join(f" ({name} {value})" for name, value in options.items())
         print(f"{model} trained with {info['framework']}, evaluated with {framework}{shown} on {recipe.dataset} test "

@@ -33,13 +33,13 @@ def _is_export(path) -> bool:
 
 
 def export(checkpoint: str, out: str, force: bool = False) -> int:
-    check_new_output(out, _is_export, force)
+    real = check_new_output(out, _is_export, force)
     model, arrays, info = checkpoints.load_weights(checkpoint)
     metadata = {"framework": info["framework"], "step": str(info["step"])}
     if info["recipe"]:
         metadata["recipe"] = json.dumps(info["recipe"])
     try:
-        save_safetensors(out, model, arrays, metadata)
+        save_safetensors(real, model, arrays, metadata)
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     print(f"wrote {model} weights (trained with {info['framework']}) to {out}")

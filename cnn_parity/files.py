@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import stat
@@ -52,10 +53,12 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def unsafe_to_load(path: str | os.PathLike) -> str | None:
     """Why code or compiled programs under `path` (an existing file or folder) must not be loaded, or
-    None: `path` must be owned by this user and writable by no one else, and no folder above it may
-    let another user replace it (owned by a user other than this one or root, or writable by group
-    or others without the sticky bit, as /tmp has). A one-line reason naming the culprit."""
-    path = Path(os.path.abspath(path))
+    None. Judged by its real path (every link resolved): that must be owned by this user and writable
+    by no one else, and no folder above it may let another user replace it (owned by a user other
+    than this one or root, or writable by group or others without the sticky bit, as /tmp has). A
+    one-line reason naming the culprit. Load from `os.path.realpath(path)`, what was checked, not
+    through a link someone could point elsewhere in between."""
+    path = Path(os.path.realpath(path))
     uid = os.getuid()
     st = os.stat(path)
     if st.st_uid != uid:
@@ -84,3 +87,17 @@ def read_json(path: str | os.PathLike) -> Any:
         raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UsageError(f"{path} is not JSON ({e})") from None
+
+
+def strict_json(obj: Any, **dumps_options) -> str:
+    """`obj` as strict JSON: a float that is not finite (NaN, ±inf, an overflowed difference) becomes
+    null, which every JSON parser reads, where Python would write the non-standard `Infinity`."""
+    def finite(value):
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+    return json.dumps(finite(obj), allow_nan=False, **dumps_options)

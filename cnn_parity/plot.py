@@ -12,7 +12,6 @@ from cnn_parity.errors import UsageError
 from cnn_parity.workdir import check_new_output, read_metrics
 
 
-_PLOTTED = ("epoch", "train_loss", "test_accuracy")
 
 
 def pairing(recipe: dict) -> str:
@@ -36,10 +35,8 @@ def _label(workdir: Path) -> str:
 
 def _records(workdir: Path) -> list[dict]:
     records = read_metrics(workdir)
-    for number, record in enumerate(records, start=1):
-        missing = [key for key in _PLOTTED if not isinstance(record.get(key), (int, float))]
-        if missing:
-            raise UsageError(f"{workdir / 'metrics.jsonl'} record {number} has no number for {', '.join(missing)}")
+    if not records:
+        raise UsageError(f"{workdir} has no complete epoch to plot yet")
     return records
 
 
@@ -57,18 +54,19 @@ def _is_plot(path: Path) -> bool:
         return False
 
 
-def check_output(out: Path, force: bool = False) -> None:
-    """Refuse an output path matplotlib cannot write, or one this command must not replace, before
-    anything is drawn."""
+def check_output(out: Path, force: bool = False) -> Path:
+    """The real path to draw to, after refusing an output path matplotlib cannot write, or one this
+    command must not replace, before anything is drawn."""
     from matplotlib.figure import Figure
 
     supported = Figure().canvas.get_supported_filetypes()
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; name the image file, e.g. {out / 'curves.png'}")
-    check_new_output(out, _is_plot, force)
+    real = check_new_output(out, _is_plot, force)
     if out.suffix.lstrip(".").lower() not in supported:
         raise UsageError(f"--out {out}: unknown image format {out.suffix or '(none)'!r}; "
                          f"use one of: {', '.join('.' + s for s in sorted(supported))}")
+    return real
 
 
 def plot_runs(workdirs: list[Path], out: Path, title: str | None = None, force: bool = False) -> None:
@@ -77,7 +75,7 @@ def plot_runs(workdirs: list[Path], out: Path, title: str | None = None, force: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    check_output(out, force)
+    real = check_output(out, force)
     runs = [(_records(workdir), _label(workdir)) for workdir in workdirs]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for records, label in runs:
@@ -93,7 +91,7 @@ def plot_runs(workdirs: list[Path], out: Path, title: str | None = None, force: 
         fig.suptitle(title)
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=120, metadata={"Software": _SOFTWARE} if out.suffix.lower() == ".png" else None)
+        fig.savefig(real, dpi=120, metadata={"Software": _SOFTWARE} if out.suffix.lower() == ".png" else None)
     except OSError as e:
         raise UsageError(f"cannot write {out}: {e.strerror or e}") from None
     finally:

@@ -1,8 +1,11 @@
 """Where a result came from: the installed versions (and whether they are constraints.txt's verified
-set), the machine, and the command as typed."""
+set), the project's own version and commit, the machine, when each process of a run trained it, and
+the command as typed."""
 
 from __future__ import annotations
 
+import datetime
+import functools
 import os
 import platform
 import shlex
@@ -11,9 +14,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "tensorflow-datasets", "tensorboard")
+_VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "pydantic", "tensorflow-datasets",
+              "tensorboardX")
 # The verified set of exact versions, in a source checkout (docs/install.md: Versions).
-CONSTRAINTS = Path(__file__).resolve().parent.parent / "constraints.txt"
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+CONSTRAINTS = SOURCE_ROOT / "constraints.txt"
 
 
 def versions(packages=_VERSIONED) -> dict[str, str]:
@@ -84,3 +89,37 @@ def machine_info(with_versions: bool = True) -> dict:
 def command_line() -> str:
     """The command as typed (`python -m flax_impl.train ...`), for rerunning a recorded run."""
     return shlex.join([Path(sys.orig_argv[0]).name, *sys.orig_argv[1:]])
+
+
+@functools.lru_cache(maxsize=1)
+def source() -> dict[str, str | bool]:
+    """The project's version, and where it runs from a git checkout, its commit and whether tracked
+    files differ from it (`dirty`): what a reviewer needs to rerun a record with the same code."""
+    found: dict[str, str | bool] = {}
+    try:
+        found["version"] = metadata.version("cnn-parity")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        pass
+    if (SOURCE_ROOT / ".git").exists():
+        git = ["git", "-C", str(SOURCE_ROOT)]
+        try:
+            head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=20)
+            changes = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return found
+        if head.returncode == 0 and changes.returncode == 0:
+            found.update(commit=head.stdout.strip(), dirty=bool(changes.stdout.strip()))
+    return found
+
+
+def now() -> str:
+    """The current time, UTC, to the second (ISO 8601)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def session(from_step: int) -> dict:
+    """This process's part of a run, as a run records it: the step it starts from, when, on which CPU,
+    with which code (`to_step` and `ended_at` are filled in as it checkpoints)."""
+    return {"from_step": from_step, "started_at": now(), "to_step": from_step, "ended_at": None,
+            "cpu_model": machine_info(with_versions=False).get("cpu_model"), **source()}

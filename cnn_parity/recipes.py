@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.resources
 import math
 import sys
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from cnn_parity.data import DATASETS, NUM_EXAMPLES
 from cnn_parity.errors import UsageError
@@ -38,36 +36,69 @@ def recipe_folder():
         return Path(__file__).resolve().parent.parent / "configs"
 
 
-@dataclass(frozen=True)
-class Optimizer:
-    name: str
-    lr: float
-    momentum: float = 0.0  # sgd only; PyTorch's dampening-0 momentum = optax's trace
-    b1: float = 0.9  # adam only; PyTorch's and optax's defaults
-    b2: float = 0.999
-    eps: float = 1e-8
+def _float32(value: float) -> float:
+    """A float setting reaches at least one framework as a float32: it must be one."""
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{value!r} is outside float32's range (|x| <= 3.4e38)")
+    if value != 0 and abs(value) < FLOAT32_TINY:
+        raise ValueError(f"{value!r} is too small for float32 (nonzero |x| >= 1.2e-38)")
+    return value
 
 
-@dataclass(frozen=True)
-class Recipe:
-    model: str
-    dataset: str
-    batch_size: int
-    epochs: int
-    seed: int
+# float32's range: every float setting reaches at least one framework as a float32.
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
+Float32 = Annotated[float, AfterValidator(_float32)]
+
+
+class _Strict(BaseModel):
+    """A recipe table: known keys only, each of its exact type (an int is no bool, a bool no int; an
+    int is taken for a float), immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Optimizer(_Strict):
+    name: Literal[OPTIMIZERS]
+    lr: Float32 = Field(gt=0)
+    momentum: Float32 = Field(0.0, ge=0, lt=1)  # sgd only; PyTorch's dampening-0 momentum = optax's trace
+    b1: Float32 = Field(0.9, ge=0, lt=1)  # adam only; PyTorch's and optax's defaults
+    b2: Float32 = Field(0.999, ge=0, lt=1)
+    eps: Float32 = Field(1e-8, gt=0)
+
+
+def _known_model(model: str) -> str:
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
+    return model
+
+
+def _seed(seed: int) -> int:
+    # JAX's keys (without x64) and PyTorch's CPU generator both keep only a seed's low 32 bits, so seeds
+    # 2**32 apart would be the same run.
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"must be in 0 .. 2**32 - 1 (both frameworks' generators use 32 bits), got {seed}")
+    return seed
+
+
+class Recipe(_Strict):
+    model: Annotated[str, AfterValidator(_known_model)]
+    dataset: Literal[DATASETS]
+    batch_size: int = Field(gt=0, le=NUM_EXAMPLES["train"])
+    epochs: int = Field(gt=0)
+    seed: Annotated[int, AfterValidator(_seed)]
     optimizer: Optimizer
-    normalize_mean: float = 0.0
-    normalize_std: float = 1.0
+    normalize_mean: Float32 = 0.0
+    normalize_std: Float32 = Field(1.0, gt=0)
     drop_last: bool = False
-    init: str = "torch"  # "torch": PyTorch's default init in both frameworks; "flax": Flax's defaults
-    eval_batch_size: int = 1000  # evaluation only; any value gives the same metrics
-    init_rng: str = "framework"  # RNG_SOURCES
-    shuffle_rng: str = "framework"
+    init: Literal[INITS] = "torch"  # "torch": PyTorch's default init in both frameworks; "flax": Flax's defaults
+    eval_batch_size: int = Field(1000, gt=0, le=NUM_EXAMPLES["test"])  # evaluation only; any value gives the same metrics
+    init_rng: Literal[RNG_SOURCES] = "framework"
+    shuffle_rng: Literal[RNG_SOURCES] = "framework"
     source: str = ""
-    reported: dict[str, Any] = field(default_factory=dict)
+    reported: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
 
 # The Recipe fields that say where a recipe comes from (the source's citation, the figures it reported),
@@ -99,8 +130,7 @@ def load_recipe(model: str | None = None, config: str | Path | None = None,
         raise UsageError(f"config {path} is not valid TOML: {e}") from None
     if model is not None and config is not None and raw.get("model") != model:
         raise UsageError(f"--model {model} disagrees with {path}, which is a recipe for {raw.get('model')!r}")
-    _apply_overrides(raw, overrides or {})
-    return _build(raw, str(path))
+    return _build(raw, str(path), _apply_overrides(raw, overrides or {}))
 
 
 def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",
@@ -108,8 +138,7 @@ def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",
     """A Recipe from `Recipe.to_dict()` output (e.g. stored in a checkpoint), with dotted-key
     `overrides` applied, validated."""
     raw = {**raw, "optimizer": dict(raw.get("optimizer") or {})}
-    _apply_overrides(raw, overrides or {})
-    return _build(raw, origin)
+    return _build(raw, origin, _apply_overrides(raw, overrides or {}))
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -127,17 +156,26 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def settable_keys() -> list[str]:
     """The recipe keys `--set` takes (dotted for the optimizer's)."""
     fixed = ("model", "optimizer", *PROVENANCE)  # what a recipe is, and where it comes from
-    return [f.name for f in dataclasses.fields(Recipe) if f.name not in fixed] + \
-        [f"optimizer.{f.name}" for f in dataclasses.fields(Optimizer)]
+    return [name for name in Recipe.model_fields if name not in fixed] + \
+        [f"optimizer.{name}" for name in Optimizer.model_fields]
 
 
-def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> None:
-    """Set dotted-key `overrides` in a raw recipe. `optimizer=NAME` is short for `optimizer.name=NAME`;
-    switching the optimizer drops the settings of the old one that the new one does not read (said on
-    stderr), and refuses such a setting given with it."""
+def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> set[str]:
+    """Set dotted-key `overrides` in a raw recipe, and return the keys set; only `settable_keys()` are. `optimizer=NAME` is short
+    for `optimizer.name=NAME`, `optimizer={...}` sets the table's keys; switching the optimizer drops the
+    settings of the old one that the new one does not read (said on stderr), and refuses such a
+    setting given with it."""
     overrides = dict(overrides)
     if isinstance(overrides.get("optimizer"), str):
         overrides["optimizer.name"] = overrides.pop("optimizer")
+    if isinstance(overrides.get("optimizer"), dict):
+        overrides.update({f"optimizer.{key}": value for key, value in overrides.pop("optimizer").items()})
+    settable = settable_keys()
+    for key in overrides:
+        if key not in settable:
+            known = key in Recipe.model_fields or key.split(".")[0] in PROVENANCE
+            raise UsageError(f"{f'recipe key {key} cannot be set' if known else f'unknown recipe key {key}'} "
+                             f"(settable: {', '.join(settable)})")
     table = raw.get("optimizer")
     before = table.get("name") if isinstance(table, dict) else None
     for key, value in overrides.items():
@@ -145,16 +183,17 @@ def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> None:
     table = raw.get("optimizer")
     name = table.get("name") if isinstance(table, dict) else None
     if name == before or name not in OPTIMIZER_KEYS:
-        return
+        return set(overrides)
     foreign = [key for key in table if key not in OPTIMIZER_KEYS[name]]
     given = [key for key in foreign if f"optimizer.{key}" in overrides]
     if given:
         raise UsageError(f"optimizer.{given[0]} is no setting of {name} (it reads: "
                          f"{', '.join('optimizer.' + k for k in OPTIMIZER_KEYS[name][1:])})")
     dropped = {key: table.pop(key) for key in foreign}
-    if any(value != getattr(Optimizer, key, None) for key, value in dropped.items()):
+    if any(value != Optimizer.model_fields[key].default for key, value in dropped.items()):
         shown = ", ".join(f"{key}={value}" for key, value in dropped.items())
         print(f"recipe: optimizer {before} -> {name}: dropping the {before} setting(s) {shown}", file=sys.stderr)
+    return set(overrides)
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -168,83 +207,25 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _options(expected) -> tuple:
-    """The types a field annotated `expected` admits, generics by their origin (`dict[str, Any]`:
-    dict): the members of a union, else `expected` itself."""
-    members = typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
-    return tuple(typing.get_origin(t) or t for t in members)
+def _build(raw: dict, origin: str, overridden: set[str] = frozenset()) -> Recipe:
+    """The validated recipe; a UsageError names the first bad key (and `origin`, unless the key's value
+    came from an override)."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors(include_url=False)[0]
+        key = ".".join(str(part) for part in first["loc"])
+        where = "" if key in overridden or key == "optimizer" and "optimizer.name" in overridden else f"{origin}: "
+        raise UsageError(where + _one_line(first, key)) from None
 
 
-def _type_name(expected) -> str:
-    return " | ".join("None" if t is type(None) else t.__name__ for t in _options(expected))
-
-
-def _conforms(value, expected) -> bool:
-    """Whether `value` is of a type the annotation `expected` admits (an int is no bool, a bool no int)."""
-    for option in _options(expected):
-        if option is Any or (option is type(None) and value is None):
-            return True
-        if isinstance(value, bool) == (option is bool) and isinstance(value, option):
-            return True
-    return False
-
-
-def _typed(cls, values: dict, where: str):
-    """Instantiate a dataclass from `values`, rejecting unknown keys and wrong types (read from the
-    fields' annotations); an int is accepted for a float."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise UsageError(f"unknown recipe key {where}{unknown[0]}; known: {', '.join(sorted(fields))}")
-    missing = [name for name, f in fields.items() if name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise UsageError(f"recipe is missing {where}{missing[0]!r}")
-    kwargs = {}
-    for name, value in values.items():
-        expected = hints[name]
-        if float in _options(expected) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not _conforms(value, expected):
-            raise UsageError(f"recipe key {where}{name} must be {_type_name(expected)}, got {value!r}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _build(raw: dict, origin: str) -> Recipe:
-    optimizer = raw.get("optimizer")
-    if not isinstance(optimizer, dict):
-        raise UsageError(f"{origin}: recipe needs an [optimizer] table")
-    recipe = _typed(Recipe, {**raw, "optimizer": _typed(Optimizer, optimizer, "optimizer.")}, "")
-    _validate(recipe)
-    return recipe
-
-
-def _validate(r: Recipe) -> None:
-    o = r.optimizer
-    checks = [
-        (r.model in MODELS, f"unknown model {r.model!r}; choose one of: {', '.join(MODELS)}"),
-        (r.dataset in DATASETS, f"unknown dataset {r.dataset!r}; choose one of: {', '.join(DATASETS)}"),
-        (0 < r.batch_size <= NUM_EXAMPLES["train"],
-         f"batch size must be positive and at most {NUM_EXAMPLES['train']:,} (the training split), got {r.batch_size}"),
-        (0 < r.eval_batch_size <= NUM_EXAMPLES["test"],
-         f"eval batch size must be positive and at most {NUM_EXAMPLES['test']:,} (the test split), got {r.eval_batch_size}"),
-        (r.epochs > 0, f"epochs must be positive, got {r.epochs}"),
-        # JAX's keys (without x64) and PyTorch's CPU generator both keep only a seed's low 32 bits, so
-        # seeds 2**32 apart would be the same run.
-        (0 <= r.seed < 2**32, f"seed must be in 0 .. 2**32 - 1 (both frameworks' generators use 32 bits), got {r.seed}"),
-        (r.init in INITS, f"unknown init {r.init!r}; choose one of: {', '.join(INITS)}"),
-        (r.init_rng in RNG_SOURCES, f"unknown init_rng {r.init_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
-        (r.shuffle_rng in RNG_SOURCES, f"unknown shuffle_rng {r.shuffle_rng!r}; choose one of: {', '.join(RNG_SOURCES)}"),
-        (math.isfinite(r.normalize_std) and r.normalize_std > 0, f"normalize_std must be positive, got {r.normalize_std}"),
-        (math.isfinite(r.normalize_mean), f"normalize_mean must be finite, got {r.normalize_mean}"),
-        (o.name in OPTIMIZERS, f"unknown optimizer {o.name!r}; choose one of: {', '.join(OPTIMIZERS)}"),
-        (math.isfinite(o.lr) and o.lr > 0, f"learning rate must be positive, got {o.lr}"),
-        (0 <= o.momentum < 1, f"momentum must be in [0, 1), got {o.momentum}"),
-        (0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"Adam betas must be in [0, 1), got ({o.b1}, {o.b2})"),
-        (math.isfinite(o.eps) and o.eps > 0, f"Adam eps must be positive and finite, got {o.eps}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
+def _one_line(error: dict, key: str) -> str:
+    """pydantic's complaint as one line: the dotted key, what is wrong, the value given."""
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        return f"recipe is missing {key!r}"
+    if error["type"] == "extra_forbidden":
+        return f"unknown recipe key {key}"
+    if error["type"] == "value_error":
+        return f"recipe key {key}: {message}"
+    return f"recipe key {key}: {message[:1].lower()}{message[1:]}, got {error['input']!r}"

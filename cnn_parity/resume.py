@@ -72,8 +72,7 @@ def restore(recipe: Recipe, trainer: Trainer, workdir: Workdir, last_step: int) 
         except Exception as e:  # a damaged state file fails in whatever way its deserialiser does
             damaged.append(f"{checkpoint}: its state is unreadable ({type(e).__name__})")
             continue
-        position = {f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta}
-        progress = Progress(**position)
+        progress = _progress(meta, trainer.steps_per_epoch)
         break
     if workdir.writer:
         for reason in damaged:
@@ -88,9 +87,22 @@ def restore(recipe: Recipe, trainer: Trainer, workdir: Workdir, last_step: int) 
             print(f"resume: {workdir.path} holds no checkpoint yet; starting the run from step 0", file=sys.stderr)
         return Progress()
     if progress.steps > last_step:
-        raise UsageError(f"the run in {workdir.path} is already at step {progress.steps} (epoch {progress.epoch}); "
+        raise UsageError(f"the run in {workdir.path} is already at step {progress.steps}; "
                          f"this command would end it at step {last_step}: pass its --epochs and --max-steps or larger")
-    workdir.write_metrics(progress.records)
     if workdir.writer:
-        print(f"resuming from {checkpoint} (epoch {progress.epoch}, step {progress.steps})", file=sys.stderr)
+        print(f"resuming from {checkpoint} (step {progress.steps})", file=sys.stderr)
     return progress
+
+
+def _progress(meta: dict[str, Any], steps_per_epoch: int) -> Progress:
+    """Where a checkpoint's run stands. A checkpoint of an earlier version kept the running epoch's losses
+    as a list (their float64 sum is the same exact number the running sum holds now) and recorded an
+    epoch that --max-steps cut short, which is no record now."""
+    if "epoch_losses" in meta:
+        records = meta["records"]
+        if meta["steps"] % steps_per_epoch and records and records[-1]["steps"] == meta["steps"]:
+            records = records[:-1]
+        meta = {**meta, "epoch_loss_sum": sum(float(x) for x in meta["epoch_losses"]), "records": records}
+        if records and records[-1]["steps"] == meta["steps"]:  # its epoch recorded: the next one starts
+            meta.update(epoch_loss_sum=0.0, epoch_correct=0.0, epoch_examples=0)
+    return Progress(**{f.name: meta[f.name] for f in dataclasses.fields(Progress) if f.name in meta})

@@ -1,5 +1,8 @@
 """Stop signals of a training run: the first SIGINT (Ctrl-C) or SIGTERM asks the run to checkpoint and
-stop after its current step; the run then ends with `Interrupted`."""
+stop at the end of its current chunk of steps (at most CHECK_EVERY; the first chunk includes XLA's
+compilation, and a signal is seen only when Python runs again); the run then ends with `Interrupted`.
+A second one, a second or more after the first, stops at once (`StopNow`), keeping the checkpoints
+written so far."""
 
 from __future__ import annotations
 
@@ -13,9 +16,10 @@ from typing import Any
 
 class StopRequest:
     """The first SIGINT (Ctrl-C) or SIGTERM (`kill`, `timeout`, a scheduler's pre-emption): finish the
-    current step, checkpoint, stop. Another one, a second or more later, stops at once; one sooner is
-    the same request delivered twice (a launcher such as torchrun forwards what the terminal already
-    sent to its whole process group)."""
+    current chunk of steps, checkpoint, stop. Another one, a second or more later, stops at once; one
+    sooner is the same request delivered twice (a launcher such as torchrun forwards what the terminal
+    already sent to its whole process group). Two signals that both arrive while native code runs
+    (XLA compiling, a jitted chunk) reach Python together and count as one."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
     REPEAT_WITHIN_S = 1.0
@@ -46,10 +50,10 @@ class StopRequest:
         now = time.monotonic()
         if self.signal is not None:
             if now - self._received_at >= self.REPEAT_WITHIN_S:
-                raise KeyboardInterrupt
+                raise StopNow(signum)
             return
         self.signal, self._received_at = signum, now
-        print(f"\n{signal.Signals(signum).name}: checkpointing after this step (send it again to stop at once)",
+        print(f"\n{signal.Signals(signum).name}: checkpointing after the current steps (send it again to stop at once)",
               file=sys.stderr)
 
     def __exit__(self, *exc):
@@ -63,3 +67,12 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, checkpoint: Path | None, signum: int):
         super().__init__()
         self.checkpoint, self.signum = checkpoint, signum
+
+
+class StopNow(KeyboardInterrupt):
+    """A second stop signal: the run stops where it is, keeping the checkpoints it wrote; the CLI exits
+    128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum

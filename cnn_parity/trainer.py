@@ -26,18 +26,19 @@ class EvalResult:
 
 @dataclass
 class Progress:
-    """Where a run stands; what a checkpoint stores besides the framework state."""
+    """Where a run stands; what a checkpoint stores besides the framework state. The epoch in
+    progress is `steps // steps_per_epoch + 1`; its figures so far are three running sums (a float64
+    sum of float32 losses is exact, so their mean is the same number in any order)."""
 
-    epoch: int = 1  # the epoch in progress (1-based)
-    step_in_epoch: int = 0  # steps of `epoch` done
     steps: int = 0  # global steps done
-    epoch_losses: list[float] = field(default_factory=list)  # this epoch's per-step losses so far
+    epoch_loss_sum: float = 0.0  # the running epoch's per-step losses, summed
     epoch_correct: float = 0.0
     epoch_examples: int = 0
     examples_seen: int = 0
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
     records: list[dict] = field(default_factory=list)  # the epoch records logged so far (metrics.jsonl)
+    sessions: list[dict] = field(default_factory=list)  # each process that trained the run (provenance)
 
 
 @dataclass

@@ -1,23 +1,35 @@
 """A run's folder: `config.json`, `metrics.jsonl` (one JSON object per epoch), `steps.jsonl` (every
---log-every steps), `summary.json`, `model.safetensors` (the final weights) and `checkpoints/`; locked
-by the process that writes it."""
+--log-every steps), `summary.json`, `model.safetensors` (the final weights), `checkpoints/` and the
+TensorBoard event files; locked by the process that writes it. Every record file a run writes is read
+back here, and a damaged one is named with its file and line."""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_bytes_atomic, write_json_atomic
+from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.recipes import PROVENANCE
+from cnn_parity.tensorboard_log import EVENT_FILE_MARK
 
-# What a run leaves in its workdir; a folder holding any of these belongs to a run.
-RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "model.safetensors", "checkpoints")
+# What a run leaves in its workdir, by name; a folder holding any of these belongs to a run, or to
+# someone else, and is never taken over unless provably a run's own (Workdir.create).
+RUN_FILES = ("config.json", "metrics.jsonl", "steps.jsonl", "summary.json", "model.safetensors", "checkpoints")
+# The event files this project's runs write: tensorboardX's name with the writing process's suffix.
+_OWN_EVENT_FILE = re.compile(rf"events\.out\.{EVENT_FILE_MARK}\.\d+\.[^/]*\.\d+\.\d+")
+# The keys of a run's config.json and their types: anything else is not one.
+CONFIG_FIELDS = {"framework": str, "pipeline": str, "max_steps": (int, type(None)), "checkpoint_every": (int, type(None)),
+                 "log_every": int, "tensorboard": bool, "options": dict, "segments": list, "command": str,
+                 "recipe": dict}
 # The longest path a run writes below its workdir is under 100 bytes
 # (checkpoints/.tmp-step_NNNNNNNNN-PID/.model.safetensors.XXXXXXXX.tmp); checked up front, so a
 # too-deep workdir is refused at the start, not when its first checkpoint is written.
@@ -25,45 +37,61 @@ _LONGEST_INSIDE = 128
 
 
 def run_holding(path: str | os.PathLike) -> Path | None:
-    """The run workdir `path` lies in (a folder with a run's config, records or checkpoints), or None."""
-    for folder in Path(path).absolute().parents:
-        if (folder / "metrics.jsonl").is_file() or _checkpoints_in(folder) or _holds_run_config(folder):
+    """The run workdir that the real path of `path` (links resolved) lies in, or None."""
+    for folder in Path(os.path.realpath(path)).parents:
+        if (folder / "metrics.jsonl").is_file() or any((folder / "checkpoints").glob("step_*")) or \
+                config_problem(folder / "config.json") is None:
             return folder
     return None
 
 
-def _checkpoints_in(folder: Path) -> bool:
-    return any((folder / "checkpoints").glob("step_*"))
-
-
-def _holds_run_config(folder: Path) -> bool:
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and {"framework", "recipe"} <= set(config)
-
-
-def check_new_output(path: str | os.PathLike, is_ours, force: bool = False) -> None:
-    """Refuse to write an output file into a run's workdir (it belongs to that run), or over an existing
-    file that `is_ours(path)` does not recognise as this project's own output of the same kind (unless
-    `force`): no command overwrites what it did not make."""
-    path = Path(path)
-    run = run_holding(path)
+def check_new_output(path: str | os.PathLike, is_ours, force: bool = False) -> Path:
+    """The real path (links resolved) to write an output file to, after refusing one inside a run's
+    workdir (it belongs to that run) or an existing file that `is_ours(path)` does not recognise as
+    this project's own output of the same kind (unless `force`): no command overwrites what it did not
+    make, and what was checked is what is written."""
+    real = Path(os.path.realpath(path))
+    run = run_holding(real)
     if run is not None:
-        raise UsageError(f"{path} is inside the workdir of a run ({run}), which belongs to that run: write elsewhere")
-    if path.exists() and not path.is_dir() and not force and not is_ours(path):
+        shown = path if str(real) == os.path.abspath(path) else f"{path} (really {real})"
+        raise UsageError(f"{shown} is inside the workdir of a run ({run}), which belongs to that run: write elsewhere")
+    if real.exists() and not real.is_dir() and not force and not is_ours(real):
         raise UsageError(f"{path} exists and was not written by this command: pass --force to replace it, "
                          f"or name another file")
+    return real
+
+
+def config_problem(path: Path) -> str | None:
+    """Why `path` is not a run's config.json (None if it is one): a JSON object of CONFIG_KEYS with a
+    known framework and a recipe naming its model."""
+    try:
+        config = json.loads(path.read_bytes())
+    except OSError as e:
+        return f"cannot read it ({e.strerror or e})"
+    except ValueError as e:
+        return f"it is not JSON ({e})"
+    if not isinstance(config, dict):
+        return "it is not a JSON object"
+    if unknown := sorted(set(config) - set(CONFIG_FIELDS)):
+        return f"it has keys no run writes ({', '.join(map(str, unknown[:3]))})"
+    if wrong := [key for key, value in config.items() if not has_type(value, CONFIG_FIELDS[key])]:
+        return f"its {wrong[0]} is {config[wrong[0]]!r}"
+    if config.get("framework") not in FRAMEWORKS:
+        return f"its framework is {config.get('framework')!r}, not one of {', '.join(FRAMEWORKS)}"
+    if not isinstance(config.get("recipe"), dict) or not isinstance(config["recipe"].get("model"), str):
+        return "it names no recipe"
+    return None
 
 
 class Workdir:
     """The output folder of one training run, owned by one process at a time (an advisory lock on
     `.lock`, released when the process ends however it ends). With `writer=False` (the other processes
-    of a multi-process run) it is only read: every write is left to the primary process."""
+    of a multi-process run) it is only read: every write is left to the primary process. Its path is
+    the real one (links resolved): what is checked is what is written."""
 
     def __init__(self, path: str | os.PathLike, writer: bool = True):
-        self.path = Path(path)
+        self.given = Path(path)
+        self.path = Path(os.path.realpath(path))
         self.writer = writer
         self.metrics_path = self.path / "metrics.jsonl"
         self.steps_path = self.path / "steps.jsonl"
@@ -71,30 +99,46 @@ class Workdir:
         self.config_path = self.path / "config.json"
         self.model_path = self.path / "model.safetensors"
         self._lock_file = None
-        self.events = None  # the TensorBoard event log mirroring metrics.jsonl, once started
+        self.events = None  # the TensorBoard event log (cnn_parity/tensorboard_log.py), once started
 
     def create(self) -> None:
-        """Make and lock the folder for a new run, refusing one where a run already left anything."""
+        """Make and lock the folder for a new run. A folder holding files of a run's names is refused
+        unless they are provably those of a run that stopped before its first record or checkpoint
+        (its config by schema, step records and event files of this project): those are replaced."""
         self._open()
-        if self.writer:
-            left = [name for name in RUN_FILES if (self.path / name).exists()]
-            if left == ["config.json"]:  # a run that failed before it logged or kept anything
-                self._clear_unstarted_run()
-            elif left:
-                raise UsageError(f"workdir {self.path} already holds a run ({', '.join(left)}); continue it with "
-                                 f"--resume, or pass another --workdir")
-
-    def _clear_unstarted_run(self) -> None:
-        """Take over a folder whose run stopped before its first epoch record or checkpoint: only its
-        config, step records and TensorBoard events (all written by this project) are there, and they go."""
-        print(f"workdir {self.path}: its earlier run stopped before its first record or checkpoint; starting anew",
+        if not self.writer:
+            return
+        present = sorted(p.name for p in self.path.iterdir() if p.name in RUN_FILES or EVENT_FILE_MARK in p.name)
+        if not present:
+            return
+        foreign = self._foreign(present)
+        if foreign:
+            raise UsageError(f"workdir {self.given} holds files this project did not write or a run cannot be taken "
+                             f"over from ({'; '.join(foreign[:3])}): pass another --workdir")
+        if set(present) - {"config.json", "steps.jsonl"} - {p for p in present if _OWN_EVENT_FILE.fullmatch(p)}:
+            raise UsageError(f"workdir {self.given} already holds a run ({', '.join(present)}); continue it with "
+                             f"--resume, or pass another --workdir")
+        print(f"workdir {self.given}: its earlier run stopped before its first record or checkpoint; starting anew",
               file=sys.stderr)
         try:
-            for path in [self.config_path, *self.path.glob("events.out.tfevents.*")]:
-                path.unlink()
-            self.steps_path.unlink(missing_ok=True)
+            for name in present:
+                (self.path / name).unlink()
         except OSError as e:
-            raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
+            raise UsageError(f"workdir {self.given} is not writable: {e.strerror or e}") from None
+
+    def _foreign(self, present: list[str]) -> list[str]:
+        """The files among `present` that are not provably this project's, each with why."""
+        why = []
+        if "config.json" in present and (problem := config_problem(self.config_path)):
+            why.append(f"config.json: {problem}")
+        if "steps.jsonl" in present:
+            try:
+                read_records(self.steps_path, "step")
+            except UsageError as e:
+                why.append(str(e))
+        why += [f"{name}: not an event file of this project's runs" for name in present
+                if EVENT_FILE_MARK in name and not _OWN_EVENT_FILE.fullmatch(name)]
+        return why
 
     def open_for_resume(self) -> None:
         """Lock an existing run's folder (or make it, if the run never started)."""
@@ -108,85 +152,96 @@ class Workdir:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock_file = open(self.path / ".lock", "a+")
         except OSError as e:
-            raise UsageError(f"workdir {self.path} is not writable: {e.strerror or e}") from None
+            raise UsageError(f"workdir {self.given} is not writable: {e.strerror or e}") from None
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.seek(0)
             owner = self._lock_file.read().strip() or "another process"
-            raise UsageError(f"workdir {self.path} is in use by a running training process ({owner}); wait for it "
+            raise UsageError(f"workdir {self.given} is in use by a running training process ({owner}); wait for it "
                              f"to finish, or pass another --workdir") from None
         self._lock_file.truncate(0)
         self._lock_file.write(f"pid {os.getpid()} on {platform.node()}\n")
         self._lock_file.flush()
 
     def read_config(self) -> dict[str, Any] | None:
-        """The run's recorded configuration, or None if it never wrote one."""
-        if not self.config_path.is_file():
+        """The run's recorded configuration, or None if it never wrote one; UsageError if config.json is
+        not a run's."""
+        if not self.config_path.exists():
             return None
+        if problem := config_problem(self.config_path):
+            raise UsageError(f"{self.config_path} is not a run's config: {problem}")
+        return json.loads(self.config_path.read_bytes())
+
+    def finished_summary(self, steps: int) -> dict[str, Any] | None:
+        """summary.json if it is that of this run finished at global step `steps`, else None (a damaged
+        one is written again when the run finishes again)."""
         try:
-            config = json.loads(self.config_path.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{self.config_path} is unreadable ({e}); it is not a run's config") from None
-        if not isinstance(config, dict) or not isinstance(config.get("recipe"), dict):
-            raise UsageError(f"{self.config_path} is not a run's config (no recipe)")
-        return config
+            summary = json.loads(self.summary_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        fields = {"steps": int, "test_accuracy": float, "test_loss": float, "train_samples_per_s": (float, type(None))}
+        valid = isinstance(summary, dict) and all(has_type(summary.get(key), kind) for key, kind in fields.items())
+        return summary if valid and summary["steps"] == steps else None
 
     def write_config(self, config: dict[str, Any]) -> None:
         self._guarded(write_json_atomic, self.config_path, config)
 
-    def write_metrics(self, records: list[dict[str, Any]]) -> None:
-        """Replace the epoch records (with those of the checkpoint a run resumes from)."""
-        text = "".join(json.dumps(r) + "\n" for r in records)
-        self._guarded(write_bytes_atomic, self.metrics_path, text.encode())
-        if self.events is not None:
-            self._guarded(self.events.rewrite, records, self.read_steps())
+    def records_intact(self, records: list[dict[str, Any]], step: int) -> bool:
+        """Whether metrics.jsonl holds exactly `records` (a checkpoint's) and steps.jsonl nothing past
+        `step` and nothing damaged: what a finished run left, untouched."""
+        try:
+            metrics = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+            steps = read_records(self.steps_path, "step") if self.steps_path.exists() else []
+        except (OSError, UsageError):
+            return False
+        return metrics == _jsonl(records) and all(r["step"] <= step for r in steps)
 
-    def read_steps(self) -> list[dict[str, Any]]:
-        """The step records logged so far (steps.jsonl); a last line cut short by a killed process is
-        left out (it lies past the run's last checkpoint)."""
-        if not self.writer or not self.steps_path.is_file():
-            return []
-        records = []
-        for line in self.steps_path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                break
-        return records
-
-    def keep_steps_until(self, step: int) -> None:
-        """Drop the step records past `step` (those after the checkpoint a run resumes from)."""
-        if self.writer and self.steps_path.is_file():
-            kept = [r for r in self.read_steps() if r["step"] <= step]
-            self._guarded(write_bytes_atomic, self.steps_path, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-    def log_steps(self, records: list[dict[str, Any]]) -> None:
-        def append():
-            with open(self.steps_path, "a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in records))
-        self._guarded(append)
-        if self.events is not None:
-            self._guarded(self.events.append_steps, records)
-
-    def log_epoch(self, record: dict[str, Any]) -> None:
-        def append():
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        self._guarded(append)
-        if self.events is not None:
-            self._guarded(self.events.append, record)
-
-    def start_tensorboard(self, recipe: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        """From now on keep TensorBoard event files beside metrics.jsonl and steps.jsonl, holding the
-        recipe and the same records (cnn_parity/tensorboard_log.py)."""
+    def restore_records(self, records: list[dict[str, Any]], step: int) -> None:
+        """A resumed run's records: the epoch records its checkpoint holds, and the step records up to
+        its step (the rest are trained again)."""
         if not self.writer:
             return
-        from cnn_parity.tensorboard_log import EventLog  # loads tensorboard: only runs that log to it
+        self._guarded(write_bytes_atomic, self.metrics_path, _jsonl(records))
+        if self.steps_path.exists():
+            kept = [r for r in read_records(self.steps_path, "step", torn_last_line_ok=True) if r["step"] <= step]
+            self._guarded(write_bytes_atomic, self.steps_path, _jsonl(kept))
+
+    def log_steps(self, records: list[dict[str, Any]]) -> None:
+        self._append(self.steps_path, records)
+        if self.events is not None:
+            self._guarded(self.events.steps, records)
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        self._append(self.metrics_path, [record])
+        if self.events is not None:
+            self._guarded(self.events.epoch, record)
+
+    def _append(self, path: Path, records: list[dict[str, Any]]) -> None:
+        def append():
+            with open(path, "ab") as f:
+                f.write(_jsonl(records))
+        self._guarded(append)
+
+    def start_tensorboard(self, recipe: dict[str, Any], steps: int) -> None:
+        """From now on (global step `steps`) keep TensorBoard event files beside the JSON records."""
+        if not self.writer:
+            return
+        from cnn_parity.tensorboard_log import EventLog
 
         def start():
-            self.events = EventLog(self.path, recipe, records, self.read_steps())
+            self.events = EventLog(self.path, recipe, steps)
         self._guarded(start)
+
+    def flush_events(self) -> None:
+        if self.events is not None:
+            self._guarded(self.events.flush)
+
+    def close(self) -> None:
+        """Flush and close the event log (the JSON records are written as they come)."""
+        if self.events is not None:
+            self._guarded(self.events.close)
+            self.events = None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._guarded(write_json_atomic, self.summary_path, summary)
@@ -197,7 +252,11 @@ class Workdir:
         try:
             write(*args)
         except OSError as e:
-            raise RunError(f"cannot write to workdir {self.path}: {e.strerror or e}") from None
+            raise RunError(f"cannot write to workdir {self.given}: {e.strerror or e}") from None
+
+
+def _jsonl(records: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode()
 
 
 def _check_path_length(path: Path) -> None:
@@ -230,22 +289,66 @@ def run_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[s
     return changed
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The epoch records of the run in `path`; UsageError names a line that is not a record."""
-    metrics = Path(path) / "metrics.jsonl"
+# The fields each kind of record must hold, and their types (a bool is no number here).
+_RECORD_FIELDS = {
+    "epoch": {"epoch": int, "steps": int, "train_loss": float, "train_accuracy": float, "test_loss": float,
+              "test_accuracy": float},
+    "step": {"step": int, "epoch": int, "loss": float, "learning_rate": float},
+}
+
+
+def read_records(path: Path, kind: str, torn_last_line_ok: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file a run writes (`kind`: "epoch" for metrics.jsonl, "step" for
+    steps.jsonl). UsageError naming the file and line of anything that is not such a record; with
+    `torn_last_line_ok`, a last line without its newline (what a killed writer leaves) is left out."""
     try:
-        lines = metrics.read_text().splitlines()
+        data = path.read_bytes()
     except OSError as e:
-        raise UsageError(f"cannot read {metrics}: {e.strerror or e}") from None
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    torn = lines.pop()  # after the last newline: empty, or a line cut short
+    if torn and not torn_last_line_ok:
+        lines.append(torn)
     records = []
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
-            raise UsageError(f"{metrics} line {number} is not an epoch record: {line[:60]!r}")
+        record = _record(line, kind)
+        if record is None:
+            raise UsageError(f"{path} line {number} is not {'an' if kind == 'epoch' else 'a'} {kind} record: "
+                             f"{line[:60].decode(errors='replace')!r}")
         records.append(record)
     return records
+
+
+def has_type(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """Whether a JSON value is of `kind` (a type or a tuple of them): an int is a float too, a bool is
+    neither, and a float must be finite."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, float):
+        return float in kinds and math.isfinite(value)
+    if isinstance(value, int):
+        return int in kinds or float in kinds
+    return isinstance(value, kinds)
+
+
+def is_record(record: Any, kind: str) -> bool:
+    """Whether `record` is an epoch ("epoch") or step ("step") record as a run writes them."""
+    return isinstance(record, dict) and all(has_type(record.get(key), t) for key, t in _RECORD_FIELDS[kind].items())
+
+
+def _record(line: bytes, kind: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:  # not UTF-8 (UnicodeDecodeError is a ValueError) or not JSON
+        return None
+    return record if is_record(record, kind) else None
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The epoch records of the run in `path` (a workdir): none yet where a run has started but not
+    finished an epoch; UsageError names a line that is not a record."""
+    metrics = Path(path) / "metrics.jsonl"
+    if not metrics.exists() and config_problem(Path(path) / "config.json") is None:
+        return []
+    return read_records(metrics, "epoch")

@@ -9,7 +9,8 @@ nothing but the cache's benefit (jax-ml/jax#38445).
 
 The cache holds compiled machine code that JAX runs: it is turned off, with one line on stderr, when
 its folder (made private to the user if new) is not owned by the user, is writable by others, or
-sits below a folder another user could replace it from (cnn_parity.files.unsafe_to_load).
+sits below a folder another user could replace it from, all judged on its real path, links resolved
+(cnn_parity.files.unsafe_to_load); JAX is given that real path, what was checked.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def enable() -> str | None:
     if path is not None:
         try:
             os.makedirs(path, mode=0o700, exist_ok=True)
+            path = os.path.realpath(path)  # resolved once: what is checked is what JAX is given
             reason = unsafe_to_load(path)
         except OSError as e:
             reason = f"cannot create {path} ({e.strerror})"

@@ -15,9 +15,11 @@ Why Debian's libdnnl-dev and not a PyPI wheel: docs/onednn.md. The build goes to
 version, the oneDNN runtime's version and the compiler command, so an upgrade of any of them needs a
 fresh build (and says so), never loads a stale one. One build at a time (a lock in that folder); a
 failed build is recorded there and reported by every later load, with the fix, until the build
-command succeeds. Nothing is loaded from a folder or file another user could have written
-(cnn_parity.files.unsafe_to_load), nor a library whose SHA-256 differs from the one its build
-recorded: a truncated or replaced file is refused, with the command that rebuilds it.
+command succeeds. Nothing is loaded from a folder or file another user could have written, judged on
+the real path with every link resolved (cnn_parity.files.unsafe_to_load), nor a library whose SHA-256
+differs from the one its build recorded: a truncated or replaced file is refused, with the command
+that rebuilds it. The library is loaded from the very bytes that were hashed (copied into an
+anonymous in-memory file), so a file swapped on disk after the check is never what runs.
 
 Threads: oneDNN runs each call on its own OpenMP team (OMP_NUM_THREADS, else one thread per core),
 inside the XLA:CPU thread that runs the FFI call and waits for it; XLA's intra-op pool has as many
@@ -101,7 +103,7 @@ def build_folder(version: str) -> Path:
     key = hashlib.sha256(source())
     for part in (jaxlib.__version__, version, " ".join(compile_command(Path("SOURCE"), Path("OUTPUT")))):
         key.update(b"\0" + part.encode())
-    return cache_dir() / "onednn-conv" / f"{version}-{key.hexdigest()[:16]}"
+    return Path(os.path.realpath(cache_dir() / "onednn-conv" / f"{version}-{key.hexdigest()[:16]}"))
 
 
 def _require_version() -> str:
@@ -128,14 +130,25 @@ def _build_lock(folder: Path):
         yield
 
 
-def _recorded_build(folder: Path) -> str | None:
-    """The SHA-256 of the library in `folder` if it is the one its build recorded, else None."""
+def _recorded_build(folder: Path) -> tuple[str, bytes] | None:
+    """(SHA-256, bytes) of the library in `folder` if it is the one its build recorded, else None."""
     try:
         recorded = json.loads((folder / MANIFEST_NAME).read_text())["sha256"]
         data = (folder / LIBRARY_NAME).read_bytes()
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return recorded if hashlib.sha256(data).hexdigest() == recorded else None
+    return (recorded, data) if hashlib.sha256(data).hexdigest() == recorded else None
+
+
+def _open_bytes(data: bytes) -> ctypes.CDLL:
+    """A shared library loaded from exactly `data` (an anonymous in-memory file): the bytes that were
+    hashed are the bytes that run, whatever happens to the file on disk meanwhile."""
+    fd = os.memfd_create(LIBRARY_NAME, os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        return ctypes.CDLL(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)  # the loaded mapping stays
 
 
 def build(report=print) -> Path:
@@ -149,8 +162,8 @@ def build(report=print) -> Path:
     _check_private(folder)
     library, partial = folder / LIBRARY_NAME, folder / f".{LIBRARY_NAME}.{os.getpid()}.tmp"
     with _build_lock(folder):
-        if digest := _recorded_build(folder):
-            report(f"already built: {library} (oneDNN {version}, sha256 {digest[:16]}…)")
+        if found := _recorded_build(folder):
+            report(f"already built: {library} (oneDNN {version}, sha256 {found[0][:16]}…)")
             return library
         source_path = folder / SOURCE_NAME
         write_bytes_atomic(source_path, source())
@@ -201,11 +214,12 @@ def _load_verified() -> Path:
         raise Unavailable(f"not built for oneDNN {version} and jaxlib {jaxlib.__version__}; build it: `{BUILD_COMMAND}`")
     for path in (manifest, library):
         _check_private(path)
-    if _recorded_build(folder) is None:
+    found = _recorded_build(folder)
+    if found is None:
         raise Unavailable(f"{library} is not the library its build recorded (SHA-256 differs, or either is "
                           f"unreadable: truncated or replaced); rebuild: `{BUILD_COMMAND}`")
     try:
-        handle = ctypes.CDLL(str(library))
+        handle = _open_bytes(found[1])
         symbols = {target: getattr(handle, symbol) for target, symbol in TARGETS.items()}
     except (OSError, AttributeError) as e:
         raise Unavailable(f"cannot load {library} ({e}); rebuild: `{BUILD_COMMAND}`") from None

@@ -309,14 +309,17 @@ class FlaxTrainer:
         return flag if self.is_single_process else distributed.any_process(flag)
 
 
-def add_api_flag(parser) -> None:
-    parser.add_argument("--api", choices=APIS, default="linen",
+def add_api_flag(parser) -> dict[str, str]:
+    """The --api flag; returns its default."""
+    parser.add_argument("--api", choices=APIS,
                         help="Flax API of the model: linen (flax_impl/models.py, default) or nnx (flax_impl/models_nnx.py)")
+    return {"api": "linen"}
 
 
-def add_flax_flags(parser) -> None:
-    add_api_flag(parser)
-    parser.add_argument("--conv-impl", choices=CONV_IMPL_CHOICES, default="auto",
+def add_flax_flags(parser) -> dict[str, object]:
+    """Flax's own training flags; returns their defaults."""
+    defaults = add_api_flag(parser)
+    parser.add_argument("--conv-impl", choices=CONV_IMPL_CHOICES,
                         help="how the training step convolves (flax_impl/kernels.py): auto (default: gemm, pure JAX, "
                              "on a CPU; xla elsewhere), xla (Flax's own convolutions), gemm, or onednn (opt-in, one "
                              f"CPU device; build it first: `{onednn_conv.BUILD_COMMAND}`); evaluation always uses "
@@ -331,6 +334,8 @@ def add_flax_flags(parser) -> None:
                         help="multi-host: process 0's address (all hosts)")
     parser.add_argument("--num-processes", type=positive_int, metavar="P", help="multi-host: number of processes")
     parser.add_argument("--process-id", type=int, metavar="I", help="multi-host: this process's index, 0 .. P-1")
+    return {**defaults, "conv_impl": "auto", "no_compile_cache": False, "devices": None, "coordinator": None,
+            "num_processes": None, "process_id": None}
 
 
 def _host_port(text: str) -> str:

@@ -37,7 +37,6 @@ from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import MODELS, load_recipe
-from cnn_parity.workdir import read_metrics
 from parity_studies import runs, statistics
 from parity_studies.markdown import replace_marked_block
 
@@ -127,7 +126,7 @@ def equivalence_test(flax, torch, margin: float, paired: bool) -> dict[str, Any]
 
 def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, Any]:
     """Every endpoint of one model and design over `seeds`: paired unless the design is independent."""
-    records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in FRAMEWORKS}
+    records = {f: [runs.epoch_records(record_dir(out, model, design, f, s)) for s in seeds] for f in FRAMEWORKS}
     epochs = min(len(r) for rs in records.values() for r in rs)
     paired = design != "independent"
     curves = {f: np.array([[e["test_accuracy"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}

@@ -17,8 +17,8 @@ from cnn_parity.errors import UsageError
 from cnn_parity.files import read_json, write_json_atomic
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import load_recipe
-from cnn_parity.workdir import read_metrics
 from parity_studies import statistics
+from parity_studies.runs import epoch_records
 
 # What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
 DEVIATIONS = {
@@ -56,7 +56,7 @@ def _median_epoch_seconds(records: list[dict]) -> float:
 
 
 def summarise(out: Path, model: str, framework: str, seeds: list[int]) -> dict[str, Any]:
-    runs = [read_metrics(run_dir(out, model, framework, seed)) for seed in seeds]
+    runs = [epoch_records(run_dir(out, model, framework, seed)) for seed in seeds]
     summaries = [json.loads((run_dir(out, model, framework, s) / "summary.json").read_text()) for s in seeds]
     epochs = min(len(r) for r in runs)
     epoch_seconds = [_median_epoch_seconds(r) for r in runs]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +20,10 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from cnn_parity.errors import RunError, UsageError
+from cnn_parity.files import read_json, write_bytes_atomic
 from cnn_parity.frameworks import command_module
 from cnn_parity.recipes import MODELS
+from cnn_parity.workdir import read_metrics
 
 CHECKPOINT_EVERY = 2000
 # `--quick` (reproduce, equivalence): a smoke run of this many training steps per run.
@@ -111,12 +112,26 @@ def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
 
 
 def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = None) -> bool:
-    """Whether the run in `workdir` finished: its summary shows `epochs` epochs, or `steps` steps."""
+    """Whether the run (or run record) in `workdir` finished: its summary shows `epochs` epochs, or
+    `steps` steps. A summary that is damaged (cut short by a kill, or not a summary) is named on stderr
+    and counts as not finished, so the run is resumed, which rewrites it."""
     summary = workdir / "summary.json"
-    if not summary.is_file():
+    if not summary.exists():
         return False
-    done = json.loads(summary.read_text())
-    return done["steps"] == steps if steps is not None else done["epochs"] == epochs
+    try:
+        done = json.loads(summary.read_bytes())
+        return done["steps"] == steps if steps is not None else done["epochs"] == epochs
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{summary} is damaged ({type(e).__name__}: {e}); its run is redone", file=sys.stderr)
+        return False
+
+
+def epoch_records(workdir: Path) -> list[dict]:
+    """The epoch records a study analyses: the run's complete epochs, and for a run that --max-steps
+    ended inside an epoch (a --quick smoke run) that epoch's figures from its summary."""
+    records = read_metrics(workdir)
+    partial = read_json(workdir / "summary.json").get("partial_epoch")
+    return records + [partial] if partial else records
 
 
 def finished(workdir: Path, epochs: int, quick: bool) -> bool:
@@ -125,14 +140,17 @@ def finished(workdir: Path, epochs: int, quick: bool) -> bool:
 
 
 def keep_record(workdir: Path, record: Path) -> None:
-    """Copy a finished run's RECORD_FILES from `workdir` to `record` (its summary last, so a record is
-    complete exactly when run_complete says so). Its log stays with the workdir: progress bars make
-    it megabytes."""
+    """Copy a finished run's RECORD_FILES from `workdir` to `record`, each atomically and its summary
+    last, so a record is complete exactly when run_complete says so, whenever the copy is killed (a run
+    that ended inside its first epoch has no metrics.jsonl). Its log stays with the workdir: progress
+    bars make it megabytes."""
     if record.resolve() == workdir.resolve():
         return
     record.mkdir(parents=True, exist_ok=True)
+    (record / "summary.json").unlink(missing_ok=True)  # incomplete until the new one is in
     for name in RECORD_FILES:
-        shutil.copyfile(workdir / name, record / name)
+        if (workdir / name).exists():
+            write_bytes_atomic(record / name, (workdir / name).read_bytes())
 
 
 def log_path(workdir: Path) -> Path:

@@ -123,7 +123,7 @@ def test_forward_catches_missing_normalisation(measurements):
     pair = measurements.pair("fashion_cnn")
     images, labels = real_images(pair.recipe, 128)
     good = batch_from_uint8(pair.recipe, images, labels)
-    bad = batch_from_uint8(dataclasses.replace(pair.recipe, normalize_mean=0.0, normalize_std=1.0), images, labels)
+    bad = batch_from_uint8(pair.recipe.model_copy(update={"normalize_mean": 0.0, "normalize_std": 1.0}), images, labels)
     batch = Batch(good.flax_x, bad.torch_x, good.flax_y, good.torch_y)
     assert_caught(measure_forward(pair, batch), bounds.FORWARD_ABS)
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from cnn_parity.recipes import load_recipe
 from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD
-from cnn_parity.training import fit
+from cnn_parity.stop_signals import StopRequest
+from cnn_parity.training import RunOptions, fit
 from cnn_parity.weights import EXPLICIT_WEIGHT_INITS, LAYERS
 from cnn_parity.workdir import Workdir
 
@@ -37,7 +38,8 @@ def short_run(trainer_class, model: str, seed: int, workdir, data_dir) -> dict:
     run = Workdir(workdir)
     run.create()
     with contextlib.redirect_stdout(io.StringIO()):
-        return fit(recipe, trainer_class(recipe, data_dir=data_dir), run, max_steps=LEARNING_STEPS[model])
+        return fit(recipe, trainer_class(recipe, data_dir=data_dir), run, RunOptions(max_steps=LEARNING_STEPS[model], tensorboard=False),
+                   StopRequest())
 
 
 def check_init_statistics(model: str, scheme: str, weights: dict[str, np.ndarray]) -> None:

@@ -139,11 +139,11 @@ def test_recipe_metadata_that_is_not_json(framework, weights_file, tmp_path):
 def test_values_the_libraries_refuse(framework, data_dir, tmp_path):
     env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
     assert_usage_error(run_cli(framework, "--model", "cnn_base", "--batch-size", "70000", cwd=tmp_path),
-                       "batch size must be positive and at most 60,000")
+                       "recipe key batch_size: input should be less than or equal to 60000, got 70000")
     assert_usage_error(run_cli(framework, "--model", "mlp", "--set", "eval_batch_size=10001", cwd=tmp_path),
-                       "eval batch size", "at most 10,000")
+                       "recipe key eval_batch_size: input should be less than or equal to 10000, got 10001")
     assert_usage_error(run_cli(framework, "--model", "mlp", "--seed", str(2**32), cwd=tmp_path),
-                       "seed must be in 0 .. 2**32 - 1")
+                       "recipe key seed: must be in 0 .. 2**32 - 1")
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes('model = "mlp"  # r\xe9sum\xe9\n'.encode("latin-1"))
     assert_usage_error(run_cli(framework, "--config", str(latin1), cwd=tmp_path), "is not UTF-8 text")
@@ -170,7 +170,8 @@ def _plot(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_plot_refuses_bad_runs_and_outputs(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.5, "test_accuracy": 0.9}) + "\n")
+    record = {"epoch": 1, "steps": 30, "train_loss": 0.5, "train_accuracy": 0.8, "test_loss": 0.4, "test_accuracy": 0.9}
+    (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     (tmp_path / "existing").mkdir()
     assert_usage_error(_plot(str(run), "--out", str(tmp_path / "x.xyz"), cwd=tmp_path), "unknown image format '.xyz'")
     assert_usage_error(_plot(str(run), "--out", str(tmp_path / "existing"), cwd=tmp_path), "is a folder")
@@ -179,7 +180,7 @@ def test_plot_refuses_bad_runs_and_outputs(tmp_path):
     (run / "config.json").unlink()
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train_loss": 0.5}) + "\n")
     assert_usage_error(_plot(str(run), "--out", str(tmp_path / "c.png"), cwd=tmp_path),
-                       "record 1 has no number for test_accuracy")
+                       "metrics.jsonl line 1 is not an epoch record")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "run"]
 
 
@@ -217,8 +218,9 @@ def test_a_checkpoint_that_cannot_be_written(framework, exhausted, data_dir, tmp
                  data_dir=data_dir).returncode == 0
     workdir = mount_point / "run"
     shutil.copytree(first, workdir)
-    # Room for rewriting the records and the config on resume, none for the next checkpoint.
-    shrink(*{"space": (8192, 100), "inodes": (1 << 20, 1)}[exhausted])
+    # Room for rewriting the records and the config on resume and for its new TensorBoard event file,
+    # none for the next checkpoint.
+    shrink(*{"space": (8192, 100), "inodes": (1 << 20, 2)}[exhausted])
     previous = checkpoints.latest(workdir)
     kept = {p.name: p.read_bytes() for p in previous.iterdir()}
     started = time.monotonic()
@@ -242,3 +244,19 @@ def test_profiler_flags_are_one_line_usage_errors(argv, message, capsys):
         profile_ops.main(argv)
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"{profile_ops.PROG}: error: {message}"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("flags, fragment", [
+    (("--lr", "1e39"), "recipe key optimizer.lr: 1e+39 is outside float32's range"),
+    (("--lr", "1e-50"), "recipe key optimizer.lr: 1e-50 is too small for float32"),
+    (("--set", "optimizer.eps=1e-60"), "recipe key optimizer.eps: 1e-60 is too small for float32"),
+    (("--set", "normalize_mean=-1e40"), "recipe key normalize_mean: -1e+40 is outside float32's range"),
+    (("--set", "model=lenet"), "recipe key model cannot be set"),
+    (("--set", "source=mine"), "recipe key source cannot be set"),
+    (("--set", "reported.num_params=5"), "recipe key reported.num_params cannot be set"),
+    (("--set", 'optimizer={name="adam", foo=1}'), "unknown recipe key optimizer.foo"),
+], ids=["lr-overflow", "lr-underflow", "eps-underflow", "mean-overflow", "model", "source", "reported", "inline-table"])
+def test_recipe_settings_a_run_cannot_take_are_one_line(framework, flags, fragment, tmp_path):
+    result = run_cli(framework, "--model", "mlp", "--max-steps", "2", *flags, cwd=tmp_path)
+    assert_usage_error(result, fragment)

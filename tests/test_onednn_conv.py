@@ -10,6 +10,7 @@ from __future__ import annotations
 import _json
 import hashlib
 import json
+import os
 import subprocess
 import threading
 import time
@@ -248,3 +249,39 @@ def test_onednn_off_the_cpu_backend_is_a_usage_error(monkeypatch):
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     with pytest.raises(UsageError, match="conv_impl onednn runs on the CPU only; JAX's backend here is gpu"):
         resolve_conv_impl("onednn", "lenet")
+
+
+def test_the_library_loaded_is_the_bytes_that_were_hashed(fresh_loader, monkeypatch):
+    """The loader hashes the file's bytes and loads those very bytes (an in-memory copy), so a library
+    swapped in on disk after the check is never what runs."""
+    library_bytes = Path(_json.__file__).read_bytes()
+    fake_build(fresh_loader, library_bytes)
+    opened = []
+
+    def record(path, *args, **kwargs):
+        opened.append((path, Path(path).read_bytes()))
+        (fresh_loader / onednn_conv.LIBRARY_NAME).write_bytes(b"swapped in after the check")
+        raise OSError("recorded")
+
+    monkeypatch.setattr(onednn_conv.ctypes, "CDLL", record)
+    built, why = onednn_conv.status()
+    assert not built and "recorded" in why
+    ((path, data),) = opened
+    assert path.startswith("/proc/self/fd/") and data == library_bytes
+
+
+def test_a_cache_folder_linked_into_another_users_folder_is_refused(fresh_loader, tmp_path):
+    if os.getuid() != 0:
+        pytest.skip("needs root, to give a folder to another user")
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chown(other, 65534, 65534)
+    (other / "cnn_parity").mkdir(mode=0o700)
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    (cache / "cnn_parity").symlink_to(other / "cnn_parity")
+    onednn_conv._load.cache_clear()
+    folder = onednn_conv.build_folder("9.9.9")
+    fake_build(folder, b"planted")
+    built, why = onednn_conv.status()
+    assert not built and why.startswith("refusing to build or load") and "owned by uid 65534" in why

@@ -50,3 +50,43 @@ def test_the_compilation_cache_is_off_in_a_folder_others_can_write(tmp_path, mon
     assert compilation_cache.enable() is None
     err = capsys.readouterr().err
     assert err == f"JAX compilation cache off: {folder} is writable by group or others (mode 777)\n"
+
+
+@pytest.fixture
+def link_into_another_users_folder(tmp_path):
+    """LINK -> OTHER/cache: a folder owned by root, mode 0700, inside a folder another user owns (who
+    could rename it away and put their own in its place): the checks must see OTHER."""
+    if os.getuid() != 0:
+        pytest.skip("needs root, to give a folder to another user")
+    other = tmp_path / "other"
+    other.mkdir()
+    os.chown(other, 65534, 65534)
+    target = other / "cache"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    return link, other
+
+
+def test_a_link_is_judged_by_the_folders_above_its_real_path(link_into_another_users_folder):
+    link, other = link_into_another_users_folder
+    assert unsafe_to_load(link) == f"{other} (above {other / 'cache'}) is owned by uid 65534, neither this user nor root"
+
+
+def test_the_compilation_cache_behind_such_a_link_is_off(link_into_another_users_folder, monkeypatch, capsys):
+    link, other = link_into_another_users_folder
+    monkeypatch.setenv(compilation_cache.ENV, str(link))
+    assert compilation_cache.enable() is None
+    assert f"{other} (above" in capsys.readouterr().err
+
+
+def test_the_compilation_cache_is_given_the_real_path_it_checked(tmp_path, monkeypatch):
+    target = tmp_path / "real-cache"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    monkeypatch.setenv(compilation_cache.ENV, str(link))
+    given = {}
+    monkeypatch.setattr(compilation_cache.jax.config, "update", lambda name, value: given.setdefault(name, value))
+    assert compilation_cache.enable() == str(target)
+    assert given["jax_compilation_cache_dir"] == str(target)

@@ -83,7 +83,7 @@ def test_a_run_that_failed_before_its_first_record_leaves_its_workdir_usable(dat
     result = train("torch", workdir, "--model", "lenet", "--max-steps", "5", data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     assert "stopped before its first record or checkpoint; starting anew" in result.stderr
-    assert [r["steps"] for r in metrics(workdir)] == [5]
+    assert metrics(workdir) == [] and summary(workdir)["partial_epoch"]["steps"] == 5
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 1
 
 
@@ -107,7 +107,41 @@ def test_a_recipe_file_whose_citation_changed_still_resumes_and_one_whose_lr_cha
     recipe.write_text(text.replace('source = "003: ', 'source = "003 (corrected): ').replace("num_params = ", "num_params = 1"))
     result = train("torch", workdir, "--config", str(recipe), "--resume", "--max-steps", "10", data_dir=data_dir)
     assert result.returncode == 0, result.stderr
-    assert [r["steps"] for r in metrics(workdir)] == [10]
+    assert summary(workdir)["steps"] == 10
     recipe.write_text(text.replace("lr = 0.1", "lr = 0.2"))
     result = train("torch", workdir, "--config", str(recipe), "--resume", "--max-steps", "15", data_dir=data_dir)
     assert result.returncode == 2 and "differs in: recipe optimizer" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_bare_resume_writes_exactly_what_the_uninterrupted_run_would(framework, data_dir, tmp_path):
+    """Every option that changes what a run writes (step limit, checkpoint interval, step records,
+    TensorBoard) is recorded and kept by `--resume --workdir W` alone."""
+    flags = (*SHORT, "--epochs", "3", "--max-steps", "75", "--checkpoint-every", "10", "--log-every", "5",
+             "--no-tensorboard")
+    reference, workdir = tmp_path / "reference", tmp_path / "stopped"
+    assert train(framework, reference, *flags, data_dir=data_dir).returncode == 0
+    proc = start(framework, workdir, *flags, data_dir=data_dir)
+    while not any((workdir / "checkpoints").glob("step_*")):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    result = train(framework, workdir, "--resume", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    assert_same_run(workdir, reference)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert not list(workdir.glob("*tfevents*")) and not list(reference.glob("*tfevents*"))
+    assert summary(workdir)["partial_epoch"] == summary(reference)["partial_epoch"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_resuming_a_finished_run_changes_nothing(framework, data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    assert train(framework, workdir, *SHORT, "--max-steps", "12", "--checkpoint-every", "5", data_dir=data_dir).returncode == 0
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+    result = train(framework, workdir, "--resume", data_dir=data_dir)
+    assert result.returncode == 0 and "the run is finished at step 12; nothing to do" in result.stderr, result.stderr
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before

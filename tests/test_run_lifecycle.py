@@ -4,8 +4,11 @@ killed while evaluating, who may write a workdir, damaged checkpoints and record
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -15,7 +18,7 @@ from cnn_parity.weights import load_safetensors
 from cnn_parity.workdir import Workdir
 
 from .lifecycle import SHORT, assert_same_run, evaluate, litter, metrics, module_command, start, summary, train
-from .test_cli import FRAMEWORKS, assert_one_line_error
+from .test_cli import FRAMEWORKS, REPO, assert_one_line_error
 
 pytestmark = pytest.mark.slow  # every test trains and resumes runs through the CLIs
 
@@ -137,7 +140,7 @@ def test_resume_where_nothing_was_checkpointed(framework, data_dir, tmp_path):
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_resume_falls_back_past_damage(framework, data_dir, tmp_path):
-    flags = (*SHORT, "--max-steps", "20", "--checkpoint-every", "10")
+    flags = (*SHORT, "--epochs", "2", "--max-steps", "40", "--checkpoint-every", "10")
     intact = tmp_path / "intact"
     assert train(framework, intact, *flags, data_dir=data_dir).returncode == 0
     state_file = {"flax": "state.msgpack", "torch": "state.pt"}[framework]
@@ -154,7 +157,7 @@ def test_resume_falls_back_past_damage(framework, data_dir, tmp_path):
         result = train(framework, workdir, *flags, "--resume", data_dir=data_dir)
         assert result.returncode == 0, (damage, result.stderr)
         assert "skipping damaged checkpoint" in result.stderr and "resuming from" in result.stderr, damage
-        assert "step_000000010" in result.stderr.split("resuming from")[1], damage
+        assert "step_000000030" in result.stderr.split("resuming from")[1], damage
         assert_same_run(workdir, intact)
 
     if framework != "torch":
@@ -173,3 +176,37 @@ def test_resume_falls_back_past_damage(framework, data_dir, tmp_path):
     result = train(framework, workdir, *flags, "--resume", data_dir=data_dir)
     assert_one_line_error(result, 2, "holds no usable checkpoint", "meta.json is unreadable")
     assert not litter(workdir)
+
+
+# The training CLI with an evaluation that takes 3 s longer, so that signals can be timed to land in it.
+SLOW_EVALUATION = """
+import sys, time
+from {package} import train
+evaluate = train.{trainer}.evaluate
+train.{trainer}.evaluate = lambda self: (time.sleep(3), evaluate(self))[1]
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_second_sigterm_during_evaluation_stops_at_once_with_its_own_exit_code(framework, data_dir, tmp_path):
+    """The first SIGTERM asks for a checkpoint after the current steps; a second one, 1.2 s later while
+    the epoch's evaluation still runs, stops at once: exit 128 + SIGTERM, and the last line names only
+    what exists (no checkpoint was due, no epoch was recorded)."""
+    workdir = tmp_path / "run"
+    package, trainer = {"flax": ("flax_impl", "FlaxTrainer"), "torch": ("torch_ref", "TorchTrainer")}[framework]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CNN_PARITY_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_EVALUATION.format(package=package, trainer=trainer), *SHORT,
+                             "--epochs", "2", "--log-every", "30", "--workdir", str(workdir)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (workdir / "steps.jsonl").exists():  # step 30's record: the epoch's evaluation starts now
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    last = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.endswith("stopped at once by a second SIGTERM; no checkpoint was written"), last
+    assert "Traceback" not in stderr and not (workdir / "metrics.jsonl").exists()
