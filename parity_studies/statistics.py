@@ -5,7 +5,12 @@
   per-seed differences) or independent (Welch), with 90 % (the one TOST decides by) and 95 % intervals;
   TOST equivalence against ±margin.
 - `tost_power` / `seeds_for_power`: TOST's exact power under normality, and the seeds per arm it needs.
-- `spread_test`: TOST equivalence of two standard deviations (their ratio within [1/r, r]), F-based.
+- `spread_test` / `spread_tost_power`: TOST equivalence of two standard deviations (their ratio within
+  [1/r, r]) by two one-sided F-tests, and its exact power under normality.
+
+Every test takes `alpha`, the level of each one-sided test (default ALPHA): equivalence is decided by
+the 1 − 2·alpha interval, returned under `interval_key(alpha)` ("ci90" at 0.05, "ci95" at 0.025) beside
+the 90 % and 95 % intervals.
 - `escape_epochs` / `survival` / `escape_test`: when each run leaves an initial plateau, as a
   distribution (empirical survival curves, two-sample Kolmogorov-Smirnov test).
 """
@@ -18,6 +23,16 @@ from typing import Any, Sequence
 import numpy as np
 
 ALPHA = 0.05  # each one-sided test of a TOST; equivalent <=> the 90 % CI lies inside the margin
+
+
+def interval_key(alpha: float) -> str:
+    """The key of the 1 − 2·alpha interval, the one a TOST at `alpha` decides by: "ci90" at 0.05."""
+    return f"ci{100 * (1 - 2 * alpha):.10g}"
+
+
+def _levels(alpha: float) -> dict[str, float]:
+    """The intervals a test reports: 90 %, 95 % and the one its TOST decides by."""
+    return {"ci90": 0.90, "ci95": 0.95, interval_key(alpha): 1 - 2 * alpha}
 
 
 def _t_interval(mean: float, se: float, df: float, level: float) -> list[float]:
@@ -46,8 +61,10 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
             "ci95": _t_interval(difference, se, df, 0.95)}
 
 
-def mean_difference(flax: Sequence[float], torch: Sequence[float], paired: bool) -> dict[str, Any]:
-    """Flax − PyTorch mean difference with its standard error, df and 90 % / 95 % CIs. Paired: the
+def mean_difference(flax: Sequence[float], torch: Sequence[float], paired: bool,
+                    alpha: float = ALPHA) -> dict[str, Any]:
+    """Flax − PyTorch mean difference with its standard error, df and 90 % / 95 % CIs (and the
+    1 − 2·alpha one, if neither). Paired: the
     mean of per-seed differences (one-sample t); independent: Welch. `sd`: the spread power depends
     on (of per-seed differences if paired, else the two arms' pooled seed-to-seed SD)."""
     flax, torch = np.asarray(flax, np.float64), np.asarray(torch, np.float64)
@@ -59,21 +76,20 @@ def mean_difference(flax: Sequence[float], torch: Sequence[float], paired: bool)
         w = welch(flax, torch)
         mean, se, df = w["difference"], w["se"], w["df"]
         sd = math.sqrt((flax.var(ddof=1) + torch.var(ddof=1)) / 2)
-    if se == 0:  # identical values: the difference is known exactly
-        ci90 = ci95 = [mean, mean]
-    else:
-        ci90, ci95 = _t_interval(mean, se, df, 1 - 2 * ALPHA), _t_interval(mean, se, df, 0.95)
-    return {"n": len(flax), "paired": paired, "difference": mean, "se": se, "df": df, "sd": sd,
-            "ci90": ci90, "ci95": ci95}
+    # identical values: the difference is known exactly
+    intervals = {key: [mean, mean] if se == 0 else _t_interval(mean, se, df, level)
+                 for key, level in _levels(alpha).items()}
+    return {"n": len(flax), "paired": paired, "difference": mean, "se": se, "df": df, "sd": sd, **intervals}
 
 
-def difference_test(flax: Sequence[float], torch: Sequence[float], margin: float, paired: bool) -> dict[str, Any]:
+def difference_test(flax: Sequence[float], torch: Sequence[float], margin: float, paired: bool,
+                    alpha: float = ALPHA) -> dict[str, Any]:
     """`mean_difference` and TOST against ±`margin`: "|difference| >= margin" is rejected when both
-    one-sided t-tests reject at level ALPHA; p = the larger of their p-values, and equivalent <=>
-    p < ALPHA <=> the 90 % CI lies strictly inside ±margin."""
+    one-sided t-tests reject at level `alpha`; p = the larger of their p-values, and equivalent <=>
+    p < alpha <=> the 1 − 2·alpha CI (the 90 % one at 0.05) lies strictly inside ±margin."""
     from scipy import stats
 
-    result = mean_difference(flax, torch, paired)
+    result = mean_difference(flax, torch, paired, alpha)
     mean, se, df = result["difference"], result["se"], result["df"]
     if se == 0:
         p_tost = 0.0 if abs(mean) < margin else 1.0
@@ -81,11 +97,12 @@ def difference_test(flax: Sequence[float], torch: Sequence[float], margin: float
         p_lower = stats.t.sf((mean + margin) / se, df)  # H0: difference <= -margin
         p_upper = stats.t.cdf((mean - margin) / se, df)  # H0: difference >= +margin
         p_tost = float(max(p_lower, p_upper))
-    return {**result, "margin": margin, "tost_p": p_tost, "equivalent": bool(p_tost < ALPHA)}
+    return {**result, "margin": margin, "tost_p": p_tost, "equivalent": bool(p_tost < alpha)}
 
 
-def tost_power(n: int, sd: float, margin: float, paired: bool, true_difference: float = 0.0) -> float:
-    """Probability that TOST at level ALPHA shows equivalence within ±`margin` with `n` seeds per arm,
+def tost_power(n: int, sd: float, margin: float, paired: bool, true_difference: float = 0.0,
+               alpha: float = ALPHA) -> float:
+    """Probability that TOST at level `alpha` shows equivalence within ±`margin` with `n` seeds per arm,
     when the true difference is `true_difference` and the spread is `sd` (of per-seed differences if
     paired; else each arm's, equal in both, analysed with the pooled df 2n − 2, which Welch's df equals
     when the sample variances agree). Exact under normality: the estimate is N(true, σ_se²) and
@@ -94,7 +111,7 @@ def tost_power(n: int, sd: float, margin: float, paired: bool, true_difference: 
     from scipy import integrate, stats
 
     se, df = (sd / math.sqrt(n), n - 1) if paired else (sd * math.sqrt(2 / n), 2 * n - 2)
-    t_crit = stats.t.ppf(1 - ALPHA, df)
+    t_crit = stats.t.ppf(1 - alpha, df)
 
     def given(chi2: float) -> float:
         half = margin - t_crit * se * math.sqrt(chi2 / df)  # the estimate must lie within ±half
@@ -112,29 +129,35 @@ def tost_power(n: int, sd: float, margin: float, paired: bool, true_difference: 
 
 
 def seeds_for_power(sd: float, margin: float, paired: bool, power: float = 0.8,
-                    true_difference: float = 0.0, most: int = 10_000) -> int | None:
+                    true_difference: float = 0.0, most: int = 10_000, alpha: float = ALPHA) -> int | None:
     """The fewest seeds per arm (at least 2) for which `tost_power` reaches `power`; None above `most`."""
     if sd == 0:
         return 2 if abs(true_difference) < margin else None
-    if tost_power(most, sd, margin, paired, true_difference) < power:
+
+    def reaches(n: int) -> bool:
+        return tost_power(n, sd, margin, paired, true_difference, alpha) >= power
+
+    if not reaches(most):
         return None
     low, high = 2, most  # power grows with n: bisect for the first n that reaches `power`
-    if tost_power(low, sd, margin, paired, true_difference) >= power:
+    if reaches(low):
         return low
     while high - low > 1:
         mid = (low + high) // 2
-        if tost_power(mid, sd, margin, paired, true_difference) >= power:
+        if reaches(mid):
             high = mid
         else:
             low = mid
     return high
 
 
-def spread_test(flax: Sequence[float], torch: Sequence[float], ratio_margin: float) -> dict[str, Any]:
+def spread_test(flax: Sequence[float], torch: Sequence[float], ratio_margin: float,
+                alpha: float = ALPHA) -> dict[str, Any]:
     """TOST equivalence of the two arms' standard deviations: H0 "SD_flax / SD_torch >= r or <= 1/r",
     r = `ratio_margin`, by two one-sided F-tests on the variance ratio (exact under normality; an
     F-test is sensitive to heavy tails, which is why spread is a secondary endpoint). Returns the SD
-    ratio, its 90 % and 95 % CIs, the TOST p and the verdict at ALPHA, and the two-sided F-test p of
+    ratio, its 90 % and 95 % CIs (and the 1 − 2·alpha one), the TOST p and the verdict at `alpha`,
+    and the two-sided F-test p of
     "equal SDs" for reference."""
     from scipy import stats
 
@@ -156,8 +179,20 @@ def spread_test(flax: Sequence[float], torch: Sequence[float], ratio_margin: flo
 
     p_equal = float(2 * min(stats.f.cdf(variance_ratio, d1, d2), stats.f.sf(variance_ratio, d1, d2)))
     return {"sd_flax": sd_flax, "sd_torch": sd_torch, "sd_ratio": math.sqrt(variance_ratio),
-            "ci90": interval(1 - 2 * ALPHA), "ci95": interval(0.95), "margin": ratio_margin, "tost_p": p_tost,
-            "equivalent": bool(p_tost < ALPHA), "f_test_p": p_equal}
+            **{key: interval(level) for key, level in _levels(alpha).items()}, "margin": ratio_margin,
+            "tost_p": p_tost, "equivalent": bool(p_tost < alpha), "f_test_p": p_equal}
+
+
+def spread_tost_power(n: int, sd_ratio: float, ratio_margin: float, alpha: float = ALPHA) -> float:
+    """Probability that `spread_test` at `alpha` shows SD_flax / SD_torch within [1/r, r] with `n` seeds
+    per arm when the true ratio is `sd_ratio`. Exact under normality: the sample variance ratio is
+    sd_ratio² · F(n − 1, n − 1), and equivalence is F_(1−α)/r² < variance ratio < r²·F_α."""
+    from scipy import stats
+
+    d = n - 1
+    low = stats.f.isf(alpha, d, d) / ratio_margin**2 / sd_ratio**2
+    high = ratio_margin**2 * stats.f.ppf(alpha, d, d) / sd_ratio**2
+    return float(max(0.0, stats.f.cdf(high, d, d) - stats.f.cdf(low, d, d)))
 
 
 def escape_epochs(curves: Sequence[Sequence[float]], threshold: float) -> list[int | None]:

@@ -115,3 +115,32 @@ def test_plateau_escape_epochs_survival_and_ks():
     result = statistics.escape_test(early, late, 3)
     assert result["ks_statistic"] == pytest.approx(1.0) and result["ks_p"] < 0.01
     assert statistics.escape_test(early, early, 3)["ks_p"] == pytest.approx(1.0)
+
+
+def test_alpha_sets_the_deciding_interval_and_the_verdict():
+    """At alpha = 0.025 a TOST decides by the 95 % interval: a 90 % CI inside the margin whose 95 % CI
+    is not is equivalent at 0.05 and not at 0.025, and the F-based spread test alike."""
+    assert statistics.interval_key(0.05) == "ci90" and statistics.interval_key(0.025) == "ci95"
+    d = np.array([-1.0, 0.0, 1.0, -0.5, 0.5, 0.2, -0.2, 0.0])
+    se, df = d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1
+    margin = 0.3 + se * (stats.t.isf(0.05, df) + stats.t.isf(0.025, df)) / 2  # between the two bounds
+    loose, strict = (statistics.difference_test(d + 0.3, np.zeros_like(d), margin, True, alpha) for alpha in (0.05, 0.025))
+    assert loose["equivalent"] and not strict["equivalent"] and loose["tost_p"] == strict["tost_p"]
+    assert strict["ci95"][1] > margin > strict["ci90"][1] and "ci98" in statistics.mean_difference(d, d * 0, True, 0.01)
+    rng = np.random.default_rng(17)
+    a, b = rng.normal(0, 1.0, 30), rng.normal(0, 1.0, 30)
+    s = statistics.spread_test(a, b, 1.0, alpha=0.025)
+    ratio = max(s["ci90"][1], 1 / s["ci90"][0]) / 2 + max(s["ci95"][1], 1 / s["ci95"][0]) / 2
+    assert statistics.spread_test(a, b, ratio)["equivalent"] and not statistics.spread_test(a, b, ratio, 0.025)["equivalent"]
+
+
+@pytest.mark.parametrize("sd_ratio, alpha", [(1.0, 0.05), (0.7, 0.025)])
+def test_spread_tost_power_is_the_simulated_power(sd_ratio, alpha):
+    """The exact F-based power against 3,000 simulated spread TOSTs (Monte-Carlo SE ≤ 0.009)."""
+    rng = np.random.default_rng(18)
+    n, trials = 25, 3000
+    hits = sum(statistics.spread_test(rng.normal(0, sd_ratio, n), rng.normal(0, 1, n), 2.0, alpha)["equivalent"]
+               for _ in range(trials))
+    assert hits / trials == pytest.approx(statistics.spread_tost_power(n, sd_ratio, 2.0, alpha), abs=0.03)
+    # At the margin the power is the test's size, alpha.
+    assert statistics.spread_tost_power(200, 2.0, 2.0, alpha) == pytest.approx(alpha, abs=1e-3)
