@@ -3,7 +3,7 @@
 Do Flax and PyTorch compute the same thing? Trains every model over many seeds in both frameworks,
 through the training CLIs, and tests each Flax − PyTorch difference for equivalence (TOST, α = 0.05
 each side: equivalent <=> the 90 % interval lies inside the margin). The defaults are the endpoints,
-margins and seeds of reports/equivalence/PROTOCOL.md (constants in parity_studies/equivalence.py):
+margins and seeds of reports/equivalence/PROTOCOL.md (parity_studies/protocols.py, FIRST):
 primary, the ratio of test error rates at the full recipe length within ×/÷ 1.2; secondary, the
 train-loss ratio at every epoch within ×/÷ 1.2 (intersection-union), the ratio of seed-to-seed SDs
 within [1/2, 2], and for lenet the epoch each run leaves its initial plateau (survival curves,
@@ -40,21 +40,17 @@ from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import read_metrics
 from parity_studies import runs, statistics
 from parity_studies.markdown import replace_marked_block
+from parity_studies.protocols import FIRST, ModelPlan
 
 # design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
 # bisecting a difference the independent design shows: which of the two random streams carries it.
 DESIGNS = {"independent": ("framework", "framework"), "paired": ("shared", "shared"),
            "shared-init": ("shared", "framework"), "shared-order": ("framework", "shared")}
 
-# ---- the protocol (reports/equivalence/PROTOCOL.md gives the reason for each number) ---------------
-PROTOCOL_DESIGNS = ["independent"]
-PROTOCOL_SEEDS = list(range(2000, 2020))  # never used by any earlier report
-ERROR_RATIO_MARGIN = 1.2  # primary: Flax's test error rate within ×/÷ 1.2 of PyTorch's
-TRAIN_LOSS_MARGIN_RATIO = 1.2  # secondary: each epoch's mean train loss within ×/÷ 1.2
-CURVE_FIRST_EPOCH = {"lenet": 5}  # lenet's epochs 1-4 (the plateau) are the escape endpoint's
-SD_RATIO_MARGIN = 2.0  # secondary: SD_flax / SD_torch of test accuracy within [1/2, 2]
-ESCAPE_ACCURACY = {"lenet": 0.5}  # a run has left its initial plateau once test accuracy exceeds this
-ALPHA = statistics.ALPHA
+# The protocol (reports/equivalence/PROTOCOL.md gives the reason for each number): its endpoints and
+# margins analyse every run set of this command, its designs and seeds are the defaults.
+PROTOCOL = FIRST
+ALPHA = PROTOCOL.alpha
 
 # The pilot study's budgets (epochs): ten seeds per framework and design in about two hours.
 PILOT_EPOCHS = {"mlp": 17, "cnn_base": 2, "cnn_2layer": 1, "lenet": 3, "fashion_cnn": 1}
@@ -125,40 +121,42 @@ def equivalence_test(flax, torch, margin: float, paired: bool) -> dict[str, Any]
     return {**test, "seeds_for_power": statistics.seeds_for_power(test["sd"], margin, paired)}
 
 
-def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, Any]:
-    """Every endpoint of one model and design over `seeds`: paired unless the design is independent."""
+def analyse(out: Path, model: str, design: str, seeds: list[int], plan: ModelPlan | None = None) -> dict[str, Any]:
+    """Every endpoint of one model and design over `seeds`, margins from `plan` (the protocol's for the
+    model): paired unless the design is independent."""
+    plan = plan or PROTOCOL.models[model]
     records = {f: [read_metrics(record_dir(out, model, design, f, s)) for s in seeds] for f in FRAMEWORKS}
     epochs = min(len(r) for rs in records.values() for r in rs)
     paired = design != "independent"
     curves = {f: np.array([[e["test_accuracy"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}
     accuracy = {f: 100 * c[:, -1] for f, c in curves.items()}
     train_loss = {f: np.array([[e["train_loss"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}
-    first_curve_epoch = min(CURVE_FIRST_EPOCH.get(model, 1), epochs)
-    loss_margin = math.log(TRAIN_LOSS_MARGIN_RATIO)
+    tested = plan.tested_epochs(epochs)
+    loss_margin = math.log(plan.train_loss_margin)
     loss_tests = [equivalence_test(np.log(train_loss["flax"][:, e]), np.log(train_loss["torch"][:, e]), loss_margin, paired)
                   for e in range(epochs)]
     result = {
         "seeds": seeds, "paired": paired, "epochs": epochs, "steps": records["flax"][0][epochs - 1]["steps"],
         "test_accuracy_pp": {f: a.tolist() for f, a in accuracy.items()},
         "train_loss": {f: a.tolist() for f, a in train_loss.items()},
-        # Primary: log(error_flax / error_torch) per seed, TOST within ±log ERROR_RATIO_MARGIN.
+        # Primary: log(error_flax / error_torch) per seed, TOST within ±log of the protocol's margin.
         "test_error_log_ratio_test": equivalence_test(np.log(100 - accuracy["flax"]), np.log(100 - accuracy["torch"]),
-                                                      math.log(ERROR_RATIO_MARGIN), paired),
+                                                      math.log(plan.test_error_margin), paired),
         "test_accuracy_difference_pp": statistics.mean_difference(accuracy["flax"], accuracy["torch"], paired),
         "train_loss_log_ratio_tests": loss_tests,
-        "curve_first_epoch": first_curve_epoch,
+        "curve_first_epoch": tested.start,
         # Intersection-union: equivalence at every tested epoch holds at level α without correction.
-        "train_loss_equivalent_every_epoch": all(t["equivalent"] for t in loss_tests[first_curve_epoch - 1:]),
+        "train_loss_equivalent_every_epoch": all(loss_tests[e - 1]["equivalent"] for e in tested),
     }
     if not paired:
-        result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], SD_RATIO_MARGIN)
+        result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin)
     # The model's verdict is the intersection of its equivalence endpoints (plateau escape is descriptive).
     result["all_endpoints_equivalent"] = (result["test_error_log_ratio_test"]["equivalent"]
                                           and result["train_loss_equivalent_every_epoch"]
                                           and result.get("spread_test", {"equivalent": True})["equivalent"])
-    if model in ESCAPE_ACCURACY:
-        escapes = {f: statistics.escape_epochs(c, ESCAPE_ACCURACY[model]) for f, c in curves.items()}
-        result["plateau_escape"] = {"threshold": ESCAPE_ACCURACY[model],
+    if plan.escape_accuracy is not None:
+        escapes = {f: statistics.escape_epochs(c, plan.escape_accuracy) for f, c in curves.items()}
+        result["plateau_escape"] = {"threshold": plan.escape_accuracy,
                                     **statistics.escape_test(escapes["flax"], escapes["torch"], epochs)}
     return result
 
@@ -229,7 +227,8 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
     first_tested = entry[designs[0]]["curve_first_epoch"]
     if first_tested > 1:
         loss_ax.axvspan(0.5, first_tested - 0.5, color="0.92", label="not tested (initial plateau)")
-    for ax, ratio in ((loss_ax, TRAIN_LOSS_MARGIN_RATIO), (err_ax, ERROR_RATIO_MARGIN)):
+    plan = PROTOCOL.models[model]
+    for ax, ratio in ((loss_ax, plan.train_loss_margin), (err_ax, plan.test_error_margin)):
         for m in (_ratio_pct(-math.log(ratio)), _ratio_pct(math.log(ratio))):  # the margin where it is
             ax.axhline(m, color="k", ls="--", lw=1)
         ax.axhline(0, color="k", lw=0.5)
@@ -247,10 +246,12 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
 
 
 def summary_table(report: dict) -> list[str]:
+    margins = report["margins"]
     lines = ["| model | budget | design | seeds | test accuracy Flax / PyTorch (%) | test error Flax / PyTorch − 1 "
-             f"| primary: test error (×/÷ {ERROR_RATIO_MARGIN:g}) | SD ratio of test accuracy, 90% CI "
-             f"(within [1/{SD_RATIO_MARGIN:g}, {SD_RATIO_MARGIN:g}]?) | train-loss curve (×/÷ {TRAIN_LOSS_MARGIN_RATIO:g}, "
-             "every epoch tested) | all endpoints (intersection) |", "|---|---|---|---:|---|---|---|---|---|---|"]
+             f"| primary: test error (×/÷ {margins['test_error_ratio']:g}) | SD ratio of test accuracy, 90% CI "
+             f"(within [1/{margins['sd_ratio']:g}, {margins['sd_ratio']:g}]?) | train-loss curve "
+             f"(×/÷ {margins['train_loss_ratio']:g}, every epoch tested) | all endpoints (intersection) |",
+             "|---|---|---|---:|---|---|---|---|---|---|"]
     for model, entry in report["models"].items():
         for design in (d for d in DESIGNS if d in entry):
             r = entry[design]
@@ -304,11 +305,13 @@ def _details(model: str, design: str, r: dict) -> list[str]:
 
 def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str], budget: str,
                  quick: bool) -> dict[str, Any]:
+    margins = {(p.test_error_margin, p.train_loss_margin, p.sd_ratio_margin) for p in PROTOCOL.models.values()}
+    assert len(margins) == 1, "one margin of each kind for every model"
+    (error_margin, loss_margin, sd_margin), = margins
     report: dict[str, Any] = {
         "command": " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]), "quick": quick, "budget": budget,
         "designs": {d: {"init_rng": DESIGNS[d][0], "shuffle_rng": DESIGNS[d][1]} for d in designs},
-        "margins": {"test_error_ratio": ERROR_RATIO_MARGIN, "train_loss_ratio": TRAIN_LOSS_MARGIN_RATIO,
-                    "sd_ratio": SD_RATIO_MARGIN},
+        "margins": {"test_error_ratio": error_margin, "train_loss_ratio": loss_margin, "sd_ratio": sd_margin},
         "alpha": ALPHA, "versions": versions(), "machine": machine_info(), "models": {}}
     details = []
     for model, seeds in seeds_by_model.items():
@@ -348,10 +351,11 @@ README_MARKER = "equivalence-report"
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m parity_studies.equivalence", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
-    parser.add_argument("--seeds", nargs="+", type=int, default=PROTOCOL_SEEDS, metavar="N",
-                        help=f"default: the protocol's, {PROTOCOL_SEEDS[0]} .. {PROTOCOL_SEEDS[-1]}")
-    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=PROTOCOL_DESIGNS, metavar="DESIGN",
-                        help=f"any of: {', '.join(DESIGNS)} (default: {' '.join(PROTOCOL_DESIGNS)})")
+    seeds = PROTOCOL.seeds("mlp")
+    parser.add_argument("--seeds", nargs="+", type=int, default=seeds, metavar="N",
+                        help=f"default: the protocol's, {seeds[0]} .. {seeds[-1]}")
+    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(PROTOCOL.designs), metavar="DESIGN",
+                        help=f"any of: {', '.join(DESIGNS)} (default: {' '.join(PROTOCOL.designs)})")
     parser.add_argument("--budget", choices=BUDGETS, default="full",
                         help="full: each recipe's epochs (default, the protocol's); pilot: the pilot study's "
                              f"shorter budgets ({', '.join(f'{m} {e}' for m, e in PILOT_EPOCHS.items())})")
