@@ -122,6 +122,18 @@ def test_primary_margin_decides_between_1_18_and_1_22(tmp_path, decided, equival
     assert test["equivalent"] is equivalent and result["all_endpoints_equivalent"] is equivalent
 
 
+@pytest.mark.parametrize("decided, equivalent", [(1.18, True), (1.22, False)])
+def test_train_loss_margin_decides_between_1_18_and_1_22(tmp_path, decided, equivalent):
+    """Flax's train loss above PyTorch's at both epochs so that each epoch's 90 % interval reaches ×`decided`."""
+    seeds, sd = 20, 0.1
+    torch = np.exp(sd * deviations(seeds))[:, None] * np.array([1.0, 0.5])
+    flax = torch * math.exp(shift_for_upper_bound(math.log(decided), sd, seeds))
+    accuracies = {f: 0.98 + 0.001 * deviations(seeds) for f in FRAMEWORKS}
+    result = write(tmp_path, "mlp", {"flax": flax, "torch": torch}, accuracies)
+    assert [math.exp(t["ci90"][1]) for t in result["train_loss_log_ratio_tests"]] == pytest.approx([decided] * 2)
+    assert result["train_loss_equivalent_every_epoch"] is equivalent and result["all_endpoints_equivalent"] is equivalent
+
+
 @pytest.mark.parametrize("sd_ratio, equivalent", [(1.3, True), (1.75, False)])
 def test_spread_margin_is_2_on_the_sd_of_test_accuracy(tmp_path, sd_ratio, equivalent):
     """60 seeds, Flax's accuracy SD `sd_ratio` times PyTorch's, at a different mean error: ratio 1.3
