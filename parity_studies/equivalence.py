@@ -17,16 +17,23 @@ finished runs are skipped and interrupted ones resume, so the study can span ses
 
 Writes OUT/report.json, OUT/report.md and one PNG per model. `--quick` is a smoke run (a few steps
 per run).
+
+`--protocol second` runs and analyses reports/equivalence/second/PROTOCOL.md instead, whose table the
+command reads from that file (parity_studies/protocols.py): lenet's epoch-5 train loss and
+fashion_cnn's SD ratio at α = 0.025 each side, their robustness checks, the direction test and, with
+`--follow-up`, its paired runs (parity_studies/protocol_report.py); it reports nothing until every
+planned run is recorded (`--final`: report with runs missing, named).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -38,9 +45,9 @@ from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.workdir import read_metrics
-from parity_studies import runs, statistics
+from parity_studies import protocol_report, protocols, runs, statistics
 from parity_studies.markdown import replace_marked_block
-from parity_studies.protocols import FIRST, ModelPlan
+from parity_studies.protocols import FIRST, ModelPlan, Protocol
 
 # design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
 # bisecting a difference the independent design shows: which of the two random streams carries it.
@@ -82,12 +89,13 @@ def complete_seeds(out: Path, model: str, seeds: list[int], designs: list[str], 
 
 
 def train(out: Path, scratch: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool,
-          data_dir: str | None) -> None:
-    """Train one run in its scratch workdir unless its record in `out` is complete, then keep its record."""
+          data_dir: str | None, pinned: Sequence[str] = ()) -> None:
+    """Train one run in its scratch workdir unless its record in `out` is complete, then keep its record.
+    `pinned`: training-CLI flags a protocol fixes for this framework."""
     if _complete(out, model, design, framework, seed, budget, quick):
         return
     init_rng, shuffle_rng = DESIGNS[design]
-    flags = ["--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
+    flags = [*pinned, "--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
     flags += ["--max-steps", str(runs.QUICK_STEPS)] if quick else ["--epochs", str(budget_epochs(model, budget))]
     workdir = run_dir(scratch, model, design, framework, seed)
     if not runs.finished(workdir, budget_epochs(model, budget), quick):
@@ -348,14 +356,123 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
 README_MARKER = "equivalence-report"
 
 
+def resolve_protocol(name: str) -> Protocol:
+    """--protocol: "first", "second", or the path of a protocol (a PROTOCOL.md with its TOML table, or TOML)."""
+    return {"first": lambda: FIRST, "second": lambda: protocols.SECOND}.get(name, lambda: protocols.load(name))()
+
+
+def make_folders(out: Path, scratch: Path | None) -> None:
+    """The output folder, and the scratch folder unless None; a one-line UsageError if either cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if scratch is not None:
+            prepare_scratch(scratch)
+    except OSError as e:
+        raise UsageError(f"cannot write to {e.filename or out}: {e.strerror or e}") from None
+
+
+def train_all(args, jobs: list[tuple[str, str, str, int]], scratch: Path, pinned: dict[str, Sequence[str]]) -> None:
+    """Train the runs `jobs` (model, design, framework, seed) not yet recorded, args.jobs at a time."""
+    # Runs recorded in earlier sessions count as done from the start (the bar redraws only as runs end).
+    pending = [spec for spec in jobs if not _complete(args.out, *spec, args.budget, args.quick)]
+    with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
+            tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="equivalence", unit="run",
+                 file=sys.stderr) as bar:
+        def job(spec):
+            model, design, framework, seed = spec
+            train(args.out, scratch, model, design, framework, seed, args.budget, args.quick, args.data_dir,
+                  pinned.get(framework, ()))
+            bar.update()
+        try:
+            for future in [pool.submit(job, spec) for spec in pending]:
+                future.result()
+        except BaseException:  # a failed run, Ctrl-C or SIGTERM: start no more; finished runs are kept
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def rejected_models(out: Path) -> list[str]:
+    """The models whose direction test rejected in OUT/report.json (the follow-up's default)."""
+    path = out / "report.json"
+    if not path.is_file():
+        raise UsageError(f"--follow-up follows the study's report, and {path} does not exist yet")
+    report = json.loads(path.read_text())
+    return [d["model"] for d in report.get("direction", []) if d["confirmatory"] and d["rejects"]]
+
+
+def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
+    """The study of a protocol given as data: its models, seeds, design and pinned flags unless the
+    command line says otherwise (then its report is exploratory); the report only once every planned
+    run is recorded (or with --final), progress counts before that."""
+    if args.budget != "full":
+        raise UsageError(f"the {protocol.name} protocol runs each recipe at its full length (no --budget pilot)")
+    if args.follow_up and not protocol.follow_up:
+        raise UsageError(f"the {protocol.name} protocol has no follow-up")
+    models = args.models or (rejected_models(args.out) if args.follow_up else list(protocol.models))
+    unknown = [m for m in models if m not in protocol.models]
+    if unknown:
+        raise UsageError(f"model {unknown[0]!r} is not in the {protocol.name} protocol ({', '.join(protocol.models)})")
+    follow = protocol.follow_up
+    designs = args.designs or ([follow.design] if args.follow_up else list(protocol.designs))
+    planned = {m: args.seeds or list(follow.seeds if args.follow_up else protocol.models[m].seeds) for m in models}
+    for m, seeds in planned.items():
+        runs.check_models_and_seeds([m], seeds)
+    make_folders(args.out, None if args.report_only else scratch)
+    if not args.report_only:
+        train_all(args, [(m, d, f, s) for m in models for s in planned[m] for d in designs for f in FRAMEWORKS],
+                  scratch, protocol.flags)
+    # The report covers the protocol's own runs: every model's main design, and a follow-up design wherever
+    # all its seeds are recorded.
+    report_models = list(protocol.models) if not args.models else models
+    main = {m: args.seeds or list(protocol.models[m].seeds) for m in report_models}
+    complete = {m: complete_seeds(args.out, m, seeds, list(protocol.designs), "full", args.quick)
+                for m, seeds in main.items()}
+    missing = {m: sorted(set(main[m]) - set(c)) for m, c in complete.items() if set(c) != set(main[m])}
+    for m in report_models:
+        print(f"{m}: {len(complete[m])} of {len(main[m])} seeds recorded in both frameworks")
+    if missing and not args.final:
+        print("the report is made once every planned run is recorded (or with --final); no statistic before that")
+        return 0
+    if any(len(c) < 2 for c in complete.values()):
+        raise RunError(f"fewer than 2 seeds complete in both frameworks for {min(complete, key=lambda m: len(complete[m]))}")
+    exploratory = [what for what, given in (("seeds", args.seeds), ("models", args.models),
+                                            ("designs", args.designs and not args.follow_up)) if given]
+    if args.quick:
+        status, reason = "quick", f"a smoke run of {runs.QUICK_STEPS} steps per run: not a result"
+    elif exploratory:
+        status, reason = "exploratory", f"{' and '.join(exploratory)} other than the protocol's"
+    elif missing:
+        status, reason = "final, with missing runs", "seeds not recorded in both frameworks: " + "; ".join(
+            f"{m} {s}" for m, s in missing.items())
+    else:
+        status, reason = "confirmatory", ""
+    found = {m: {d: protocol_report.Runs(complete[m], {f: [record_dir(args.out, m, d, f, s) for s in complete[m]]
+                                                       for f in FRAMEWORKS}) for d in protocol.designs}
+             for m in report_models}
+    if follow:
+        for m in report_models:
+            if complete_seeds(args.out, m, list(follow.seeds), [follow.design], "full", args.quick) == list(follow.seeds):
+                found[m][follow.design] = protocol_report.Runs(list(follow.seeds), {
+                    f: [record_dir(args.out, m, follow.design, f, s) for s in follow.seeds] for f in FRAMEWORKS})
+    machine = machine_info()
+    protocol_report.build(args.out, protocol, found, " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]),
+                          status, reason, f"{machine.get('cpu_model', '?')}; " + ", ".join(
+                              f"{k} {v}" for k, v in machine["versions"].items()))
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(found)} PNGs ({status})")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m parity_studies.equivalence", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
-    seeds = PROTOCOL.seeds("mlp")
-    parser.add_argument("--seeds", nargs="+", type=int, default=seeds, metavar="N",
-                        help=f"default: the protocol's, {seeds[0]} .. {seeds[-1]}")
-    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=list(PROTOCOL.designs), metavar="DESIGN",
-                        help=f"any of: {', '.join(DESIGNS)} (default: {' '.join(PROTOCOL.designs)})")
+    parser.add_argument("--protocol", default="first", metavar="NAME_OR_PATH",
+                        help="first (reports/equivalence/PROTOCOL.md, the default), second "
+                             "(reports/equivalence/second/PROTOCOL.md), or the path of a protocol of that shape")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="default: the protocol's")
+    first_seeds = FIRST.seeds("mlp")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
+                        help=f"default: the protocol's (first: {first_seeds[0]} .. {first_seeds[-1]})")
+    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), metavar="DESIGN",
+                        help=f"any of: {', '.join(DESIGNS)} (default: the protocol's, {' '.join(FIRST.designs)})")
     parser.add_argument("--budget", choices=BUDGETS, default="full",
                         help="full: each recipe's epochs (default, the protocol's); pilot: the pilot study's "
                              f"shorter budgets ({', '.join(f'{m} {e}' for m, e in PILOT_EPOCHS.items())})")
@@ -364,6 +481,11 @@ def main(argv=None) -> int:
                         help="runs trained at once, one thread each (default 1); results do not depend on it")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report each model over those of --seeds complete in every run")
+    parser.add_argument("--follow-up", action="store_true",
+                        help="a protocol's follow-up runs (second: the paired design, seeds 3100-3119) for "
+                             "--models (default: those whose direction test rejected in OUT/report.json)")
+    parser.add_argument("--final", action="store_true",
+                        help="report a protocol given as data although planned runs are missing (named in it)")
     parser.add_argument("--update-readme", metavar="PATH", type=Path, help="replace the marked summary table in this file")
     parser.add_argument("--data-dir")
     parser.add_argument("--scratch", type=Path, help="training workdirs: checkpoints, weights, logs (default OUT/scratch)")
@@ -372,40 +494,31 @@ def main(argv=None) -> int:
 
     def body() -> int:
         require_extra("scipy", "studies")
-        runs.check_models_and_seeds(args.models, args.seeds)
-        if len(args.seeds) < 2:
-            raise UsageError("an equivalence test needs at least 2 seeds")
+        protocol = resolve_protocol(args.protocol)
         scratch = args.scratch or args.out / "scratch"
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-            if not args.report_only:
-                prepare_scratch(scratch)
-        except OSError as e:
-            raise UsageError(f"cannot write to {e.filename or args.out}: {e.strerror or e}") from None
+        if protocol is not FIRST:
+            if args.update_readme:
+                raise UsageError("--update-readme fills the README's table of the first protocol only")
+            return run_protocol(args, protocol, scratch)
+        if args.follow_up or args.final:
+            raise UsageError("--follow-up and --final are for a protocol given as data (--protocol second)")
+        models = args.models or list(MODELS)
+        seeds = args.seeds or first_seeds
+        designs = args.designs or list(FIRST.designs)
+        runs.check_models_and_seeds(models, seeds)
+        if len(seeds) < 2:
+            raise UsageError("an equivalence test needs at least 2 seeds")
+        make_folders(args.out, None if args.report_only else scratch)
         if not args.report_only:
-            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in FRAMEWORKS]
-            # Runs recorded in earlier sessions count as done from the start (the bar redraws only as runs end).
-            pending = [spec for spec in jobs if not _complete(args.out, *spec, args.budget, args.quick)]
-            with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
-                    tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="equivalence", unit="run",
-                         file=sys.stderr) as bar:
-                def job(spec):
-                    model, design, framework, seed = spec
-                    train(args.out, scratch, model, design, framework, seed, args.budget, args.quick, args.data_dir)
-                    bar.update()
-                try:
-                    for future in [pool.submit(job, spec) for spec in pending]:
-                        future.result()
-                except BaseException:  # a failed run, Ctrl-C or SIGTERM: start no more; finished runs are kept
-                    pool.shutdown(cancel_futures=True)
-                    raise
-        seeds_by_model = {m: seeds for m in args.models if len(
-            seeds := complete_seeds(args.out, m, args.seeds, args.designs, args.budget, args.quick)) >= 2}
+            train_all(args, [(m, d, f, s) for m in models for s in seeds for d in designs for f in FRAMEWORKS],
+                      scratch, FIRST.flags)
+        seeds_by_model = {m: found for m in models if len(
+            found := complete_seeds(args.out, m, seeds, designs, args.budget, args.quick)) >= 2}
         if not seeds_by_model:
             raise RunError(f"no model has 2 seeds complete in both frameworks and designs in {args.out}")
-        for model in args.models:
+        for model in models:
             print(f"{model}: seeds {seeds_by_model.get(model, 'fewer than 2')} complete")
-        report = build_report(args.out, seeds_by_model, args.designs, args.budget, args.quick)
+        report = build_report(args.out, seeds_by_model, designs, args.budget, args.quick)
         if args.update_readme:
             replace_marked_block(args.update_readme, README_MARKER, "\n".join(summary_table(report)))
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(seeds_by_model)} PNGs")

@@ -13,6 +13,10 @@ the 1 − 2·alpha interval, returned under `interval_key(alpha)` ("ci90" at 0.0
 the 90 % and 95 % intervals.
 - `escape_epochs` / `survival` / `escape_test`: when each run leaves an initial plateau, as a
   distribution (empirical survival curves, two-sample Kolmogorov-Smirnov test).
+- Robustness checks of a TOST: `adjusted_difference_test` (the framework coefficient of a least-squares
+  fit with a factor), `rank_tost` (Mann-Whitney / Hodges-Lehmann), and of a spread TOST:
+  `brown_forsythe_spread` (absolute deviations from the medians), `bootstrap_spread` (BCa interval).
+- `two_sided_test`: a difference test (Welch, or paired t) with its 1 − alpha interval, SciPy's.
 """
 
 from __future__ import annotations
@@ -224,3 +228,150 @@ def escape_test(flax: Sequence[int | None], torch: Sequence[int | None], epochs:
     return {"escape_epochs": {"flax": list(flax), "torch": list(torch)},
             "survival": {"flax": survival(flax, epochs), "torch": survival(torch, epochs)},
             "ks_statistic": float(result.statistic), "ks_p": float(result.pvalue)}
+
+
+def _tost_decision(result: dict[str, Any], p_lower: float, p_upper: float, margin: float, alpha: float) -> dict[str, Any]:
+    p_tost = float(max(p_lower, p_upper))
+    return {**result, "margin": margin, "tost_p": p_tost, "equivalent": bool(p_tost < alpha)}
+
+
+def adjusted_difference_test(flax: Sequence[float], torch: Sequence[float], flax_levels: Sequence[str],
+                             torch_levels: Sequence[str], margin: float, alpha: float = ALPHA) -> dict[str, Any]:
+    """TOST against ±`margin` on the framework coefficient (Flax − PyTorch) of the ordinary least-squares
+    fit of the values on framework and a factor (each run's level; one indicator per level present but
+    the first), t with the residual df. `levels`: runs per level and framework."""
+    from scipy import stats
+
+    y = np.concatenate([np.asarray(flax, np.float64), np.asarray(torch, np.float64)])
+    levels = list(flax_levels) + list(torch_levels)
+    present = sorted(set(levels))
+    x = np.column_stack([np.ones(len(y)), np.r_[np.ones(len(flax)), np.zeros(len(torch))],
+                         *[[float(level == name) for level in levels] for name in present[1:]]])
+    coefficients, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    df = len(y) - x.shape[1]
+    if rank < x.shape[1] or df < 1:
+        raise ValueError("the framework effect is not estimable beside the factor (a level holds one framework only "
+                         "and no other level is shared, or too few runs)")
+    residuals = y - x @ coefficients
+    se = math.sqrt(residuals @ residuals / df * np.linalg.inv(x.T @ x)[1, 1])
+    mean = float(coefficients[1])
+    result = {"n": [len(flax), len(torch)], "difference": mean, "se": se, "df": float(df),
+              "levels": {str(name): [sum(1 for v in flax_levels if v == name),
+                                     sum(1 for v in torch_levels if v == name)] for name in present},
+              **{key: _t_interval(mean, se, df, level) for key, level in _levels(alpha).items()}}
+    return _tost_decision(result, stats.t.sf((mean + margin) / se, df), stats.t.cdf((mean - margin) / se, df),
+                          margin, alpha)
+
+
+def _invert(rejects, low: float, high: float) -> float:
+    """The boundary between where the monotone `rejects` holds (at `low`) and where it does not (at `high`)."""
+    for _ in range(200):
+        mid = (low + high) / 2
+        if mid in (low, high):
+            break
+        low, high = (mid, high) if rejects(mid) else (low, mid)
+    return float((low + high) / 2)
+
+
+def rank_tost(flax: Sequence[float], torch: Sequence[float], margin: float, alpha: float = ALPHA) -> dict[str, Any]:
+    """TOST of a location shift (Flax − PyTorch) against ±`margin` by two one-sided Mann-Whitney tests
+    (SciPy's), with the Hodges-Lehmann estimate (the median of all pairwise differences) and its
+    1 − 2·alpha interval: the shifts neither one-sided test at alpha rejects. Assumes the two
+    distributions differ by a shift."""
+    from scipy import stats
+
+    x, y = np.asarray(flax, np.float64), np.asarray(torch, np.float64)
+    differences = (x[:, None] - y[None, :]).ravel()
+
+    def p_greater(shift: float) -> float:  # H0: the true shift <= `shift`
+        return float(stats.mannwhitneyu(x - shift, y, alternative="greater").pvalue)
+
+    def p_less(shift: float) -> float:  # H0: the true shift >= `shift`
+        return float(stats.mannwhitneyu(x - shift, y, alternative="less").pvalue)
+
+    span = differences.max() - differences.min() + 1.0
+    low, high = differences.min() - span, differences.max() + span
+
+    def interval(level: float) -> list[float]:
+        tail = (1 - level) / 2
+        return [_invert(lambda d: p_greater(d) < tail, low, high), _invert(lambda d: p_less(d) < tail, high, low)]
+
+    result = {"n": [len(x), len(y)], "hodges_lehmann": float(np.median(differences)),
+              **{key: interval(level) for key, level in _levels(alpha).items()}}
+    return _tost_decision(result, p_greater(-margin), p_less(margin), margin, alpha)
+
+
+def brown_forsythe_spread(flax: Sequence[float], torch: Sequence[float], ratio_margin: float,
+                          alpha: float = ALPHA) -> dict[str, Any]:
+    """TOST that the spreads' ratio lies in [1/r, r], on the Brown-Forsythe scale: each value's absolute
+    deviation from its framework's median, whose mean ratio is the SD ratio in any location-scale
+    family. Two one-sided Welch tests (SciPy's): Flax's deviations against PyTorch's times r (H0: ratio
+    >= r) and times 1/r (H0: ratio <= 1/r); the 1 − 2·alpha interval of the ratio by inverting them.
+    `levene_p`: SciPy's Brown-Forsythe test of equal spreads (`levene(center="median")`), a difference
+    test."""
+    from scipy import optimize, stats
+
+    x, y = (np.asarray(v, np.float64) for v in (flax, torch))
+    dx, dy = np.abs(x - np.median(x)), np.abs(y - np.median(y))
+    ratio = float(dx.mean() / dy.mean())
+
+    def p(scale: float, alternative: str) -> float:
+        return float(stats.ttest_ind(dx, scale * dy, equal_var=False, alternative=alternative).pvalue)
+
+    def bound(alternative: str, tail: float, far: float) -> float:
+        """Where the one-sided test stops rejecting, between the estimate and `far`; `far` (0 or ∞) if it
+        still does not reject there (few runs: the interval is unbounded)."""
+        end = ratio * (1e-6 if far == 0 else 1e6)
+        if p(end, alternative) >= tail:
+            return far
+        return float(optimize.brentq(lambda r: p(r, alternative) - tail, *sorted((ratio, end))))
+
+    def interval(level: float) -> list[float]:
+        tail = (1 - level) / 2
+        return [bound("greater", tail, 0.0), bound("less", tail, math.inf)]
+
+    result = {"mean_deviation_flax": float(dx.mean()), "mean_deviation_torch": float(dy.mean()), "ratio": ratio,
+              **{key: interval(level) for key, level in _levels(alpha).items()},
+              "levene_p": float(stats.levene(x, y, center="median").pvalue)}
+    return _tost_decision(result, p(1 / ratio_margin, "greater"), p(ratio_margin, "less"), ratio_margin, alpha)
+
+
+def bootstrap_spread(flax: Sequence[float], torch: Sequence[float], ratio_margin: float, alpha: float = ALPHA,
+                     resamples: int = 9999, seed: int = 0) -> dict[str, Any]:
+    """The BCa bootstrap interval (SciPy's `bootstrap`, the two samples resampled independently, a
+    generator seeded with `seed`) of SD_flax / SD_torch at 1 − 2·alpha (and 90 %, 95 %); "equivalent"
+    iff the 1 − 2·alpha interval lies inside [1/r, r]. No p-value."""
+    from scipy import stats
+
+    x, y = (np.asarray(v, np.float64) for v in (flax, torch))
+
+    def log_ratio(a, b, axis=-1):
+        return np.log(np.std(a, ddof=1, axis=axis) / np.std(b, ddof=1, axis=axis))
+
+    intervals = {}
+    for key, level in _levels(alpha).items():
+        found = stats.bootstrap((x, y), log_ratio, vectorized=True, paired=False, method="BCa",
+                                confidence_level=level, n_resamples=resamples, rng=np.random.default_rng(seed))
+        intervals[key] = [float(math.exp(b)) for b in found.confidence_interval]
+    low, high = intervals[interval_key(alpha)]
+    return {"sd_ratio": float(math.exp(log_ratio(x, y))), **intervals, "margin": ratio_margin,
+            "resamples": resamples, "seed": seed, "equivalent": bool(1 / ratio_margin < low and high < ratio_margin)}
+
+
+def two_sided_test(flax: Sequence[float], torch: Sequence[float], paired: bool, alpha: float) -> dict[str, Any]:
+    """A difference test of Flax − PyTorch, two-sided at `alpha`: Welch's t (SciPy's `ttest_ind`,
+    `equal_var=False`) or, paired, the one-sample t on per-seed differences (`ttest_1samp`); the
+    estimate, its standard error, df, p, the 1 − alpha interval and whether it rejects."""
+    from scipy import stats
+
+    x, y = (np.asarray(v, np.float64) for v in (flax, torch))
+    if paired:
+        d = x - y
+        test, se = stats.ttest_1samp(d, 0.0), float(d.std(ddof=1) / math.sqrt(len(d)))
+    else:
+        test = stats.ttest_ind(x, y, equal_var=False)
+        se = float(math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y)))
+    ci = test.confidence_interval(1 - alpha)
+    return {"n": [len(x), len(y)], "paired": paired, "difference": float(x.mean() - y.mean()), "se": se,
+            "df": float(test.df), "p": float(test.pvalue), "alpha": alpha, "ci": [float(ci.low), float(ci.high)],
+            "rejects": bool(test.pvalue < alpha)}

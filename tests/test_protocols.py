@@ -1,7 +1,8 @@
 """The protocols' numbers are the protocols': each number of parity_studies.protocols.FIRST is read back
 from reports/equivalence/PROTOCOL.md's own statement of it, and each rule is tested on synthetic
 records where it decides the verdict (a changed margin, tested epoch, seed range, spread scale or
-"every epoch" rule changes a verdict here)."""
+"every epoch" rule changes a verdict here). SECOND is the table registered in
+reports/equivalence/second/PROTOCOL.md, whose prose must state the same numbers."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from cnn_parity.errors import UsageError
 from cnn_parity.frameworks import FRAMEWORKS
-from parity_studies import equivalence
+from parity_studies import equivalence, protocols
 from parity_studies.protocols import FIRST
 
 from .test_cli import REPO
@@ -173,3 +175,55 @@ def test_every_other_models_curve_is_tested_from_epoch_1(tmp_path):
     accuracies = {f: 0.98 + 0.001 * deviations(20) for f in FRAMEWORKS}
     result = write(tmp_path, "cnn_2layer", curve_losses({1}, 3), accuracies)
     assert result["curve_first_epoch"] == 1 and not result["train_loss_equivalent_every_epoch"]
+
+
+# ---- the second protocol: its table is the one in its PROTOCOL.md, and its prose says the same ---------
+
+def test_second_protocol_is_read_from_its_registered_file():
+    second = protocols.SECOND
+    assert second.document == protocols.SECOND_DOCUMENT and second.name == "second"
+    assert second == protocols.load(REPO / protocols.SECOND_DOCUMENT)
+    assert sorted(second.models) == ["fashion_cnn", "lenet"] and second.designs == ("independent",)
+
+
+def test_second_protocols_prose_states_its_tables_numbers():
+    second, doc = protocols.SECOND, protocols.SECOND_DOCUMENT
+    lenet, fashion = second.models["lenet"], second.models["fashion_cnn"]
+    seeds = stated(r"\*\*lenet: seeds (\d+)-(\d+) \((\d+) per framework\); fashion_cnn: seeds (\d+)-(\d+) \((\d+) per "
+                   r"framework\)\*\*", doc).groups()
+    assert lenet.seeds == tuple(range(int(seeds[0]), int(seeds[1]) + 1)) and len(lenet.seeds) == int(seeds[2])
+    assert fashion.seeds == tuple(range(int(seeds[3]), int(seeds[4]) + 1)) and len(fashion.seeds) == int(seeds[5])
+    first, last = stated(r"Follow-up \(below, only if triggered\): \*\*(\d+)-(\d+)\*\*", doc).groups()
+    assert second.follow_up.seeds == tuple(range(int(first), int(last) + 1)) and second.follow_up.design == "paired"
+    assert second.alpha == float(stated(r"\*\*α = ([\d.]+) each side\*\* for E1 and E2", doc).group(1))
+    assert stated(r"\*\*95 % confidence interval\*\* lies inside", doc) and second.alpha == 0.025
+    epoch, ratio = stated(r"\*\*E1, equivalence \(lenet\):\*\* the mean train loss of epoch (\d+), Flax / PyTorch, "
+                          r"lies within ×/÷ (\d+(?:\.\d+)?)", doc).groups()
+    assert lenet.train_loss_epochs == (int(epoch), int(epoch)) and lenet.train_loss_margin == float(ratio)
+    assert lenet.test_error_margin is None and lenet.sd_ratio_margin is None
+    low, high = stated(r"\*\*E2, equivalence \(fashion_cnn\):\*\* SD_Flax / SD_PyTorch of test accuracy \(percentage "
+                       r"points\) at the last epoch \(40\) lies within \[1/(\d+), (\d+)\]", doc).groups()
+    assert low == high and fashion.sd_ratio_margin == float(high)
+    assert fashion.test_error_margin is None and fashion.train_loss_margin is None
+    a, b, c, d = map(int, stated(r"\(lenet epochs (\d+)-(\d+), fashion_cnn epochs (\d+)-(\d+), the first protocol's", doc).groups())
+    assert (lenet.direction_epochs, fashion.direction_epochs) == ((a, b), (c, d))
+    first_model, alpha, second_model = stated(r"\*\*fixed sequence\*\*: (\w+) at α = ([\d.]+); (\w+) at α = [\d.]+ only "
+                                              r"if", doc).groups()
+    assert second.direction.order == (first_model, second_model) and second.direction.alpha == float(alpha)
+    assert lenet.escape_accuracy == float(stated(r"the first epoch whose test accuracy exceeds (\d+) %", doc).group(1)) / 100
+    stated(r'levels "1-2", "3", "4 or later"', doc)
+    assert lenet.escape_levels == (2, 3, 4)
+    flax, torch = stated(r"Flax `([^`]+)` \(today's CPU defaults\), PyTorch `([^`]+)`", doc).groups()
+    assert second.flags == {"flax": tuple(flax.split()), "torch": tuple(torch.split())}
+    resamples, seed = stated(r"([\d,]+) resamples, generator seed (\d+)", doc).groups()
+    assert (second.bootstrap_resamples, second.bootstrap_seed) == (int(resamples.replace(",", "")), int(seed))
+
+
+def test_a_protocol_table_with_an_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('name = "x"\nalpha = 0.05\n[models.lenet]\nseeds = [1, 2]\ntrain_loss_margn = 1.2\n')
+    with pytest.raises(UsageError, match="unknown key 'train_loss_margn'"):
+        protocols.load(path)
+    (tmp_path / "two.md").write_text("```toml\na = 1\n```\n```toml\nb = 2\n```\n")
+    with pytest.raises(UsageError, match="2 ```toml blocks"):
+        protocols.load(tmp_path / "two.md")
