@@ -31,6 +31,7 @@ import json
 import math
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
@@ -191,21 +192,22 @@ def _decided_ratio(tests) -> float:
 
 
 def _verdict(test: dict, state_margin: bool = True) -> str:
-    """The TOST verdict on a log ratio; where equivalence is not shown, the margin the 90 % CI does decide."""
+    """The TOST verdict on a log ratio, with the margin its 90 % CI does decide (tighter than the
+    protocol's where equivalent, wider where not)."""
     ratio = math.exp(test["margin"])
     margin = f"{_ratio_pct(-test['margin']):+.2f} % / {_ratio_pct(test['margin']):+.0f} % (×/÷ {ratio:g})"
+    decided = f"(the 90 % CI decides ×/÷ {_decided_ratio([test]):.3g})"
     if test["equivalent"]:
-        return f"equivalent{f' within {margin}' if state_margin else ''}, TOST p = {test['tost_p']:.2g}"
+        return f"equivalent{f' within {margin}' if state_margin else ''} {decided}, TOST p = {test['tost_p']:.2g}"
     return (f"equivalence not shown{f' at {margin}' if state_margin else ''}, TOST p = {test['tost_p']:.2g} "
-            f"(the 90 % CI decides ×/÷ {_decided_ratio([test]):.3g})")
+            f"{decided}")
 
 
 def _spread_verdict(spread: dict) -> str:
-    """The SD-ratio verdict; where equivalence is not shown, the margin [1/r, r] the 90 % CI does decide."""
-    if spread["equivalent"]:
-        return "equivalent"
-    decided = max(spread["ci90"][1], 1 / spread["ci90"][0])
-    return f"equivalence not shown (the 90 % CI decides [1/{decided:.3g}, {decided:.3g}])"
+    """The SD-ratio verdict, with the margin [1/r, r] its 90 % CI does decide."""
+    r = max(spread["ci90"][1], 1 / spread["ci90"][0])
+    decided = f"(the 90 % CI decides [1/{r:.3g}, {r:.3g}])"
+    return f"equivalent {decided}" if spread["equivalent"] else f"equivalence not shown {decided}"
 
 
 def _mean_sd(values) -> str:
@@ -266,9 +268,11 @@ def summary_table(report: dict) -> list[str]:
             primary = r["test_error_log_ratio_test"]
             first = r["curve_first_epoch"]
             failed = {e + 1: t for e, t in enumerate(r["train_loss_log_ratio_tests"]) if e + 1 >= first and not t["equivalent"]}
+            tested = r["train_loss_log_ratio_tests"][first - 1:]
             loss = (f"epochs {first}-{r['epochs']}: " if first > 1 else "") + (
-                "equivalent" if not failed else f"equivalence not shown at epoch {', '.join(map(str, failed))} "
-                                                f"(the 90 % CI decides ×/÷ {_decided_ratio(failed.values()):.3g})")
+                f"equivalent (the 90 % CIs decide ×/÷ {_decided_ratio(tested):.3g})" if not failed else
+                f"equivalence not shown at epoch {', '.join(map(str, failed))} "
+                f"(the 90 % CI decides ×/÷ {_decided_ratio(failed.values()):.3g})")
             spread = r.get("spread_test")
             spread_text = (f"{spread['sd_ratio']:.2f} {_interval(spread['ci90'], '{:.2f}'.format)}: "
                            f"{_spread_verdict(spread)}" if spread else "(paired design)")
@@ -346,11 +350,32 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
           *summary_table(report), "", "Values: mean ± sample SD over seeds.", "",
           f"Overall (the intersection of every endpoint of every model and design above): "
           f"{'equivalent' if report['all_models_equivalent'] else 'equivalence not shown'}.", "", *details,
-          f"Machine: {report['machine'].get('cpu_model', '?')}, {report['machine']['cpu_count']} logical CPUs; versions: "
-          + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+          *run_scope(out, seeds_by_model, designs), "",
+          f"Report made on: {report['machine'].get('cpu_model', '?')}, {report['machine']['cpu_count']} logical CPUs; "
+          "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     write_json_atomic(out / "report.json", report)
     (out / "report.md").write_text("\n".join(md) + "\n")
     return report
+
+
+def run_scope(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str]) -> list[str]:
+    """What the analysed runs' own summaries say they ran on: package versions, devices, CPU models."""
+    versions_seen, devices, cpus = Counter(), Counter(), Counter()
+    for model, seeds in seeds_by_model.items():
+        for design in designs:
+            for framework in FRAMEWORKS:
+                for seed in seeds:
+                    path = record_dir(out, model, design, framework, seed) / "summary.json"
+                    summary = json.loads(path.read_text())
+                    versions_seen[", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()
+                                            if k in ("jax", "flax", "torch", "constraints"))] += 1
+                    devices[summary.get("device", "not recorded")] += 1
+                    cpus[summary.get("machine", {}).get("cpu_model", "not recorded")] += 1
+    return ["Scope of these results: what the runs' records state. Versions: "
+            + "; ".join(f"{v or 'not recorded'} ({n} runs)" for v, n in versions_seen.items())
+            + ". Devices: " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items())
+            + ". CPU models: " + "; ".join(f"{c} ({n} runs)" for c, n in cpus.items())
+            + ". This command runs each run on one thread (`run_environment`)."]
 
 
 README_MARKER = "equivalence-report"

@@ -196,3 +196,12 @@ def test_a_resumed_study_counts_its_recorded_runs_from_the_start(tmp_path, monke
     bar = capsys.readouterr().err.replace("\r", "\n")
     assert trained == [equivalence.run_dir(tmp_path / "scratch", "mlp", "independent", "torch", 1)]
     assert "3/4" in bar.split("4/4")[0] and "0/4" not in bar
+
+
+def test_readme_equivalence_table_is_what_the_committed_study_report_renders():
+    """The README's figures are generated: its block is summary_table of the study's committed report."""
+    report = json.loads((REPO / "reports" / "equivalence" / "study" / "report.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- equivalence-report:begin -->\n")[1].split("<!-- equivalence-report:end -->")[0]
+    assert block == "\n".join(equivalence.summary_table(report)) + "\n"
+    assert "equivalent (the 90 % CI decides ×/÷ 1.02)" in block  # a passing endpoint states its decided margin too
