@@ -14,7 +14,9 @@ The numbers a follow-up equivalence study is planned by, computed from the first
 - the power of a two-sided difference test of the per-run mean log train loss (`difference_power`);
 - minutes per run from the records' wall times (`minutes_per_run`).
 
-Resampled and simulated figures use a fixed generator (`--seed`), so the printout repeats exactly.
+Resampled and simulated figures use a fixed generator (`--seed`), so the printout repeats exactly;
+`--out FILE` writes it there (reports/equivalence/second/planning.md is this command's output with its
+defaults, the numbers reports/equivalence/second/PROTOCOL.md quotes).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Iterable
 import numpy as np
 
 from cnn_parity.commands import OneLineParser, positive_int, report_errors, require_extra
+from cnn_parity.errors import UsageError
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.workdir import read_metrics
 from parity_studies import statistics
@@ -362,13 +365,26 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=0.025, help="the design's level, each side (default 0.025)")
     parser.add_argument("--pilot", type=Path, default=FIRST_STUDY.parent / "report.json",
                         help="the pilot's report.json, for the paired design's spread")
+    parser.add_argument("--out", type=Path, help="write the Markdown here instead of printing it")
     args = parser.parse_args(argv)
     design = {"lenet": args.lenet_seeds, "fashion_cnn": args.fashion_seeds}
 
     def body() -> int:
         require_extra("scipy", "studies")
-        print("\n".join(report(first_study(args.study), args.replicates, args.seed, design, args.alpha,
-                               pilot=args.pilot)))
+        lines = report(first_study(args.study), args.replicates, args.seed, design, args.alpha, pilot=args.pilot)
+        if args.out is None:
+            print("\n".join(lines))
+            return 0
+        title = ["# Planning the second equivalence study", "",
+                 "Generated from the first study's records by `python -m parity_studies.planning --out "
+                 f"{args.out}` ({args.replicates} simulated studies per figure, generator seed {args.seed}); "
+                 f"the design: lenet {args.lenet_seeds}, fashion_cnn {args.fashion_seeds} seeds per framework, "
+                 f"α = {args.alpha} each side.", ""]
+        try:
+            args.out.write_text("\n".join([*title, *lines]).rstrip("\n") + "\n")
+        except OSError as e:
+            raise UsageError(f"cannot write {args.out}: {e.strerror or e}") from None
+        print(f"wrote {args.out}")
         return 0
 
     return report_errors(parser.prog, body)

@@ -4,6 +4,7 @@ match simulation and exact formulas, and its printout runs on the committed firs
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -71,3 +72,28 @@ def test_the_printout_runs_on_the_first_study(capsys):
     values = planning.first_study()
     assert set(values) == {"mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn"}
     assert values["lenet"]["flax"]["train_loss"].shape == (20, 21)
+
+
+COMMITTED = planning.FIRST_STUDY.parent / "second" / "planning.md"
+PROTOCOL = planning.FIRST_STUDY.parent / "second" / "PROTOCOL.md"
+# Planning numbers the second protocol quotes: as the command prints each, and as the protocol rounds it.
+QUOTED = {"0.0738": "0.0738", "0.0975": "0.0975", "0.2414": "0.241", "0.2693": "0.269", "0.0610": "0.061",
+          "0.1104": "0.110", "0.0306": "0.031", "0.0403": "0.0403", "0.0096": "0.0096", "0.0146": "0.0146",
+          **{n: n for n in ["0.968", "0.928", "0.766", "0.914", "0.859", "0.671", "0.970", "0.935", "0.785", "0.965",
+                            "0.836", "0.925", "0.986", "0.947", "0.844", "0.734", "0.985", "0.949", "0.843", "0.822",
+                            "0.973", "0.727", "0.177", "0.130", "0.954", "0.879", "0.725", "0.562", "2.90", "2.10",
+                            "6.74", "6.04", "12.78", "5.0", "17.0", "22.0", "11.0", "1.7", "4.3"]}}
+
+
+def test_the_committed_planning_is_the_commands_output_and_holds_the_protocols_numbers(tmp_path):
+    out = tmp_path / "planning.md"
+    assert planning.main(["--out", str(out)]) == 0
+    generated = out.read_text().split("\n", 3)[3]  # past the title and the line naming the output file
+    assert generated == COMMITTED.read_text().split("\n", 3)[3]
+    protocol = " ".join(PROTOCOL.read_text().split())
+    def holds(text, number):
+        return re.search(rf"(?<![\d.]){re.escape(number)}(?![\d])", text)
+
+    for printed, quoted in QUOTED.items():
+        assert holds(generated, printed), printed
+        assert holds(protocol, quoted), quoted
