@@ -476,7 +476,10 @@ def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
              for m in report_models}
     if follow:
         for m in report_models:
-            if complete_seeds(args.out, m, list(follow.seeds), [follow.design], "full", args.quick) == list(follow.seeds):
+            recorded = complete_seeds(args.out, m, list(follow.seeds), [follow.design], "full", args.quick)
+            if recorded or args.follow_up:
+                print(f"{m} follow-up ({follow.design}): {len(recorded)} of {len(follow.seeds)} seeds recorded")
+            if recorded == list(follow.seeds):
                 found[m][follow.design] = protocol_report.Runs(list(follow.seeds), {
                     f: [record_dir(args.out, m, follow.design, f, s) for s in follow.seeds] for f in FRAMEWORKS})
     machine = machine_info()

@@ -8,6 +8,7 @@ regenerate its committed report unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -65,8 +66,9 @@ def direction_statistic(train_loss: np.ndarray, epochs: tuple[int, int]) -> np.n
     return np.log(train_loss[:, first - 1:epochs[1]]).mean(1)
 
 
-def analyse_model(runs: Runs, plan: ModelPlan, protocol: Protocol, paired: bool) -> dict[str, Any]:
-    """Every endpoint `plan` names, at the protocol's level, with its robustness checks."""
+def analyse_model(runs: Runs, plan: ModelPlan, protocol: Protocol, paired: bool, endpoints_too: bool = True) -> dict[str, Any]:
+    """Every endpoint `plan` names, at the protocol's level, with its robustness checks (unless not
+    `endpoints_too`: a follow-up design, which the protocol analyses for the direction only)."""
     alpha = protocol.alpha
     loss, accuracy_curves = runs.per_epoch("train_loss"), runs.per_epoch("test_accuracy")
     accuracy = {f: 100 * c[:, -1] for f, c in accuracy_curves.items()}
@@ -79,6 +81,8 @@ def analyse_model(runs: Runs, plan: ModelPlan, protocol: Protocol, paired: bool)
         result["plateau_escape"] = {"threshold": plan.escape_accuracy,
                                     **statistics.escape_test(escapes["flax"], escapes["torch"], runs.epochs)}
     endpoints = {}
+    if not endpoints_too:
+        plan = dataclasses.replace(plan, test_error_margin=None, train_loss_margin=None, sd_ratio_margin=None)
     if plan.test_error_margin is not None:
         endpoints["test_error"] = {"kind": "log ratio", **statistics.difference_test(
             np.log(100 - accuracy["flax"]), np.log(100 - accuracy["torch"]), math.log(plan.test_error_margin), paired,
@@ -105,7 +109,7 @@ def analyse_model(runs: Runs, plan: ModelPlan, protocol: Protocol, paired: bool)
             "bootstrap": statistics.bootstrap_spread(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin, alpha,
                                                      protocol.bootstrap_resamples, protocol.bootstrap_seed)}}
     result["endpoints"] = endpoints
-    result["all_endpoints_equivalent"] = all(e["equivalent"] for e in endpoints.values())
+    result["all_endpoints_equivalent"] = all(e["equivalent"] for e in endpoints.values()) if endpoints else None
     if plan.direction_epochs is not None:
         statistic = {f: direction_statistic(v, plan.direction_epochs) for f, v in loss.items()}
         result["direction_statistic"] = {"epochs": list(plan.direction_epochs),
@@ -454,7 +458,8 @@ def build(out: Path, protocol: Protocol, runs: dict[str, dict[str, Runs]], comma
 
     from cnn_parity.files import write_json_atomic
 
-    models = {model: {design: analyse_model(r, protocol.models[model], protocol, design != "independent")
+    models = {model: {design: analyse_model(r, protocol.models[model], protocol, design != "independent",
+                                            endpoints_too=design in protocol.designs)
                       for design, r in by_design.items()} for model, by_design in runs.items()}
     report: dict[str, Any] = {"protocol": protocol.name, "document": protocol.document, "command": command,
                               "alpha": protocol.alpha, "status": status, "status_reason": reason, "models": models}

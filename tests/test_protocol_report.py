@@ -198,3 +198,23 @@ def test_seeds_other_than_the_protocols_make_an_exploratory_report(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["status"] == "exploratory" and "seeds and models" in report["status_reason"]
     assert (tmp_path / "lenet.png").stat().st_size > 10_000
+
+
+@pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
+def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path, capsys):
+    for model, epochs in (("lenet", 21), ("fashion_cnn", 40)):
+        losses = {f: np.exp(0.05 * deviations(3))[:, None] * np.linspace(2, 0.5, epochs) for f in FRAMEWORKS}
+        write_model(tmp_path, model, SECOND.seeds(model)[:3], losses, {f: 0.9 + 0.001 * deviations(3) for f in FRAMEWORKS})
+    seeds = SECOND.follow_up.seeds
+    losses = {"torch": np.exp(0.05 * deviations(len(seeds)))[:, None] * np.linspace(2, 0.5, 21)}
+    losses["flax"] = losses["torch"] * 1.01
+    write_model(tmp_path, "lenet", seeds, losses, {f: 0.9 + 0.001 * deviations(len(seeds)) for f in FRAMEWORKS},
+                design="paired")
+    assert equivalence.main(["--protocol", "second", "--report-only", "--final", "--out", str(tmp_path)]) == 0
+    assert "lenet follow-up (paired): 20 of 20 seeds recorded" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    paired = report["models"]["lenet"]["paired"]
+    assert paired["endpoints"] == {} and paired["all_endpoints_equivalent"] is None and paired["paired"]
+    follow = report["follow_up"]["lenet"]
+    assert follow["paired"]["difference"] == pytest.approx(math.log(1.01)) and follow["paired"]["rejects"]
+    assert "fashion_cnn" not in report["follow_up"] and "Follow-up, lenet: paired design" in (tmp_path / "report.md").read_text()
