@@ -3,7 +3,7 @@
 Do Flax and PyTorch compute the same thing? Trains every model over many seeds in both frameworks,
 through the training CLIs, and tests each Flax − PyTorch difference for equivalence (TOST, α = 0.05
 each side: equivalent <=> the 90 % interval lies inside the margin). The defaults are the endpoints,
-margins and seeds of reports/equivalence/PROTOCOL.md (constants in parity_studies/equivalence.py):
+margins and seeds of reports/equivalence/PROTOCOL.md (parity_studies/protocols.py, FIRST):
 primary, the ratio of test error rates at the full recipe length within ×/÷ 1.2; secondary, the
 train-loss ratio at every epoch within ×/÷ 1.2 (intersection-union), the ratio of seed-to-seed SDs
 within [1/2, 2], and for lenet the epoch each run leaves its initial plateau (survival curves,
@@ -17,16 +17,24 @@ finished runs are skipped and interrupted ones resume, so the study can span ses
 
 Writes OUT/report.json, OUT/report.md and one PNG per model. `--quick` is a smoke run (a few steps
 per run).
+
+`--protocol second` runs and analyses reports/equivalence/second/PROTOCOL.md instead, whose table the
+command reads from that file (parity_studies/protocols.py): lenet's epoch-5 train loss and
+fashion_cnn's SD ratio at α = 0.025 each side, their robustness checks, the direction test and, with
+`--follow-up`, its paired runs (parity_studies/protocol_report.py); it reports nothing until every
+planned run is recorded (`--final`: report with runs missing, named).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -37,23 +45,19 @@ from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import MODELS, load_recipe
-from parity_studies import runs, statistics
+from parity_studies import protocol_report, protocols, runs, statistics
 from parity_studies.markdown import replace_marked_block
+from parity_studies.protocols import FIRST, ModelPlan, Protocol
 
 # design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
 # bisecting a difference the independent design shows: which of the two random streams carries it.
 DESIGNS = {"independent": ("framework", "framework"), "paired": ("shared", "shared"),
            "shared-init": ("shared", "framework"), "shared-order": ("framework", "shared")}
 
-# ---- the protocol (reports/equivalence/PROTOCOL.md gives the reason for each number) ---------------
-PROTOCOL_DESIGNS = ["independent"]
-PROTOCOL_SEEDS = list(range(2000, 2020))  # never used by any earlier report
-ERROR_RATIO_MARGIN = 1.2  # primary: Flax's test error rate within ×/÷ 1.2 of PyTorch's
-TRAIN_LOSS_MARGIN_RATIO = 1.2  # secondary: each epoch's mean train loss within ×/÷ 1.2
-CURVE_FIRST_EPOCH = {"lenet": 5}  # lenet's epochs 1-4 (the plateau) are the escape endpoint's
-SD_RATIO_MARGIN = 2.0  # secondary: SD_flax / SD_torch of test accuracy within [1/2, 2]
-ESCAPE_ACCURACY = {"lenet": 0.5}  # a run has left its initial plateau once test accuracy exceeds this
-ALPHA = statistics.ALPHA
+# The protocol (reports/equivalence/PROTOCOL.md gives the reason for each number): its endpoints and
+# margins analyse every run set of this command, its designs and seeds are the defaults.
+PROTOCOL = FIRST
+ALPHA = PROTOCOL.alpha
 
 # The pilot study's budgets (epochs): ten seeds per framework and design in about two hours.
 PILOT_EPOCHS = {"mlp": 17, "cnn_base": 2, "cnn_2layer": 1, "lenet": 3, "fashion_cnn": 1}
@@ -85,12 +89,13 @@ def complete_seeds(out: Path, model: str, seeds: list[int], designs: list[str], 
 
 
 def train(out: Path, scratch: Path, model: str, design: str, framework: str, seed: int, budget: str, quick: bool,
-          data_dir: str | None) -> None:
-    """Train one run in its scratch workdir unless its record in `out` is complete, then keep its record."""
+          data_dir: str | None, pinned: Sequence[str] = ()) -> None:
+    """Train one run in its scratch workdir unless its record in `out` is complete, then keep its record.
+    `pinned`: training-CLI flags a protocol fixes for this framework."""
     if _complete(out, model, design, framework, seed, budget, quick):
         return
     init_rng, shuffle_rng = DESIGNS[design]
-    flags = ["--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
+    flags = [*pinned, "--set", f"init_rng={init_rng}", "--set", f"shuffle_rng={shuffle_rng}"]
     flags += ["--max-steps", str(runs.QUICK_STEPS)] if quick else ["--epochs", str(budget_epochs(model, budget))]
     workdir = run_dir(scratch, model, design, framework, seed)
     if not runs.finished(workdir, budget_epochs(model, budget), quick):
@@ -124,40 +129,42 @@ def equivalence_test(flax, torch, margin: float, paired: bool) -> dict[str, Any]
     return {**test, "seeds_for_power": statistics.seeds_for_power(test["sd"], margin, paired)}
 
 
-def analyse(out: Path, model: str, design: str, seeds: list[int]) -> dict[str, Any]:
-    """Every endpoint of one model and design over `seeds`: paired unless the design is independent."""
+def analyse(out: Path, model: str, design: str, seeds: list[int], plan: ModelPlan | None = None) -> dict[str, Any]:
+    """Every endpoint of one model and design over `seeds`, margins from `plan` (the protocol's for the
+    model): paired unless the design is independent."""
+    plan = plan or PROTOCOL.models[model]
     records = {f: [runs.epoch_records(record_dir(out, model, design, f, s)) for s in seeds] for f in FRAMEWORKS}
     epochs = min(len(r) for rs in records.values() for r in rs)
     paired = design != "independent"
     curves = {f: np.array([[e["test_accuracy"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}
     accuracy = {f: 100 * c[:, -1] for f, c in curves.items()}
     train_loss = {f: np.array([[e["train_loss"] for e in r[:epochs]] for r in rs]) for f, rs in records.items()}
-    first_curve_epoch = min(CURVE_FIRST_EPOCH.get(model, 1), epochs)
-    loss_margin = math.log(TRAIN_LOSS_MARGIN_RATIO)
+    tested = plan.tested_epochs(epochs)
+    loss_margin = math.log(plan.train_loss_margin)
     loss_tests = [equivalence_test(np.log(train_loss["flax"][:, e]), np.log(train_loss["torch"][:, e]), loss_margin, paired)
                   for e in range(epochs)]
     result = {
         "seeds": seeds, "paired": paired, "epochs": epochs, "steps": records["flax"][0][epochs - 1]["steps"],
         "test_accuracy_pp": {f: a.tolist() for f, a in accuracy.items()},
         "train_loss": {f: a.tolist() for f, a in train_loss.items()},
-        # Primary: log(error_flax / error_torch) per seed, TOST within ±log ERROR_RATIO_MARGIN.
+        # Primary: log(error_flax / error_torch) per seed, TOST within ±log of the protocol's margin.
         "test_error_log_ratio_test": equivalence_test(np.log(100 - accuracy["flax"]), np.log(100 - accuracy["torch"]),
-                                                      math.log(ERROR_RATIO_MARGIN), paired),
+                                                      math.log(plan.test_error_margin), paired),
         "test_accuracy_difference_pp": statistics.mean_difference(accuracy["flax"], accuracy["torch"], paired),
         "train_loss_log_ratio_tests": loss_tests,
-        "curve_first_epoch": first_curve_epoch,
+        "curve_first_epoch": tested.start,
         # Intersection-union: equivalence at every tested epoch holds at level α without correction.
-        "train_loss_equivalent_every_epoch": all(t["equivalent"] for t in loss_tests[first_curve_epoch - 1:]),
+        "train_loss_equivalent_every_epoch": all(loss_tests[e - 1]["equivalent"] for e in tested),
     }
     if not paired:
-        result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], SD_RATIO_MARGIN)
+        result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin)
     # The model's verdict is the intersection of its equivalence endpoints (plateau escape is descriptive).
     result["all_endpoints_equivalent"] = (result["test_error_log_ratio_test"]["equivalent"]
                                           and result["train_loss_equivalent_every_epoch"]
                                           and result.get("spread_test", {"equivalent": True})["equivalent"])
-    if model in ESCAPE_ACCURACY:
-        escapes = {f: statistics.escape_epochs(c, ESCAPE_ACCURACY[model]) for f, c in curves.items()}
-        result["plateau_escape"] = {"threshold": ESCAPE_ACCURACY[model],
+    if plan.escape_accuracy is not None:
+        escapes = {f: statistics.escape_epochs(c, plan.escape_accuracy) for f, c in curves.items()}
+        result["plateau_escape"] = {"threshold": plan.escape_accuracy,
                                     **statistics.escape_test(escapes["flax"], escapes["torch"], epochs)}
     return result
 
@@ -184,21 +191,22 @@ def _decided_ratio(tests) -> float:
 
 
 def _verdict(test: dict, state_margin: bool = True) -> str:
-    """The TOST verdict on a log ratio; where equivalence is not shown, the margin the 90 % CI does decide."""
+    """The TOST verdict on a log ratio, with the margin its 90 % CI does decide (tighter than the
+    protocol's where equivalent, wider where not)."""
     ratio = math.exp(test["margin"])
     margin = f"{_ratio_pct(-test['margin']):+.2f} % / {_ratio_pct(test['margin']):+.0f} % (×/÷ {ratio:g})"
+    decided = f"(the 90 % CI decides ×/÷ {_decided_ratio([test]):.3g})"
     if test["equivalent"]:
-        return f"equivalent{f' within {margin}' if state_margin else ''}, TOST p = {test['tost_p']:.2g}"
+        return f"equivalent{f' within {margin}' if state_margin else ''} {decided}, TOST p = {test['tost_p']:.2g}"
     return (f"equivalence not shown{f' at {margin}' if state_margin else ''}, TOST p = {test['tost_p']:.2g} "
-            f"(the 90 % CI decides ×/÷ {_decided_ratio([test]):.3g})")
+            f"{decided}")
 
 
 def _spread_verdict(spread: dict) -> str:
-    """The SD-ratio verdict; where equivalence is not shown, the margin [1/r, r] the 90 % CI does decide."""
-    if spread["equivalent"]:
-        return "equivalent"
-    decided = max(spread["ci90"][1], 1 / spread["ci90"][0])
-    return f"equivalence not shown (the 90 % CI decides [1/{decided:.3g}, {decided:.3g}])"
+    """The SD-ratio verdict, with the margin [1/r, r] its 90 % CI does decide."""
+    r = max(spread["ci90"][1], 1 / spread["ci90"][0])
+    decided = f"(the 90 % CI decides [1/{r:.3g}, {r:.3g}])"
+    return f"equivalent {decided}" if spread["equivalent"] else f"equivalence not shown {decided}"
 
 
 def _mean_sd(values) -> str:
@@ -228,7 +236,8 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
     first_tested = entry[designs[0]]["curve_first_epoch"]
     if first_tested > 1:
         loss_ax.axvspan(0.5, first_tested - 0.5, color="0.92", label="not tested (initial plateau)")
-    for ax, ratio in ((loss_ax, TRAIN_LOSS_MARGIN_RATIO), (err_ax, ERROR_RATIO_MARGIN)):
+    plan = PROTOCOL.models[model]
+    for ax, ratio in ((loss_ax, plan.train_loss_margin), (err_ax, plan.test_error_margin)):
         for m in (_ratio_pct(-math.log(ratio)), _ratio_pct(math.log(ratio))):  # the margin where it is
             ax.axhline(m, color="k", ls="--", lw=1)
         ax.axhline(0, color="k", lw=0.5)
@@ -246,19 +255,23 @@ def plot_model(path: Path, model: str, entry: dict) -> None:
 
 
 def summary_table(report: dict) -> list[str]:
+    margins = report["margins"]
     lines = ["| model | budget | design | seeds | test accuracy Flax / PyTorch (%) | test error Flax / PyTorch − 1 "
-             f"| primary: test error (×/÷ {ERROR_RATIO_MARGIN:g}) | SD ratio of test accuracy, 90% CI "
-             f"(within [1/{SD_RATIO_MARGIN:g}, {SD_RATIO_MARGIN:g}]?) | train-loss curve (×/÷ {TRAIN_LOSS_MARGIN_RATIO:g}, "
-             "every epoch tested) | all endpoints (intersection) |", "|---|---|---|---:|---|---|---|---|---|---|"]
+             f"| primary: test error (×/÷ {margins['test_error_ratio']:g}) | SD ratio of test accuracy, 90% CI "
+             f"(within [1/{margins['sd_ratio']:g}, {margins['sd_ratio']:g}]?) | train-loss curve "
+             f"(×/÷ {margins['train_loss_ratio']:g}, every epoch tested) | all endpoints (intersection) |",
+             "|---|---|---|---:|---|---|---|---|---|---|"]
     for model, entry in report["models"].items():
         for design in (d for d in DESIGNS if d in entry):
             r = entry[design]
             primary = r["test_error_log_ratio_test"]
             first = r["curve_first_epoch"]
             failed = {e + 1: t for e, t in enumerate(r["train_loss_log_ratio_tests"]) if e + 1 >= first and not t["equivalent"]}
+            tested = r["train_loss_log_ratio_tests"][first - 1:]
             loss = (f"epochs {first}-{r['epochs']}: " if first > 1 else "") + (
-                "equivalent" if not failed else f"equivalence not shown at epoch {', '.join(map(str, failed))} "
-                                                f"(the 90 % CI decides ×/÷ {_decided_ratio(failed.values()):.3g})")
+                f"equivalent (the 90 % CIs decide ×/÷ {_decided_ratio(tested):.3g})" if not failed else
+                f"equivalence not shown at epoch {', '.join(map(str, failed))} "
+                f"(the 90 % CI decides ×/÷ {_decided_ratio(failed.values()):.3g})")
             spread = r.get("spread_test")
             spread_text = (f"{spread['sd_ratio']:.2f} {_interval(spread['ci90'], '{:.2f}'.format)}: "
                            f"{_spread_verdict(spread)}" if spread else "(paired design)")
@@ -303,11 +316,13 @@ def _details(model: str, design: str, r: dict) -> list[str]:
 
 def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str], budget: str,
                  quick: bool) -> dict[str, Any]:
+    margins = {(p.test_error_margin, p.train_loss_margin, p.sd_ratio_margin) for p in PROTOCOL.models.values()}
+    assert len(margins) == 1, "one margin of each kind for every model"
+    (error_margin, loss_margin, sd_margin), = margins
     report: dict[str, Any] = {
         "command": " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]), "quick": quick, "budget": budget,
         "designs": {d: {"init_rng": DESIGNS[d][0], "shuffle_rng": DESIGNS[d][1]} for d in designs},
-        "margins": {"test_error_ratio": ERROR_RATIO_MARGIN, "train_loss_ratio": TRAIN_LOSS_MARGIN_RATIO,
-                    "sd_ratio": SD_RATIO_MARGIN},
+        "margins": {"test_error_ratio": error_margin, "train_loss_ratio": loss_margin, "sd_ratio": sd_margin},
         "alpha": ALPHA, "versions": versions(), "machine": machine_info(), "models": {}}
     details = []
     for model, seeds in seeds_by_model.items():
@@ -334,23 +349,157 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
           *summary_table(report), "", "Values: mean ± sample SD over seeds.", "",
           f"Overall (the intersection of every endpoint of every model and design above): "
           f"{'equivalent' if report['all_models_equivalent'] else 'equivalence not shown'}.", "", *details,
-          f"Machine: {report['machine'].get('cpu_model', '?')}, {report['machine']['cpu_count']} logical CPUs; versions: "
-          + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+          *run_scope(out, seeds_by_model, designs), "",
+          f"Report made on: {report['machine'].get('cpu_model', '?')}, {report['machine']['cpu_count']} logical CPUs; "
+          "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
     write_json_atomic(out / "report.json", report)
     (out / "report.md").write_text("\n".join(md) + "\n")
     return report
 
 
+def run_scope(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str]) -> list[str]:
+    """What the analysed runs' own summaries say they ran on: package versions, devices, CPU models."""
+    versions_seen, devices, cpus = Counter(), Counter(), Counter()
+    for model, seeds in seeds_by_model.items():
+        for design in designs:
+            for framework in FRAMEWORKS:
+                for seed in seeds:
+                    path = record_dir(out, model, design, framework, seed) / "summary.json"
+                    summary = json.loads(path.read_text())
+                    versions_seen[", ".join(f"{k} {v}" for k, v in summary.get("versions", {}).items()
+                                            if k in ("jax", "flax", "torch", "constraints"))] += 1
+                    devices[summary.get("device", "not recorded")] += 1
+                    cpus[summary.get("machine", {}).get("cpu_model", "not recorded")] += 1
+    return ["Scope of these results: what the runs' records state. Versions: "
+            + "; ".join(f"{v or 'not recorded'} ({n} runs)" for v, n in versions_seen.items())
+            + ". Devices: " + "; ".join(f"{d} ({n} runs)" for d, n in devices.items())
+            + ". CPU models: " + "; ".join(f"{c} ({n} runs)" for c, n in cpus.items())
+            + ". This command runs each run on one thread (`run_environment`)."]
+
+
 README_MARKER = "equivalence-report"
+
+
+def resolve_protocol(name: str) -> Protocol:
+    """--protocol: "first", "second", or the path of a protocol (a PROTOCOL.md with its TOML table, or TOML)."""
+    return {"first": lambda: FIRST, "second": lambda: protocols.SECOND}.get(name, lambda: protocols.load(name))()
+
+
+def make_folders(out: Path, scratch: Path | None) -> None:
+    """The output folder, and the scratch folder unless None; a one-line UsageError if either cannot be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if scratch is not None:
+            prepare_scratch(scratch)
+    except OSError as e:
+        raise UsageError(f"cannot write to {e.filename or out}: {e.strerror or e}") from None
+
+
+def train_all(args, jobs: list[tuple[str, str, str, int]], scratch: Path, pinned: dict[str, Sequence[str]]) -> None:
+    """Train the runs `jobs` (model, design, framework, seed) not yet recorded, args.jobs at a time."""
+    # Runs recorded in earlier sessions count as done from the start (the bar redraws only as runs end).
+    pending = [spec for spec in jobs if not _complete(args.out, *spec, args.budget, args.quick)]
+    with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
+            tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="equivalence", unit="run",
+                 file=sys.stderr) as bar:
+        def job(spec):
+            model, design, framework, seed = spec
+            train(args.out, scratch, model, design, framework, seed, args.budget, args.quick, args.data_dir,
+                  pinned.get(framework, ()))
+            bar.update()
+        try:
+            for future in [pool.submit(job, spec) for spec in pending]:
+                future.result()
+        except BaseException:  # a failed run, Ctrl-C or SIGTERM: start no more; finished runs are kept
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def rejected_models(out: Path) -> list[str]:
+    """The models whose direction test rejected in OUT/report.json (the follow-up's default)."""
+    path = out / "report.json"
+    if not path.is_file():
+        raise UsageError(f"--follow-up follows the study's report, and {path} does not exist yet")
+    report = json.loads(path.read_text())
+    return [d["model"] for d in report.get("direction", []) if d["confirmatory"] and d["rejects"]]
+
+
+def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
+    """The study of a protocol given as data: its models, seeds, design and pinned flags unless the
+    command line says otherwise (then its report is exploratory); the report only once every planned
+    run is recorded (or with --final), progress counts before that."""
+    if args.budget != "full":
+        raise UsageError(f"the {protocol.name} protocol runs each recipe at its full length (no --budget pilot)")
+    if args.follow_up and not protocol.follow_up:
+        raise UsageError(f"the {protocol.name} protocol has no follow-up")
+    models = args.models or (rejected_models(args.out) if args.follow_up else list(protocol.models))
+    unknown = [m for m in models if m not in protocol.models]
+    if unknown:
+        raise UsageError(f"model {unknown[0]!r} is not in the {protocol.name} protocol ({', '.join(protocol.models)})")
+    follow = protocol.follow_up
+    designs = args.designs or ([follow.design] if args.follow_up else list(protocol.designs))
+    planned = {m: args.seeds or list(follow.seeds if args.follow_up else protocol.models[m].seeds) for m in models}
+    for m, seeds in planned.items():
+        runs.check_models_and_seeds([m], seeds)
+    make_folders(args.out, None if args.report_only else scratch)
+    if not args.report_only:
+        train_all(args, [(m, d, f, s) for m in models for s in planned[m] for d in designs for f in FRAMEWORKS],
+                  scratch, protocol.flags)
+    # The report covers the protocol's own runs: every model's main design, and a follow-up design wherever
+    # all its seeds are recorded.
+    report_models = list(protocol.models) if not args.models else models
+    main = {m: args.seeds or list(protocol.models[m].seeds) for m in report_models}
+    complete = {m: complete_seeds(args.out, m, seeds, list(protocol.designs), "full", args.quick)
+                for m, seeds in main.items()}
+    missing = {m: sorted(set(main[m]) - set(c)) for m, c in complete.items() if set(c) != set(main[m])}
+    for m in report_models:
+        print(f"{m}: {len(complete[m])} of {len(main[m])} seeds recorded in both frameworks")
+    if missing and not args.final:
+        print("the report is made once every planned run is recorded (or with --final); no statistic before that")
+        return 0
+    if any(len(c) < 2 for c in complete.values()):
+        raise RunError(f"fewer than 2 seeds complete in both frameworks for {min(complete, key=lambda m: len(complete[m]))}")
+    exploratory = [what for what, given in (("seeds", args.seeds), ("models", args.models),
+                                            ("designs", args.designs and not args.follow_up)) if given]
+    if args.quick:
+        status, reason = "quick", f"a smoke run of {runs.QUICK_STEPS} steps per run: not a result"
+    elif exploratory:
+        status, reason = "exploratory", f"{' and '.join(exploratory)} other than the protocol's"
+    elif missing:
+        status, reason = "final, with missing runs", "seeds not recorded in both frameworks: " + "; ".join(
+            f"{m} {s}" for m, s in missing.items())
+    else:
+        status, reason = "confirmatory", ""
+    found = {m: {d: protocol_report.Runs(complete[m], {f: [record_dir(args.out, m, d, f, s) for s in complete[m]]
+                                                       for f in FRAMEWORKS}) for d in protocol.designs}
+             for m in report_models}
+    if follow:
+        for m in report_models:
+            recorded = complete_seeds(args.out, m, list(follow.seeds), [follow.design], "full", args.quick)
+            if recorded or args.follow_up:
+                print(f"{m} follow-up ({follow.design}): {len(recorded)} of {len(follow.seeds)} seeds recorded")
+            if recorded == list(follow.seeds):
+                found[m][follow.design] = protocol_report.Runs(list(follow.seeds), {
+                    f: [record_dir(args.out, m, follow.design, f, s) for s in follow.seeds] for f in FRAMEWORKS})
+    machine = machine_info()
+    protocol_report.build(args.out, protocol, found, " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]),
+                          status, reason, f"{machine.get('cpu_model', '?')}; " + ", ".join(
+                              f"{k} {v}" for k, v in machine["versions"].items()))
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(found)} PNGs ({status})")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m parity_studies.equivalence", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL")
-    parser.add_argument("--seeds", nargs="+", type=int, default=PROTOCOL_SEEDS, metavar="N",
-                        help=f"default: the protocol's, {PROTOCOL_SEEDS[0]} .. {PROTOCOL_SEEDS[-1]}")
-    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), default=PROTOCOL_DESIGNS, metavar="DESIGN",
-                        help=f"any of: {', '.join(DESIGNS)} (default: {' '.join(PROTOCOL_DESIGNS)})")
+    parser.add_argument("--protocol", default="first", metavar="NAME_OR_PATH",
+                        help="first (reports/equivalence/PROTOCOL.md, the default), second "
+                             "(reports/equivalence/second/PROTOCOL.md), or the path of a protocol of that shape")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", help="default: the protocol's")
+    first_seeds = FIRST.seeds("mlp")
+    parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
+                        help=f"default: the protocol's (first: {first_seeds[0]} .. {first_seeds[-1]})")
+    parser.add_argument("--designs", nargs="+", choices=list(DESIGNS), metavar="DESIGN",
+                        help=f"any of: {', '.join(DESIGNS)} (default: the protocol's, {' '.join(FIRST.designs)})")
     parser.add_argument("--budget", choices=BUDGETS, default="full",
                         help="full: each recipe's epochs (default, the protocol's); pilot: the pilot study's "
                              f"shorter budgets ({', '.join(f'{m} {e}' for m, e in PILOT_EPOCHS.items())})")
@@ -359,6 +508,11 @@ def main(argv=None) -> int:
                         help="runs trained at once, one thread each (default 1); results do not depend on it")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report each model over those of --seeds complete in every run")
+    parser.add_argument("--follow-up", action="store_true",
+                        help="a protocol's follow-up runs (second: the paired design, seeds 3100-3119) for "
+                             "--models (default: those whose direction test rejected in OUT/report.json)")
+    parser.add_argument("--final", action="store_true",
+                        help="report a protocol given as data although planned runs are missing (named in it)")
     parser.add_argument("--update-readme", metavar="PATH", type=Path, help="replace the marked summary table in this file")
     parser.add_argument("--data-dir")
     parser.add_argument("--scratch", type=Path, help="training workdirs: checkpoints, weights, logs (default OUT/scratch)")
@@ -367,40 +521,31 @@ def main(argv=None) -> int:
 
     def body() -> int:
         require_extra("scipy", "studies")
-        runs.check_models_and_seeds(args.models, args.seeds)
-        if len(args.seeds) < 2:
-            raise UsageError("an equivalence test needs at least 2 seeds")
+        protocol = resolve_protocol(args.protocol)
         scratch = args.scratch or args.out / "scratch"
-        try:
-            args.out.mkdir(parents=True, exist_ok=True)
-            if not args.report_only:
-                prepare_scratch(scratch)
-        except OSError as e:
-            raise UsageError(f"cannot write to {e.filename or args.out}: {e.strerror or e}") from None
+        if protocol is not FIRST:
+            if args.update_readme:
+                raise UsageError("--update-readme fills the README's table of the first protocol only")
+            return run_protocol(args, protocol, scratch)
+        if args.follow_up or args.final:
+            raise UsageError("--follow-up and --final are for a protocol given as data (--protocol second)")
+        models = args.models or list(MODELS)
+        seeds = args.seeds or first_seeds
+        designs = args.designs or list(FIRST.designs)
+        runs.check_models_and_seeds(models, seeds)
+        if len(seeds) < 2:
+            raise UsageError("an equivalence test needs at least 2 seeds")
+        make_folders(args.out, None if args.report_only else scratch)
         if not args.report_only:
-            jobs = [(m, d, f, s) for m in args.models for s in args.seeds for d in args.designs for f in FRAMEWORKS]
-            # Runs recorded in earlier sessions count as done from the start (the bar redraws only as runs end).
-            pending = [spec for spec in jobs if not _complete(args.out, *spec, args.budget, args.quick)]
-            with runs.supervised_children(), ThreadPoolExecutor(args.jobs) as pool, \
-                    tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc="equivalence", unit="run",
-                         file=sys.stderr) as bar:
-                def job(spec):
-                    model, design, framework, seed = spec
-                    train(args.out, scratch, model, design, framework, seed, args.budget, args.quick, args.data_dir)
-                    bar.update()
-                try:
-                    for future in [pool.submit(job, spec) for spec in pending]:
-                        future.result()
-                except BaseException:  # a failed run, Ctrl-C or SIGTERM: start no more; finished runs are kept
-                    pool.shutdown(cancel_futures=True)
-                    raise
-        seeds_by_model = {m: seeds for m in args.models if len(
-            seeds := complete_seeds(args.out, m, args.seeds, args.designs, args.budget, args.quick)) >= 2}
+            train_all(args, [(m, d, f, s) for m in models for s in seeds for d in designs for f in FRAMEWORKS],
+                      scratch, FIRST.flags)
+        seeds_by_model = {m: found for m in models if len(
+            found := complete_seeds(args.out, m, seeds, designs, args.budget, args.quick)) >= 2}
         if not seeds_by_model:
             raise RunError(f"no model has 2 seeds complete in both frameworks and designs in {args.out}")
-        for model in args.models:
+        for model in models:
             print(f"{model}: seeds {seeds_by_model.get(model, 'fewer than 2')} complete")
-        report = build_report(args.out, seeds_by_model, args.designs, args.budget, args.quick)
+        report = build_report(args.out, seeds_by_model, designs, args.budget, args.quick)
         if args.update_readme:
             replace_marked_block(args.update_readme, README_MARKER, "\n".join(summary_table(report)))
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(seeds_by_model)} PNGs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,16 +20,19 @@ from parity_studies import equivalence
 from .test_cli import REPO
 
 
-def _fake_run(out, model, design, framework, seed, epochs, loss, accuracies, workdir=None):
-    """A finished run's files in its record below `out` (or in `workdir`)."""
+def fake_run(out, model, design, framework, seed, epochs, loss, accuracies, workdir=None, summary=None):
+    """A finished run's files in its record below `out` (or in `workdir`): its train loss per epoch is
+    `loss` (a list) or falls from `loss` (a number) by 10 % of it per epoch; `summary` adds to its
+    summary.json."""
     workdir = workdir or equivalence.record_dir(out, model, design, framework, seed)
     workdir.mkdir(parents=True)
     (workdir / "config.json").write_text(json.dumps({"framework": framework}))
-    records = [{"epoch": e + 1, "steps": 10 * (e + 1), "train_loss": loss * (1 - 0.1 * e), "train_accuracy": 0.5,
+    losses = loss if isinstance(loss, (list, tuple)) else [loss * (1 - 0.1 * e) for e in range(epochs)]
+    records = [{"epoch": e + 1, "steps": 10 * (e + 1), "train_loss": losses[e], "train_accuracy": 0.5,
                 "test_loss": 1.0, "test_accuracy": accuracies[e], "train_time_s": 1.0, "eval_time_s": 1.0}
                for e in range(epochs)]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (workdir / "summary.json").write_text(json.dumps({"epochs": epochs, "steps": 10 * epochs}))
+    (workdir / "summary.json").write_text(json.dumps({"epochs": epochs, "steps": 10 * epochs, **(summary or {})}))
 
 
 def test_report_from_run_records(tmp_path, monkeypatch):
@@ -41,7 +45,7 @@ def test_report_from_run_records(tmp_path, monkeypatch):
                 worse = design == "independent" and framework == "flax"
                 final = 0.90 + 0.002 * seed + (0.02 if worse else 0)
                 curve = [0.11, 0.6 if worse else 0.2, final]
-                _fake_run(tmp_path, "lenet", design, framework, seed, 3, (1.3 if worse else 1.0) + 0.01 * seed, curve)
+                fake_run(tmp_path, "lenet", design, framework, seed, 3, (1.3 if worse else 1.0) + 0.01 * seed, curve)
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- equivalence-report:begin -->\nold\n<!-- equivalence-report:end -->\nrest\n")
     assert equivalence.main(["--models", "lenet", "--seeds", "0", "1", "2", "3", "--designs", "independent", "paired",
@@ -75,7 +79,8 @@ def test_help_describes_every_design_and_refers_to_no_missing_text():
     help_text = subprocess.run([sys.executable, "-m", "parity_studies.equivalence", "--help"], capture_output=True,
                                text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     assert "below" not in help_text and "PROTOCOL.md" in help_text
-    assert all(f'"{design}"' in help_text for design in equivalence.DESIGNS)
+    text = re.sub(r"(\w)- (\w)", r"\1-\2", " ".join(help_text.split()))  # argparse wraps at hyphens
+    assert all(f'"{design}"' in text for design in equivalence.DESIGNS)
 
 
 def test_bad_arguments_are_one_line_usage_errors(tmp_path, capsys):
@@ -154,14 +159,14 @@ def test_finished_runs_are_skipped_and_only_records_are_kept(tmp_path, monkeypat
 
     def train(workdir, *args):
         trained.append(workdir)
-        _fake_run(out, "mlp", "independent", "flax", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
+        fake_run(out, "mlp", "independent", "flax", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
 
     monkeypatch.setattr(equivalence.runs, "train", train)
-    _fake_run(out, "mlp", "independent", "flax", 0, 17, 1.0, [0.9] * 17)  # recorded in an earlier session
+    fake_run(out, "mlp", "independent", "flax", 0, 17, 1.0, [0.9] * 17)  # recorded in an earlier session
     equivalence.train(out, scratch, "mlp", "independent", "flax", 0, "full", False, None)
     assert trained == []
     workdir = equivalence.run_dir(scratch, "mlp", "independent", "torch", 0)
-    _fake_run(out, "mlp", "independent", "torch", 0, 17, 1.0, [0.9] * 17, workdir=workdir)  # finished, not recorded
+    fake_run(out, "mlp", "independent", "torch", 0, 17, 1.0, [0.9] * 17, workdir=workdir)  # finished, not recorded
     (workdir / "model.safetensors").write_bytes(b"weights")
     (workdir / "checkpoints").mkdir()
     equivalence.train(out, scratch, "mlp", "independent", "torch", 0, "full", False, None)
@@ -177,12 +182,12 @@ def test_a_resumed_study_counts_its_recorded_runs_from_the_start(tmp_path, monke
     only the others train."""
     out = tmp_path / "out"
     for seed, framework in [(0, "flax"), (0, "torch"), (1, "flax")]:
-        _fake_run(out, "mlp", "independent", framework, seed, 17, 1.0, [0.9] * 17)
+        fake_run(out, "mlp", "independent", framework, seed, 17, 1.0, [0.9] * 17)
     trained = []
 
     def train(workdir, *args):
         trained.append(workdir)
-        _fake_run(out, "mlp", "independent", "torch", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
+        fake_run(out, "mlp", "independent", "torch", 1, 17, 1.0, [0.9] * 17, workdir=workdir)
 
     monkeypatch.setattr(equivalence.runs, "train", train)
     monkeypatch.setattr(equivalence, "build_report", lambda *args: None)
@@ -191,3 +196,12 @@ def test_a_resumed_study_counts_its_recorded_runs_from_the_start(tmp_path, monke
     bar = capsys.readouterr().err.replace("\r", "\n")
     assert trained == [equivalence.run_dir(tmp_path / "scratch", "mlp", "independent", "torch", 1)]
     assert "3/4" in bar.split("4/4")[0] and "0/4" not in bar
+
+
+def test_readme_equivalence_table_is_what_the_committed_study_report_renders():
+    """The README's figures are generated: its block is summary_table of the study's committed report."""
+    report = json.loads((REPO / "reports" / "equivalence" / "study" / "report.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- equivalence-report:begin -->\n")[1].split("<!-- equivalence-report:end -->")[0]
+    assert block == "\n".join(equivalence.summary_table(report)) + "\n"
+    assert "equivalent (the 90 % CI decides ×/÷ 1.02)" in block  # a passing endpoint states its decided margin too

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 
 from benchmarks import run as benchmarks_run
-from cnn_parity import equivalence, reproduction_report, weights
+from cnn_parity import weights
 from cnn_parity.recipes import MODELS
 from flax_impl import models as linen_models
 from flax_impl import models_nnx
+from parity_studies import equivalence, reproduction_report
+from parity_studies.protocols import FIRST
 from parity_tests import bounds
 from torch_ref import models as torch_models
 
@@ -21,6 +23,7 @@ PER_MODEL = {
     "cnn_parity.weights.CONV_GEOMETRY": weights.CONV_GEOMETRY,
     "cnn_parity.weights.FLATTENED_INPUT": weights.FLATTENED_INPUT,
     "parity_studies.equivalence.PILOT_EPOCHS": equivalence.PILOT_EPOCHS,
+    "parity_studies.protocols.FIRST.models": FIRST.models,
     "parity_studies.reproduction_report.DEVIATIONS": reproduction_report.DEVIATIONS,
     "flax_impl.models.MODULES": linen_models.MODULES,
     "flax_impl.models_nnx.MODULES": models_nnx.MODULES,
@@ -31,8 +34,6 @@ PER_MODEL = {
     "tests.helpers.MIN_TEST_ACCURACY": helpers.MIN_TEST_ACCURACY,
 }
 EXCEPTIONS = {
-    "parity_studies.equivalence.CURVE_FIRST_EPOCH": equivalence.CURVE_FIRST_EPOCH,
-    "parity_studies.equivalence.ESCAPE_ACCURACY": equivalence.ESCAPE_ACCURACY,
     "cnn_parity.weights.EXPLICIT_WEIGHT_INITS": weights.EXPLICIT_WEIGHT_INITS,
 }
 

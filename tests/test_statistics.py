@@ -115,3 +115,105 @@ def test_plateau_escape_epochs_survival_and_ks():
     result = statistics.escape_test(early, late, 3)
     assert result["ks_statistic"] == pytest.approx(1.0) and result["ks_p"] < 0.01
     assert statistics.escape_test(early, early, 3)["ks_p"] == pytest.approx(1.0)
+
+
+def test_alpha_sets_the_deciding_interval_and_the_verdict():
+    """At alpha = 0.025 a TOST decides by the 95 % interval: a 90 % CI inside the margin whose 95 % CI
+    is not is equivalent at 0.05 and not at 0.025, and the F-based spread test alike."""
+    assert statistics.interval_key(0.05) == "ci90" and statistics.interval_key(0.025) == "ci95"
+    d = np.array([-1.0, 0.0, 1.0, -0.5, 0.5, 0.2, -0.2, 0.0])
+    se, df = d.std(ddof=1) / math.sqrt(len(d)), len(d) - 1
+    margin = 0.3 + se * (stats.t.isf(0.05, df) + stats.t.isf(0.025, df)) / 2  # between the two bounds
+    loose, strict = (statistics.difference_test(d + 0.3, np.zeros_like(d), margin, True, alpha) for alpha in (0.05, 0.025))
+    assert loose["equivalent"] and not strict["equivalent"] and loose["tost_p"] == strict["tost_p"]
+    assert strict["ci95"][1] > margin > strict["ci90"][1] and "ci98" in statistics.mean_difference(d, d * 0, True, 0.01)
+    rng = np.random.default_rng(17)
+    a, b = rng.normal(0, 1.0, 30), rng.normal(0, 1.0, 30)
+    s = statistics.spread_test(a, b, 1.0, alpha=0.025)
+    ratio = max(s["ci90"][1], 1 / s["ci90"][0]) / 2 + max(s["ci95"][1], 1 / s["ci95"][0]) / 2
+    assert statistics.spread_test(a, b, ratio)["equivalent"] and not statistics.spread_test(a, b, ratio, 0.025)["equivalent"]
+
+
+@pytest.mark.parametrize("sd_ratio, alpha", [(1.0, 0.05), (0.7, 0.025)])
+def test_spread_tost_power_is_the_simulated_power(sd_ratio, alpha):
+    """The exact F-based power against 3,000 simulated spread TOSTs (Monte-Carlo SE ≤ 0.009)."""
+    rng = np.random.default_rng(18)
+    n, trials = 25, 3000
+    hits = sum(statistics.spread_test(rng.normal(0, sd_ratio, n), rng.normal(0, 1, n), 2.0, alpha)["equivalent"]
+               for _ in range(trials))
+    assert hits / trials == pytest.approx(statistics.spread_tost_power(n, sd_ratio, 2.0, alpha), abs=0.03)
+    # At the margin the power is the test's size, alpha.
+    assert statistics.spread_tost_power(200, 2.0, 2.0, alpha) == pytest.approx(alpha, abs=1e-3)
+
+
+def test_adjusted_difference_test_is_students_t_without_a_factor_and_ignores_level_shifts():
+    rng = np.random.default_rng(31)
+    flax, torch = rng.normal(0.1, 1, 12), rng.normal(0, 1, 15)
+    one = statistics.adjusted_difference_test(flax, torch, ["a"] * 12, ["a"] * 15, 0.8, alpha=0.025)
+    student = stats.ttest_ind(flax, torch)  # equal variances: the least-squares fit's t
+    assert one["difference"] == pytest.approx(flax.mean() - torch.mean()) and one["df"] == 25
+    assert one["ci95"] == pytest.approx(list(student.confidence_interval(0.95)), rel=1e-9)
+    expected = max(stats.ttest_ind(flax + 0.8, torch, alternative="greater").pvalue,
+                   stats.ttest_ind(flax - 0.8, torch, alternative="less").pvalue)
+    assert one["tost_p"] == pytest.approx(expected, rel=1e-9) and one["equivalent"] == (expected < 0.025)
+    # A level's own shift is absorbed by its indicator: the framework effect does not move.
+    levels_f, levels_t = rng.choice(["1-2", "3", "4+"], 12), rng.choice(["1-2", "3", "4+"], 15)
+    base = statistics.adjusted_difference_test(flax, torch, levels_f, levels_t, 0.8)
+    shifted = statistics.adjusted_difference_test(flax + 5 * (levels_f == "3"), torch + 5 * (levels_t == "3"),
+                                                  levels_f, levels_t, 0.8)
+    assert shifted["difference"] == pytest.approx(base["difference"]) and shifted["se"] == pytest.approx(base["se"])
+    assert sum(map(sum, base["levels"].values())) == 27
+    with pytest.raises(ValueError):  # each framework in a level of its own: no framework effect to estimate
+        statistics.adjusted_difference_test(flax, torch, ["a"] * 12, ["b"] * 15, 0.8)
+
+
+def test_rank_tost_is_two_one_sided_mann_whitney_tests_with_the_hodges_lehmann_interval():
+    rng = np.random.default_rng(32)
+    flax, torch = rng.normal(0.3, 1, 25), rng.normal(0, 1, 30)
+    result = statistics.rank_tost(flax, torch, 1.0, alpha=0.025)
+    assert result["hodges_lehmann"] == pytest.approx(np.median(flax[:, None] - torch[None, :]))
+    assert result["tost_p"] == pytest.approx(max(stats.mannwhitneyu(flax + 1.0, torch, alternative="greater").pvalue,
+                                                 stats.mannwhitneyu(flax - 1.0, torch, alternative="less").pvalue))
+    low, high = result["ci95"]
+    assert low < result["hodges_lehmann"] < high and result["ci90"][0] > low and result["ci90"][1] < high
+    # the bounds are where the one-sided tests stop rejecting at 2.5 %
+    assert stats.mannwhitneyu(flax - (low + 1e-6), torch, alternative="greater").pvalue >= 0.025
+    assert stats.mannwhitneyu(flax - (low - 1e-3), torch, alternative="greater").pvalue < 0.025
+    assert result["equivalent"] == (-1.0 < low and high < 1.0)
+
+
+def test_brown_forsythe_spread_inverts_its_welch_tests_and_reports_scipys_levene():
+    rng = np.random.default_rng(33)
+    flax, torch = rng.normal(0, 0.7, 40), rng.normal(0, 1.0, 40)
+    result = statistics.brown_forsythe_spread(flax, torch, 2.0, alpha=0.025)
+    dx, dy = np.abs(flax - np.median(flax)), np.abs(torch - np.median(torch))
+    assert result["ratio"] == pytest.approx(dx.mean() / dy.mean())
+    assert result["levene_p"] == pytest.approx(stats.levene(flax, torch, center="median").pvalue)
+    low, high = result["ci95"]
+    assert stats.ttest_ind(dx, low * dy, equal_var=False, alternative="greater").pvalue == pytest.approx(0.025)
+    assert stats.ttest_ind(dx, high * dy, equal_var=False, alternative="less").pvalue == pytest.approx(0.025)
+    assert result["equivalent"] == (0.5 < low and high < 2.0)
+
+
+def test_bootstrap_spread_is_scipys_bca_interval_and_repeats():
+    rng = np.random.default_rng(34)
+    flax, torch = rng.normal(0, 0.8, 30), rng.normal(0, 1.0, 30)
+    result = statistics.bootstrap_spread(flax, torch, 2.0, alpha=0.025, resamples=2000, seed=5)
+    assert result == statistics.bootstrap_spread(flax, torch, 2.0, alpha=0.025, resamples=2000, seed=5)
+    theirs = stats.bootstrap((flax, torch), lambda a, b, axis: np.log(np.std(a, ddof=1, axis=axis) / np.std(b, ddof=1, axis=axis)),
+                             method="BCa", confidence_level=0.95, n_resamples=2000, rng=np.random.default_rng(5))
+    assert result["ci95"] == pytest.approx(np.exp(theirs.confidence_interval).tolist())
+    assert result["ci95"][0] < result["sd_ratio"] < result["ci95"][1]
+    assert result["equivalent"] == (0.5 < result["ci95"][0] and result["ci95"][1] < 2.0)
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_two_sided_test_is_scipys(paired):
+    rng = np.random.default_rng(35)
+    flax, torch = rng.normal(0.4, 1, 14), rng.normal(0, 1.5, 14)
+    result = statistics.two_sided_test(flax, torch, paired, 0.05)
+    theirs = stats.ttest_1samp(flax - torch, 0) if paired else stats.ttest_ind(flax, torch, equal_var=False)
+    assert result["p"] == pytest.approx(theirs.pvalue) and result["df"] == pytest.approx(theirs.df)
+    assert result["ci"] == pytest.approx(list(theirs.confidence_interval(0.95)))
+    assert result["difference"] / result["se"] == pytest.approx(theirs.statistic)
+    assert result["rejects"] == (theirs.pvalue < 0.05)

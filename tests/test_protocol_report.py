@@ -1,0 +1,220 @@
+"""The second protocol's analysis on synthetic records: its level decides by the 95 % interval, its
+lenet endpoint is epoch 5 alone, its direction test runs in a fixed sequence, its follow-up reads as
+the protocol says, its conduct check names every deviation, and its command reports nothing before
+every planned run is in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from cnn_parity.frameworks import FRAMEWORKS
+from parity_studies import equivalence, protocol_report, protocols
+
+from .test_equivalence import fake_run
+from .test_protocols import deviations
+
+SECOND = protocols.SECOND
+COMMIT = "a" * 40
+
+
+def provenance(commit=COMMIT, dirty=False, cpu="Test CPU", started="2030-01-01T00:00:00+00:00"):
+    return {"provenance": {"sessions": [{"from_step": 0, "started_at": started, "to_step": 10, "commit": commit,
+                                         "ended_at": "2030-01-01T00:05:00+00:00", "cpu_model": cpu, "dirty": dirty,
+                                         "version": "0"}]},
+            "versions": {"constraints": "constraints.txt"}}
+
+
+def pinned(framework):
+    return ({"pipeline": "device", "options": {"api": "linen", "conv_impl": "gemm", "devices": 1}} if framework == "flax"
+            else {"pipeline": "tensor", "options": {"devices": 1}})
+
+
+def write_model(out, model, seeds, losses, accuracies, escapes=None, design="independent", summary=None):
+    """Records of `seeds` per framework: losses[f] seeds × epochs, accuracies[f] last-epoch accuracy
+    (fraction); test accuracy 0.11 before each run's escape epoch (default 2), 0.9 after."""
+    epochs = np.shape(losses["flax"])[1]
+    for f in FRAMEWORKS:
+        for i, seed in enumerate(seeds):
+            escape = escapes[f][i] if escapes else 2
+            curve = [0.11 if e + 1 < escape else 0.9 for e in range(epochs - 1)] + [accuracies[f][i]]
+            fake_run(out, model, design, f, seed, epochs, list(losses[f][i]), curve,
+                     summary={**provenance(), **pinned(f), **(summary or {}).get(f, {})})
+    return protocol_report.Runs(list(seeds), {f: [equivalence.record_dir(out, model, design, f, s) for s in seeds]
+                                              for f in FRAMEWORKS})
+
+
+def with_seeds(n, **changes):
+    """SECOND with n seeds per model (and other changes)."""
+    models = {m: dataclasses.replace(p, seeds=tuple(range(n))) for m, p in SECOND.models.items()}
+    return dataclasses.replace(SECOND, models=models, **changes)
+
+
+def shift_between(sd, n, low_alpha=0.025, high_alpha=0.05, margin=math.log(1.2)):
+    """A difference whose 1 − 2·high_alpha bound is inside `margin` and whose 1 − 2·low_alpha bound is not."""
+    se = sd * math.sqrt(2 / n)
+    return margin - se * (stats.t.isf(high_alpha, 2 * n - 2) + stats.t.isf(low_alpha, 2 * n - 2)) / 2
+
+
+@pytest.mark.parametrize("fraction, equivalent", [(0.0, True), (1.0, False)])
+def test_lenets_endpoint_is_epoch_5_decided_by_the_95_percent_interval(tmp_path, fraction, equivalent):
+    """Flax's epoch-5 loss above PyTorch's by a shift whose 90 % CI is inside ×/÷ 1.2 and whose 95 % CI
+    is not (fraction 1) or by none (fraction 0); epoch 6 far outside the margin either way (not tested)."""
+    n, sd = 20, 0.1
+    torch = np.exp(sd * deviations(n))[:, None] * np.linspace(2.3, 0.3, 6)
+    flax = torch * np.array([1, 1, 1, 1, math.exp(fraction * shift_between(sd, n)), 1.5])
+    accuracies = {f: 0.98 + 0.001 * deviations(n) for f in FRAMEWORKS}
+    runs = write_model(tmp_path, "lenet", range(n), {"flax": flax, "torch": torch}, accuracies)
+    protocol = with_seeds(n)
+    result = protocol_report.analyse_model(runs, protocol.models["lenet"], protocol, paired=False)
+    assert list(result["endpoints"]) == ["train_loss_epoch_5"]
+    e = result["endpoints"]["train_loss_epoch_5"]
+    assert e["equivalent"] is equivalent and result["all_endpoints_equivalent"] is equivalent
+    if fraction:
+        assert e["ci90"][1] < math.log(1.2) < e["ci95"][1]  # equivalent at 0.05, not at the protocol's 0.025
+    assert set(e["robustness"]) == {"rank", "escape_adjusted"}
+    assert e["robustness"]["escape_adjusted"]["levels"] == {"1-2": [n, n]}
+
+
+@pytest.mark.parametrize("ratio, equivalent", [(1.0, True), (None, False)])
+def test_fashion_cnns_spread_is_decided_by_the_95_percent_f_interval(tmp_path, ratio, equivalent):
+    """60 seeds; Flax's accuracy SD ratio 1, or one whose 90 % F interval ends below 2 and 95 % above."""
+    n = 60
+    if ratio is None:  # the observed ratio whose upper bounds straddle 2
+        f90, f95 = (stats.f.ppf(a, n - 1, n - 1) for a in (0.05, 0.025))
+        ratio = 2 * (math.sqrt(f90) + math.sqrt(f95)) / 2
+    accuracies = {"torch": 0.9 + 0.001 * deviations(n), "flax": 0.9 + 0.001 * ratio * deviations(n)}
+    losses = {f: np.ones((n, 2)) * np.exp(0.01 * deviations(n))[:, None] for f in FRAMEWORKS}
+    runs = write_model(tmp_path, "fashion_cnn", range(n), losses, accuracies)
+    protocol = with_seeds(n)
+    result = protocol_report.analyse_model(runs, protocol.models["fashion_cnn"], protocol, paired=False)
+    spread = result["endpoints"]["sd_ratio"]
+    assert spread["sd_ratio"] == pytest.approx(ratio) and spread["margin"] == 2.0
+    assert spread["equivalent"] is equivalent
+    if not equivalent:
+        assert spread["ci90"][1] < 2 < spread["ci95"][1]
+    assert set(spread["robustness"]) == {"brown_forsythe", "bootstrap"}
+    assert spread["robustness"]["bootstrap"]["resamples"] == SECOND.bootstrap_resamples
+
+
+def direction_entry(difference, n=30, sd=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    torch = rng.normal(0, sd, n)
+    return {"independent": {"direction_statistic": {"epochs": [1, 2], "flax": (torch + difference + rng.normal(0, sd, n)).tolist(),
+                                                    "torch": (torch + rng.normal(0, sd, n)).tolist()}}}
+
+
+@pytest.mark.parametrize("lenet_shift, fashion_confirmatory", [(0.0, False), (0.2, True)])
+def test_the_direction_test_is_a_fixed_sequence(lenet_shift, fashion_confirmatory):
+    models = {"lenet": direction_entry(lenet_shift), "fashion_cnn": direction_entry(0.2, seed=1)}
+    lenet, fashion = protocol_report.direction_tests(models, SECOND)
+    assert (lenet["model"], fashion["model"]) == SECOND.direction.order
+    assert lenet["confirmatory"] and lenet["rejects"] is (lenet_shift > 0)
+    assert fashion["rejects"] and fashion["confirmatory"] is fashion_confirmatory
+    assert lenet["alpha"] == fashion["alpha"] == 0.05 and not lenet["paired"]
+
+
+@pytest.mark.parametrize("independent, paired, reading", [
+    (0.05, 0.05, "the computation carries it"), (0.05, 0.0, "the draws carry it"), (0.05, 0.02, "undecided")])
+def test_the_follow_ups_reading(independent, paired, reading):
+    rng = np.random.default_rng(2)
+    base = rng.normal(0, 0.02, 20)
+    entry = {"direction_statistic": {"epochs": [1, 2], "flax": (base + paired + rng.normal(0, 0.01, 20)).tolist(),
+                                     "torch": base.tolist()}}
+    main = {"difference": independent, "se": 0.005}
+    result = protocol_report.follow_up_test(main, entry, 0.05)
+    assert result["paired"]["paired"] and result["reading"] == reading
+
+
+def test_conduct_names_every_deviation(tmp_path):
+    """Four runs per framework: one without provenance, one from a dirty tree, one from another commit,
+    one Flax run with another --conv-impl."""
+    n = 4
+    losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.ones((n, 2)) for f in FRAMEWORKS}
+    runs = write_model(tmp_path, "fashion_cnn", range(n), losses, {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS})
+    record = equivalence.record_dir
+    for seed, change in [(0, lambda s: s.pop("provenance")), (1, lambda s: s["provenance"]["sessions"][0].update(dirty=True)),
+                         (2, lambda s: s["provenance"]["sessions"][0].update(commit="b" * 40)),
+                         (3, lambda s: s["options"].update(conv_impl="xla"))]:
+        path = record(tmp_path, "fashion_cnn", "independent", "flax", seed) / "summary.json"
+        summary = json.loads(path.read_text())
+        change(summary)
+        path.write_text(json.dumps(summary))
+    runs = protocol_report.Runs(runs.seeds, runs.records)
+    found = protocol_report.conduct([("fashion_cnn", "independent", runs)], SECOND)
+    text = "; ".join(found["deviations"])
+    assert "fashion_cnn independent flax seed 0: no provenance" in text
+    assert "flax seed 1: run from a dirty tree" in text
+    assert "records from 2 commits" in text
+    assert "flax seed 3: --conv-impl xla (pinned gemm)" in text
+    assert found["runs"] == 8 and found["cpu_models"] == {"Test CPU": 7} and found["commits"] == {COMMIT: 6, "b" * 40: 1}
+
+
+@pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
+def test_the_command_reports_nothing_before_every_planned_run_and_pins_the_flags(tmp_path, monkeypatch, capsys):
+    """Three of lenet's and fashion_cnn's planned seeds recorded: progress counts only, no report; with
+    --final, a report that names the missing runs. Runs it trains get the protocol's pinned flags."""
+    for model, epochs in (("lenet", 21), ("fashion_cnn", 40)):
+        seeds = SECOND.seeds(model)[:3]
+        losses = {f: np.exp(0.05 * deviations(3))[:, None] * np.linspace(2, 0.5, epochs) for f in FRAMEWORKS}
+        write_model(tmp_path, model, seeds, losses, {f: 0.9 + 0.001 * deviations(3) for f in FRAMEWORKS})
+    assert equivalence.main(["--protocol", "second", "--report-only", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "lenet: 3 of 60 seeds recorded" in out and "fashion_cnn: 3 of 80" in out and "no statistic" in out
+    assert not (tmp_path / "report.json").exists()
+    assert equivalence.main(["--protocol", "second", "--report-only", "--final", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "final, with missing runs" and "lenet [3003" in report["status_reason"]
+    assert report["alpha"] == 0.025 and list(report["models"]) == ["lenet", "fashion_cnn"]
+    assert "FINAL, WITH MISSING RUNS" in (tmp_path / "report.md").read_text()
+
+    trained = []
+
+    def train(workdir, framework, model, seed, flags, *args):
+        trained.append((framework, list(flags)))
+        losses = list(np.linspace(2, 0.5, 21) * (1 + seed / 1e4))
+        fake_run(tmp_path, model, "independent", framework, seed, 21, losses, [0.9] * 21, workdir=workdir,
+                 summary={**provenance(), **pinned(framework)})
+
+    monkeypatch.setattr(equivalence.runs, "train", train)
+    assert equivalence.main(["--protocol", "second", "--models", "lenet", "--seeds", "3003", "3004", "--out",
+                             str(tmp_path), "--scratch", str(tmp_path / "scratch")]) == 0
+    flags = dict(trained)
+    assert flags["flax"][:8] == list(SECOND.flags["flax"]) and flags["torch"][:2] == list(SECOND.flags["torch"])
+    assert "--set" in flags["flax"] and "init_rng=framework" in flags["flax"]
+
+
+def test_seeds_other_than_the_protocols_make_an_exploratory_report(tmp_path):
+    seeds = [3000, 3001, 3002]
+    losses = {f: np.exp(0.05 * deviations(3))[:, None] * np.linspace(2, 0.5, 21) for f in FRAMEWORKS}
+    write_model(tmp_path, "lenet", seeds, losses, {f: 0.9 + 0.001 * deviations(3) for f in FRAMEWORKS})
+    assert equivalence.main(["--protocol", "second", "--models", "lenet", "--seeds", *map(str, seeds), "--report-only",
+                             "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "exploratory" and "seeds and models" in report["status_reason"]
+    assert (tmp_path / "lenet.png").stat().st_size > 10_000
+
+
+@pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
+def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path, capsys):
+    for model, epochs in (("lenet", 21), ("fashion_cnn", 40)):
+        losses = {f: np.exp(0.05 * deviations(3))[:, None] * np.linspace(2, 0.5, epochs) for f in FRAMEWORKS}
+        write_model(tmp_path, model, SECOND.seeds(model)[:3], losses, {f: 0.9 + 0.001 * deviations(3) for f in FRAMEWORKS})
+    seeds = SECOND.follow_up.seeds
+    losses = {"torch": np.exp(0.05 * deviations(len(seeds)))[:, None] * np.linspace(2, 0.5, 21)}
+    losses["flax"] = losses["torch"] * 1.01
+    write_model(tmp_path, "lenet", seeds, losses, {f: 0.9 + 0.001 * deviations(len(seeds)) for f in FRAMEWORKS},
+                design="paired")
+    assert equivalence.main(["--protocol", "second", "--report-only", "--final", "--out", str(tmp_path)]) == 0
+    assert "lenet follow-up (paired): 20 of 20 seeds recorded" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    paired = report["models"]["lenet"]["paired"]
+    assert paired["endpoints"] == {} and paired["all_endpoints_equivalent"] is None and paired["paired"]
+    follow = report["follow_up"]["lenet"]
+    assert follow["paired"]["difference"] == pytest.approx(math.log(1.01)) and follow["paired"]["rejects"]
+    assert "fashion_cnn" not in report["follow_up"] and "Follow-up, lenet: paired design" in (tmp_path / "report.md").read_text()
