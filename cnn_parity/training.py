@@ -189,7 +189,8 @@ def _partial_epoch(trainer: Trainer, progress: Progress) -> tuple[Progress, dict
     """A run stopped inside an epoch (--max-steps): that epoch's figures so far, and an evaluation of the
     final weights, for summary.json (no epoch record: the epoch is not over)."""
     progress, result = _evaluate(trainer, progress)
-    return progress, {**_epoch_figures(trainer, progress, result), "steps_in_epoch": progress.steps % trainer.steps_per_epoch}
+    return progress, {**_epoch_figures(trainer, progress, result), "steps_in_epoch": progress.steps % trainer.steps_per_epoch,
+                      "train_time_s": progress.train_time_s, "eval_time_s": progress.eval_time_s}
 
 
 def _log_steps(workdir: Workdir, recipe: Recipe, trainer: Trainer, first: int, losses: list[float], every: int) -> None:

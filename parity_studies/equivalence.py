@@ -157,7 +157,10 @@ def analyse(out: Path, model: str, design: str, seeds: list[int], plan: ModelPla
         "train_loss_equivalent_every_epoch": all(loss_tests[e - 1]["equivalent"] for e in tested),
     }
     if not paired:
-        result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin)
+        try:
+            result["spread_test"] = statistics.spread_test(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin)
+        except statistics.NotComputable as e:
+            result["spread_test"] = statistics.not_computable("sd ratio", plan.sd_ratio_margin, str(e))
     # The model's verdict is the intersection of its equivalence endpoints (plateau escape is descriptive).
     result["all_endpoints_equivalent"] = (result["test_error_log_ratio_test"]["equivalent"]
                                           and result["train_loss_equivalent_every_epoch"]
@@ -273,8 +276,9 @@ def summary_table(report: dict) -> list[str]:
                 f"equivalence not shown at epoch {', '.join(map(str, failed))} "
                 f"(the 90 % CI decides ×/÷ {_decided_ratio(failed.values()):.3g})")
             spread = r.get("spread_test")
-            spread_text = (f"{spread['sd_ratio']:.2f} {_interval(spread['ci90'], '{:.2f}'.format)}: "
-                           f"{_spread_verdict(spread)}" if spread else "(paired design)")
+            spread_text = ("(paired design)" if not spread else f"not computable: {spread['reason']}"
+                           if not spread.get("computable", True) else
+                           f"{spread['sd_ratio']:.2f} {_interval(spread['ci90'], '{:.2f}'.format)}: {_spread_verdict(spread)}")
             lines.append(
                 f"| {model} | {entry['budget']} | {design}{' (paired)' if r['paired'] else ''} | {primary['n']} | "
                 f"{_mean_sd(r['test_accuracy_pp']['flax'])} / {_mean_sd(r['test_accuracy_pp']['torch'])} | "
@@ -291,7 +295,9 @@ def _details(model: str, design: str, r: dict) -> list[str]:
              f"power at this spread: {primary['seeds_for_power']}.",
              f"- test accuracy Flax − PyTorch: {a['difference']:+.3f} pp, 90% CI {_interval(a['ci90'], '{:+.3f}'.format)} "
              f"(95% CI {_interval(a['ci95'], '{:+.3f}'.format)})."]
-    if "spread_test" in r:
+    if "spread_test" in r and not r["spread_test"].get("computable", True):
+        lines.append(f"- spread: not computable ({r['spread_test']['reason']}).")
+    elif "spread_test" in r:
         s = r["spread_test"]
         lines.append(f"- spread: test-accuracy SD {s['sd_flax']:.3f} / {s['sd_torch']:.3f} pp, ratio {s['sd_ratio']:.2f}, "
                      f"90% CI {_interval(s['ci90'], '{:.2f}'.format)} (95% CI {_interval(s['ci95'], '{:.2f}'.format)}); "

@@ -102,12 +102,15 @@ def analyse_model(runs: Runs, plan: ModelPlan, protocol: Protocol, paired: bool,
                 endpoint["robustness"] = robustness
             endpoints[f"train_loss_epoch_{epoch}"] = endpoint
     if plan.sd_ratio_margin is not None and not paired:
-        endpoints["sd_ratio"] = {"kind": "sd ratio", **statistics.spread_test(
-            accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin, alpha), "robustness": {
-            "brown_forsythe": statistics.brown_forsythe_spread(accuracy["flax"], accuracy["torch"],
-                                                               plan.sd_ratio_margin, alpha),
-            "bootstrap": statistics.bootstrap_spread(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin, alpha,
-                                                     protocol.bootstrap_resamples, protocol.bootstrap_seed)}}
+        try:
+            endpoints["sd_ratio"] = {"kind": "sd ratio", **statistics.spread_test(
+                accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin, alpha), "robustness": {
+                "brown_forsythe": statistics.brown_forsythe_spread(accuracy["flax"], accuracy["torch"],
+                                                                   plan.sd_ratio_margin, alpha),
+                "bootstrap": statistics.bootstrap_spread(accuracy["flax"], accuracy["torch"], plan.sd_ratio_margin,
+                                                         alpha, protocol.bootstrap_resamples, protocol.bootstrap_seed)}}
+        except statistics.NotComputable as e:
+            endpoints["sd_ratio"] = statistics.not_computable("sd ratio", plan.sd_ratio_margin, str(e))
     result["endpoints"] = endpoints
     result["all_endpoints_equivalent"] = all(e["equivalent"] for e in endpoints.values()) if endpoints else None
     if plan.direction_epochs is not None:
@@ -295,6 +298,8 @@ def _decided(endpoint: dict, key: str) -> str:
 
 
 def endpoint_line(name: str, e: dict, alpha: float) -> str:
+    if not e.get("computable", True):
+        return f"- **{name}**: **not computable** ({e['reason']})."
     key, level = statistics.interval_key(alpha), f"{100 * (1 - 2 * alpha):g}%"
     verdict = "equivalent" if e["equivalent"] else "equivalence not shown"
     if e["kind"] == "sd ratio":
@@ -364,6 +369,8 @@ def plot_model(path: Path, model: str, result: dict, alpha: float) -> None:
     values_ax.set_title(f"{model}: {len(result['seeds'])} seeds per framework", fontsize=10)
     rows = []
     for name, e in endpoints.items():
+        if not e.get("computable", True):
+            continue
         rows.append((name, e, e))
         rows += [(f"  {check}", e, r) for check, r in e.get("robustness", {}).items()]
     for y, (name, e, r) in enumerate(rows):

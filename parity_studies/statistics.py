@@ -155,6 +155,16 @@ def seeds_for_power(sd: float, margin: float, paired: bool, power: float = 0.8,
     return high
 
 
+class NotComputable(ValueError):
+    """An endpoint these data cannot decide, e.g. an SD ratio where one arm's runs all ended alike; the
+    report says so, with the reason, instead of a verdict."""
+
+
+def not_computable(kind: str, margin: float, reason: str) -> dict[str, Any]:
+    """What a report records for an endpoint it could not compute."""
+    return {"kind": kind, "margin": margin, "computable": False, "reason": reason, "equivalent": False}
+
+
 def spread_test(flax: Sequence[float], torch: Sequence[float], ratio_margin: float,
                 alpha: float = ALPHA) -> dict[str, Any]:
     """TOST equivalence of the two arms' standard deviations: H0 "SD_flax / SD_torch >= r or <= 1/r",
@@ -168,8 +178,9 @@ def spread_test(flax: Sequence[float], torch: Sequence[float], ratio_margin: flo
     flax, torch = np.asarray(flax, np.float64), np.asarray(torch, np.float64)
     d1, d2 = len(flax) - 1, len(torch) - 1
     sd_flax, sd_torch = float(flax.std(ddof=1)), float(torch.std(ddof=1))
-    if sd_torch == 0 or sd_flax == 0:
-        raise ValueError("spread_test needs non-zero spread in both arms")
+    for name, arm, sd in (("Flax", flax, sd_flax), ("PyTorch", torch, sd_torch)):
+        if sd == 0:
+            raise NotComputable(f"no spread in {name}'s runs: all {len(arm)} at {arm[0]:g}, so no SD ratio")
     variance_ratio = (sd_flax / sd_torch) ** 2
     r2 = ratio_margin**2
     p_upper = stats.f.cdf(variance_ratio / r2, d1, d2)  # H0: true variance ratio >= r²

@@ -205,3 +205,39 @@ def test_readme_equivalence_table_is_what_the_committed_study_report_renders():
     block = readme.split("<!-- equivalence-report:begin -->\n")[1].split("<!-- equivalence-report:end -->")[0]
     assert block == "\n".join(equivalence.summary_table(report)) + "\n"
     assert "equivalent (the 90 % CI decides ×/÷ 1.02)" in block  # a passing endpoint states its decided margin too
+
+
+def test_an_endpoint_that_cannot_be_computed_is_reported_so(tmp_path, monkeypatch):
+    """Every Flax run on lenet's plateau ends at the same accuracy: no SD, so no SD ratio. The spread is
+    reported as not computable (and not equivalent), and the report covers every model still."""
+    monkeypatch.setitem(equivalence.PILOT_EPOCHS, "lenet", 3)
+    monkeypatch.setitem(equivalence.PILOT_EPOCHS, "mlp", 3)
+    for seed in range(3):
+        for framework in FRAMEWORKS:
+            plateau = framework == "flax"
+            fake_run(tmp_path, "lenet", "independent", framework, seed, 3, 2.3,
+                     [0.0958] * 3 if plateau else [0.11, 0.5, 0.9 + 0.01 * seed])
+            fake_run(tmp_path, "mlp", "independent", framework, seed, 3, 1.0, [0.8, 0.85, 0.9 + 0.01 * seed])
+    assert equivalence.main(["--models", "lenet", "mlp", "--seeds", "0", "1", "2", "--budget", "pilot",
+                             "--report-only", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())["models"]
+    spread = report["lenet"]["independent"]["spread_test"]
+    assert spread["computable"] is False and "no spread in Flax's runs: all 3 at 9.58" in spread["reason"]
+    assert not report["lenet"]["all_endpoints_equivalent"] and "spread_test" in report["mlp"]["independent"]
+    assert "not computable: no spread in Flax's runs" in (tmp_path / "report.md").read_text()
+
+
+def test_a_record_cut_short_by_a_kill_is_named_and_recorded_again(tmp_path, monkeypatch, capsys):
+    """A record whose summary.json a kill truncated is named, counts as not finished, and is copied again
+    from its finished run (whose resume trains nothing); records are written atomically, summary last."""
+    out, scratch = tmp_path / "out", tmp_path / "scratch"
+    monkeypatch.setattr(equivalence.runs, "train", lambda workdir, *args: None)  # the run is finished: a no-op
+    workdir = equivalence.run_dir(scratch, "mlp", "independent", "flax", 0)
+    fake_run(out, "mlp", "independent", "flax", 0, 17, 1.0, [0.9] * 17, workdir=workdir)
+    equivalence.train(out, scratch, "mlp", "independent", "flax", 0, "full", False, None)
+    summary = equivalence.record_dir(out, "mlp", "independent", "flax", 0) / "summary.json"
+    intact = summary.read_bytes()
+    summary.write_bytes(intact[:len(intact) // 2])
+    equivalence.train(out, scratch, "mlp", "independent", "flax", 0, "full", False, None)
+    assert f"{summary} is damaged" in capsys.readouterr().err and summary.read_bytes() == intact
+    assert not [p for p in summary.parent.iterdir() if p.name.startswith(".")]

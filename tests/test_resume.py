@@ -133,7 +133,9 @@ def test_a_bare_resume_writes_exactly_what_the_uninterrupted_run_would(framework
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == \
         sorted(p.name for p in (reference / "checkpoints").iterdir())
     assert not list(workdir.glob("*tfevents*")) and not list(reference.glob("*tfevents*"))
-    assert summary(workdir)["partial_epoch"] == summary(reference)["partial_epoch"]
+    untimed = [{k: v for k, v in summary(w)["partial_epoch"].items() if not k.endswith("_time_s")}
+               for w in (workdir, reference)]
+    assert untimed[0] == untimed[1]
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
