@@ -9,16 +9,25 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cnn_parity.data import DATASETS, NUM_EXAMPLES
 from cnn_parity.errors import UsageError
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
-OPTIMIZERS = ("sgd", "adam")
-# The [optimizer] keys each optimizer reads: an override that switches the optimizer drops the recipe's
-# other ones (lenet's momentum is no setting of Adam's), and refuses them when given.
-OPTIMIZER_KEYS = {"sgd": ("name", "lr", "momentum"), "adam": ("name", "lr", "b1", "b2", "eps")}
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+# The [optimizer] keys each optimizer reads: a recipe's other keys must stay at their defaults; an
+# override that switches the optimizer drops the recipe's other ones (lenet's momentum is no setting of
+# Adam's), and refuses them when given.
+OPTIMIZER_KEYS = {"sgd": ("name", "lr", "momentum", "nesterov", "weight_decay"),
+                  "adam": ("name", "lr", "b1", "b2", "eps", "weight_decay"),
+                  "adamw": ("name", "lr", "b1", "b2", "eps", "weight_decay"),
+                  "rmsprop": ("name", "lr", "alpha", "eps", "momentum", "centered", "weight_decay")}
+SCHEDULES = ("constant", "step", "cosine")
+# The [schedule] keys each schedule reads (every one reads the linear warm-up's two).
+SCHEDULE_KEYS = {"constant": ("name", "warmup_steps", "warmup_start_factor"),
+                 "step": ("name", "warmup_steps", "warmup_start_factor", "step_epochs", "gamma"),
+                 "cosine": ("name", "warmup_steps", "warmup_start_factor", "final_lr")}
 INITS = ("torch", "flax")
 # Where the initial weights and each epoch's shuffling order come from: each framework's own random
 # generators ("framework"), or one neutral numpy generator (cnn_parity/shared_rng.py) that gives both
@@ -57,13 +66,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _only_read_keys(table: BaseModel, name: str, read: tuple[str, ...], what: str) -> None:
+    """A key `name`'s kind does not read must keep its default (a recipe recorded by a run holds every
+    key; one that sets a key its kind ignores would not run as written)."""
+    for key, field in type(table).model_fields.items():
+        if key not in read and getattr(table, key) != field.default:
+            raise ValueError(f"{key} is no setting of {what} {name} (it reads: {', '.join(read[1:])})")
+
+
 class Optimizer(_Strict):
+    """The update rule: each framework builds its own library's optimizer from it (torch.optim, optax),
+    and the parity suite holds the two to the same updates. `weight_decay` is coupled (added to the
+    gradient, as torch's SGD, Adam and RMSprop do) except for adamw, which decays the weights directly
+    (decoupled); adamw's must be set, since torch.optim.AdamW defaults it to 0.01 and optax.adamw to 1e-4."""
+
     name: Literal[OPTIMIZERS]
     lr: Float32 = Field(gt=0)
-    momentum: Float32 = Field(0.0, ge=0, lt=1)  # sgd only; PyTorch's dampening-0 momentum = optax's trace
-    b1: Float32 = Field(0.9, ge=0, lt=1)  # adam only; PyTorch's and optax's defaults
+    momentum: Float32 = Field(0.0, ge=0, lt=1)  # sgd, rmsprop; PyTorch's dampening-0 momentum = optax's trace
+    nesterov: bool = False  # sgd
+    weight_decay: Float32 = Field(0.0, ge=0)
+    b1: Float32 = Field(0.9, ge=0, lt=1)  # adam, adamw; PyTorch's and optax's defaults
     b2: Float32 = Field(0.999, ge=0, lt=1)
-    eps: Float32 = Field(1e-8, gt=0)
+    eps: Float32 = Field(1e-8, gt=0)  # adam, adamw, rmsprop (added to the root, as torch does)
+    alpha: Float32 = Field(0.99, ge=0, lt=1)  # rmsprop's smoothing: torch's default (optax's `decay`, 0.9 there)
+    centered: bool = False  # rmsprop
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        _only_read_keys(self, self.name, OPTIMIZER_KEYS[self.name], "optimizer")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
+        if self.name == "adamw" and "weight_decay" not in self.model_fields_set:
+            raise ValueError("adamw needs its weight_decay set: torch.optim.AdamW defaults to 0.01, optax.adamw "
+                             "to 1e-4")
+        return self
+
+
+class Schedule(_Strict):
+    """The learning rate over a run's global steps, each framework's own scheduler (torch.optim's
+    lr_scheduler, optax's schedules) built from it and held to `learning_rate` by the parity suite:
+    a linear warm-up over `warmup_steps` from `warmup_start_factor` x lr to lr (torch's LinearLR), then
+    constant; or "step": x `gamma` every `step_epochs` epochs; or "cosine": down to `final_lr` at the
+    run's last step (torch's CosineAnnealingLR; optax's cosine decay)."""
+
+    name: Literal[SCHEDULES] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    warmup_start_factor: Float32 = Field(1 / 3, gt=0, le=1)  # torch's LinearLR default
+    step_epochs: int = Field(1, gt=0)
+    gamma: Float32 = Field(0.1, gt=0, le=1)
+    final_lr: Float32 = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        _only_read_keys(self, self.name, SCHEDULE_KEYS[self.name], "schedule")
+        return self
 
 
 def _known_model(model: str) -> str:
@@ -87,6 +143,7 @@ class Recipe(_Strict):
     epochs: int = Field(gt=0)
     seed: Annotated[int, AfterValidator(_seed)]
     optimizer: Optimizer
+    schedule: Schedule = Schedule()
     normalize_mean: Float32 = 0.0
     normalize_std: Float32 = Field(1.0, gt=0)
     drop_last: bool = False
@@ -99,6 +156,28 @@ class Recipe(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
+
+    @model_validator(mode="after")
+    def _schedule_fits(self):
+        if self.schedule.name == "cosine" and self.schedule.final_lr > self.optimizer.lr:
+            raise ValueError(f"schedule.final_lr {self.schedule.final_lr} is above optimizer.lr {self.optimizer.lr}")
+        return self
+
+
+def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of the update at global step `step` (0-based: the first update is step 0), in
+    float64: the recipe's schedule written out once, what steps.jsonl logs and the parity suite holds
+    both frameworks' schedulers to."""
+    lr, s = recipe.optimizer.lr, recipe.schedule
+    if step < s.warmup_steps:
+        return lr * (s.warmup_start_factor + (1 - s.warmup_start_factor) * step / s.warmup_steps)
+    after = step - s.warmup_steps
+    if s.name == "step":
+        return lr * s.gamma ** (after // (s.step_epochs * steps_per_epoch))
+    if s.name == "cosine":
+        span = recipe.epochs * steps_per_epoch - s.warmup_steps
+        return s.final_lr + (lr - s.final_lr) * (1 + math.cos(math.pi * min(after, span) / span)) / 2
+    return lr
 
 
 # The Recipe fields that say where a recipe comes from (the source's citation, the figures it reported),
@@ -141,6 +220,15 @@ def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",
     return _build(raw, origin, _apply_overrides(raw, overrides or {}))
 
 
+def with_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recorded recipe with every key a recipe has now (defaults for those added since it was
+    recorded); as it is where it is not a valid recipe."""
+    try:
+        return Recipe.model_validate(recipe).to_dict()
+    except ValidationError:
+        return recipe
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """`key=value` from `--set`; the value is read as TOML (so 1e-3, true, "x" work), else as a string."""
     key, sep, value = text.partition("=")
@@ -154,46 +242,69 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def settable_keys() -> list[str]:
-    """The recipe keys `--set` takes (dotted for the optimizer's)."""
-    fixed = ("model", "optimizer", *PROVENANCE)  # what a recipe is, and where it comes from
+    """The recipe keys `--set` takes (dotted for the optimizer's and the schedule's)."""
+    fixed = ("model", "optimizer", "schedule", *PROVENANCE)  # what a recipe is, and where it comes from
     return [name for name in Recipe.model_fields if name not in fixed] + \
-        [f"optimizer.{name}" for name in Optimizer.model_fields]
+        [f"optimizer.{name}" for name in Optimizer.model_fields] + [f"schedule.{name}" for name in Schedule.model_fields]
+
+
+# The recipe's kinded tables: `--set TABLE=NAME` switches the kind, keeping only the keys it reads.
+_KINDED = {"optimizer": (OPTIMIZER_KEYS, Optimizer), "schedule": (SCHEDULE_KEYS, Schedule)}
 
 
 def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> set[str]:
-    """Set dotted-key `overrides` in a raw recipe, and return the keys set; only `settable_keys()` are. `optimizer=NAME` is short
-    for `optimizer.name=NAME`, `optimizer={...}` sets the table's keys; switching the optimizer drops the
-    settings of the old one that the new one does not read (said on stderr), and refuses such a
-    setting given with it."""
+    """Set dotted-key `overrides` in a raw recipe, and return the keys set; only `settable_keys()` are.
+    `optimizer=NAME` is short for `optimizer.name=NAME` (so is `schedule=NAME`), `optimizer={...}` sets
+    the table's keys; switching the kind drops the old one's settings that the new one does not read
+    (said on stderr), and refuses such a setting given with it. The recipe's description (`source`)
+    says what the overrides changed."""
     overrides = dict(overrides)
-    if isinstance(overrides.get("optimizer"), str):
-        overrides["optimizer.name"] = overrides.pop("optimizer")
-    if isinstance(overrides.get("optimizer"), dict):
-        overrides.update({f"optimizer.{key}": value for key, value in overrides.pop("optimizer").items()})
+    for table in _KINDED:
+        if isinstance(overrides.get(table), str):
+            overrides[f"{table}.name"] = overrides.pop(table)
+        if isinstance(overrides.get(table), dict):
+            overrides.update({f"{table}.{key}": value for key, value in overrides.pop(table).items()})
     settable = settable_keys()
     for key in overrides:
         if key not in settable:
             known = key in Recipe.model_fields or key.split(".")[0] in PROVENANCE
             raise UsageError(f"{f'recipe key {key} cannot be set' if known else f'unknown recipe key {key}'} "
                              f"(settable: {', '.join(settable)})")
-    table = raw.get("optimizer")
-    before = table.get("name") if isinstance(table, dict) else None
+    before = {table: (raw.get(table) or {}).get("name") if isinstance(raw.get(table), dict) else None
+              for table in _KINDED}
+    changed = {key: value for key, value in overrides.items() if _get_dotted(raw, key) != value}
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
-    table = raw.get("optimizer")
-    name = table.get("name") if isinstance(table, dict) else None
-    if name == before or name not in OPTIMIZER_KEYS:
-        return set(overrides)
-    foreign = [key for key in table if key not in OPTIMIZER_KEYS[name]]
-    given = [key for key in foreign if f"optimizer.{key}" in overrides]
-    if given:
-        raise UsageError(f"optimizer.{given[0]} is no setting of {name} (it reads: "
-                         f"{', '.join('optimizer.' + k for k in OPTIMIZER_KEYS[name][1:])})")
-    dropped = {key: table.pop(key) for key in foreign}
-    if any(value != Optimizer.model_fields[key].default for key, value in dropped.items()):
-        shown = ", ".join(f"{key}={value}" for key, value in dropped.items())
-        print(f"recipe: optimizer {before} -> {name}: dropping the {before} setting(s) {shown}", file=sys.stderr)
+    for table, (keys, model) in _KINDED.items():
+        _keep_what_the_kind_reads(raw, table, before[table], keys, model, overrides)
+    if changed and raw.get("source"):
+        raw["source"] += " (changed: " + ", ".join(f"{key}={value}" for key, value in changed.items()) + ")"
     return set(overrides)
+
+
+def _keep_what_the_kind_reads(raw: dict, table: str, before: str | None, keys: dict, model, overrides: dict) -> None:
+    values = raw.get(table)
+    name = values.get("name") if isinstance(values, dict) else None
+    if name == before or name not in keys:
+        return
+    foreign = [key for key in values if key not in keys[name]]
+    given = [key for key in foreign if f"{table}.{key}" in overrides]
+    if given:
+        raise UsageError(f"{table}.{given[0]} is no setting of {name} (it reads: "
+                         f"{', '.join(f'{table}.{k}' for k in keys[name][1:])})")
+    dropped = {key: values.pop(key) for key in foreign}
+    if any(key in model.model_fields and value != model.model_fields[key].default for key, value in dropped.items()):
+        shown = ", ".join(f"{key}={value}" for key, value in dropped.items())
+        print(f"recipe: {table} {before} -> {name}: dropping the {before} setting(s) {shown}", file=sys.stderr)
+
+
+def _get_dotted(raw: dict, key: str) -> Any:
+    node = raw
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
@@ -215,7 +326,7 @@ def _build(raw: dict, origin: str, overridden: set[str] = frozenset()) -> Recipe
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         key = ".".join(str(part) for part in first["loc"])
-        where = "" if key in overridden or key == "optimizer" and "optimizer.name" in overridden else f"{origin}: "
+        where = "" if any(k == key or k.startswith(f"{key}.") for k in overridden) else f"{origin}: "
         raise UsageError(where + _one_line(first, key)) from None
 
 

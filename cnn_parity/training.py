@@ -28,7 +28,7 @@ from tqdm import tqdm
 from cnn_parity import checkpoints
 from cnn_parity.errors import RunError
 from cnn_parity.provenance import command_line, machine_info, now, session, versions
-from cnn_parity.recipes import Recipe
+from cnn_parity.recipes import Recipe, learning_rate
 from cnn_parity.resume import record_config
 from cnn_parity.resume import restore as resume_from_checkpoint
 from cnn_parity.stop_signals import Interrupted, StopRequest
@@ -194,9 +194,10 @@ def _partial_epoch(trainer: Trainer, progress: Progress) -> tuple[Progress, dict
 
 
 def _log_steps(workdir: Workdir, recipe: Recipe, trainer: Trainer, first: int, losses: list[float], every: int) -> None:
-    """The step records of every `every`-th step among `losses` (global steps from `first`)."""
+    """The step records of every `every`-th step among `losses` (global steps from `first`), each with
+    the learning rate its update used."""
     records = [{"step": step, "epoch": (step - 1) // trainer.steps_per_epoch + 1, "loss": loss,
-                "learning_rate": recipe.optimizer.lr}
+                "learning_rate": learning_rate(recipe, step - 1, trainer.steps_per_epoch)}
                for step, loss in enumerate(losses, start=first) if every and step % every == 0]
     if records:
         workdir.log_steps(records)

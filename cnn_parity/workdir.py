@@ -18,7 +18,7 @@ from typing import Any
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_bytes_atomic, write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
-from cnn_parity.recipes import PROVENANCE
+from cnn_parity.recipes import PROVENANCE, with_defaults
 from cnn_parity.tensorboard_log import EVENT_FILE_MARK
 
 # What a run leaves in its workdir, by name; a folder holding any of these belongs to a run, or to
@@ -279,11 +279,13 @@ def _check_path_length(path: Path) -> None:
 def run_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """What would change a run's meaning between a recorded configuration (config.json or a checkpoint's
     meta) and the current one: framework, pipeline, any recipe key but `epochs` (more epochs continue a
-    run exactly as a longer run would have gone on: no recipe has a schedule that depends on them) and
-    the recipe's provenance (recipes.PROVENANCE: a corrected citation changes no number)."""
+    run exactly as a longer run would have gone on, unless its schedule is cosine, which ends at the
+    last epoch) and the recipe's provenance (recipes.PROVENANCE: a corrected citation changes no
+    number). A recipe recorded by an earlier version, without the keys added since, is read with their
+    defaults."""
     changed = [key for key in ("framework", "pipeline") if key in recorded and recorded[key] != current[key]]
-    old, new = recorded.get("recipe") or {}, current["recipe"]
-    ignored = {"epochs", *PROVENANCE}
+    old, new = with_defaults(recorded.get("recipe") or {}), current["recipe"]
+    ignored = {*PROVENANCE} | (set() if (new.get("schedule") or {}).get("name") == "cosine" else {"epochs"})
     changed += sorted(f"recipe {key}" for key in set(old) | set(new)
                       if key not in ignored and old.get(key) != new.get(key))
     return changed

@@ -49,11 +49,46 @@ from flax_impl.models import create_model, init_params, num_params
 TrainState = train_state.TrainState
 
 
-def make_optimizer(cfg: Optimizer) -> optax.GradientTransformation:
+def make_optimizer(cfg: Optimizer, learning_rate: optax.ScalarOrSchedule | None = None) -> optax.GradientTransformation:
+    """The recipe's optimizer in optax, at `learning_rate` (a schedule, `make_schedule`; default the
+    constant cfg.lr). Coupled weight decay (torch's SGD, Adam, RMSprop) is added to the gradient
+    first; adamw's is decoupled, as torch's AdamW."""
+    lr = cfg.lr if learning_rate is None else learning_rate
+    if cfg.name == "adamw":
+        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
-        # optax's trace (f ← g + m·f) is PyTorch's dampening-0 momentum buffer.
-        return optax.sgd(cfg.lr, momentum=cfg.momentum or None)
-    return optax.adam(cfg.lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+        # optax's trace (f ← g + m·f) is PyTorch's dampening-0 momentum buffer, Nesterov's too.
+        tx = optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+    elif cfg.name == "adam":
+        tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    else:  # rmsprop as torch's: eps added to the root (eps_in_sqrt=False), its `alpha` optax's `decay`, and
+        # momentum on the scaled gradient *before* the learning rate (optax.rmsprop scales first, which
+        # differs as soon as the rate changes: the parity suite's scheduled rmsprop caught it)
+        scale = optax.scale_by_stddev if cfg.centered else optax.scale_by_rms
+        tx = optax.chain(scale(decay=cfg.alpha, eps=cfg.eps, eps_in_sqrt=False),
+                         optax.trace(decay=cfg.momentum) if cfg.momentum else optax.identity(),
+                         optax.scale_by_learning_rate(lr))
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), tx) if cfg.weight_decay else tx
+
+
+def make_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.ScalarOrSchedule:
+    """The recipe's learning-rate schedule in optax (a float where it is constant), over global steps;
+    `cnn_parity.recipes.learning_rate` writes it out, and the parity suite holds the two together."""
+    s, lr = recipe.schedule, recipe.optimizer.lr
+    if s.name == "step":
+        main = optax.exponential_decay(lr, s.step_epochs * steps_per_epoch, s.gamma, staircase=True)
+    elif s.name == "cosine":
+        main = optax.cosine_decay_schedule(lr, recipe.epochs * steps_per_epoch - s.warmup_steps, alpha=s.final_lr / lr)
+    else:
+        main = lr
+    if s.warmup_steps:
+        warmup = optax.linear_schedule(lr * s.warmup_start_factor, lr, s.warmup_steps)
+        main = optax.join_schedules([warmup, main if callable(main) else optax.constant_schedule(lr)], [s.warmup_steps])
+    if not callable(main):
+        return main
+    # optax counts steps in int32 and divides them in float32 even under x64: the count as the default
+    # float (float32 unless x64 is on, the same values) lets a float64 run schedule in float64.
+    return lambda count: main(jnp.asarray(count, jnp.result_type(float)))
 
 
 # Steps per dispatch: the chunk whose losses EpochLog reads back at once (one dispatch, one read-back);
@@ -92,16 +127,19 @@ def resolve_conv_impl(conv_impl: str, model: str, devices: int = 1) -> str:
     return conv_impl
 
 
-def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str, api: str = "linen") -> TrainState:
+def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str, api: str = "linen",
+                       steps_per_epoch: int = 1) -> TrainState:
     """The initial state of `recipe`'s model in Flax API `api`, convolving per `conv_impl` (one of
     flax_impl.kernels.CONV_IMPLS, or "none"), its parameters drawn from `key` (each API by its own
-    init: the same distributions, not the same draws)."""
+    init: the same distributions, not the same draws), its optimizer on the recipe's schedule over
+    epochs of `steps_per_epoch` steps."""
     if api == "nnx":
         model, params = models_nnx.init_params(recipe.model, key, recipe.init, conv_impl)
     else:
         model = create_model(recipe.model, recipe.init, conv_impl)
         params = init_params(model, key)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(recipe.optimizer))
+    return TrainState.create(apply_fn=model.apply, params=params,
+                             tx=make_optimizer(recipe.optimizer, make_schedule(recipe, steps_per_epoch)))
 
 
 def apply_function(recipe: Recipe, conv_impl: str, api: str):
@@ -232,7 +270,8 @@ class FlaxTrainer:
             distributed.check_batch_size(self.mesh, n % b or b, "the last batch's size")
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
         init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
-        self.state = jax.device_put(create_train_state(recipe, init_key, self.conv_impl, api), replicated)
+        self.state = jax.device_put(create_train_state(recipe, init_key, self.conv_impl, api, self.steps_per_epoch),
+                                    replicated)
         if recipe.init_rng == "shared":
             self.load_canonical(shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
         self.num_params = num_params(self.state.params)

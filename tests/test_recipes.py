@@ -51,7 +51,7 @@ def test_parse_assignment(text, expected):
     ({"batch_size": 0}, "recipe key batch_size: input should be greater than 0, got 0"),
     ({"epochs": 0}, "recipe key epochs: input should be greater than 0"),
     ({"optimizer.momentum": 1.0}, "recipe key optimizer.momentum: input should be less than 1"),
-    ({"optimizer.name": "rmsprop"}, "recipe key optimizer.name: input should be 'sgd' or 'adam', got 'rmsprop'"),
+    ({"optimizer.name": "lion"}, "recipe key optimizer.name: input should be 'sgd', 'adam', 'adamw' or 'rmsprop', got 'lion'"),
     ({"init": "xavier"}, "recipe key init: input should be 'torch' or 'flax', got 'xavier'"),
     ({"init_rng": "numpy"}, "recipe key init_rng: input should be 'framework' or 'shared', got 'numpy'"),
     ({"shuffle_rng": 1}, "recipe key shuffle_rng: input should be 'framework' or 'shared', got 1"),

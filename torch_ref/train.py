@@ -29,9 +29,33 @@ from torch_ref.models import create_model, num_params
 
 
 def make_optimizer(params, cfg: Optimizer) -> torch.optim.Optimizer:
+    """The recipe's optimizer in torch.optim (coupled weight decay but for AdamW's, as torch defines them)."""
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                                   momentum=cfg.momentum, centered=cfg.centered)
+    adam = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return adam(params, lr=cfg.lr, betas=(cfg.b1, cfg.b2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The recipe's learning-rate schedule in torch.optim.lr_scheduler, stepped after every optimizer
+    step (None where the rate is constant); `cnn_parity.recipes.learning_rate` writes it out, and the
+    parity suite holds the two together."""
+    s, schedulers = recipe.schedule, torch.optim.lr_scheduler
+    main = None
+    if s.name == "step":
+        main = schedulers.StepLR(optimizer, step_size=s.step_epochs * steps_per_epoch, gamma=s.gamma)
+    elif s.name == "cosine":
+        main = schedulers.CosineAnnealingLR(optimizer, T_max=recipe.epochs * steps_per_epoch - s.warmup_steps,
+                                            eta_min=s.final_lr)
+    if not s.warmup_steps:
+        return main
+    warmup = schedulers.LinearLR(optimizer, start_factor=s.warmup_start_factor, total_iters=s.warmup_steps)
+    return warmup if main is None else schedulers.SequentialLR(optimizer, [warmup, main], milestones=[s.warmup_steps])
 
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -120,6 +144,7 @@ class TorchTrainer:
         self.train_loader, self.test_loader = data.make_loaders(recipe, pipeline, data_dir, self.torch_device,
                                                                 self.shuffle_generator, world)
         self.steps_per_epoch = len(self.train_loader)
+        self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
         self._batches = None  # the running epoch's batch iterator, from step self._next_step on
         self._epoch, self._next_step = 0, 0
         self._epoch_start_shuffle_state: torch.Tensor | None = None  # while an epoch is running
@@ -140,6 +165,8 @@ class TorchTrainer:
             images = images.to(self.torch_device, non_blocking=True)
             labels = labels.to(self.torch_device, non_blocking=True)
             loss, batch_correct = train_step(model, self.optimizer, images, labels)
+            if self.scheduler is not None:
+                self.scheduler.step()
             if self.world is None:
                 batch_examples = len(labels)
             else:  # the global batch's mean loss and correct count, as one process logs them; every
@@ -185,6 +212,7 @@ class TorchTrainer:
         torch.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": cpu_rng,
             "cuda_rng": cuda_rng,
             "shuffle": self._epoch_start_shuffle_state if mid_epoch else self.shuffle_generator.get_state(),
@@ -195,6 +223,8 @@ class TorchTrainer:
         state = torch.load(Path(folder) / "state.pt", map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         # A rank the checkpoint has no row for (a resume on more processes) keeps its own seeding.
         rank = 0 if self.world is None else self.world.rank
         cpu_rng, cuda_rng = state["rng"], state["cuda_rng"]
