@@ -1,5 +1,5 @@
 """How long `check_pair` takes on a model of about a million parameters: the example ResNet
-(parity_tests/check/examples.py) widened to 120 channels, torch against NNX, batch 8 of 3x32x32,
+(parity_check/examples.py) widened to 120 channels, torch against NNX, batch 8 of 3x32x32,
 eval mode, calibrated bounds; with --grads also the gradient comparison. Prints seconds: the first
 check (compiling JAX's operations) and the median of the next ones.
 
@@ -16,8 +16,8 @@ import torch
 from flax import nnx
 
 from parity_tests import precision
-from parity_tests.check import check_pair
-from parity_tests.check.examples import NNXResNet, TorchResNet, example_input, randomise_norms
+from parity_check import check_pair
+from parity_check.examples import NNXResNet, TorchResNet, example_input, randomise_norms
 
 WIDTH = 120
 INPUT = (8, 3, 32, 32)

@@ -1,4 +1,4 @@
-"""Check your own model (parity_tests/check): clean example pairs pass, each planted porting mistake is
+"""Check your own model (parity_check): clean example pairs pass, each planted porting mistake is
 localised to the layer that has it, with its cause; gradients and training compare; nothing the
 user passes is modified."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from parity_tests.check import check_pair, prepare
-from parity_tests.check import examples as ex
+from parity_check import check_pair, prepare
+from parity_check import examples as ex
 
 RESNET_X = ex.example_input(ex.RESNET_INPUT)
 MLP_X = ex.example_input(ex.MLP_INPUT)
@@ -141,7 +141,7 @@ def test_train_mode_compares_batch_statistics_and_stops_at_dropout():
 
 def test_weight_transfer_is_lossless_both_ways():
     """torch → Flax → torch gives back torch's tensors bit for bit (permutations and transposes only)."""
-    from parity_tests.check.compare import transfer
+    from parity_check.compare import transfer
 
     pair = prepare(ex.torch_sequence_net(), ex.LinenSequenceNet(), ex.sequence_input())
     before = {k: v.clone() for k, v in pair.torch.model.state_dict().items()}
@@ -159,7 +159,7 @@ def test_weight_transfer_is_lossless_both_ways():
     ("sgd:lr=0.1", "sgd:learning_rate=0.01", ["optimizer_hyperparameters"]),
 ])
 def test_optimizer_lint(torch_opt, optax_opt, causes):
-    from parity_tests.check.training import lint_optimizers
+    from parity_check.training import lint_optimizers
 
     assert [f["cause"] for f in lint_optimizers(torch_opt, optax_opt)] == causes
 

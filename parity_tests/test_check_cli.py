@@ -1,4 +1,4 @@
-"""`python -m parity_tests.check`: exit 0 when the pair agrees, 1 when it diverges, 2 with one line for
+"""`python -m parity_check`: exit 0 when the pair agrees, 1 when it diverges, 2 with one line for
 bad input; the JSON report and the mapping files it writes. Run in-process (main(argv))."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from parity_tests.check.__main__ import main
-from parity_tests.check.examples import LinenMLPBlock
+from parity_check.__main__ import main
+from parity_check.examples import LinenMLPBlock
 
-EX = "parity_tests.check.examples"
+EX = "parity_check.examples"
 RESNET = ["--torch", f"{EX}:torch_resnet", "--input-shape", "4,3,32,32"]
 MLP = ["--torch", f"{EX}:torch_mlp_block", "--input-shape", "8,24"]
 
@@ -97,7 +97,7 @@ def test_weights_file_is_loaded_into_the_torch_model(tmp_path, capsys):
     """Canonical weights (torch names and layouts) replace the torch model's; a file that does not fit is one line."""
     from safetensors.numpy import save_file
 
-    from parity_tests.check import examples as ex
+    from parity_check import examples as ex
 
     torch.manual_seed(1)
     other = {k: v.numpy() for k, v in ex.randomise_norms(ex.TorchMLPBlock(), seed=1).state_dict().items()}
@@ -118,7 +118,7 @@ def test_flax_weights_saved_in_canonical_form_load_back_into_torch(tmp_path, cap
     assert code == 0, err
     from safetensors.numpy import load_file
 
-    from parity_tests.check import examples as ex
+    from parity_check import examples as ex
 
     weights = load_file(str(saved))
     assert set(weights) == set(ex.TorchMLPBlock().state_dict())
@@ -135,10 +135,10 @@ def test_existing_output_files_are_left_alone(tmp_path, capsys):
 
 
 def test_regenerate_examples_replaces_an_examples_output(tmp_path, capsys):
-    from parity_tests.check import regenerate_examples
+    from parity_check import regenerate_examples
 
     page = tmp_path / "page.md"
-    page.write_text(f"```\n$ python -m parity_tests.check --torch {EX}:torch_resnet \\\n    --flax {EX}:LinenBlock "
+    page.write_text(f"```\n$ python -m parity_check --torch {EX}:torch_resnet \\\n    --flax {EX}:LinenBlock "
                     "--input-shape 4,3,32,32\nstale output\n(exit status 0)\n```\n")
     assert regenerate_examples.main([str(page)]) == 0
     lines = page.read_text().splitlines()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cnn_parity.errors import UsageError
-from parity_tests.check.sides import PARAMETERISED, Capture
+from parity_check.sides import PARAMETERISED, Capture
 
 # torch tensor name → Flax variable name, per kind
 TENSOR_NAMES = {

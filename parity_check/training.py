@@ -23,12 +23,13 @@ import numpy as np
 import optax
 import torch
 
+from cnn_parity.differences import tree_max_abs_diff
 from cnn_parity.errors import UsageError
+from parity_check.bounds import calibrated_bound, diff
+from parity_check.causes import finding
+from parity_check.mapping import layer_to_flax, layer_to_torch
+from parity_check.sides import _lookup, as_torch
 from parity_tests import bounds as fixed_bounds
-from parity_tests.check.causes import finding
-from parity_tests.check.compare import calibrated_bound, diff
-from parity_tests.check.mapping import layer_to_flax, layer_to_torch
-from parity_tests.check.sides import _lookup, as_torch
 from torch_ref import train as torch_train
 
 OPTIMIZER_HINTS = {
@@ -142,7 +143,8 @@ def torch_params(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def max_tree_diff(a: dict, b: dict) -> float:
-    return max((float(np.max(np.abs(np.asarray(a[k], np.float64) - b[k]))) for k in b), default=0.0)
+    """The largest max |Δ| over the tensors of `b` (`a` may hold more)."""
+    return tree_max_abs_diff({k: a[k] for k in b}, b)
 
 
 def _targets(pair, seed: int):
@@ -238,7 +240,7 @@ def compare_running_means(pair) -> list[dict]:
         mean64 = modules64[m.torch_name].running_mean.numpy()
         flax_mean = np.asarray(_lookup(variables, m.flax_path)["mean"])
         bound, _ = calibrated_bound(mean, mean64)
-        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": float(np.max(np.abs(flax_mean - mean))),
+        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": diff(flax_mean, mean),
                     "bound": bound})
     return out
 

@@ -1,4 +1,4 @@
-"""`python -m parity_tests.check`: check a torch model against its Flax port. Exit 0 when they agree
+"""`python -m parity_check`: check a torch model against its Flax port. Exit 0 when they agree
 within the bounds, 1 when they diverge, 2 for bad input (one line on stderr)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
 
-PROG = "python -m parity_tests.check"
+PROG = "python -m parity_check"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,9 +128,9 @@ def _check(args) -> int:
     import torch
 
     from parity_tests import precision
-    from parity_tests.check.compare import check_pair
-    from parity_tests.check.examples import example_input
-    from parity_tests.check.mapping import MappingError
+    from parity_check.check import check_pair
+    from parity_check.examples import example_input
+    from parity_check.mapping import MappingError
 
     shape = parse_shape(args.input_shape)
     if args.weights and args.direction == "flax_to_torch":

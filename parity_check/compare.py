@@ -1,5 +1,4 @@
-"""`check_pair`: transfer the weights, compare the two models layer by layer, localise the first layer
-over its bound and say why.
+"""Transfer the weights, compare the two models layer by layer, find the first layer over its bound.
 
 Every mapped layer is compared twice: in the full forward (its output on each side's own input),
 and alone, the Flax layer run on the torch layer's input (layouts converted), which verifies the
@@ -22,20 +21,12 @@ from typing import Any
 import numpy as np
 
 from cnn_parity.errors import UsageError
-from parity_tests import bounds as fixed_bounds
-from parity_tests.check import causes
-from parity_tests.check.mapping import (Mapping, find_flatten, flatten_permutation, infer, layer_to_flax,
+from parity_check.bounds import calibrated_bound, diff
+from parity_check.mapping import (Mapping, find_flatten, flatten_permutation, infer, layer_to_flax,
                                         layer_to_torch, read_mapping)
-from parity_tests.check.sides import CHANNEL_KINDS, Capture, FlaxSide, TorchSide
+from parity_check.sides import CHANNEL_KINDS, Capture, FlaxSide, TorchSide
+from parity_tests import bounds as fixed_bounds
 
-# Two float32 implementations of one layer each differ from float64 by about the floor, in
-# different directions, so their difference is up to ~2x the floor: measured over the example pairs
-# and the five models (NNX, eval mode, Gaussian inputs), the largest clean layer's difference was
-# 2.2x its floor (mlp's fc2). 10x leaves room; the planted mistakes exceed it by orders of magnitude.
-FLOOR_MULTIPLE = 10.0
-# Where float32 is exact on one side (a layer that only copies or scales by powers of two) the
-# floor is 0 but the other framework may still round: 4 float32 ulps of the largest output.
-MIN_RELATIVE = 4 * 2.0 ** -23
 DIRECTIONS = ("torch_to_flax", "flax_to_torch", "none")
 LAYOUTS = ("channels_last", "same")
 
@@ -156,21 +147,6 @@ def _infinite(v):
 
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| in float64; inf when the shapes differ."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return math.inf
-    return float(np.max(np.abs(a - b))) if a.size else 0.0
-
-
-def calibrated_bound(float32: np.ndarray, float64: np.ndarray) -> tuple[float, float]:
-    """(bound, floor) for a quantity whose float32 and float64 values on the torch side are given."""
-    floor = diff(float32, float64)
-    scale = float(np.max(np.abs(float64))) if np.size(float64) else 0.0
-    return max(FLOOR_MULTIPLE * floor, MIN_RELATIVE * scale), floor
 
 
 class Layout:
@@ -318,40 +294,3 @@ def _run_alone(flax_side: FlaxSide, capture: Capture, x: np.ndarray, train: bool
         return flax_side.run_layer(capture, x, train)
     except (TypeError, ValueError):  # the input does not fit the layer: reported as a shape difference
         return np.full((0,), np.nan)
-
-
-def check_pair(torch_model, flax_model, example_input, *, variables=None, direction: str = "torch_to_flax",
-               mapping: str | None = None, bounds: str = "calibrated", flax_layout: str = "channels_last",
-               train: bool = False, grads: bool = False, train_steps: int = 0, torch_optimizer: str | None = None,
-               optax_optimizer: str | None = None, torch_weights: dict[str, np.ndarray] | None = None) -> Report:
-    """Check a torch module against a Flax Linen module (with `variables`, or initialised here) or NNX
-    module on `example_input` (torch layout; the Flax side gets it channels-last unless
-    flax_layout="same"). direction: which side's weights both use ("none": each keeps its own, to
-    verify a conversion made elsewhere); `torch_weights` (canonical: torch's state_dict names and
-    layouts) replace the torch model's first. Nothing passed in is modified."""
-    pair = prepare(torch_model, flax_model, example_input, variables, direction, mapping, flax_layout, train,
-                   torch_weights)
-    layers, output = compare_layers(pair, bounds, train)
-    findings = causes.lint(pair)
-    first = next((r for r in layers if r.over), None)
-    divergence = None
-    if first is not None:
-        cause, hint = causes.diagnose(pair, first, findings)
-        divergence = {"torch_name": first.torch_name, "flax_path": first.flax_path, "kind": "forward",
-                      "status": first.status, "max_abs_diff": _finite(max(first.max_abs_diff, first.isolated_max_abs_diff)),
-                      "cause": cause, "hint": hint}
-    elif not output["max_abs_diff"] <= output["bound"] and all(r.compared for r in layers):
-        cause, hint = causes.diagnose_output(pair, findings)
-        divergence = {"torch_name": "(output)", "flax_path": None, "kind": "forward", "status": "inherited",
-                      "max_abs_diff": _finite(output["max_abs_diff"]), "cause": cause, "hint": hint}
-    settings = {"direction": direction, "train": train, "flax_layout": flax_layout,
-                "bounds": (f"calibrated: {FLOOR_MULTIPLE:g} x each layer's float32-vs-float64 rounding, "
-                           f"at least {MIN_RELATIVE:.1e} x its largest |output|") if bounds == "calibrated"
-                else f"fixed: {fixed_bounds.FORWARD_ABS:g}",
-                "floor_multiple": FLOOR_MULTIPLE if bounds == "calibrated" else None}
-    report = Report(divergence is None, divergence, layers, pair.mapping, findings,
-                    {k: _finite(v) for k, v in output.items()}, settings, canonical_weights=pair.torch.state())
-    if divergence is None:
-        from parity_tests.check import training  # noqa: PLC0415 (imports optax and the optimisers only when asked)
-        training.extend(report, pair, bounds, grads, train_steps, torch_optimizer, optax_optimizer)
-    return report
