@@ -17,9 +17,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def report_errors(prog: str, body: Callable[[], int]) -> int:
+def report_errors(prog: str, body: Callable[[], int], internal_exit: int = 1) -> int:
     """Run a command's body; a CnnParityError becomes one line on stderr and its exit code, and so
-    does any other exception (a bug: exit 1, the traceback with CNN_PARITY_DEBUG=1)."""
+    does any other exception (a bug: exit `internal_exit`, 1 unless the command gives 1 another
+    meaning; the traceback with CNN_PARITY_DEBUG=1)."""
     try:
         return body()
     except CnnParityError as e:
@@ -30,15 +31,15 @@ def report_errors(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr)
         return 128 + signum
     except Exception as e:
-        return internal_error(prog, e)
+        return internal_error(prog, e, internal_exit)
 
 
-def internal_error(prog: str, error: Exception) -> int:
+def internal_error(prog: str, error: Exception, exit_code: int = 1) -> int:
     if os.environ.get("CNN_PARITY_DEBUG") == "1":
         raise error
     print(f"{prog}: error: internal error {type(error).__name__}: {error} "
           f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
-    return 1
+    return exit_code
 
 
 def positive_int(text: str) -> int:

@@ -25,7 +25,26 @@ def diff(a, b) -> float:
 
 
 def calibrated_bound(float32, float64) -> tuple[float, float]:
-    """(bound, floor) for a quantity whose float32 and float64 values on the torch side are given."""
-    floor = diff(float32, float64)
-    scale = float(np.max(np.abs(float64))) if np.size(float64) else 0.0
+    """(bound, floor) for a quantity whose float32 and float64 values on the torch side are given
+    (over its finite values)."""
+    a, b = np.asarray(float32, np.float64), np.asarray(float64, np.float64)
+    if a.shape != b.shape:
+        return math.inf, math.inf
+    both = np.isfinite(a) & np.isfinite(b)
+    floor = diff(a[both], b[both])
+    scale = float(np.max(np.abs(b[both]))) if both.any() else 0.0
     return max(FLOOR_MULTIPLE * floor, MIN_RELATIVE * scale), floor
+
+
+def compared(a, b) -> float:
+    """max |a - b| where both are finite, in float64; inf when the shapes differ or when the
+    non-finite values (nan, inf, -inf) are not the same ones at the same places."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    finite_a, finite_b = np.isfinite(a), np.isfinite(b)
+    if finite_a.all() and finite_b.all():
+        return diff(a, b)
+    if not np.array_equal(finite_a, finite_b) or not np.array_equal(a[~finite_a], b[~finite_b], equal_nan=True):
+        return math.inf
+    return diff(a[finite_a], b[finite_b])

@@ -1,16 +1,19 @@
 """The weight mapping between a torch model and a Flax one: which torch layer is which Flax layer, and
-how each tensor's layout changes, inferred or read from a TOML file; and the lossless transfer of
-weights through it, in either direction.
+the transfer rules between their tensors (kinds.py), inferred or read from a TOML file; and the
+account of every tensor on both sides.
 
-Inference: layers (sides.PARAMETERISED kinds) match by normalised name ("layer1.0.conv1" and Linen's
-"layer1_0/conv1" are both layer1 · 0 · conv1) where kind and shape agree; the rest by execution
-order within their kind, with a shape check after the layout transform; anything else fails with
-one line and a skeleton mapping file to complete.
-
-Layouts (torch → Flax): conv weight (O, I/g, *K) → kernel (*K, I/g, O); Linear weight (out, in) →
-kernel (in, out), its rows permuted where the Linear follows a flatten of feature maps (torch
-flattens (C, H, W), Flax (H, W, C): found by `flatten_permutation` from both sides' inputs);
-norms' weight → scale, running_mean/var → mean/var; Embedding weight → embedding.
+Inference, for layers that hold weights:
+  1. by name, after each side's common prefix is stripped ('model.layer1.0.conv1', Linen's
+     'layer1_0/conv1' and NNX's 'layer1/0/conv1' are all layer1 · 0 · conv1), where the tensors fit;
+  2. by data flow: a layer whose inputs come from layers already mapped is mapped to the one Flax
+     layer whose inputs come from their counterparts (and whose tensors fit): a port that computes a
+     block's shortcut before its main path, or its branches in another order, maps the same;
+  3. by execution order within their kind, for what is left (only where the counts and every
+     shape agree).
+Where the data flow leaves a choice (two same-shaped branches from one input), every assignment is
+tried and the one under which the outputs agree is kept (compare.resolve). Every tensor is then
+accounted for: transferred, or, where it has no counterpart, named (the check stops); a bias on
+one side of a mapped pair only is the cause of that layer's divergence.
 
 Mapping file (TOML):
     [layers]            # torch module name = Flax path ("/"-separated)
@@ -25,47 +28,59 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import Any
 
 from cnn_parity.errors import UsageError
-from parity_check.sides import PARAMETERISED, Capture
-
-# torch tensor name → Flax variable name, per kind
-TENSOR_NAMES = {
-    "conv": {"weight": "kernel", "bias": "bias"},
-    "dense": {"weight": "kernel", "bias": "bias"},
-    "batchnorm": {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"},
-    "layernorm": {"weight": "scale", "bias": "bias"},
-    "groupnorm": {"weight": "scale", "bias": "bias"},
-    "embedding": {"weight": "embedding"},
-}
+from parity_check.kinds import MATRIX_KINDS, Misfit, Plan, plan
 
 
 class MappingError(UsageError):
-    """Inference failed: one line, plus the skeleton mapping file the user completes."""
+    """Inference failed, or tensors have no counterpart: one line, plus the skeleton mapping file the
+    user completes."""
 
-    def __init__(self, message: str, skeleton: str):
+    def __init__(self, message: str, skeleton: str, not_transferred: dict[str, list[str]] | None = None):
         super().__init__(message)
         self.skeleton = skeleton
+        self.not_transferred = not_transferred or {"torch": [], "flax": []}
+
+
+@dataclass
+class Layer:
+    """One side's layer as the mapping sees it."""
+
+    name: str
+    kind: str
+    module: Any
+    tensors: dict  # name → array (torch: 'weight'; Flax: 'kernel', 'query/kernel')
+    order: int  # execution order; uncalled layers after every called one
+    called: bool
+    parents: frozenset = frozenset()  # the layers and inputs its arguments came from (data flow)
 
 
 @dataclass
 class LayerMap:
     torch_name: str
     flax_path: str
-    kind: str
-    matched_by: str  # "name", "order" or "file"
-    flatten: tuple[int, int, int] | None = None  # (C, H, W) of a Linear's flattened input
+    kind: str  # the torch layer's
+    flax_kind: str
+    matched_by: str  # "name", "data flow", "order", "file"
+    flatten: tuple[int, ...] | None = None  # (C, *spatial) of a Linear's flattened input
+    plan: Plan | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         return {"torch_name": self.torch_name, "flax_path": self.flax_path, "kind": self.kind,
-                "matched_by": self.matched_by, "flatten": list(self.flatten) if self.flatten else None}
+                "flax_kind": self.flax_kind, "matched_by": self.matched_by,
+                "flatten": list(self.flatten) if self.flatten else None,
+                "torch_only": self.plan.torch_only if self.plan else [],
+                "flax_only": self.plan.flax_only if self.plan else []}
 
 
 @dataclass
 class Mapping:
     layers: list[LayerMap] = field(default_factory=list)
+    # data-flow choices left open: (torch names, Flax paths) matched in execution order, to verify
+    ambiguous: list[tuple[list[str], list[str]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def by_torch(self, name: str) -> LayerMap | None:
         return next((m for m in self.layers if m.torch_name == name), None)
@@ -78,92 +93,217 @@ class Mapping:
         return "\n".join(lines) + "\n"
 
 
-def normalised(name: str) -> tuple[str, ...]:
+def tokens(name: str) -> tuple[str, ...]:
     return tuple(t for t in re.split(r"[./_]+", name.lower()) if t)
 
 
-def flatten_permutation(chw: tuple[int, int, int] | None, features: int) -> np.ndarray:
-    """perm with flax_input = torch_input[..., perm] (identity without a flatten)."""
-    if chw is None:
-        return np.arange(features)
-    return np.arange(features).reshape(chw).transpose(1, 2, 0).ravel()
+def _strip_common_prefix(names: list[str]) -> dict[str, tuple[str, ...]]:
+    """Each name's tokens without the prefix every name shares (a wrapper's 'model.')."""
+    split = {n: tokens(n) for n in names}
+    if len(split) < 2:
+        return split
+    common = 0
+    values = list(split.values())
+    while all(len(v) > common + 1 for v in values) and len({v[common] for v in values}) == 1:
+        common += 1
+    return {n: v[common:] for n, v in split.items()}
 
 
-def torch_to_flax_tensor(kind: str, name: str, array: np.ndarray, chw=None) -> np.ndarray:
-    if name == "weight" and kind == "conv":
-        return array.transpose(*range(2, array.ndim), 1, 0)
-    if name == "weight" and kind == "dense":
-        return array.T[flatten_permutation(chw, array.shape[1])]
-    return array
+class Matcher:
+    """Which layers fit which (cached transfer plans), and the layouts generic rules learn from pairs
+    of the same classes where the shapes leave no choice."""
+
+    def __init__(self, torch_layers: list[Layer], flax_layers: list[Layer]):
+        self.torch = {t.name: t for t in torch_layers}
+        self.flax = {f.name: f for f in flax_layers}
+        self.learned: dict[tuple[str, str, str], str] = {}
+        self._plans: dict[tuple[str, str], Plan | None] = {}
+
+    def plan(self, t: str, f: str, chw=None) -> Plan | None:
+        if (t, f) not in self._plans or chw is not None:
+            tl, fl = self.torch[t], self.flax[f]
+            key = (type(tl.module).__name__, type(fl.module).__name__)
+            try:
+                result = plan(tl.kind, fl.kind, tl.module, fl.module, tl.tensors, fl.tensors, chw,
+                              lambda name: self.learned.get((*key, name)))
+            except Misfit:
+                result = None
+            if chw is not None:
+                return result
+            self._plans[(t, f)] = result
+        return self._plans[(t, f)]
+
+    def fits(self, t: str, f: str) -> bool:
+        return self.plan(t, f) is not None
+
+    def learn(self, mapped: list[LayerMap]) -> None:
+        """Layouts of generic tensors where only one fitted, per pair of classes and tensor name;
+        square ones of the same classes are then laid out the same way."""
+        for m in mapped:
+            p = self.plan(m.torch_name, m.flax_path)
+            key = (type(self.torch[m.torch_name].module).__name__, type(self.flax[m.flax_path].module).__name__)
+            for rule in p.rules if p else []:
+                if rule.layout and not rule.ambiguous:
+                    self.learned.setdefault((*key, rule.torch_names[0]), rule.layout)
+        self._plans = {k: v for k, v in self._plans.items() if v is None or not any(r.ambiguous for r in v.rules)}
 
 
-def flax_to_torch_tensor(kind: str, name: str, array: np.ndarray, chw=None) -> np.ndarray:
-    if name == "weight" and kind == "conv":
-        return array.transpose(array.ndim - 1, array.ndim - 2, *range(array.ndim - 2))
-    if name == "weight" and kind == "dense":
-        return array[np.argsort(flatten_permutation(chw, array.shape[0]))].T
-    return array
+def weighted(layers: list[Layer]) -> list[Layer]:
+    """The layers the mapping pairs: every one with tensors, and the known kinds (a norm without affine
+    weights is still compared); dropout is not."""
+    return [layer for layer in layers if layer.kind != "dropout" and (layer.tensors or layer.kind != "generic")]
 
 
-def layer_to_flax(kind: str, arrays: dict[str, np.ndarray], chw=None) -> dict[str, np.ndarray]:
-    names = TENSOR_NAMES[kind]
-    return {names[k]: np.ascontiguousarray(torch_to_flax_tensor(kind, k, v, chw)) for k, v in arrays.items() if k in names}
+def contracted_parents(layers: dict[str, Layer], keep: set[str]) -> dict[str, frozenset]:
+    """Each layer's parents with the layers outside `keep` (dropout) replaced by their own parents."""
+    memo: dict[str, frozenset] = {}
+
+    def resolve(name: str, seen: frozenset) -> frozenset:
+        if name in keep or name not in layers or name in seen:
+            return frozenset({name}) if name in keep or name.startswith("input:") else frozenset()
+        if name not in memo:
+            memo[name] = frozenset().union(*(resolve(p, seen | {name}) for p in layers[name].parents))
+        return memo[name]
+    return {name: frozenset().union(*(resolve(p, frozenset({name})) for p in layer.parents))
+            for name, layer in layers.items()}
 
 
-def layer_to_torch(kind: str, arrays: dict[str, np.ndarray], chw=None) -> dict[str, np.ndarray]:
-    return {k: np.ascontiguousarray(flax_to_torch_tensor(kind, k, arrays[f], chw))
-            for k, f in TENSOR_NAMES[kind].items() if f in arrays}
+def infer(torch_layers: list[Layer], flax_layers: list[Layer], forced: dict[str, str] | None = None) -> Mapping:
+    """Match the weighted layers (see the module's docstring), `forced` pairs (torch name → Flax
+    path: a data-flow choice being tried) first. Raises MappingError with a skeleton when a layer that
+    holds weights is left without a counterpart."""
+    ts, fs = weighted(torch_layers), weighted(flax_layers)
+    matcher = Matcher(ts, fs)
+    mapped: dict[str, LayerMap] = {}
+    used: set[str] = set()
+
+    def add(t: Layer, f: Layer, how: str) -> None:
+        mapped[t.name] = LayerMap(t.name, f.name, t.kind, f.kind, how)
+        used.add(f.name)
+
+    by_name = {f.name: f for f in fs}
+    for t in ts:
+        if t.name in (forced or {}):
+            add(t, by_name[forced[t.name]], "data flow")
+
+    # 1. names
+    t_tokens = _strip_common_prefix([t.name for t in ts])
+    f_tokens = _strip_common_prefix([f.name for f in fs])
+    by_tokens: dict[tuple, list[Layer]] = {}
+    for f in fs:
+        by_tokens.setdefault(f_tokens[f.name], []).append(f)
+    for t in ts:
+        if t.name in mapped:
+            continue
+        same = [f for f in by_tokens.get(t_tokens[t.name], []) if f.name not in used and matcher.fits(t.name, f.name)]
+        if len(same) == 1:
+            add(t, same[0], "name")
+    matcher.learn(list(mapped.values()))
+
+    # 2. data flow
+    t_parents = contracted_parents({t.name: t for t in torch_layers}, {t.name for t in ts})
+    f_parents = contracted_parents({f.name: f for f in flax_layers}, {f.name for f in fs})
+    ambiguous: list[tuple[list[str], list[str]]] = []
+    changed = True
+    while changed:
+        changed = False
+        for t in sorted(ts, key=lambda layer: layer.order):
+            if t.name in mapped or not t.called:
+                continue
+            want = _image(t_parents[t.name], mapped)
+            if want is None:
+                continue
+            candidates = [f for f in fs if f.called and f.name not in used and f_parents[f.name] == want
+                          and matcher.fits(t.name, f.name)]
+            if len(candidates) == 1:
+                add(t, candidates[0], "data flow")
+                changed = True
+            elif candidates:
+                peers = [u for u in ts if u.called and u.name not in mapped and _image(t_parents[u.name], mapped) == want
+                         and any(matcher.fits(u.name, f.name) for f in candidates)]
+                peers.sort(key=lambda layer: layer.order)
+                candidates.sort(key=lambda layer: layer.order)
+                if len(peers) == len(candidates) and all(matcher.fits(u.name, f.name) for u, f in zip(peers, candidates)):
+                    for u, f in zip(peers, candidates):
+                        add(u, f, "data flow")
+                    ambiguous.append(([u.name for u in peers], [f.name for f in candidates]))
+                    changed = True
+        matcher.learn(list(mapped.values()))
+
+    # 3. execution order within a kind, where counts and shapes agree
+    families = {}
+    for side, layers in (("torch", ts), ("flax", fs)):
+        for layer in layers:
+            if layer.called and layer.name not in (mapped if side == "torch" else used):
+                families.setdefault(_family(layer.kind), {"torch": [], "flax": []})[side].append(layer)
+    for group in families.values():
+        left_t, left_f = (sorted(group[s], key=lambda layer: layer.order) for s in ("torch", "flax"))
+        if len(left_t) == len(left_f) and all(matcher.fits(t.name, f.name) for t, f in zip(left_t, left_f)):
+            for t, f in zip(left_t, left_f):
+                add(t, f, "order")
+
+    for m in mapped.values():
+        m.plan = matcher.plan(m.torch_name, m.flax_path)
+    order = {t.name: t.order for t in ts}
+    result = Mapping(sorted(mapped.values(), key=lambda m: order[m.torch_name]), ambiguous)
+    _require_counterparts(result, ts, fs)
+    return result
 
 
-def _fits(torch_params: dict[str, np.ndarray], kind: str, flax_vars: dict[str, np.ndarray]) -> bool:
-    converted = layer_to_flax(kind, torch_params)
-    return bool(converted) and all(k in flax_vars and flax_vars[k].shape == v.shape for k, v in converted.items())
+def _family(kind: str) -> str:
+    return "dense" if kind in MATRIX_KINDS else kind
 
 
-def infer(torch_layers: list[Capture], flax_layers: list[Capture], torch_params, flax_vars) -> Mapping:
-    """Match parameterised layers (execution order on both sides); `torch_params(name)` and
-    `flax_vars(path)` give a layer's arrays. Raises MappingError with a skeleton when layers remain."""
-    torch_left = [c for c in torch_layers if c.kind in PARAMETERISED]
-    flax_left = [c for c in flax_layers if c.kind in PARAMETERISED]
-    matched: dict[str, LayerMap] = {}
-    flax_by_name = {normalised(c.name): c for c in flax_left}
-    for t in torch_left:
-        f = flax_by_name.get(normalised(t.name))
-        if f is not None and f.kind == t.kind and _fits(torch_params(t.name), t.kind, flax_vars(f.name)):
-            matched[t.name] = LayerMap(t.name, f.name, t.kind, "name")
-    used = {m.flax_path for m in matched.values()}
-    torch_left = [t for t in torch_left if t.name not in matched]
-    flax_left = [f for f in flax_left if f.name not in used]
-    for kind in PARAMETERISED:
-        ts = [t for t in torch_left if t.kind == kind]
-        fs = [f for f in flax_left if f.kind == kind]
-        if len(ts) == len(fs) and all(_fits(torch_params(t.name), kind, flax_vars(f.name)) for t, f in zip(ts, fs)):
-            matched.update({t.name: LayerMap(t.name, f.name, kind, "order") for t, f in zip(ts, fs)})
-    unmapped = [t for t in torch_left if t.name not in matched]
-    used = {m.flax_path for m in matched.values()}
-    spare = [f for f in flax_layers if f.kind in PARAMETERISED and f.name not in used]
-    if spare and not unmapped:
-        raise MappingError(f"the Flax model's layer(s) {', '.join(f.name for f in spare[:4])} have no torch counterpart: "
-                           "their parameters would be left unmapped", skeleton(torch_layers, spare, matched))
-    if unmapped:
-        raise MappingError(
-            f"cannot map {len(unmapped)} torch layer(s) ({', '.join(t.name for t in unmapped[:4])}"
-            f"{', ...' if len(unmapped) > 4 else ''}) to Flax by name or by order within their kind; "
-            "complete the skeleton mapping and pass it with --mapping", skeleton(torch_layers, spare, matched))
-    order = {t.name: i for i, t in enumerate(torch_layers)}
-    return Mapping(sorted(matched.values(), key=lambda m: order[m.torch_name]))
+def _image(parents: frozenset, mapped: dict[str, LayerMap]) -> frozenset | None:
+    """The Flax counterparts of a torch layer's parents (model inputs as they are), if all are mapped."""
+    out = set()
+    for p in parents:
+        if p.startswith("input:"):
+            out.add(p)
+        elif p in mapped:
+            out.add(mapped[p].flax_path)
+        else:
+            return None
+    return frozenset(out)
 
 
-def skeleton(torch_layers: list[Capture], spare_flax: list[Capture], matched: dict[str, LayerMap]) -> str:
+def _require_counterparts(mapping: Mapping, ts: list[Layer], fs: list[Layer]) -> None:
+    """Every layer that holds weights has its counterpart, or MappingError names each tensor left
+    without one, per side."""
+    mapped_t = {m.torch_name for m in mapping.layers}
+    mapped_f = {m.flax_path for m in mapping.layers}
+    torch_left = [t for t in ts if t.name not in mapped_t and t.tensors]
+    flax_left = [f for f in fs if f.name not in mapped_f and f.tensors]
+    if not (torch_left or flax_left):
+        return
+    parts = []
+    if torch_left:
+        parts.append("torch " + _names([f"{t.name}.{n}" if t.name else n for t in torch_left for n in t.tensors]))
+    if flax_left:
+        parts.append("Flax " + _names([f"{f.name}/{k}" if f.name else k for f in flax_left for k in f.tensors]))
+    raise MappingError(f"weights not transferred (no counterpart found): {'; '.join(parts)}; complete the skeleton "
+                       "mapping and pass it with --mapping", skeleton(mapping, ts, flax_left),
+                       {"torch": [f"{t.name}.{n}" if t.name else n for t in torch_left for n in t.tensors],
+                        "flax": [f"{f.name}/{k}" if f.name else k for f in flax_left for k in f.tensors]})
+
+
+def _names(names: list[str], most: int = 6) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def skeleton(mapping: Mapping, ts: list[Layer], spare_flax: list[Layer]) -> str:
+    """The mapping file to complete: the pairs found by name or data flow filled in, the rest empty
+    (a pair guessed by order is not written: it may be wrong)."""
+    sure = {m.torch_name: m.flax_path for m in mapping.layers if m.matched_by in ("name", "data flow", "file")}
     lines = ["# torch module name = Flax path; fill in the empty ones", "[layers]"]
-    for t in torch_layers:
-        if t.kind in PARAMETERISED:
-            lines.append(f'"{t.name}" = "{matched[t.name].flax_path if t.name in matched else ""}"  # {t.kind}')
+    for t in sorted(ts, key=lambda layer: layer.order):
+        if t.tensors:
+            lines.append(f'"{t.name}" = "{sure.get(t.name, "")}"  # {t.kind}')
     lines.append("# Flax layers not yet mapped: " + (", ".join(f"{f.name} ({f.kind})" for f in spare_flax) or "none"))
     return "\n".join(lines) + "\n"
 
 
-def read_mapping(path: str | os.PathLike, torch_layers: list[Capture], flax_layers: list[Capture]) -> Mapping:
+def read_mapping(path: str | os.PathLike, torch_layers: list[Layer], flax_layers: list[Layer]) -> Mapping:
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -174,41 +314,25 @@ def read_mapping(path: str | os.PathLike, torch_layers: list[Capture], flax_laye
     layers, flatten = data.get("layers"), data.get("flatten", {})
     if not isinstance(layers, dict) or not all(isinstance(v, str) for v in layers.values()):
         raise UsageError(f"mapping {path} needs a [layers] table of \"torch name\" = \"flax path\"")
-    torch_kinds = {c.name: c.kind for c in torch_layers}
-    flax_kinds = {c.name: c.kind for c in flax_layers}
+    ts, fs = weighted(torch_layers), weighted(flax_layers)
+    torch_by, flax_by = {t.name: t for t in ts}, {f.name: f for f in fs}
+    matcher = Matcher(ts, fs)
     result = []
     for torch_name, flax_path in layers.items():
-        if torch_name not in torch_kinds:
+        if torch_name not in torch_by:
             raise UsageError(f"mapping {path}: the torch model has no layer {torch_name!r}")
-        if flax_path not in flax_kinds:
+        if flax_path not in flax_by:
             raise UsageError(f"mapping {path}: the Flax model has no layer {flax_path!r} (for {torch_name})")
         chw = flatten.get(torch_name)
-        if chw is not None and not (isinstance(chw, list) and len(chw) == 3 and all(isinstance(n, int) for n in chw)):
-            raise UsageError(f"mapping {path}: flatten of {torch_name} must be [C, H, W]")
-        result.append(LayerMap(torch_name, flax_path, torch_kinds[torch_name], "file", tuple(chw) if chw else None))
-    missing = [c.name for c in torch_layers if c.kind in PARAMETERISED and c.name not in layers]
-    if missing:
-        raise UsageError(f"mapping {path} leaves torch layer(s) unmapped: {', '.join(missing)}")
-    order = {t.name: i for i, t in enumerate(torch_layers)}
-    return Mapping(sorted(result, key=lambda m: order[m.torch_name]))
-
-
-def find_flatten(torch_input: np.ndarray, flax_input: np.ndarray, channel_counts: list[int]) -> tuple | None:
-    """The (C, H, W) whose flatten permutation relates a Linear's two inputs, if they differ by one:
-    C from the channel counts of the layers before it, H·W = features / C."""
-    if torch_input.ndim != 2 or torch_input.shape != flax_input.shape:
-        return None
-    scale = max(float(np.max(np.abs(torch_input))), 1e-30)
-    if np.max(np.abs(torch_input - flax_input)) <= 1e-3 * scale:
-        return None
-    features = torch_input.shape[1]
-    for c in dict.fromkeys(reversed(channel_counts)):
-        if c < 2 or features % c:
-            continue
-        hw = features // c
-        # the permutation depends on C and H·W only; the squarest H x W is the one reported
-        for h in sorted((h for h in range(1, hw + 1) if hw % h == 0), key=lambda h: abs(h - hw // h)):
-            perm = flatten_permutation((c, h, hw // h), features)
-            if np.max(np.abs(torch_input[:, perm] - flax_input)) <= 1e-3 * scale:
-                return (c, h, hw // h)
-    return None
+        if chw is not None and not (isinstance(chw, list) and len(chw) >= 2 and all(isinstance(n, int) for n in chw)):
+            raise UsageError(f"mapping {path}: flatten of {torch_name} must be [C, H, W] (or [C, L])")
+        p = matcher.plan(torch_name, flax_path, tuple(chw) if chw else None)
+        if p is None:
+            t, f = torch_by[torch_name], flax_by[flax_path]
+            raise UsageError(f"mapping {path}: torch {torch_name} ({t.kind}) does not fit Flax {flax_path} ({f.kind})")
+        result.append(LayerMap(torch_name, flax_path, torch_by[torch_name].kind, flax_by[flax_path].kind, "file",
+                               tuple(chw) if chw else None, p))
+    order = {t.name: t.order for t in ts}
+    mapping = Mapping(sorted(result, key=lambda m: order[m.torch_name]))
+    _require_counterparts(mapping, ts, fs)
+    return mapping

@@ -52,8 +52,8 @@ def test_planted_mistake_exits_1_with_first_divergence_in_json(tmp_path, capsys)
     (RESNET + ["--flax", f"{EX}:LinenBlock"], "cannot build the model without arguments"),
     (RESNET + ["--flax", f"{EX}:nothing_here"], "has no attribute 'nothing_here'"),
     (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:nnx_resnet", "--input-shape", "4,3,x"], "--input-shape"),
-    (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:linen_resnet", "--input-shape", "4,5,32,32"], "rejects input"),
-    (MLP + ["--flax", f"{EX}:linen_resnet"], "rejects input"),
+    (["--torch", f"{EX}:torch_resnet", "--flax", f"{EX}:linen_resnet", "--input-shape", "4,5,32,32"], "rejects its input"),
+    (MLP + ["--flax", f"{EX}:linen_resnet"], "rejects its input"),
     (RESNET + ["--flax", f"{EX}:nnx_resnet", "--train-steps", "2"], "needs both --torch-optimizer and --optax"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, message, capsys):
@@ -71,12 +71,15 @@ class TwoDense(nn.Module):
 
 
 def test_unmapped_layers_exit_2_with_a_skeleton_to_complete(tmp_path, capsys):
-    """Layers matched neither by name nor by order: one line, and the skeleton mapping file written where asked."""
+    """Layers left without a counterpart: one line naming every weight not transferred, per side, and the
+    skeleton mapping file written where asked, with the one pair the data flow found (embed: the Dense
+    that reads the input, Dense_1, as Linen numbers them in construction order)."""
     code, _, err = run(MLP + ["--flax", f"{__name__}:TwoDense", "--save-mapping", str(tmp_path / "skeleton.toml")],
                        capsys)
-    assert code == 2 and "cannot map" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and "weights not transferred" in err and len(err.strip().splitlines()) == 1, err
+    assert "torch norm1.weight, norm1.bias" in err and "Flax Dense_0/bias, Dense_0/kernel" in err, err
     skeleton = (tmp_path / "skeleton.toml").read_text()
-    assert '"embed" = ""' in skeleton and "[layers]" in skeleton
+    assert '"embed" = "Dense_1"' in skeleton and '"fc1" = ""' in skeleton and "[layers]" in skeleton
 
 
 class MLPBlockWithExtraLayer(LinenMLPBlock):
@@ -89,7 +92,7 @@ class MLPBlockWithExtraLayer(LinenMLPBlock):
 
 def test_flax_layers_without_torch_counterpart_exit_2(capsys):
     code, out, err = run(MLP + ["--flax", f"{__name__}:MLPBlockWithExtraLayer"], capsys)
-    assert code == 2 and "extra have no torch counterpart" in err, err
+    assert code == 2 and "weights not transferred (no counterpart found): Flax extra/bias, extra/kernel" in err, err
     assert "# Flax layers not yet mapped: extra (dense)" in out
 
 
