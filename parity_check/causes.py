@@ -70,6 +70,9 @@ HINTS = {
                  "side holds it)",
     "bn_momentum": "BatchNorm momentum conventions are opposite: torch's momentum {t} is Flax's momentum={want} "
                    "(Flax has {f}): running statistics will drift apart in training",
+    "bn_frozen_in_train": "Flax's BatchNorm kept its running statistics through a train-mode step (it ran on "
+                          "use_running_average=True in train mode), torch's moved: pass the train flag down to it "
+                          "(use_running_average=not train)",
     "bn_unbiased_var": "torch updates running_var with the unbiased batch variance (n/(n-1)), Flax with the biased one: "
                        "after training in train mode the eval-mode outputs differ by that factor's effect",
     "gelu_approximation": "GELU differs: torch {t}, Flax {f} (flax's nn.gelu defaults to approximate=True; torch's to "
@@ -162,7 +165,8 @@ def _lint_conv(t, f, capture, torch_name, flax_path) -> list[dict]:
     strides = _tuple(f.strides or 1, n)
     padding = f.padding
     out = []
-    if isinstance(padding, str) and padding.upper() == "SAME" and max(strides) > 1 and isinstance(t.padding, tuple):
+    if isinstance(padding, str) and padding.upper() == "SAME" and max(strides) > 1 and isinstance(t.padding, tuple) \
+            and max(t.kernel_size) > 1:
         out.append(finding("same_padding", torch_name, flax_path, s=max(strides), p=t.padding[0]))
     for what, tv, fv in (("stride", tuple(t.stride), strides),
                          ("dilation", tuple(t.dilation), _tuple(f.kernel_dilation or 1, n)),
@@ -352,7 +356,9 @@ def parameters_only(pair, findings) -> dict | None:
 def _previous(pair, torch_name: str) -> str:
     parents = pair.torch_caps[torch_name].parents
     mapped = [m.torch_name for m in pair.mapping.layers]
-    named = [p for p in mapped if p in parents] or [p.removeprefix("input:") for p in parents if p.startswith("input:")]
+    named = [p for p in mapped if p in parents] or [
+        "the input" if p in ("input:0",) else f"input {p.removeprefix('input:')}" for p in sorted(parents)
+        if p.startswith("input:")]
     if named:
         return ", ".join(named)
     i = mapped.index(torch_name)

@@ -115,6 +115,8 @@ def to_flax_layout(x: np.ndarray, like: np.ndarray | None, kind: str = "generic"
     candidates.append(x)
     if x.ndim >= 3:
         candidates.append(np.moveaxis(x, 1, -1))
+    if x.ndim >= 2:  # after a time-major layer, torch's activations stay (T, N, ...)
+        candidates.append(np.swapaxes(x, 0, 1))
     if like is None:
         return candidates[0]
     for c in candidates:  # the kind's own layout first, then whatever makes the shapes agree
@@ -131,9 +133,12 @@ def to_torch_layout(x: np.ndarray, like: np.ndarray, kind: str = "generic", modu
     kind lays it out)."""
     if flatten is not None and x.ndim >= 2:
         return x[..., np.argsort(flatten_permutation(flatten, x.shape[-1]))]
-    swapped = [np.swapaxes(x, 0, 1)] if time_major(kind, module) and x.ndim >= 2 else []
+    swapped = [np.swapaxes(x, 0, 1)] if x.ndim >= 2 else []
     moved = [np.moveaxis(x, -1, 1)] if x.ndim >= 3 else []
-    candidates = swapped + (moved + [x] if kind in CHANNEL_KINDS else [x] + moved)
+    if time_major(kind, module):
+        candidates = swapped + [x] + moved
+    else:
+        candidates = (moved + [x] if kind in CHANNEL_KINDS else [x] + moved) + swapped
     return next((c for c in candidates if c.shape == like.shape), candidates[0])
 
 
@@ -223,9 +228,9 @@ def torch_layers(side: TorchSide, captures: dict[str, Capture]) -> list[Layer]:
 def flax_layers(side: FlaxSide, captures: dict[str, Capture], parents: dict[str, frozenset]) -> list[Layer]:
     out = [Layer(c.name, c.kind, c.module, side.layer_vars(c.name, c.kind), i, True, parents.get(c.name, frozenset()))
            for i, c in enumerate(captures.values())]
-    inside = [c.name for c in captures.values() if c.kind in ("mha", "lstm", "gru")]
+    inside = [c.name for c in captures.values() if c.kind in ("mha", "lstm", "gru")] + list(side.cell_paths.values())
     for owner in sorted(side.owners() - set(captures)):  # never called: matched by name only
-        if not any(owner.startswith(p + "/") for p in inside):
+        if not any(owner == p or owner.startswith(p + "/") for p in inside):
             out.append(Layer(owner, "generic", None, side.layer_vars(owner, "generic"), len(out), False))
     return out
 

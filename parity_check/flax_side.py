@@ -140,6 +140,10 @@ class FlaxSide:
         self.is_nnx = isinstance(model, nnx.Module)
         self.hugging_face = is_hugging_face(model)
         self.batch_stats_in_eval: str | None = None  # the Linen module that updates them in eval mode
+        self._cached = None  # NNX: (model, modules by path) holding the current variables
+        # a Linen cell built in the module that calls nn.RNN belongs to that module, not to the nn.RNN:
+        # nn.RNN path → the cell's path
+        self.cell_paths: dict[str, str] = {}
         if self.is_nnx:
             self._template = nnx.clone(model)
             if variables is not None:  # the user's own variables (a conversion made elsewhere)
@@ -212,30 +216,47 @@ class FlaxSide:
                 return "/".join(p for p in (name, path, key) if p)
         return f"{path}/{key}"
 
-    def layer_vars(self, path: str, kind: str) -> dict[str, np.ndarray]:
-        """A layer's variables by key ('kernel'; a composite's 'query/kernel'), collections merged."""
+    def _nodes(self, path: str, trees: list[dict] | None) -> list[tuple[str, dict]]:
+        """(key prefix, node) of a layer in each collection: its own node, or, for a Linen nn.RNN whose
+        cell was built by the module that calls it, the cell's node under the prefix 'cell/'."""
+        trees = self._collections() if trees is None else trees
+        if path in self.cell_paths:
+            return [("cell/", n) for n in (lookup(t, self.cell_paths[path]) for t in trees) if isinstance(n, dict)]
+        return [("", n) for n in (lookup(t, path) for t in trees) if isinstance(n, dict)]
+
+    def layer_vars(self, path: str, kind: str, trees: list[dict] | None = None) -> dict[str, np.ndarray]:
+        """A layer's variables by key ('kernel'; a composite's 'query/kernel'), collections merged
+        (`trees`: other trees of the same shape, such as gradients)."""
         out = {}
-        for collection in self._collections():
-            node = lookup(collection, path)
-            if not isinstance(node, dict):
-                continue
+        where = self.cell_paths.get(path, path)
+        for prefix, node in self._nodes(path, trees):
             items = flat(node) if kind in COMPOSITE else {k: v for k, v in node.items() if not isinstance(v, dict)}
-            prefix = f"{path}/" if path else ""
-            out.update({k: np.asarray(v) for k, v in items.items() if f"{prefix}{k}" not in self.rng_keys})
+            out.update({prefix + k: np.asarray(v) for k, v in items.items()
+                        if "/".join(p for p in (where, k) if p) not in self.rng_keys})
         return out
 
-    def set_layer_vars(self, path: str, arrays: dict[str, np.ndarray]) -> None:
-        for collection in self._collections():
-            node = lookup(collection, path)
-            if not isinstance(node, dict):
-                continue
+    def _eval_model(self):
+        """The NNX model holding the check's variables, in eval mode, and its modules by path: built once
+        per set of variables (an eval-mode call changes nothing in it)."""
+        if self._cached is None:
+            model = self._nnx_model()
+            model.eval()
+            self._cached = (model, {"/".join(map(str, p)): m for p, m in nnx.iter_modules(model)})
+        return self._cached
+
+    def set_layer_vars(self, path: str, arrays: dict[str, np.ndarray], trees: list[dict] | None = None) -> None:
+        if trees is None:
+            self._cached = None
+        for prefix, node in self._nodes(path, trees):
             for key, value in arrays.items():
-                *parents, leaf = key.split("/")
+                if not key.startswith(prefix):
+                    continue
+                *parents, leaf = key[len(prefix):].split("/")
                 holder = lookup(node, "/".join(parents)) if parents else node
                 if isinstance(holder, dict) and leaf in holder:
-                    if tuple(holder[leaf].shape) != tuple(value.shape):
+                    if tuple(np.shape(holder[leaf])) != tuple(value.shape):
                         raise UsageError(f"{path}/{key}: shape {tuple(value.shape)} does not fit Flax's "
-                                         f"{tuple(holder[leaf].shape)}")
+                                         f"{tuple(np.shape(holder[leaf]))}")
                     holder[leaf] = np.asarray(value, holder[leaf].dtype)
 
     @property
@@ -262,7 +283,11 @@ class FlaxSide:
         parameters: traceable), every layer call passed through `hook` (see _Hooks); `updates`, if
         given, receives the variables a train-mode call changed."""
         if self.is_nnx:
-            model = self._nnx_model(self.variables if params is None else _merge(self.variables, params))
+            if params is None and not train and updates is None:
+                model = nnx.clone(self._eval_model()[0])  # a copy: a call may still change state (a BatchNorm
+                # told use_running_average=False in eval mode)
+            else:
+                model = self._nnx_model(self.variables if params is None else _merge(self.variables, params))
             model.train() if train else model.eval()
             mode = mode_kwargs(type(model).__call__, train)
             with (_nnx_hooks(model, _Hooks(hook, self.owners())) if hook else contextlib.nullcontext()):
@@ -313,6 +338,8 @@ class FlaxSide:
                 found = leaves((a, k), is_array)
                 outs = leaves(out, is_array)
                 settings = {n: v for n, v in k.items() if isinstance(v, (bool, int, float, str, type(None)))}
+                if kind in ("lstm", "gru") and not self.is_nnx:
+                    self._locate_cell(path, module)
                 captures[path] = Capture(path, kind, module, [np.array(x) for x in arrays], [p for p, _ in found],
                                          [np.array(x) for _, x in outs], [p for p, _ in outs], settings, recorded,
                                          primary=len(outs) - 1 if kind in ("lstm", "gru") else 0)
@@ -324,6 +351,14 @@ class FlaxSide:
         except Exception as e:  # noqa: BLE001 (whatever the user's model raises on this input)
             raise UsageError(f"the Flax model rejects its input{_shapes(args, kwargs)}: {_first_line(e)}") from None
         return output_arrays(out), captures
+
+    def _locate_cell(self, path: str, module) -> None:
+        try:
+            cell_path = "/".join(module.cell.path)
+        except Exception:  # noqa: BLE001 (an unbound cell: it lives under the nn.RNN)
+            return
+        if cell_path and cell_path != f"{path}/cell":
+            self.cell_paths[path] = cell_path
 
     def lineage(self, args: tuple, kwargs: dict, names: list[str], train: bool = False) -> dict[str, frozenset]:
         """Each layer's parents: the layers (and model inputs, 'input:NAME') its array arguments were
@@ -343,14 +378,22 @@ class FlaxSide:
         """The captured layer alone on `arrays` (its captured arguments, some replaced): its outputs."""
         args, kwargs = fill(capture.call, [jnp.asarray(a) for a in arrays])
         if self.is_nnx:
-            model = self._nnx_model()
-            module = dict(("/".join(map(str, p)), m) for p, m in nnx.iter_modules(model))[capture.name]
-            module.train() if train else module.eval()
+            if train:
+                model = self._nnx_model()
+                module = dict(("/".join(map(str, p)), m) for p, m in nnx.iter_modules(model))[capture.name]
+                module.train()
+            else:
+                module = self._eval_model()[1][capture.name]
             out = module(*args, **kwargs)
         else:
             layer = capture.module.clone(parent=None)
             variables = {c: lookup(v, capture.name) for c, v in self.variables.items()
                          if isinstance(lookup(v, capture.name), dict)}
+            if capture.name in self.cell_paths:  # the cell, built elsewhere, goes with it
+                layer = capture.module.clone(parent=None, cell=capture.module.cell.clone(parent=None))
+                cell = self.cell_paths[capture.name]
+                variables = {c: {"cell": lookup(v, cell)} for c, v in self.variables.items()
+                             if isinstance(lookup(v, cell), dict)}
             rngs = {"dropout": jax.random.key(0)}
             mutable = list(variables) if train or self.batch_stats_in_eval else False
             out = layer.apply(variables, *args, rngs=rngs, mutable=mutable, **kwargs)

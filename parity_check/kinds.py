@@ -73,7 +73,11 @@ class Plan:
         for rule in self.rules:
             if not all(n in tensors for n in rule.torch_names):
                 continue
-            for key, value in zip(rule.flax_keys, rule.to_flax(*(tensors[n] for n in rule.torch_names))):
+            try:
+                converted = rule.to_flax(*(tensors[n] for n in rule.torch_names))
+            except (ValueError, IndexError) as e:  # a reshape or split the sizes do not allow
+                raise Misfit(f"{', '.join(rule.torch_names)} do not fit {', '.join(rule.flax_keys)} ({e})") from None
+            for key, value in zip(rule.flax_keys, converted):
                 if tuple(value.shape) != tuple(template[key].shape):
                     raise Misfit(f"{key}: {tuple(value.shape)} from torch does not fit Flax's {tuple(template[key].shape)}")
                 out[key] = np.ascontiguousarray(value, dtype=template[key].dtype)
@@ -85,7 +89,11 @@ class Plan:
         for rule in self.rules:
             if not all(k in values for k in rule.flax_keys):
                 continue
-            for name, value in zip(rule.torch_names, rule.to_torch(*(values[k] for k in rule.flax_keys))):
+            try:
+                converted = rule.to_torch(*(values[k] for k in rule.flax_keys))
+            except (ValueError, IndexError) as e:
+                raise Misfit(f"{', '.join(rule.flax_keys)} do not fit {', '.join(rule.torch_names)} ({e})") from None
+            for name, value in zip(rule.torch_names, converted):
                 if tuple(value.shape) != tuple(template[name].shape):
                     raise Misfit(f"{name}: {tuple(value.shape)} from Flax does not fit torch's {tuple(template[name].shape)}")
                 out[name] = np.ascontiguousarray(value, dtype=template[name].dtype)
@@ -190,20 +198,20 @@ def _mha_rules(t, f, tt, ft) -> list[Rule]:
         raise Misfit("not a multi-head attention's query/key/value/out")
     rules = []
     if "in_proj_weight" in tt:  # packed: the rows of q, k and v stacked
-        shapes = [ft[f"{p}/kernel"].shape for p in ("query", "key", "value")]
+        kernels = [ft[f"{p}/kernel"].shape for p in ("query", "key", "value")]
         e = tt["in_proj_weight"].shape[0] // 3
 
         def split(w):
-            return tuple(w[i * e:(i + 1) * e].T.reshape(s) for i, s in enumerate(shapes))
+            return tuple(w[i * e:(i + 1) * e].T.reshape(s) for i, s in enumerate(kernels))
         rules.append(Rule(("in_proj_weight",), ("query/kernel", "key/kernel", "value/kernel"), split,
                           lambda *ks: (np.concatenate([k.reshape(k.shape[0], -1).T for k in ks]),)))
     else:
         for name, part in (("q_proj_weight", "query"), ("k_proj_weight", "key"), ("v_proj_weight", "value")):
             rules.append(matrix_rule(name, f"{part}/kernel", False, tt[name].shape, ft[f"{part}/kernel"].shape))
     if "in_proj_bias" in tt and {"query/bias", "key/bias", "value/bias"} <= set(ft):
-        shapes = [ft[f"{p}/bias"].shape for p in ("query", "key", "value")]
+        biases = [ft[f"{p}/bias"].shape for p in ("query", "key", "value")]
         rules.append(Rule(("in_proj_bias",), ("query/bias", "key/bias", "value/bias"),
-                          lambda b: tuple(part.reshape(s) for part, s in zip(np.split(b, 3), shapes)),
+                          lambda b: tuple(part.reshape(s) for part, s in zip(np.split(b, 3), biases)),
                           lambda *bs: (np.concatenate([b.ravel() for b in bs]),)))
     rules.append(matrix_rule("out_proj.weight", "out/kernel", False, tt["out_proj.weight"].shape, ft["out/kernel"].shape))
     if "out_proj.bias" in tt and "out/bias" in ft:

@@ -118,6 +118,7 @@ class Matcher:
         self.flax = {f.name: f for f in flax_layers}
         self.learned: dict[tuple[str, str, str], str] = {}
         self._plans: dict[tuple[str, str], Plan | None] = {}
+        self.misfits: dict[tuple[str, str], str] = {}  # why a pair did not fit
 
     def plan(self, t: str, f: str, chw=None) -> Plan | None:
         if (t, f) not in self._plans or chw is not None:
@@ -126,7 +127,8 @@ class Matcher:
             try:
                 result = plan(tl.kind, fl.kind, tl.module, fl.module, tl.tensors, fl.tensors, chw,
                               lambda name: self.learned.get((*key, name)))
-            except Misfit:
+            except Misfit as e:
+                self.misfits[(t, f)] = str(e)
                 result = None
             if chw is not None:
                 return result
@@ -192,12 +194,23 @@ def infer(torch_layers: list[Layer], flax_layers: list[Layer], forced: dict[str,
     by_tokens: dict[tuple, list[Layer]] = {}
     for f in fs:
         by_tokens.setdefault(f_tokens[f.name], []).append(f)
+    misfits = []  # same names, tensors that do not fit: said when the layers stay unmapped
     for t in ts:
         if t.name in mapped:
             continue
-        same = [f for f in by_tokens.get(t_tokens[t.name], []) if f.name not in used and matcher.fits(t.name, f.name)]
+        named = [f for f in by_tokens.get(t_tokens[t.name], []) if f.name not in used]
+        same = [f for f in named if matcher.fits(t.name, f.name)]
         if len(same) == 1:
             add(t, same[0], "name")
+        misfits += [(t.name, f.name, matcher.misfits[(t.name, f.name)]) for f in named if (t.name, f.name) in matcher.misfits]
+    # 1b. names where one side's is the other's with more in front (a wrapper's 'layer.'), either way
+    left_t = [t for t in ts if t.name not in mapped and t_tokens[t.name]]
+    left_f = [f for f in fs if f.name not in used and f_tokens[f.name]]
+    for t in left_t:
+        ends = [f for f in left_f if f.name not in used and _ends_with(t_tokens[t.name], f_tokens[f.name])
+                and matcher.fits(t.name, f.name)]
+        if len(ends) == 1 and sum(_ends_with(t_tokens[u.name], f_tokens[ends[0].name]) for u in left_t) == 1:
+            add(t, ends[0], "name")
     matcher.learn(list(mapped.values()))
 
     # 2. data flow
@@ -246,8 +259,14 @@ def infer(torch_layers: list[Layer], flax_layers: list[Layer], forced: dict[str,
         m.plan = matcher.plan(m.torch_name, m.flax_path)
     order = {t.name: t.order for t in ts}
     result = Mapping(sorted(mapped.values(), key=lambda m: order[m.torch_name]), ambiguous)
-    _require_counterparts(result, ts, fs)
+    _require_counterparts(result, ts, fs, [why for why in misfits if why[0] not in mapped and why[1] not in used])
     return result
+
+
+def _ends_with(a: tuple, b: tuple) -> bool:
+    """One token sequence is the other with more in front."""
+    short, long = (a, b) if len(a) <= len(b) else (b, a)
+    return short != long and long[len(long) - len(short):] == short
 
 
 def _family(kind: str) -> str:
@@ -267,7 +286,8 @@ def _image(parents: frozenset, mapped: dict[str, LayerMap]) -> frozenset | None:
     return frozenset(out)
 
 
-def _require_counterparts(mapping: Mapping, ts: list[Layer], fs: list[Layer]) -> None:
+def _require_counterparts(mapping: Mapping, ts: list[Layer], fs: list[Layer],
+                          misfits: list[tuple[str, str, str]] = ()) -> None:
     """Every layer that holds weights has its counterpart, or MappingError names each tensor left
     without one, per side."""
     mapped_t = {m.torch_name for m in mapping.layers}
@@ -281,8 +301,9 @@ def _require_counterparts(mapping: Mapping, ts: list[Layer], fs: list[Layer]) ->
         parts.append("torch " + _names([f"{t.name}.{n}" if t.name else n for t in torch_left for n in t.tensors]))
     if flax_left:
         parts.append("Flax " + _names([f"{f.name}/{k}" if f.name else k for f in flax_left for k in f.tensors]))
-    raise MappingError(f"weights not transferred (no counterpart found): {'; '.join(parts)}; complete the skeleton "
-                       "mapping and pass it with --mapping", skeleton(mapping, ts, flax_left),
+    why = "".join(f"; {t or '(model)'} and {f or '(model)'} have the same name but {reason}" for t, f, reason in misfits[:2])
+    raise MappingError(f"weights not transferred (no counterpart found): {'; '.join(parts)}{why}; complete the "
+                       "skeleton mapping and pass it with --mapping", skeleton(mapping, ts, flax_left),
                        {"torch": [f"{t.name}.{n}" if t.name else n for t in torch_left for n in t.tensors],
                         "flax": [f"{f.name}/{k}" if f.name else k for f in flax_left for k in f.tensors]})
 

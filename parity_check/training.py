@@ -28,8 +28,7 @@ from cnn_parity.errors import UsageError
 from parity_check.bounds import calibrated_bound, diff
 from parity_check.causes import finding
 from parity_check.compare import to_flax_layout
-from parity_check.flax_side import flat, lookup
-from parity_check.kinds import COMPOSITE
+from parity_check.flax_side import lookup
 from parity_check.torch_side import as_torch
 from parity_check.trees import leaves
 from parity_tests import bounds as fixed_bounds
@@ -130,11 +129,9 @@ def flax_tree_to_torch(pair, tree) -> dict[str, np.ndarray]:
     """A Flax params-shaped tree (parameters or gradients) as torch `name.tensor` arrays."""
     out = {}
     for m in pair.mapping.layers:
-        node = lookup(tree, m.flax_path)
-        if not isinstance(node, dict) or m.plan is None:
+        values = pair.flax.layer_vars(m.flax_path, m.flax_kind, [tree])
+        if not values or m.plan is None:
             continue
-        values = {k: np.asarray(v) for k, v in (flat(node) if m.flax_kind in COMPOSITE else
-                                                 {k: v for k, v in node.items() if not isinstance(v, dict)}).items()}
         arrays = m.plan.to_torch(values, pair.torch.layer_tensors(m.torch_name))
         out.update({full_name(m.torch_name, k): v for k, v in arrays.items()})
     return out
@@ -143,16 +140,12 @@ def flax_tree_to_torch(pair, tree) -> dict[str, np.ndarray]:
 def torch_arrays_into_flax_tree(pair, arrays: dict[str, np.ndarray], tree) -> dict:
     tree = jax.tree.map(np.array, tree)
     for m in pair.mapping.layers:
-        node = lookup(tree, m.flax_path)
-        if not isinstance(node, dict) or m.plan is None:
+        if m.plan is None:
             continue
         layer = {k: arrays[full_name(m.torch_name, k)] for k in pair.torch.layer_tensors(m.torch_name)
                  if full_name(m.torch_name, k) in arrays}
-        for key, value in m.plan.to_flax(layer, pair.flax.layer_vars(m.flax_path, m.flax_kind)).items():
-            *parents, leaf = key.split("/")
-            holder = lookup(node, "/".join(parents)) if parents else node
-            if isinstance(holder, dict) and leaf in holder:
-                holder[leaf] = value
+        pair.flax.set_layer_vars(m.flax_path, m.plan.to_flax(layer, pair.flax.layer_vars(m.flax_path, m.flax_kind)),
+                                 [tree])
     return tree
 
 
@@ -289,8 +282,10 @@ def compare_running_means(pair) -> list[dict]:
         if not isinstance(stats, dict) or "mean" not in stats:
             continue
         bound, _ = calibrated_bound(mean, mean64)
-        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path,
-                    "max_abs_diff": diff(np.asarray(stats["mean"]).reshape(mean.shape), mean), "bound": bound})
+        flax_mean = np.asarray(stats["mean"]).reshape(mean.shape)
+        before = pair.flax.layer_vars(m.flax_path, m.flax_kind)["mean"].reshape(mean.shape)
+        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": diff(flax_mean, mean),
+                    "bound": bound, "flax_unchanged": bool(np.array_equal(flax_mean, before))})
     return out
 
 
@@ -368,6 +363,8 @@ def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str |
         bad = next((s for s in stats if not s["max_abs_diff"] <= s["bound"]), None)
         if bad is not None:
             cause = findings.get("bn_momentum")
+            if bad["flax_unchanged"]:
+                cause = finding("bn_frozen_in_train", bad["torch_name"], bad["flax_path"])
             _diverge(report, bad, "training", cause["cause"] if cause else None,
                      cause["hint"] if cause else "running means differ after one train-mode step")
             return
