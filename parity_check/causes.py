@@ -236,7 +236,8 @@ def _lint_functions(pair) -> list[dict]:
                 primitives = set()
             exact = settings.get("approximate", "none") == "none"
             flax_exact = bool({"erf", "erfc"} & primitives)
-            if primitives and exact != flax_exact:
+            flax_gelu = flax_exact != ("tanh" in primitives)  # one form of GELU, not none or both
+            if primitives and flax_gelu and exact != flax_exact:
                 seen.add("gelu")
                 out.append(finding("gelu_approximation", layer, flax_path,
                                    t="exact (erf)" if exact else "tanh approximation",
@@ -310,9 +311,12 @@ def diagnose(pair, result, findings) -> dict:
         if dropout:
             return cause("dropout_on", dropout[0]["hint"])
         return cause("dropout_on", side="torch or Flax", where=f"before {result.torch_name}")
-    if result.nonfinite and np.isfinite(t.output).all() and not np.isfinite(f.output).all() \
-            and np.isfinite(f.input).all():
-        return cause("non_finite", evidence=f"{int((~np.isfinite(f.output)).sum())} of Flax's {f.output.size} values")
+    if np.isfinite(t.input).all() and not np.isfinite(f.input).all():
+        return cause("non_finite", HINTS["non_finite"] + f", between {prev} and this layer",
+                     evidence=f"{int((~np.isfinite(f.input)).sum())} of the {f.input.size} values of Flax's input")
+    if np.isfinite(t.output).all() and not np.isfinite(f.output).all():
+        return cause("non_finite", HINTS["non_finite"] + ", in this layer",
+                     evidence=f"{int((~np.isfinite(f.output)).sum())} of the {f.output.size} values of Flax's output")
     if result.status == "introduced":
         probed = probe_layer(pair, m, t, f)
         if probed:
@@ -333,13 +337,16 @@ def diagnose(pair, result, findings) -> dict:
     return cause("max_pool_ties" if pooled else "amplified_rounding")
 
 
-def diagnose_output(pair, findings) -> dict:
+def diagnose_output(pair, findings, bound: float) -> dict:
     """Every layer agrees, the outputs do not: the operations after the last layer."""
     tail = [f for f in findings if f["torch_name"] is None and f["severity"] == "error"]
     if tail:
         return cause(tail[0]["cause"], tail[0]["hint"])
+    found, ruled_out = probe_output(pair, bound)
+    if found:
+        return found
     last = pair.mapping.layers[-1].torch_name if pair.mapping.layers else "the input"
-    return cause(None, HINTS["inherited"].format(prev=last, this="the output"))
+    return cause(None, HINTS["inherited"].format(prev=last, this="the output"), ruled_out=ruled_out)
 
 
 def parameters_only(pair, findings) -> dict | None:
@@ -520,47 +527,74 @@ def recording(pair) -> segments.Recording:
 def probe_segment(pair, m, t, f, result) -> tuple[dict | None, str]:
     """Replay the torch operations that make this layer's input, one change at a time: the change
     whose result is the Flax side's input is the cause. (cause or None, what was ruled out)."""
+    flatten = m.flatten if m.kind in ("dense", "hf_conv1d") else None
+    return _probe(pair, lambda rec: rec.layer_inputs.get(m.torch_name), t.input,
+                  to_torch_layout(f.input, t.input, m.kind, t.module, flatten), result.input_bound, m.torch_name)
+
+
+def probe_output(pair, bound: float) -> tuple[dict | None, str]:
+    """The same for the operations after the last layer, up to the model's (first) output."""
+    torch_out, flax_out = _first(pair.torch_out), _first(pair.flax_out)
+    return _probe(pair, lambda rec: rec.output, torch_out, to_torch_layout(flax_out, torch_out), bound, "the output")
+
+
+def _first(out):
+    return next(iter(out.values())) if isinstance(out, dict) else out
+
+
+def _activation_of(rec, ops, values, torch_value, bound: float) -> str:
+    """Which activation an elementwise one-source segment computes (torch's, written out or not)."""
+    sources = segments.source_nodes(rec, ops)
+    if len(sources) != 1:
+        return "its own function"
+    source = torch.as_tensor(values[rec.nodes[next(iter(sources))].source])
+    for name, func in segments.ACTIVATIONS.items():
+        with torch.no_grad():
+            value = func(source).numpy()
+        if value.shape == torch_value.shape and compared(value, torch_value) <= bound:
+            return name
+    return "its own function"
+
+
+def _probe(pair, target_of, torch_value, flax_value, bound: float, where: str) -> tuple[dict | None, str]:
     try:
         rec = recording(pair)
     except Exception:  # noqa: BLE001 (a forward that cannot be recorded: nothing ruled out)
         return None, ""
-    ops = rec.segment(m.torch_name)
+    target = target_of(rec)
+    ops = rec.ancestors(target) if target is not None else []
     if not ops:
         return None, "nothing: no torch operation between the layers to replay"
     values = {f"layer:{name}:{i}": out for name, c in pair.torch_caps.items() for i, out in enumerate(c.outputs)}
     values |= {f"input:{k}": v for k, v in pair.inputs.items()}
-    target = rec.layer_inputs[m.torch_name]
     try:
         base = segments.replay(rec, ops, values, target)
     except Exception:  # noqa: BLE001 (an operation that cannot be run again)
         return None, "nothing: the operations between the layers could not be replayed"
-    if compared(base, t.input) > result.input_bound:
+    if compared(base, torch_value) > bound:
         return None, "nothing: the operations between the layers could not be replayed exactly"
-    flatten = m.flatten if m.kind in ("dense", "hf_conv1d") else None
-    flax_input = to_torch_layout(f.input, t.input, m.kind, t.module, flatten)
-    base_diff = compared(base, flax_input) if flax_input.shape == base.shape else math.inf
+    base_diff = compared(base, flax_value) if flax_value.shape == base.shape else math.inf
+    scale = float(np.max(np.abs(flax_value), initial=0)) if flax_value.size else 0.0
     best = None
-    for change in segments.changes(rec, ops):
+    whole = segments.whole_segment_changes(rec, ops, target, _activation_of(rec, ops, values, torch_value, bound))
+    for change in itertools.chain(segments.changes(rec, ops), whole):
         try:
             changed = segments.replay(rec, ops, values, target, change.change)
         except Exception:  # noqa: BLE001 (a change the operation does not accept)
             continue
-        if changed.shape != flax_input.shape:
+        if changed.shape != flax_value.shape:
             continue
-        d = compared(changed, flax_input)
-        if d <= 2 * result.input_bound + 1e-6 * float(np.max(np.abs(flax_input), initial=0)) and d < base_diff \
-                and (best is None or d < best[0]):
+        d = compared(changed, flax_value)
+        if d <= 2 * bound + 1e-6 * scale and d < base_diff and (best is None or d < best[0]):
             best = (d, change)
-    tried = SEGMENT_PROBES
     if best is None:
-        return None, tried
+        return None, SEGMENT_PROBES
     d, change = best
     fields = dict(change.fields)
     if change.cause == "pool_padding":
         fields["t0"] = fields["t"][0]
-    if change.cause in ("pool_ceil_mode",):
+    if change.cause == "pool_ceil_mode":
         fields["f"] = not fields["t"]
-    evidence = f"the torch operations with {change.says} give Flax's input to {m.torch_name} (max|Δ| {d:.1e}, " \
+    evidence = f"the torch operations with {change.says} give Flax's input to {where} (max|Δ| {d:.1e}, " \
                f"{base_diff:.1e} without the change)"
-    return cause(change.cause, evidence=evidence, **fields), tried
-
+    return cause(change.cause, evidence=evidence, **fields), SEGMENT_PROBES

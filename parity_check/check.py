@@ -17,6 +17,17 @@ from parity_tests import bounds as fixed_bounds
 VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "transformers")
 
 
+def nonfinite_notes(pair) -> list[str]:
+    """Where nan or inf first appear, on each side (in the torch side's layer order)."""
+    notes = []
+    for side, caps in (("torch", pair.torch_caps), ("Flax", pair.flax_caps)):
+        first = next((c.name for c in caps.values() if any(not np.isfinite(o).all() for o in c.outputs
+                                                           if o.dtype.kind == "f")), None)
+        if first is not None:
+            notes.append(f"the {side} side computes nan or inf values from layer {first or '(model)'} on")
+    return notes
+
+
 def check_pair(torch_model, flax_model, example_input, *, variables=None, direction: str = "torch_to_flax",
                mapping: str | None = None, bounds: str = "calibrated", flax_layout: str = "channels_last",
                train: bool = False, grads: bool = False, train_steps: int = 0, torch_optimizer: str | None = None,
@@ -42,7 +53,7 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
         divergence |= causes.diagnose(pair, first, findings)
     elif not output["max_abs_diff"] <= output["bound"] and all(r.compared for r in layers):
         divergence = {"torch_name": "(output)", "flax_path": None, "kind": "forward", "status": "inherited",
-                      "max_abs_diff": finite(output["max_abs_diff"])} | causes.diagnose_output(pair, findings)
+                      "max_abs_diff": finite(output["max_abs_diff"])} | causes.diagnose_output(pair, findings, output["bound"])
     else:
         divergence = causes.parameters_only(pair, findings)
     settings = {"direction": direction, "train": train, "flax_layout": flax_layout, "seed": seed,
@@ -53,7 +64,7 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
                 "floor_multiple": FLOOR_MULTIPLE if bounds == "calibrated" else None,
                 "min_relative": MIN_RELATIVE if bounds == "calibrated" else None}
     report = Report(divergence is None, divergence, layers, pair.mapping, findings, output, settings,
-                    notes=pair.notes + pair.mapping.notes, versions=provenance.versions(VERSIONED),
+                    notes=pair.notes + pair.mapping.notes + nonfinite_notes(pair), versions=provenance.versions(VERSIONED),
                     canonical_weights=pair.torch.state())
     if divergence is None:
         training.extend(report, pair, bounds, grads, train_steps, torch_optimizer, optax_optimizer)

@@ -142,6 +142,20 @@ def to_torch_layout(x: np.ndarray, like: np.ndarray, kind: str = "generic", modu
     return next((c for c in candidates if c.shape == like.shape), candidates[0])
 
 
+NUMPY_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def padded_input(x: np.ndarray, module, like: np.ndarray) -> np.ndarray:
+    """A convolution with padding_mode reflect / replicate / circular pads its input inside: where the
+    Flax port pads before its convolution (jnp.pad, then padding='VALID'), torch's input padded the
+    same way is what the Flax convolution's input must equal."""
+    mode = NUMPY_PAD_MODES.get(getattr(module, "padding_mode", "zeros"))
+    if mode is None or not isinstance(module.padding, tuple):
+        return x
+    padded = np.pad(x, [(0, 0)] * (x.ndim - len(module.padding)) + [(p, p) for p in module.padding], mode=mode)
+    return padded if padded.shape != x.shape and to_flax_layout(padded, like, "conv").shape == like.shape else x
+
+
 def _broadcastable(a: tuple, b: tuple) -> bool:
     return len(a) == len(b) and a != b and all(x == y or 1 in (x, y) for x, y in zip(a, b))
 
@@ -395,7 +409,8 @@ def compare_layers(pair: Pair, bounds: str = "calibrated") -> tuple[list[LayerRe
             iso_bound, _ = calibrated_bound(t.output, t64.run_layer(t, arrays64, train)[t.primary])
             in_bound, _ = calibrated_bound(t.input, c64.input)
         d, broadcast = difference(out_t, f.output)
-        in_t = to_flax_layout(t.input, f.input, m.kind, module, m.flatten if m.kind in ("dense", "hf_conv1d") else None)
+        in_t = to_flax_layout(padded_input(t.input, module, f.input), f.input, m.kind, module,
+                              m.flatten if m.kind in ("dense", "hf_conv1d") else None)
         d_in, broadcast_in = difference(in_t, f.input)
         results.append(LayerResult(m.torch_name, m.flax_path, m.kind, d, bound, difference(out_t, alone)[0], iso_bound,
                                    d_in, in_bound, floor, m.torch_name in random, train, broadcast or broadcast_in,
@@ -416,6 +431,7 @@ def _run_alone(pair: Pair, t: Capture, f: Capture, m) -> np.ndarray:
     for i, (a, like) in enumerate(zip(t.inputs, f.inputs)):
         if a.dtype.kind != "f" or like.dtype.kind != "f":
             continue
+        a = padded_input(a, t.module, like) if i == 0 else a
         flatten = m.flatten if i == 0 and m.kind in ("dense", "hf_conv1d") else None
         converted = to_flax_layout(a, like, m.kind, t.module, flatten)
         arrays[i] = np.broadcast_to(converted, like.shape) if _broadcastable(converted.shape, like.shape) else converted

@@ -69,7 +69,8 @@ class Report:
             lines.append("PASS: the two models agree within the bounds")
         else:
             where = d["torch_name"] + (f" / {d['flax_path']}" if d["flax_path"] else "")
-            lines.append(f"FAIL: first divergence ({d['kind']}) at {where}: max|Δ| {_fmt(_infinite(d['max_abs_diff'])).strip()}"
+            size = "" if d["kind"] == "parameters" else f": max|Δ| {_fmt(_infinite(d['max_abs_diff'])).strip()}"
+            lines.append(f"FAIL: first divergence ({d['kind']}) at {where}{size}"
                          f"{' (' + d['status'] + ')' if d.get('status') else ''}; cause: {d['cause'] or 'unknown'}")
             lines.append(f"  hint: {d['hint']}")
             if d.get("evidence"):

@@ -55,6 +55,7 @@ class Recording:
     producer: dict[int, int] = field(default_factory=dict)  # node → index of the op that made it
     layer_inputs: dict[str, int] = field(default_factory=dict)  # layer → node of its first argument
     shapes: dict[int, tuple] = field(default_factory=dict)
+    output: int | None = None  # node of the model's first output
 
     def new_node(self, source: str | None = None, shape: tuple | None = None) -> int:
         """A node of its own (a changed segment's intermediate value)."""
@@ -63,9 +64,9 @@ class Recording:
             self.shapes[len(self.nodes) - 1] = shape
         return len(self.nodes) - 1
 
-    def segment(self, layer: str) -> list[int]:
-        """The ops (indices, in order) that compute `layer`'s input from sources."""
-        wanted, stack = set(), [self.layer_inputs[layer]] if layer in self.layer_inputs else []
+    def ancestors(self, node: int) -> list[int]:
+        """The ops (indices, in order) that compute `node` from sources (layer outputs, model inputs)."""
+        wanted, stack = set(), [node]
         while stack:
             node = stack.pop()
             if self.nodes[node].source is not None or node not in self.producer:
@@ -142,7 +143,9 @@ def record(model: torch.nn.Module, layers: dict, args: tuple, kwargs: dict, inpu
         handles.append(module.register_forward_hook(after(name), with_kwargs=True))
     try:
         with _no_fast_path(), recorder, torch.no_grad():
-            model(*args, **kwargs)
+            out = model(*args, **kwargs)
+        first = leaves(out, is_tensor)
+        recording.output = recorder.node_of.get(id(first[0][1])) if first else None
     finally:
         for h in handles:
             h.remove()
@@ -208,6 +211,7 @@ POOL_DEFAULTS = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False
                  "count_include_pad": True, "divisor_override": None}
 SOFTMAX = ("softmax", "log_softmax")
 SCALING = ("mul", "div", "mul_", "div_", "__mul__", "__truediv__", "__rmul__", "true_divide")
+DIVISIONS = ("div", "div_", "__truediv__", "true_divide")
 
 
 @dataclass
@@ -276,7 +280,30 @@ def changes(recording: Recording, ops: list[int]) -> Iterator[Change]:
         if op.name == "scaled_dot_product_attention":
             yield from _sdpa_changes(recording, i, op)
         if op.name in ("view", "reshape", "unflatten"):
-            yield from _head_changes(recording, ops, i, op)
+            yield from _head_changes(recording, i, op)
+
+
+def source_nodes(recording: Recording, ops: list[int]) -> set[int]:
+    """The source nodes (layer outputs, model inputs) a segment reads."""
+    refs = {r.node for i in ops for _, r in leaves((recording.ops[i].args, recording.ops[i].kwargs),
+                                                   lambda x: isinstance(x, Ref))}
+    return {n for n in refs if recording.nodes[n].source is not None}
+
+
+def whole_segment_changes(recording: Recording, ops: list[int], target: int, torch_says: str) -> Iterator[Change]:
+    """An elementwise segment from one source (an activation written out by hand, such as GELU's tanh
+    form) replaced by each activation whole."""
+    sources = source_nodes(recording, ops)
+    if len(sources) != 1 or target not in recording.producer:
+        return
+    source = next(iter(sources))
+    if recording.shapes.get(source) != recording.shapes.get(target):
+        return
+    last = recording.producer[target]
+    for name, func in ACTIVATIONS.items():
+        if name != torch_says:
+            replacement = Op(func, (Ref(source),), {}, [target])
+            yield Change("activation", f"{torch_says} → {name}", _only(last, replacement), {"t": torch_says, "f": name})
 
 
 def _only(index: int, replacement: Op | list[Op]):
@@ -336,10 +363,10 @@ def _scale_changes(i: int, op: Op) -> Iterator[Change]:
     if len(scalars) != 1 or scalars[0][1] in (0, 1, -1):
         return
     j, c = scalars[0]
-    factor = c if op.name not in ("div", "div_", "__truediv__", "true_divide") else 1 / c
+    factor = c if op.name not in DIVISIONS else 1 / c
     for r in RATIOS:
         new = list(op.args)
-        new[j] = c * r if op.name not in ("div", "div_", "__truediv__", "true_divide") else c / r
+        new[j] = c * r if op.name not in DIVISIONS else c / r
         yield Change("attention_scale", f"scale {factor:.4g} → {factor * r:.4g}",
                      _only(i, Op(op.func, tuple(new), op.kwargs, op.outputs)), {"t": factor, "f": factor * r})
     yield Change("attention_scale", f"scale {factor:.4g} → none", _only(i, Op(lambda x: x, (op.args[0],), {}, op.outputs)),
@@ -357,7 +384,7 @@ def _sdpa_changes(recording: Recording, i: int, op: Op) -> Iterator[Change]:
                      _only(i, Op(op.func, op.args, op.kwargs | {"scale": s}, op.outputs)), {"t": scale, "f": s})
 
 
-def _head_changes(recording: Recording, ops: list[int], i: int, op: Op) -> Iterator[Change]:
+def _head_changes(recording: Recording, i: int, op: Op) -> Iterator[Change]:
     """A (..., D) → (..., H, D/H) split into heads, with another head count (and the scale that goes
     with it, where the scores are scaled after)."""
     shape = [a for a in op.args[1:] if isinstance(a, int)] if op.name != "unflatten" else None
@@ -370,15 +397,25 @@ def _head_changes(recording: Recording, ops: list[int], i: int, op: Op) -> Itera
     features = heads * width
     for h in (h for h in range(1, features + 1) if features % h == 0 and h != heads):
         new_shape = tuple(shape[:-2]) + (h, features // h)
-        yield Change("attention_heads", f"{heads} heads of {width} → {h} of {features // h}",
-                     _heads(ops, i, op, new_shape), {"t": heads, "f": h, "d": features})
+        for rescaled in (False, True):
+            yield Change("attention_heads", f"{heads} heads of {width} → {h} of {features // h}"
+                         + (" (scaled by its head size)" if rescaled else ""),
+                         _heads(op, new_shape, math.sqrt(width / (features // h)) if rescaled else 1.0),
+                         {"t": heads, "f": h, "d": features})
 
 
-def _heads(ops, index, op, new_shape):
-    """Every split like the one at `index` (query, key and value alike) made with `new_shape`."""
+def _heads(op, new_shape, ratio: float):
+    """Every split like `op` (query, key and value alike) made with `new_shape`, and the scores'
+    scaling by 1/sqrt(head size) changed by `ratio` (1: left as it is)."""
     def change(i, other):
         if other.name in ("view", "reshape") and _same_split(other, op):
             return Op(other.func, (other.args[0], new_shape), {}, other.outputs)
+        if ratio != 1.0 and other.name in SCALING:
+            args = list(other.args)
+            for j, a in enumerate(args):
+                if isinstance(a, (int, float)) and not isinstance(a, bool):
+                    args[j] = a / ratio if other.name in DIVISIONS else a * ratio
+            return Op(other.func, tuple(args), other.kwargs, other.outputs)
         return None
     return change
 

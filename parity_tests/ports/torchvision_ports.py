@@ -17,7 +17,7 @@ from flax import nnx
 from parity_check.examples import randomise_norms
 
 RESNET_INPUT = (2, 3, 32, 32)
-SQUEEZENET_INPUT = (2, 3, 64, 64)
+SQUEEZENET_INPUT = (2, 3, 66, 66)  # odd map sizes after the first conv: ceil_mode matters
 CLASSES = 10
 
 
@@ -39,6 +39,7 @@ class LinenBasicBlock(nn.Module):
     features: int
     stride: int = 1
     shortcut_first: bool = False  # compute the downsampling shortcut before the main path (the same function)
+    same_padding: bool = False  # the mistake: 'SAME' where torch pads 1 on every side
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -49,7 +50,8 @@ class LinenBasicBlock(nn.Module):
                 return _bn_linen(train)(nn.Conv(self.features, (1, 1), s, padding="VALID", use_bias=False)(x))
             return x
         identity = shortcut() if self.shortcut_first else None
-        out = nn.relu(_bn_linen(train)(nn.Conv(self.features, (3, 3), s, padding=((1, 1), (1, 1)), use_bias=False)(x)))
+        padding = "SAME" if self.same_padding else ((1, 1), (1, 1))
+        out = nn.relu(_bn_linen(train)(nn.Conv(self.features, (3, 3), s, padding=padding, use_bias=False)(x)))
         out = _bn_linen(train)(nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False)(out))
         return nn.relu(out + (identity if self.shortcut_first else shortcut()))
 
@@ -57,6 +59,7 @@ class LinenBasicBlock(nn.Module):
 class LinenResNet18(nn.Module):
     classes: int = CLASSES
     shortcut_first: bool = False
+    same_padding: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -65,7 +68,7 @@ class LinenResNet18(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, features in enumerate((64, 128, 256, 512)):
             for j in range(2):
-                x = LinenBasicBlock(features, 2 if i and not j else 1, self.shortcut_first)(x, train)
+                x = LinenBasicBlock(features, 2 if i and not j else 1, self.shortcut_first, self.same_padding)(x, train)
         return nn.Dense(self.classes)(x.mean(axis=(1, 2)))
 
 
@@ -115,6 +118,10 @@ def linen_resnet18_shortcut_first() -> LinenResNet18:
     return LinenResNet18(shortcut_first=True)
 
 
+def LinenResNet18Same() -> LinenResNet18:  # noqa: N802 (a model builder, named as the classes are)
+    return LinenResNet18(same_padding=True)
+
+
 def nnx_resnet18() -> NNXResNet18:
     return NNXResNet18(rngs=nnx.Rngs(0))
 
@@ -149,12 +156,14 @@ class LinenFire(nn.Module):
 
 class LinenSqueezeNet(nn.Module):
     classes: int = CLASSES
+    ceil_mode: bool = True  # False: the mistake, torch's ceil_mode=True ported as a plain max-pool
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = max_pool_ceil(nn.relu(nn.Conv(64, (3, 3), (2, 2), padding="VALID")(x)))
+        pool = max_pool_ceil if self.ceil_mode else (lambda y: nn.max_pool(y, (3, 3), strides=(2, 2)))
+        x = pool(nn.relu(nn.Conv(64, (3, 3), (2, 2), padding="VALID")(x)))
         for fire in FIRES:
-            x = max_pool_ceil(x) if fire == "pool" else LinenFire(fire[1], fire[2])(x)
+            x = pool(x) if fire == "pool" else LinenFire(fire[1], fire[2])(x)
         x = nn.Dropout(0.5, deterministic=not train)(x)
         x = nn.relu(nn.Conv(self.classes, (1, 1))(x))
         return x.mean(axis=(1, 2))
@@ -187,6 +196,10 @@ class NNXSqueezeNet(nnx.Module):
 
 def linen_squeezenet() -> LinenSqueezeNet:
     return LinenSqueezeNet()
+
+
+def LinenSqueezeNetFloor() -> LinenSqueezeNet:  # noqa: N802 (a model builder, named as the classes are)
+    return LinenSqueezeNet(ceil_mode=False)
 
 
 def nnx_squeezenet() -> NNXSqueezeNet:
