@@ -211,6 +211,12 @@ def validate(args) -> list[InputSpec]:
     return specs
 
 
+def settings(args) -> dict:
+    """What the command line chose, for the JSON report."""
+    return {"torch": args.torch, "flax": args.flax, "seed": args.seed, "direction": args.direction,
+            "input_specs": args.input or ([args.input_shape] if args.input_shape else [f"--inputs {args.inputs}"])}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return report_errors(PROG, lambda: _check(args), internal_exit=INTERNAL_ERROR)
@@ -247,6 +253,9 @@ def _check(args) -> int:
                             optax_optimizer=args.optax,
                             torch_weights=load_torch_weights(args.weights) if args.weights else None, seed=args.seed)
     except MappingError as e:
+        if args.json:  # what was not transferred, per side, for a program to read
+            write_new(args.json, json.dumps({"passed": None, "error": str(e), "not_transferred": e.not_transferred,
+                                             "settings": settings(args)}, indent=1) + "\n", "--json")
         if args.save_mapping:
             write_new(args.save_mapping, e.skeleton, "--save-mapping")
             raise UsageError(f"{e}; skeleton written to {args.save_mapping}") from None
@@ -254,8 +263,7 @@ def _check(args) -> int:
         raise
     except MemoryError:
         raise UsageError("the check ran out of memory: use a smaller input") from None
-    report.settings |= {"torch": args.torch, "flax": args.flax,
-                        "input_specs": args.input or ([args.input_shape] if args.input_shape else [f"--inputs {args.inputs}"])}
+    report.settings |= settings(args)
     print(report.summary())
     if args.save_mapping:
         write_new(args.save_mapping, report.mapping.to_toml(), "--save-mapping")

@@ -12,6 +12,7 @@ from parity_check import causes, training
 from parity_check.bounds import FLOOR_MULTIPLE, MIN_RELATIVE
 from parity_check.compare import compare_layers, prepare
 from parity_check.report import Report, finite
+from parity_check.torch_side import COUNTERS
 from parity_tests import bounds as fixed_bounds
 
 VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "transformers")
@@ -26,6 +27,13 @@ def nonfinite_notes(pair) -> list[str]:
         if first is not None:
             notes.append(f"the {side} side computes nan or inf values from layer {first or '(model)'} on")
     return notes
+
+
+def not_transferred(pair) -> dict[str, list[str]]:
+    """The tensors of mapped layers that have no counterpart (a bias on one side only), and the counters."""
+    return {"torch": [f"{m.torch_name}.{n}" for m in pair.mapping.layers if m.plan for n in m.plan.torch_only],
+            "flax": [f"{m.flax_path}/{k}" for m in pair.mapping.layers if m.plan for k in m.plan.flax_only],
+            "torch_counters": [k for k in pair.torch.model.state_dict() if k.rsplit(".", 1)[-1] in COUNTERS]}
 
 
 def check_pair(torch_model, flax_model, example_input, *, variables=None, direction: str = "torch_to_flax",
@@ -65,6 +73,7 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
                 "min_relative": MIN_RELATIVE if bounds == "calibrated" else None}
     report = Report(divergence is None, divergence, layers, pair.mapping, findings, output, settings,
                     notes=pair.notes + pair.mapping.notes + nonfinite_notes(pair), versions=provenance.versions(VERSIONED),
+                    not_transferred=not_transferred(pair),
                     canonical_weights=pair.torch.state())
     if divergence is None:
         training.extend(report, pair, bounds, grads, train_steps, torch_optimizer, optax_optimizer)

@@ -26,6 +26,9 @@ class Report:
     training: dict | None = None
     notes: list[str] = field(default_factory=list)
     versions: dict = field(default_factory=dict)
+    # per side, the tensors not transferred: a bias on one side of a mapped pair only, and torch's
+    # BatchNorm counters (num_batches_tracked: Flax has none, and it only matters with momentum=None)
+    not_transferred: dict = field(default_factory=dict)
     # the weights both sides computed with, in canonical form (torch state_dict names and layouts)
     canonical_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
@@ -33,7 +36,8 @@ class Report:
         return {"passed": self.passed, "first_divergence": self.first_divergence,
                 "layers": [r.to_dict() for r in self.layers], "mapping": [m.to_dict() for m in self.mapping.layers],
                 "output": {k: finite(v) for k, v in self.output.items()}, "findings": self.findings,
-                "notes": self.notes, "settings": self.settings, "versions": self.versions,
+                "notes": self.notes, "not_transferred": self.not_transferred, "settings": self.settings,
+                "versions": self.versions,
                 "gradients": self.gradients, "training": self.training}
 
     def summary(self) -> str:
@@ -57,7 +61,7 @@ class Report:
             worst = max(self.gradients, key=lambda g: g["max_abs_diff"] / max(g["bound"], 1e-300))
             lines.append(f"gradients: {len(self.gradients)} (layer outputs and parameters), worst {worst['torch_name']} "
                          f"{_fmt(worst['max_abs_diff']).strip()} (bound {_fmt(worst['bound']).strip()})")
-        if self.training:
+        if self.training and self.training.get("comparable", True):
             lines.append(f"training: {self.training['steps']} steps, max loss |Δ| {_fmt(self.training['max_loss_diff']).strip()}, "
                          f"final param |Δ| {_fmt(self.training['param_diffs'][-1]).strip()}; optimizers alone: "
                          f"max |Δ| {_fmt(self.training['optimizer_only_max_abs_diff']).strip()}")
@@ -66,7 +70,9 @@ class Report:
         for (cause, hint), names in _grouped(self.findings).items():
             lines.append(f"note [{cause}] {', '.join(names)}: {hint}")
         if d is None:
-            lines.append("PASS: the two models agree within the bounds")
+            skipped = [r for r in self.layers if not r.compared]
+            lines.append("PASS: the two models agree within the bounds" + (
+                f" ({len(skipped)} layers after a train-mode dropout not compared)" if skipped else ""))
         else:
             where = d["torch_name"] + (f" / {d['flax_path']}" if d["flax_path"] else "")
             size = "" if d["kind"] == "parameters" else f": max|Δ| {_fmt(_infinite(d['max_abs_diff'])).strip()}"

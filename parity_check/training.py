@@ -380,6 +380,14 @@ def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str |
     if steps:
         if not (torch_spec and optax_spec):
             raise UsageError("a training comparison needs both --torch-optimizer and --optax")
+        random = [r.torch_name for r in report.layers if r.random]
+        if pair.train and random:
+            report.training = {"steps": steps, "comparable": False}
+            report.notes.append(f"not comparable step by step: in train mode each framework draws its own dropout "
+                                f"masks (the layers from {random[0]} on change with the seed), so {steps} training steps "
+                                "would part from the first one whatever the port; compare training without --train "
+                                "(dropout off), or with dropout rates of 0")
+            return
         training = compare_training(pair, steps, torch_spec, optax_spec)
         report.training = training
         over = [i for i, (l, p) in enumerate(zip(training["loss_diffs"], training["param_diffs"]))

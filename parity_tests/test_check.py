@@ -5,6 +5,8 @@ mistake: test_check_ports.py.)"""
 
 from __future__ import annotations
 
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -162,3 +164,65 @@ def test_the_training_comparison_runs_the_products_pytorch_step(monkeypatch):
     monkeypatch.setattr(torch_train, "optimizer_step", step_without_update)
     report = check_pair(ex.torch_mlp_block(), ex.nnx_mlp_block(), MLP_X, train_steps=2, **specs)
     assert not report.passed and report.first_divergence["kind"] == "training", report.summary()
+
+
+def test_same_shaped_branches_computed_in_the_other_order_map_to_their_counterparts():
+    """Two 3x3 convolutions read the same input; the Flax ports compute torch's second branch first.
+    Mapped in execution order they would swap, and both branches would still agree alone: the
+    assignment under which the outputs agree is kept, and said."""
+    from parity_tests.ports import structure_ports as st
+
+    for api, want in (("linen", "Conv_1"), ("nnx", "left")):
+        arguments = st.swapped_branches(api)
+        report = check_pair(arguments.pop("torch"), arguments.pop("flax"), arguments.pop("inputs"))
+        assert report.passed, report.summary()
+        assert report.mapping.by_torch("branch_a").flax_path == want
+        assert any("read the same inputs" in note for note in report.notes), report.notes
+
+
+def test_a_skeleton_holds_only_pairs_found_by_name_or_data_flow():
+    """A torch ResNet-18 whose last BatchNorm was replaced by an Identity, against a complete port:
+    one Flax BatchNorm is left, and the skeleton written holds no guessed pair: every pair it fills in
+    is the one the complete pair maps."""
+    from parity_check.mapping import MappingError
+    from parity_tests.ports import torchvision_ports as tv
+
+    image = ex.example_input(tv.RESNET_INPUT)
+    complete = {m.torch_name: m.flax_path for m in check_pair(tv.torch_resnet18(), tv.linen_resnet18(), image).mapping.layers}
+    torch_model = tv.torch_resnet18()
+    torch_model.layer4[1].bn2 = torch.nn.Identity()
+    with pytest.raises(MappingError) as raised:
+        check_pair(torch_model, tv.linen_resnet18(), image)
+    filled = dict(line.split("  #")[0].replace('"', "").split(" = ") for line in raised.value.skeleton.splitlines()
+                  if line.startswith('"'))
+    assert all(complete[t] == f for t, f in filled.items() if f), filled
+    assert raised.value.not_transferred["flax"] and "layer4/1" not in str(filled)
+
+
+class TorchPositions(torch.nn.Module):
+    """Position embeddings computed once for the batch: (1, T, D)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.tokens, self.positions, self.head = torch.nn.Embedding(20, 8), torch.nn.Embedding(6, 8), torch.nn.Linear(8, 2)
+
+    def forward(self, ids):
+        return self.head(self.tokens(ids) + self.positions(torch.arange(ids.shape[1])[None]))
+
+
+class LinenPositions(nn.Module):
+    """The same, per example: (B, T, D)."""
+
+    @nn.compact
+    def __call__(self, ids):
+        positions = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+        return nn.Dense(2, name="head")(nn.Embed(20, 8, name="tokens")(ids) + nn.Embed(6, 8, name="positions")(positions))
+
+
+def test_outputs_that_differ_only_by_a_broadcast_axis_are_equal():
+    ids = np.random.default_rng(0).integers(0, 20, (3, 6))
+    report = check_pair(TorchPositions(), LinenPositions(), ids)
+    assert report.passed, report.summary()
+    assert [r.torch_name for r in report.layers if r.broadcast] == ["positions"]
+    assert "(broadcast)" in report.summary()
