@@ -424,11 +424,21 @@ class FlaxSide:
             return out
         return self.call(args, kwargs, train, perturb, params=params)
 
-    def stats_after_train_step(self, args: tuple, kwargs: dict) -> dict:
-        """The variables after one train-mode forward (batch statistics updated)."""
-        updates: dict = {}
-        self.call(args, kwargs, True, updates=updates)
-        return updates if self.is_nnx else updates.get("batch_stats", {})
+    def layer_state_after(self, capture: Capture, arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The captured layer's variables after one train-mode call of it alone on `arrays` (with the
+        call's own arguments: a port that tells it use_running_average=True keeps its statistics)."""
+        args, kwargs = fill(capture.call, [jnp.asarray(a) for a in arrays])
+        if self.is_nnx:
+            model = self._nnx_model()
+            module = dict(("/".join(map(str, p)), m) for p, m in nnx.iter_modules(model))[capture.name]
+            module.train()
+            module(*args, **kwargs)
+            return {k: np.asarray(v) for k, v in flat(nnx.to_pure_dict(nnx.state(module))).items()}
+        variables = {c: lookup(v, capture.name) for c, v in self.variables.items()
+                     if isinstance(lookup(v, capture.name), dict)}
+        _, updates = capture.module.clone(parent=None).apply(variables, *args, rngs={"dropout": jax.random.key(0)},
+                                                             mutable=list(variables), **kwargs)
+        return {k: np.asarray(v) for c in updates.values() for k, v in flat(c).items()}
 
 
 def output_arrays(out):

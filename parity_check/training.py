@@ -28,8 +28,7 @@ from cnn_parity.errors import UsageError
 from parity_check.bounds import calibrated_bound, diff
 from parity_check.causes import finding
 from parity_check.compare import to_flax_layout
-from parity_check.flax_side import lookup
-from parity_check.torch_side import as_torch
+from parity_check.torch_side import TorchSide, as_torch
 from parity_check.trees import leaves
 from parity_tests import bounds as fixed_bounds
 from torch_ref import train as torch_train
@@ -263,27 +262,33 @@ def compare_gradients(pair, bounds: str) -> list[dict]:
 # --- BatchNorm running statistics --------------------------------------------------------------------
 
 def compare_running_means(pair) -> list[dict]:
-    """One train-mode forward on each side, then each BatchNorm's running mean (momentum's effect)."""
+    """Each BatchNorm's running mean after one train-mode call of that layer alone, both sides on the
+    input torch's layer gets in a train-mode forward, with the call's arguments each side's own
+    train-mode forward gave it (momentum's effect, and whether Flax's updates at all). Alone, not
+    after a whole train-mode step: with few values per channel (a 1x1 map, batch 2) train-mode batch
+    statistics magnify every rounding difference from one BatchNorm to the next."""
     out = []
     bns = [m for m in pair.mapping.layers if m.kind == "batchnorm" and m.flax_kind == "batchnorm"]
     if not bns:
         return out
-    t = copy.deepcopy(pair.torch.model).train()
-    t64 = copy.deepcopy(t).double()
-    with torch.no_grad():
-        Applied(t)(_tensors(pair.inputs))
-        Applied(t64)(_tensors(pair.inputs, torch.float64))
-    variables = pair.flax.stats_after_train_step(*pair.flax_inputs)
-    modules, modules64 = dict(t.named_modules()), dict(t64.named_modules())
+    torch_train = TorchSide(pair.torch.model)
+    _, torch_caps = torch_train.forward(pair.inputs, train=True)
+    _, flax_caps = pair.flax.forward(*pair.flax_inputs, train=True)
     for m in bns:
-        mean = modules[m.torch_name].running_mean.numpy()
-        mean64 = modules64[m.torch_name].running_mean.numpy()
-        stats = lookup(variables, m.flax_path)
-        if not isinstance(stats, dict) or "mean" not in stats:
+        t, f = torch_caps.get(m.torch_name), flax_caps.get(m.flax_path)
+        if t is None or f is None:
             continue
-        bound, _ = calibrated_bound(mean, mean64)
-        flax_mean = np.asarray(stats["mean"]).reshape(mean.shape)
+        means = []
+        for dtype in (torch.float32, torch.float64):
+            layer = copy.deepcopy(pair.torch.layers[m.torch_name][0]).to(dtype).train()  # as before the forward
+            with torch.no_grad():
+                layer(torch.as_tensor(t.input, dtype=dtype))
+            means.append(layer.running_mean.numpy())
+        mean, mean64 = means
         before = pair.flax.layer_vars(m.flax_path, m.flax_kind)["mean"].reshape(mean.shape)
+        stats = pair.flax.layer_state_after(f, [to_flax_layout(t.input, f.input, m.kind, t.module)] + f.inputs[1:])
+        flax_mean = np.asarray(stats["mean"]).reshape(mean.shape)
+        bound, _ = calibrated_bound(mean, mean64)
         out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": diff(flax_mean, mean),
                     "bound": bound, "flax_unchanged": bool(np.array_equal(flax_mean, before))})
     return out

@@ -2,7 +2,9 @@
 download), written as a porter would: the Linen ones with Flax's automatic names (Conv_0, ...), the
 NNX ones with torch's names. Both torchvision models use ReLU(inplace=True); ResNet adds its shortcut
 in place (out += identity); SqueezeNet concatenates two branches and max-pools with ceil_mode=True
-(Flax has no ceil_mode: the port pads the bottom and right with -inf)."""
+(Flax has no ceil_mode: the port pads the bottom and right with -inf). The torch models keep
+torchvision's own initialisation. This module imports nothing of the project, so that a benchmark
+can load it next to an older checkout (benchmarks/check_time.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ import torch
 import torchvision
 from flax import nnx
 
-from parity_check.examples import randomise_norms
 
 RESNET_INPUT = (2, 3, 32, 32)
 SQUEEZENET_INPUT = (2, 3, 66, 66)  # odd map sizes after the first conv: ceil_mode matters
@@ -23,7 +24,7 @@ CLASSES = 10
 
 def torch_resnet18() -> torch.nn.Module:
     torch.manual_seed(0)
-    return randomise_norms(torchvision.models.resnet18(num_classes=CLASSES))
+    return torchvision.models.resnet18(num_classes=CLASSES)
 
 
 def torch_squeezenet() -> torch.nn.Module:
