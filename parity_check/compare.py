@@ -24,7 +24,7 @@ import numpy as np
 
 from cnn_parity.errors import UsageError
 from parity_check.bounds import calibrated_bound, compared
-from parity_check.flax_side import FlaxSide
+from parity_check.flax_side import FlaxSide, output_arrays
 from parity_check.kinds import CHANNEL_KINDS, Misfit, flatten_permutation, plan
 from parity_check.mapping import Layer, Mapping, infer, read_mapping
 from parity_check.torch_side import TorchSide
@@ -262,9 +262,19 @@ def prepare(torch_model, flax_model, example_input, variables=None, direction="t
     if torch_weights is not None:
         torch_side.load_state(torch_weights)
     pair = Pair(torch_side, None, Mapping(), layout, inputs, None, None, {}, {}, [], train)
+    pair.torch_out, pair.torch_caps = pair.run_torch(events=pair.events)
     try:
         pair.flax = FlaxSide(flax_model, variables, layout.flax_arguments(inputs), initialise=direction != "torch_to_flax")
-        pair.refresh()
+        flax_side = pair.flax
+        args, kwargs = pair.flax_inputs
+        try:  # the Flax layers and the data flow between them from one trace (nothing computed yet)
+            parents, flax_calls = flax_side.lineage(args, kwargs, list(inputs), train)
+        except UsageError:
+            raise
+        except Exception:  # noqa: BLE001 (a model that cannot be traced is mapped without its data flow)
+            pair.refresh()
+            parents, flax_calls = {}, pair.flax_caps
+            pair.notes.append("the Flax model could not be traced, so layers were matched without their data flow")
     except UsageError as e:
         if layout.channels_last and "rejects its input" in str(e) and any(
                 v.ndim >= 3 and v.dtype.kind == "f" for v in inputs.values()):
@@ -272,14 +282,7 @@ def prepare(torch_model, flax_model, example_input, variables=None, direction="t
                              "sequence becomes (N, D, T); if the Flax model takes its input as torch does, pass "
                              "--flax-layout same, flax_layout=\"same\" in Python)") from None
         raise
-    flax_side = pair.flax
-    args, kwargs = pair.flax_inputs
-    try:
-        parents = flax_side.lineage(args, kwargs, list(inputs), train)
-    except Exception:  # noqa: BLE001 (a model that cannot be traced is mapped without its data flow)
-        parents = {}
-        pair.notes.append("the Flax model could not be traced, so layers were matched without their data flow")
-    t_layers, f_layers = torch_layers(torch_side, pair.torch_caps), flax_layers(flax_side, pair.flax_caps, parents)
+    t_layers, f_layers = torch_layers(torch_side, pair.torch_caps), flax_layers(flax_side, flax_calls, parents)
     if mapping is not None:
         pair.mapping = read_mapping(mapping, t_layers, f_layers)
     else:
@@ -443,9 +446,15 @@ def _run_alone(pair: Pair, t: Capture, f: Capture, m) -> np.ndarray:
 
 
 def _random_layers(pair: Pair) -> set[str]:
-    """Torch names of the mapped layers whose output (either side's) changes with the random seed."""
+    """Torch names of the mapped layers whose output (either side's) changes with the random seed
+    (the Flax side's layers are captured again only where its output changes: no dropout, no need)."""
     _, torch_again = pair.run_torch(seed=1)
-    _, flax_again = pair.run_flax(seed=1)
+    args, kwargs = pair.flax_inputs
+    flax_output = output_arrays(pair.flax.call(args, kwargs, pair.train, seed=1))
+    if all(np.array_equal(a, b, equal_nan=True) for a, b in zip(output_leaves(flax_output), output_leaves(pair.flax_out))):
+        flax_again = pair.flax_caps
+    else:
+        _, flax_again = pair.run_flax(seed=1)
     out = set()
     for m in pair.mapping.layers:
         for caps, again, name in ((pair.torch_caps, torch_again, m.torch_name), (pair.flax_caps, flax_again, m.flax_path)):

@@ -360,19 +360,29 @@ class FlaxSide:
         if cell_path and cell_path != f"{path}/cell":
             self.cell_paths[path] = cell_path
 
-    def lineage(self, args: tuple, kwargs: dict, names: list[str], train: bool = False) -> dict[str, frozenset]:
-        """Each layer's parents: the layers (and model inputs, 'input:NAME') its array arguments were
-        computed from, read from the jaxpr of one traced call."""
+    def lineage(self, args: tuple, kwargs: dict, names: list[str],
+                train: bool = False) -> tuple[dict[str, frozenset], dict[str, Capture]]:
+        """From one traced call (nothing computed): each layer's parents, the layers (and model inputs,
+        'input:NAME') its array arguments were computed from, read from the jaxpr; and the layers
+        called, in call order (captures without values)."""
+        calls: dict[str, Capture] = {}
+
         def tag(path, kind, module, a, k, call):
+            if path not in calls:
+                if kind in ("lstm", "gru") and not self.is_nnx:
+                    self._locate_cell(path, module)
+                calls[path] = Capture(path, kind, module, [], [], [], [])
             a, k = replace((a, k), is_array, lambda x: checkpoint_name(x, f"in|{path}"))
             return replace(call(a, k), is_array, lambda x: checkpoint_name(x, f"out|{path}"))
 
         inputs = list(args) + list(kwargs.values())
+        if self.is_nnx:
+            self._eval_model()  # built outside the trace: what a trace builds holds its tracers
 
         def run(*arrays):
             return self.call(tuple(arrays[:len(args)]), dict(zip(kwargs, arrays[len(args):])), train, tag)
         jaxpr = jax.make_jaxpr(run)(*inputs)
-        return _parents(jaxpr.jaxpr, [frozenset({f"input:{n}"}) for n in names])
+        return _parents(jaxpr.jaxpr, [frozenset({f"input:{n}"}) for n in names]), calls
 
     def run_layer(self, capture: Capture, arrays: list[np.ndarray], train: bool = False) -> list[np.ndarray]:
         """The captured layer alone on `arrays` (its captured arguments, some replaced): its outputs."""

@@ -3,6 +3,8 @@ config objects, nothing downloaded), each pair from one config, with the inputs 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import transformers as hf
@@ -41,13 +43,25 @@ CONFIGS = {  # name: (config, torch class, Flax class, inputs)
 }
 
 
-def twins(name: str, **overrides):
-    """(torch model in eval mode, Flax model, inputs) for one architecture; `overrides` change the
-    Flax side's config only (a planted mistake)."""
-    make_config, torch_class, flax_class, inputs = CONFIGS[name]
+def torch_twin(name: str):
+    make_config, torch_class, _, _ = CONFIGS[name]
     torch.manual_seed(0)
-    torch_model = torch_class(make_config()).eval()
+    return torch_class(make_config()).eval()
+
+
+def flax_twin(name: str, **overrides):
+    make_config, _, flax_class, _ = CONFIGS[name]
     config = make_config()
     for key, value in overrides.items():
         setattr(config, key, value)
-    return torch_model, flax_class(config, seed=0), inputs()
+    return flax_class(config, seed=0)
+
+
+# for the command line: --torch parity_tests.ports.hugging_face:torch_bert --flax ...:flax_bert
+torch_bert, flax_bert = functools.partial(torch_twin, "bert"), functools.partial(flax_twin, "bert")
+
+
+def twins(name: str, **overrides):
+    """(torch model in eval mode, Flax model, inputs) for one architecture; `overrides` change the
+    Flax side's config only (a planted mistake)."""
+    return torch_twin(name), flax_twin(name, **overrides), CONFIGS[name][3]()

@@ -375,3 +375,21 @@ def torch_model(cls, *args, **kwargs) -> torch.nn.Module:
 
 def nnx_model(cls, *args, **kwargs) -> nnx.Module:
     return cls(*args, rngs=nnx.Rngs(0), **kwargs)
+
+
+# --- zero-argument builders, for the command line (docs/check-your-own-model.md) -----------------------------
+
+def torch_residual() -> TorchResidual:
+    return torch_model(TorchResidual)
+
+
+def linen_residual_order() -> LinenResidual:
+    return LinenResidual("residual_order")
+
+
+def torch_attention() -> TorchAttention:
+    return torch_model(TorchAttention)
+
+
+def nnx_attention_scale() -> NNXAttention:
+    return nnx_model(NNXAttention, "attention_scale")
