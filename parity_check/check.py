@@ -61,7 +61,8 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
         divergence |= causes.diagnose(pair, first, findings)
     elif not output["max_abs_diff"] <= output["bound"] and all(r.compared for r in layers):
         divergence = {"torch_name": "(output)", "flax_path": None, "kind": "forward", "status": "inherited",
-                      "max_abs_diff": finite(output["max_abs_diff"])} | causes.diagnose_output(pair, findings, output["bound"])
+                      "max_abs_diff": finite(output["max_abs_diff"])}
+        divergence |= causes.diagnose_output(pair, findings, output["bound"])
     else:
         divergence = causes.parameters_only(pair, findings)
     settings = {"direction": direction, "train": train, "flax_layout": flax_layout, "seed": seed,

@@ -177,11 +177,11 @@ def transfer(mapping: Mapping, torch_side: TorchSide, flax_side: FlaxSide, direc
             continue
         try:
             if direction == "torch_to_flax":
-                values = m.plan.to_flax(torch_side.layer_tensors(m.torch_name), flax_side.layer_vars(m.flax_path, m.flax_kind))
-                flax_side.set_layer_vars(m.flax_path, values)
+                template = flax_side.layer_vars(m.flax_path, m.flax_kind)
+                flax_side.set_layer_vars(m.flax_path, m.plan.to_flax(torch_side.layer_tensors(m.torch_name), template))
             else:
-                tensors = m.plan.to_torch(flax_side.layer_vars(m.flax_path, m.flax_kind), torch_side.layer_tensors(m.torch_name))
-                torch_side.set_layer_tensors(m.torch_name, tensors)
+                values = flax_side.layer_vars(m.flax_path, m.flax_kind)
+                torch_side.set_layer_tensors(m.torch_name, m.plan.to_torch(values, torch_side.layer_tensors(m.torch_name)))
         except Misfit as e:
             raise UsageError(f"{m.torch_name} ↔ {m.flax_path}: {e}") from None
 

@@ -485,7 +485,8 @@ def _nnx_hooks(model, hooks: _Hooks):
     """NNX modules are called through their class: each layer class's __call__ is wrapped for the block."""
     paths = {id(m): "/".join(map(str, p)) for p, m in nnx.iter_modules(model)}
     classes = {type(m) for _, m in nnx.iter_modules(model)}
-    originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes if callable(getattr(cls, "__call__", None))}
+    originals = {cls: (cls.__dict__.get("__call__"), cls.__call__) for cls in classes
+                 if callable(getattr(cls, "__call__", None))}
 
     def wrapped(original):
         def call(self, *args, **kwargs):
@@ -553,6 +554,7 @@ def _walk(jaxpr, env: dict, parents: dict) -> None:
         for sub in subs:  # loops and conditionals: everything from everything
             inner = {v: union for v in sub.invars}
             _walk(sub, inner, parents)
-            union = union.union(*(inner.get(w, frozenset()) for w in sub.outvars if not isinstance(w, jax.extend.core.Literal)))
+            union = union.union(*(inner.get(w, frozenset()) for w in sub.outvars
+                                  if not isinstance(w, jax.extend.core.Literal)))
         for v in eqn.outvars:
             env[v] = union

@@ -68,35 +68,29 @@ class Plan:
 
     def to_flax(self, tensors: dict[str, np.ndarray], template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Flax's variables from torch's tensors (rules whose tensors are not all given are left out:
-        gradients have no running statistics)."""
-        out = {}
-        for rule in self.rules:
-            if not all(n in tensors for n in rule.torch_names):
-                continue
-            try:
-                converted = rule.to_flax(*(tensors[n] for n in rule.torch_names))
-            except (ValueError, IndexError) as e:  # a reshape or split the sizes do not allow
-                raise Misfit(f"{', '.join(rule.torch_names)} do not fit {', '.join(rule.flax_keys)} ({e})") from None
-            for key, value in zip(rule.flax_keys, converted):
-                if tuple(value.shape) != tuple(template[key].shape):
-                    raise Misfit(f"{key}: {tuple(value.shape)} from torch does not fit Flax's {tuple(template[key].shape)}")
-                out[key] = np.ascontiguousarray(value, dtype=template[key].dtype)
-        return out
+        gradients have no running statistics); `template` gives the shapes and dtypes."""
+        return self._convert(tensors, template, to_flax=True)
 
     def to_torch(self, values: dict[str, np.ndarray], template: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """torch's tensors from Flax's variables (rules whose variables are not all given are left out)."""
+        return self._convert(values, template, to_flax=False)
+
+    def _convert(self, source: dict[str, np.ndarray], template: dict[str, np.ndarray], to_flax: bool) -> dict:
+        sides = ("torch", "Flax") if to_flax else ("Flax", "torch")
         out = {}
         for rule in self.rules:
-            if not all(k in values for k in rule.flax_keys):
+            names, targets = (rule.torch_names, rule.flax_keys) if to_flax else (rule.flax_keys, rule.torch_names)
+            if not all(n in source for n in names):
                 continue
             try:
-                converted = rule.to_torch(*(values[k] for k in rule.flax_keys))
-            except (ValueError, IndexError) as e:
-                raise Misfit(f"{', '.join(rule.flax_keys)} do not fit {', '.join(rule.torch_names)} ({e})") from None
-            for name, value in zip(rule.torch_names, converted):
-                if tuple(value.shape) != tuple(template[name].shape):
-                    raise Misfit(f"{name}: {tuple(value.shape)} from Flax does not fit torch's {tuple(template[name].shape)}")
-                out[name] = np.ascontiguousarray(value, dtype=template[name].dtype)
+                converted = (rule.to_flax if to_flax else rule.to_torch)(*(source[n] for n in names))
+            except (ValueError, IndexError) as e:  # a reshape or split the sizes do not allow
+                raise Misfit(f"{', '.join(names)} do not fit {', '.join(targets)} ({e})") from None
+            for target, value in zip(targets, converted):
+                if tuple(value.shape) != tuple(template[target].shape):
+                    raise Misfit(f"{target}: {tuple(value.shape)} from {sides[0]} does not fit {sides[1]}'s "
+                                 f"{tuple(template[target].shape)}")
+                out[target] = np.ascontiguousarray(value, dtype=template[target].dtype)
         return out
 
 

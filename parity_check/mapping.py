@@ -202,7 +202,8 @@ def infer(torch_layers: list[Layer], flax_layers: list[Layer], forced: dict[str,
         same = [f for f in named if matcher.fits(t.name, f.name)]
         if len(same) == 1:
             add(t, same[0], "name")
-        misfits += [(t.name, f.name, matcher.misfits[(t.name, f.name)]) for f in named if (t.name, f.name) in matcher.misfits]
+        misfits += [(t.name, f.name, matcher.misfits[(t.name, f.name)]) for f in named
+                    if (t.name, f.name) in matcher.misfits]
     # 1b. names where one side's is the other's with more in front (a wrapper's 'layer.'), either way
     left_t = [t for t in ts if t.name not in mapped and t_tokens[t.name]]
     left_f = [f for f in fs if f.name not in used and f_tokens[f.name]]

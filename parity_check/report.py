@@ -56,15 +56,17 @@ class Report:
             lines.append(f"  {r.torch_name:<{tw}}  {r.flax_path:<{fw}}  {_fmt(r.max_abs_diff)} {_fmt(r.bound)} "
                          f"{_fmt(r.isolated_max_abs_diff)} {_fmt(r.isolated_bound)}{mark}")
         if self.output:
-            lines.append(f"  {'(output)':<{tw}}  {'':<{fw}}  {_fmt(self.output['max_abs_diff'])} {_fmt(self.output['bound'])}")
+            out = self.output
+            lines.append(f"  {'(output)':<{tw}}  {'':<{fw}}  {_fmt(out['max_abs_diff'])} {_fmt(out['bound'])}")
         if self.gradients:
             worst = max(self.gradients, key=lambda g: g["max_abs_diff"] / max(g["bound"], 1e-300))
             lines.append(f"gradients: {len(self.gradients)} (layer outputs and parameters), worst {worst['torch_name']} "
                          f"{_fmt(worst['max_abs_diff']).strip()} (bound {_fmt(worst['bound']).strip()})")
         if self.training and self.training.get("comparable", True):
-            lines.append(f"training: {self.training['steps']} steps, max loss |Δ| {_fmt(self.training['max_loss_diff']).strip()}, "
-                         f"final param |Δ| {_fmt(self.training['param_diffs'][-1]).strip()}; optimizers alone: "
-                         f"max |Δ| {_fmt(self.training['optimizer_only_max_abs_diff']).strip()}")
+            t = self.training
+            lines.append(f"training: {t['steps']} steps, max loss |Δ| {_fmt(t['max_loss_diff']).strip()}, "
+                         f"final param |Δ| {_fmt(t['param_diffs'][-1]).strip()}; optimizers alone: "
+                         f"max |Δ| {_fmt(t['optimizer_only_max_abs_diff']).strip()}")
         for note in self.notes:
             lines.append(f"note: {note}")
         for (cause, hint), names in _grouped(self.findings).items():

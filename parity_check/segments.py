@@ -326,7 +326,8 @@ def _pool_changes(i: int, op: Op) -> Iterator[Change]:
     yield Change("pool_ceil_mode", f"{fn} ceil_mode {a['ceil_mode']} → {not a['ceil_mode']}",
                  _only(i, _pool_op(op, a | {"ceil_mode": not a["ceil_mode"]})), {"t": a["ceil_mode"]})
     if "count_include_pad" in a and any(padding) or "count_include_pad" in a and a["ceil_mode"]:
-        yield Change("count_include_pad", f"{fn} count_include_pad {a['count_include_pad']} → {not a['count_include_pad']}",
+        counted = a["count_include_pad"]
+        yield Change("count_include_pad", f"{fn} count_include_pad {counted} → {not counted}",
                      _only(i, _pool_op(op, a | {"count_include_pad": not a["count_include_pad"]})),
                      {"t": a["count_include_pad"], "f": not a["count_include_pad"]})
     other = fn.replace("max", "avg") if fn.startswith("max") else fn.replace("avg", "max")
@@ -345,8 +346,8 @@ def _softmax_changes(recording: Recording, i: int, op: Op) -> Iterator[Change]:
             yield Change("softmax_axis", f"{op.name} over axis {dim} → {d}",
                          _only(i, Op(func, (op.args[0],), {"dim": d}, op.outputs)), {"fn": op.name, "t": dim, "f": d})
     other = "log_softmax" if op.name == "softmax" else "softmax"
-    yield Change("softmax_axis", f"{op.name} → {other}", _only(i, Op(getattr(F, other), (op.args[0],), {"dim": dim},
-                                                                      op.outputs)), {"fn": op.name, "t": op.name, "f": other})
+    swapped = Op(getattr(F, other), (op.args[0],), {"dim": dim}, op.outputs)
+    yield Change("softmax_axis", f"{op.name} → {other}", _only(i, swapped), {"fn": op.name, "t": op.name, "f": other})
 
 
 def _ndim(recording: Recording, op: Op) -> int | None:

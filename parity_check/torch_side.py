@@ -225,7 +225,8 @@ class TorchSide:
                              f"unexpected {extra[:4] or 'nothing'}")
         for name, tensor in state.items():
             if tuple(arrays[name].shape) != tuple(tensor.shape):
-                raise UsageError(f"weight {name} has shape {tuple(arrays[name].shape)}, the model's is {tuple(tensor.shape)}")
+                raise UsageError(f"weight {name} has shape {tuple(arrays[name].shape)}, "
+                                 f"the model's is {tuple(tensor.shape)}")
             with torch.no_grad():
                 tensor.copy_(torch.as_tensor(np.asarray(arrays[name])))
 

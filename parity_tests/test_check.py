@@ -188,7 +188,8 @@ def test_a_skeleton_holds_only_pairs_found_by_name_or_data_flow():
     from parity_tests.ports import torchvision_ports as tv
 
     image = ex.example_input(tv.RESNET_INPUT)
-    complete = {m.torch_name: m.flax_path for m in check_pair(tv.torch_resnet18(), tv.linen_resnet18(), image).mapping.layers}
+    pairs = check_pair(tv.torch_resnet18(), tv.linen_resnet18(), image).mapping.layers
+    complete = {m.torch_name: m.flax_path for m in pairs}
     torch_model = tv.torch_resnet18()
     torch_model.layer4[1].bn2 = torch.nn.Identity()
     with pytest.raises(MappingError) as raised:

@@ -8,7 +8,6 @@ writes the table of what the checker said:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import platform
@@ -102,7 +101,6 @@ def _params(variables: dict) -> dict:
 
 def cases() -> list[Case]:
     from parity_check import examples as ex  # noqa: PLC0415
-    from parity_tests.ports import planted as pl  # noqa: PLC0415
     from parity_tests.ports import sequence_ports as sp  # noqa: PLC0415
     from parity_tests.ports import structure_ports as st  # noqa: PLC0415
     from parity_tests.ports import torchvision_ports as tv  # noqa: PLC0415
@@ -225,8 +223,9 @@ def cases() -> list[Case]:
     add("torchvision ResNet-18 port with 'SAME' padding", "mistake",
         lambda: _pair(tv.torch_resnet18(), tv.LinenResNet18Same(), image), 1, "layer2.0.conv1", "same_padding",
         api="linen")
-    add("SqueezeNet port without ceil_mode", "mistake", lambda: _pair(tv.torch_squeezenet(), tv.LinenSqueezeNetFloor(), small),
-        1, "features.3.squeeze", "pool_ceil_mode", api="linen")
+    add("SqueezeNet port without ceil_mode", "mistake",
+        lambda: _pair(tv.torch_squeezenet(), tv.LinenSqueezeNetFloor(), small), 1, "features.3.squeeze", "pool_ceil_mode",
+        api="linen")
     add("Hugging Face BERT, Flax LayerNorm eps", "mistake", functools.partial(_hugging_face, "bert", layer_norm_eps=1e-6),
         1, "embeddings.LayerNorm", "norm_eps", api="hugging face")
     add("Hugging Face GPT-2, Flax LayerNorm eps", "mistake",
@@ -391,7 +390,8 @@ def _hugging_face(name: str, **overrides) -> dict:
 # --- the table ----------------------------------------------------------------------------------------------
 
 def table(results: list[tuple[Case, Outcome]]) -> str:
-    lines = ["| # | pair | Flax | expected | exit | layer named | cause named | as expected | s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| # | pair | Flax | expected | exit | layer named | cause named | as expected | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for i, (case, outcome) in enumerate(results, 1):
         expected = {0: "pass", 1: f"{case.layer}: {case.cause}", 2: "refused"}[case.exit]
         lines.append(f"| {i} | {case.name} | {case.api} | {expected} | {outcome.exit} | {outcome.layer or ''} | "
@@ -405,8 +405,8 @@ def totals(results: list[tuple[Case, Outcome]]) -> dict[str, str]:
     refused = [(c, o) for c, o in results if c.group == "refused"]
     return {
         "correct pairs passed": f"{sum(o.exit == 0 for o in correct)} of {len(correct)}",
-        "mistakes localised (exit 1 at the planted layer)": f"{sum(o.exit == 1 and o.layer == c.layer for c, o in mistakes)} "
-                                                            f"of {len(mistakes)}",
+        "mistakes localised (exit 1 at the planted layer)":
+            f"{sum(o.exit == 1 and o.layer == c.layer for c, o in mistakes)} of {len(mistakes)}",
         "mistakes with their specific cause": f"{sum(o.meets(c) for c, o in mistakes)} of {len(mistakes)}",
         "refusals with their reason (exit 2)": f"{sum(o.meets(c) for c, o in refused)} of {len(refused)}",
         "crashes (exit 3)": str(sum(o.exit == 3 for _, o in results)),
