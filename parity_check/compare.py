@@ -428,16 +428,15 @@ def compare_layers(pair: Pair, bounds: str = "calibrated") -> tuple[list[LayerRe
 
 
 def _run_alone(pair: Pair, t: Capture, f: Capture, m) -> np.ndarray:
-    """The Flax layer alone on the torch layer's arguments, laid out as Flax takes them (where the
-    two sides' arguments correspond by position; the rest Flax's own)."""
+    """The Flax layer alone on the torch layer's input, laid out as Flax takes it. Only the first
+    argument is torch's: the others (a mask, a key and value) keep the Flax side's own, whose meaning
+    may differ from torch's at the same position (an additive mask against a boolean one)."""
     arrays = list(f.inputs)
-    for i, (a, like) in enumerate(zip(t.inputs, f.inputs)):
-        if a.dtype.kind != "f" or like.dtype.kind != "f":
-            continue
-        a = padded_input(a, t.module, like) if i == 0 else a
-        flatten = m.flatten if i == 0 and m.kind in ("dense", "hf_conv1d") else None
-        converted = to_flax_layout(a, like, m.kind, t.module, flatten)
-        arrays[i] = np.broadcast_to(converted, like.shape) if _broadcastable(converted.shape, like.shape) else converted
+    if t.inputs and arrays and t.input.dtype.kind == f.input.dtype.kind == "f":
+        flatten = m.flatten if m.kind in ("dense", "hf_conv1d") else None
+        converted = to_flax_layout(padded_input(t.input, t.module, f.input), f.input, m.kind, t.module, flatten)
+        arrays[0] = np.broadcast_to(converted, f.input.shape) if _broadcastable(converted.shape, f.input.shape) \
+            else converted
     try:
         outs = pair.flax.run_layer(f, arrays, pair.train)
     except Exception:  # noqa: BLE001 (the input does not fit the layer: reported as a shape difference)
