@@ -234,8 +234,9 @@ def as_inputs(example) -> dict[str, np.ndarray]:
 
 def torch_layers(side: TorchSide, captures: dict[str, Capture]) -> list[Layer]:
     order = {name: i for i, name in enumerate(captures)}
+    tied = side.tied_layers()
     return [Layer(name, kind, module, side.layer_tensors(name), order.get(name, len(order) + i), name in captures,
-                  captures[name].parents if name in captures else frozenset())
+                  captures[name].parents if name in captures else frozenset(), tied.get(name))
             for i, (name, (module, kind)) in enumerate(side.layers.items())]
 
 
@@ -283,6 +284,8 @@ def prepare(torch_model, flax_model, example_input, variables=None, direction="t
                              "--flax-layout same, flax_layout=\"same\" in Python)") from None
         raise
     t_layers, f_layers = torch_layers(torch_side, pair.torch_caps), flax_layers(flax_side, flax_calls, parents)
+    pair.notes += [f"{t.name} holds {t.tied_to}'s tensors (tied): they are transferred, and compared, as {t.tied_to}'s"
+                   for t in t_layers if t.tied_to]
     if mapping is not None:
         pair.mapping = read_mapping(mapping, t_layers, f_layers)
     else:

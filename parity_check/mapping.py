@@ -55,6 +55,7 @@ class Layer:
     order: int  # execution order; uncalled layers after every called one
     called: bool
     parents: frozenset = frozenset()  # the layers and inputs its arguments came from (data flow)
+    tied_to: str | None = None  # torch: the layer whose tensors these are (a language model's tied head)
 
 
 @dataclass
@@ -153,7 +154,8 @@ class Matcher:
 def weighted(layers: list[Layer]) -> list[Layer]:
     """The layers the mapping pairs: every one with tensors, and the known kinds (a norm without affine
     weights is still compared); dropout is not."""
-    return [layer for layer in layers if layer.kind != "dropout" and (layer.tensors or layer.kind != "generic")]
+    return [layer for layer in layers if layer.kind != "dropout" and layer.tied_to is None
+            and (layer.tensors or layer.kind != "generic")]
 
 
 def contracted_parents(layers: dict[str, Layer], keep: set[str]) -> dict[str, frozenset]:

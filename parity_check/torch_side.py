@@ -245,6 +245,19 @@ class TorchSide:
             return {k: numpy(v) for k, v in module.state_dict().items() if k.rsplit(".", 1)[-1] not in COUNTERS}
         return {k: numpy(v) for k, v in own_tensors(module).items()}
 
+    def tied_layers(self) -> dict[str, str]:
+        """Layers all of whose tensors are another layer's (a language model's head tied to its
+        embedding): name → the layer that holds them first."""
+        owner, out = {}, {}
+        for name, (module, kind) in self.layers.items():
+            tensors = module.state_dict(keep_vars=True).values() if kind in COMPOSITE else own_tensors(module).values()
+            pointers = [t.data_ptr() for t in tensors]
+            if pointers and all(p in owner for p in pointers):
+                out[name] = owner[pointers[0]]
+            for p in pointers:
+                owner.setdefault(p, name)
+        return out
+
     def set_layer_tensors(self, name: str, arrays: dict[str, np.ndarray]) -> None:
         module, _ = self.layers[name]
         with torch.no_grad():

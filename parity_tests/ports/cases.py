@@ -160,7 +160,7 @@ def cases() -> list[Case]:
             functools.partial(_pool, api, "ceil_emulated"), 0, api=api)
     add("circular-padded convolution (padding='CIRCULAR')", "correct", functools.partial(_padding, "nnx", "circular", None),
         0, api="nnx")
-    for name in ("bert", "gpt2", "distilbert", "albert", "vit", "clip_vision", "resnet"):
+    for name in ("bert", "gpt2", "gpt2_lm_head", "distilbert", "albert", "vit", "clip_vision", "resnet"):
         add(f"Hugging Face {name}", "correct", functools.partial(_hugging_face, name), 0, api="hugging face")
 
     # planted mistakes, Linen and NNX

@@ -28,6 +28,8 @@ CONFIGS = {  # name: (config, torch class, Flax class, inputs)
     "bert": (lambda: hf.BertConfig(**TEXT), hf.BertModel, hf.FlaxBertModel, _tokens),
     "gpt2": (lambda: hf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32), hf.GPT2Model,
              hf.FlaxGPT2Model, _tokens),
+    "gpt2_lm_head": (lambda: hf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=VOCAB, n_positions=32),
+                     hf.GPT2LMHeadModel, hf.FlaxGPT2LMHeadModel, _tokens),  # the head tied to the token embedding
     "distilbert": (lambda: hf.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, vocab_size=VOCAB),
                    hf.DistilBertModel, hf.FlaxDistilBertModel, _tokens),
     "albert": (lambda: hf.AlbertConfig(embedding_size=16, **TEXT), hf.AlbertModel, hf.FlaxAlbertModel, _tokens),
