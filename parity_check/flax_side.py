@@ -208,14 +208,6 @@ class FlaxSide:
                     out.add(key.rpartition("/")[0])
         return out
 
-    def full_name(self, path: str, key: str) -> str:
-        """The inventory name of a layer's variable."""
-        for name, collection in (([("", self.variables)]) if self.is_nnx else self.variables.items()):
-            node = lookup(collection, path) if isinstance(collection, dict) else None
-            if isinstance(node, dict) and key in flat(node):
-                return "/".join(p for p in (name, path, key) if p)
-        return f"{path}/{key}"
-
     def _nodes(self, path: str, trees: list[dict] | None) -> list[tuple[str, dict]]:
         """(key prefix, node) of a layer in each collection: its own node, or, for a Linen nn.RNN whose
         cell was built by the module that calls it, the cell's node under the prefix 'cell/'."""

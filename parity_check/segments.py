@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from parity_check.torch_side import _no_fast_path, is_tensor
+from parity_check.torch_side import no_fast_path, is_tensor
 from parity_check.trees import leaves, replace
 
 
@@ -77,10 +77,6 @@ class Recording:
             wanted.add(op)
             stack += [r.node for _, r in leaves((self.ops[op].args, self.ops[op].kwargs), lambda x: isinstance(x, Ref))]
         return sorted(wanted)
-
-    def sources(self, ops: list[int]) -> set[str]:
-        refs = {r.node for i in ops for _, r in leaves((self.ops[i].args, self.ops[i].kwargs), lambda x: isinstance(x, Ref))}
-        return {self.nodes[n].source for n in refs if self.nodes[n].source}
 
 
 class _Recorder(TorchFunctionMode):
@@ -142,7 +138,7 @@ def record(model: torch.nn.Module, layers: dict, args: tuple, kwargs: dict, inpu
         handles.append(module.register_forward_pre_hook(before(name), with_kwargs=True))
         handles.append(module.register_forward_hook(after(name), with_kwargs=True))
     try:
-        with _no_fast_path(), recorder, torch.no_grad():
+        with no_fast_path(), recorder, torch.no_grad():
             out = model(*args, **kwargs)
         first = leaves(out, is_tensor)
         recording.output = recorder.node_of.get(id(first[0][1])) if first else None

@@ -117,7 +117,7 @@ class _Flow(TorchFunctionMode):
 
 
 @contextlib.contextmanager
-def _no_fast_path():
+def no_fast_path():
     """MultiheadAttention and TransformerEncoderLayer skip their sub-modules in eval mode (a fused
     kernel), so the layers inside them would never be called: the plain path for the check."""
     mha = getattr(torch.backends, "mha", None)
@@ -195,7 +195,7 @@ class TorchSide:
             handles.append(module.register_forward_pre_hook(before(name, kind), with_kwargs=True))
             handles.append(module.register_forward_hook(after(name, kind), with_kwargs=True))
         try:
-            with _no_fast_path(), flow, torch.no_grad():
+            with no_fast_path(), flow, torch.no_grad():
                 out = self.model(*args, **kwargs)
         except (RuntimeError, ValueError, TypeError, IndexError, AttributeError, KeyError, AssertionError) as e:
             shapes = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in inputs.items())
@@ -235,7 +235,7 @@ class TorchSide:
         module = copy.deepcopy(self.layers[capture.name][0]).train(train)
         args, kwargs = fill(capture.call, [torch.as_tensor(a) if a.dtype.kind in "iub" else
                                            torch.as_tensor(a, dtype=self.dtype) for a in arrays])
-        with _no_fast_path(), torch.no_grad():
+        with no_fast_path(), torch.no_grad():
             return [numpy(t) for _, t in leaves(module(*args, **kwargs), is_tensor)]
 
     def layer_tensors(self, name: str) -> dict[str, np.ndarray]:
