@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from parity_check.torch_side import no_fast_path, is_tensor
+from parity_check.torch_side import is_tensor, no_fast_path
 from parity_check.trees import leaves, replace
 
 
