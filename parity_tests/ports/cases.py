@@ -390,12 +390,14 @@ def _hugging_face(name: str, **overrides) -> dict:
 # --- the table ----------------------------------------------------------------------------------------------
 
 def table(results: list[tuple[Case, Outcome]]) -> str:
-    lines = ["| # | pair | Flax | expected | exit | layer named | cause named | as expected | s |",
+    lines = ["| # | pair | Flax | expected | exit | layer named | cause named (refusals: the message) | as expected | s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for i, (case, outcome) in enumerate(results, 1):
-        expected = {0: "pass", 1: f"{case.layer}: {case.cause}", 2: "refused"}[case.exit]
+        expected = {0: "pass", 1: f"{case.layer}: {case.cause}", 2: f"refused: {case.refusal}"}[case.exit]
+        message = outcome.message.replace("; complete the skeleton mapping and pass it with --mapping", "")
+        said = outcome.cause or (message[:400].replace("|", "/") if outcome.exit >= 2 else "")
         lines.append(f"| {i} | {case.name} | {case.api} | {expected} | {outcome.exit} | {outcome.layer or ''} | "
-                     f"{outcome.cause or ''} | {'yes' if outcome.meets(case) else '**no**'} | {outcome.seconds:.1f} |")
+                     f"{said} | {'yes' if outcome.meets(case) else '**no**'} | {outcome.seconds:.1f} |")
     return "\n".join(lines)
 
 
