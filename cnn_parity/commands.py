@@ -18,12 +18,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def report_errors(prog: str, body: Callable[[], int], stopped: Callable[[KeyboardInterrupt], str] | None = None) -> int:
+def report_errors(prog: str, body: Callable[[], int], stopped: Callable[[KeyboardInterrupt], str] | None = None,
+                  internal_exit: int = 1) -> int:
     """Run a command's body and map what it raises to one line on stderr and an exit code, the same for
     every command: a CnnParityError its own code (2 bad input, 1 a failed run); a stop signal
     (KeyboardInterrupt, or one carrying the `signum` that stopped it) 128 + its number, saying what
-    `stopped` reports was kept; any other exception 1, as an internal error (a bug: the traceback with
-    CNN_PARITY_DEBUG=1)."""
+    `stopped` reports was kept; any other exception `internal_exit` (1 unless the command gives 1
+    another meaning), as an internal error (a bug: the traceback with CNN_PARITY_DEBUG=1)."""
     try:
         return body()
     except CnnParityError as e:
@@ -35,15 +36,15 @@ def report_errors(prog: str, body: Callable[[], int], stopped: Callable[[Keyboar
         print(f"{prog}: {said}", file=sys.stderr)
         return 128 + signum
     except Exception as e:
-        return internal_error(prog, e)
+        return internal_error(prog, e, internal_exit)
 
 
-def internal_error(prog: str, error: Exception) -> int:
+def internal_error(prog: str, error: Exception, exit_code: int = 1) -> int:
     if os.environ.get("CNN_PARITY_DEBUG") == "1":
         raise error
     print(f"{prog}: error: internal error {type(error).__name__}: {error} "
           f"(set CNN_PARITY_DEBUG=1 for the traceback)", file=sys.stderr)
-    return 1
+    return exit_code
 
 
 def require_extra(module: str, extra: str) -> None:

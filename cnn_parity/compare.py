@@ -7,10 +7,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from cnn_parity import checkpoints
 from cnn_parity.commands import OneLineParser, report_errors
+from cnn_parity.differences import max_abs_diff
 from cnn_parity.errors import UsageError
 from cnn_parity.files import strict_json
 from cnn_parity.plot import pairing
@@ -37,8 +37,7 @@ def compare(run_a: Path, run_b: Path) -> dict:
         "model": model_a,
         "epochs": [{"epoch": e, **{m: [records[0][e][m], records[1][e][m], records[0][e][m] - records[1][e][m]]
                                    for m in METRICS}} for e in epochs],
-        "weights_max_abs_diff": {name: float(np.max(np.abs(weights_a[name].astype(np.float64) - weights_b[name])))
-                                 for name in weights_a},
+        "weights_max_abs_diff": {name: max_abs_diff(weights_a[name], weights_b[name]) for name in weights_a},
     }
 
 

@@ -9,7 +9,6 @@ and training steps; none computes a loss or a gradient itself):
   precision       configure(): full float32, both frameworks on CPU (called by conftest and report)
   batches         real and random inputs, as each framework's own normaliser sees them
   pairs           ModelPair: a model in both frameworks with the same weights, and its WeightMapping
-  differences     max |Δ| of arrays and of canonical weight dicts
   product_steps   the products' training steps, jitted for Flax
   outputs         eval-mode outputs and layer shapes
   dropout_masks   one dropout mask for both frameworks; each framework's own dropout read back
@@ -23,8 +22,8 @@ and training steps; none computes a loss or a gradient itself):
   bounds          every bound and verdict, with what justifies it
   onednn          where the tests of the opt-in oneDNN convolutions run, skip, or (CI) must run
 
-To check another model pair: `parity_tests.check` (check/: weight mapping inferred, every layer
-compared, the first divergence localised with its cause; `python -m parity_tests.check`). With a
+To check another model pair: the `parity_check` package (weight mapping inferred, every layer
+compared, the first divergence localised with its cause; `python -m parity_check`), tested here. With a
 recipe and hand-written converters, a `pairs.ModelPair` (torch module, Flax module and params,
 recipe, and a `pairs.WeightMapping` to and from canonical arrays) runs the suite's own measurements:
 outputs.measure_forward, gradients.measure_grads, updates.same_gradient_updates,

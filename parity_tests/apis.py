@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 import jax
 
+from cnn_parity.differences import max_abs_diff, tree_max_abs_diff
 from cnn_parity.recipes import load_recipe
 from parity_tests.batches import Batch, batch_from_uint8, make_batch, train_batches
-from parity_tests.differences import max_abs_diff, tree_max_abs_diff
 from parity_tests.dropout_masks import flax_dropout_mask, flax_train_forward, has_dropout
 from parity_tests.gradients import GRAD_BATCH
 from parity_tests.outputs import flax_forward

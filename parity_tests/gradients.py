@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
+from cnn_parity.differences import Canonical, max_abs_diff
 from parity_tests.batches import Batch
-from parity_tests.differences import Canonical, max_abs_diff
 from parity_tests.dropout_masks import flax_dropout_mask, has_dropout, inject_torch_dropout_mask
 from parity_tests.pairs import ModelPair
 from parity_tests.product_steps import flax_loss_and_gradients

@@ -8,8 +8,8 @@ import copy
 import numpy as np
 import torch
 
+from cnn_parity.differences import tree_max_abs_diff
 from parity_tests.batches import batch_from_uint8
-from parity_tests.differences import tree_max_abs_diff
 from parity_tests.dropout_masks import inject_torch_dropout_mask, torch_dropout_io, torch_dropout_layer
 from parity_tests.pairs import ModelPair
 from parity_tests.trajectory import Trajectory, UInt8Batches

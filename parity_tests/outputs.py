@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from flax import nnx
 
+from cnn_parity.differences import max_abs_diff
 from flax_impl.models_nnx import FunctionalModel
 from cnn_parity.recipes import Recipe
 from parity_tests.batches import Batch, make_batch
-from parity_tests.differences import max_abs_diff
 from parity_tests.pairs import DIRECTIONS, FlaxModel, ModelPair
 
 FORWARD_KINDS = ("real", "uniform", "gaussian")  # real data; random uint8 pixels; N(0, 1) floats

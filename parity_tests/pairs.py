@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import torch
 
+from cnn_parity.differences import Canonical
 from cnn_parity.recipes import Recipe, load_recipe
 from flax_impl import convert as flax_convert
 from flax_impl import models as flax_models
 from flax_impl import models_nnx as flax_models_nnx
 from flax_impl import train as flax_train
-from parity_tests.differences import Canonical
 from torch_ref import convert as torch_convert
 from torch_ref import models as torch_models
 

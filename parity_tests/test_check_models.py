@@ -12,8 +12,8 @@ from cnn_parity.weights import FLATTENED_INPUT, LAYERS
 from flax_impl import convert as flax_convert
 from flax_impl import models as flax_models
 from flax_impl import models_nnx as flax_models_nnx
-from parity_tests.check import check_pair
-from parity_tests.check.examples import example_input
+from parity_check import check_pair
+from parity_check.examples import example_input
 from parity_tests.pairs import APIS
 from parity_tests.test_planted_bugs import (conv_kernel_spatially_transposed,
                                             dense_kernel_reshaped_not_transposed, flatten_order_ignored,

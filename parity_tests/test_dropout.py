@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from cnn_parity.differences import max_abs_diff
 from flax_impl import train as flax_train
 from parity_tests import bounds
 from parity_tests.batches import Batch, batch_from_uint8, real_images
-from parity_tests.differences import max_abs_diff
 from parity_tests.dropout_masks import (flax_dropout_io, flax_dropout_mask, flax_train_forward, torch_dropout_io,
                                         torch_dropout_layer, torch_train_forward)
 from parity_tests.outputs import flax_forward

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cnn_parity.differences import max_abs_diff
 from cnn_parity.recipes import MODELS
 from flax_impl import train as flax_train
 from parity_tests import bounds
-from parity_tests.differences import max_abs_diff
 from parity_tests.outputs import flax_forward, forward_batch, torch_forward
 from torch_ref import train as torch_train
 

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_parity.differences import Canonical, tree_max_abs_diff
 from parity_tests.batches import batch_from_uint8
-from parity_tests.differences import Canonical, tree_max_abs_diff
 from parity_tests.dropout_masks import flax_dropout_mask, has_dropout, inject_torch_dropout_mask
 from parity_tests.pairs import ModelPair
 from parity_tests.product_steps import flax_train_state, flax_train_step

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import optax
 
+from cnn_parity.differences import tree_max_abs_diff
 from flax_impl import train as flax_train
 from parity_tests.batches import Batch, batch_from_uint8
-from parity_tests.differences import tree_max_abs_diff
 from parity_tests.gradients import measure_grads
 from parity_tests.pairs import ModelPair
 from parity_tests.trajectory import Trajectory, UInt8Batches

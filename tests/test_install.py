@@ -1,5 +1,6 @@
 """The project installed from a wheel (not an editable checkout) into a fresh environment works from any
-folder: the recipes ship inside the package, and no generic top-level name is installed."""
+folder: the recipes ship inside the package, every installed package's command runs, and no generic
+top-level name is installed."""
 
 from __future__ import annotations
 
@@ -19,7 +20,19 @@ from cnn_parity.recipes import MODELS
 pytestmark = pytest.mark.slow  # builds a wheel, makes an environment and trains through both CLIs
 
 REPO = Path(__file__).resolve().parents[1]
-TOP_LEVEL = {"cnn_parity", "flax_impl", "torch_ref", "parity_studies", "parity_tests"}
+TOP_LEVEL = {"cnn_parity", "flax_impl", "torch_ref", "parity_check", "parity_studies", "parity_tests"}
+
+
+def commands(wheel: Path) -> list[str]:
+    """The modules `python -m` runs among a wheel's files: a package's __main__, or a module with a main guard."""
+    out = []
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.endswith("/__main__.py"):
+                out.append(name.removesuffix("/__main__.py").replace("/", "."))
+            elif name.endswith(".py") and b'if __name__ == "__main__":' in archive.read(name):
+                out.append(name.removesuffix(".py").replace("/", "."))
+    return sorted(out)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +52,10 @@ def test_the_wheel_holds_the_recipes_and_no_generic_top_level_name(wheel):
     assert {f"cnn_parity/configs/{model}.toml" for model in MODELS} <= set(names)
 
 
-def test_a_wheel_install_trains_from_another_folder(wheel, tmp_path, data_dir):
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """(python, env, folder): a fresh environment with only the wheel installed, and a folder outside the checkout."""
+    tmp_path = tmp_path_factory.mktemp("installed")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -54,7 +70,28 @@ def test_a_wheel_install_trains_from_another_folder(wheel, tmp_path, data_dir):
                    check=True, capture_output=True, text=True, env=clean)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CNN_PARITY_DATA_DIR": str(data_dir)}
+    return venv, python, {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}, elsewhere
+
+
+def test_every_installed_packages_command_runs_from_another_folder(wheel, installed):
+    _, python, env, elsewhere = installed
+    found = commands(wheel)
+    assert {"parity_check", "parity_tests.report", "parity_tests.ports.cases", "flax_impl.train", "torch_ref.train",
+            "cnn_parity.compare"} <= set(found)
+    for module in found:
+        result = subprocess.run([str(python), "-m", module, "--help"], cwd=elsewhere, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0 and "usage:" in result.stdout, f"{module}: {result.stderr[-2000:]}"
+    examples = "parity_check.examples"
+    checked = subprocess.run([str(python), "-m", "parity_check", "--torch", f"{examples}:torch_mlp_block", "--flax",
+                              f"{examples}:nnx_mlp_block", "--input-shape", "8,24"], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stderr[-2000:]
+
+
+def test_a_wheel_install_trains_from_another_folder(installed, data_dir):
+    venv, python, env, elsewhere = installed
+    env = env | {"CNN_PARITY_DATA_DIR": str(data_dir)}
     for module in (command_module(framework, "train") for framework in FRAMEWORKS):
         result = subprocess.run([str(python), "-m", module, "--model", "lenet", "--max-steps", "2", "--workdir",
                                  f"run-{module}"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)

@@ -9,8 +9,8 @@ MLP block: a transformer-style feed-forward block, Linear embedding, LayerNorm, 
 Linear, residual addition, LayerNorm, a square Linear projection, Linear head.
 
 Each zero-argument function (torch_resnet, linen_resnet, nnx_resnet, ...) builds one model, so the
-command line can load it: `python -m parity_tests.check --torch parity_tests.check.examples:torch_resnet
---flax parity_tests.check.examples:nnx_resnet --input-shape 4,3,32,32`.
+command line can load it: `python -m parity_check --torch parity_check.examples:torch_resnet
+--flax parity_check.examples:nnx_resnet --input-shape 4,3,32,32`.
 """
 
 from __future__ import annotations

@@ -23,12 +23,14 @@ import numpy as np
 import optax
 import torch
 
+from cnn_parity.differences import tree_max_abs_diff
 from cnn_parity.errors import UsageError
+from parity_check.bounds import calibrated_bound, diff
+from parity_check.causes import finding
+from parity_check.compare import to_flax_layout
+from parity_check.torch_side import TorchSide, as_torch
+from parity_check.trees import leaves
 from parity_tests import bounds as fixed_bounds
-from parity_tests.check.causes import finding
-from parity_tests.check.compare import calibrated_bound, diff
-from parity_tests.check.mapping import layer_to_flax, layer_to_torch
-from parity_tests.check.sides import _lookup, as_torch
 from torch_ref import train as torch_train
 
 OPTIMIZER_HINTS = {
@@ -118,22 +120,31 @@ def lint_optimizers(torch_spec: str, optax_spec: str) -> list[dict]:
 
 # --- plumbing between the sides' parameter layouts --------------------------------------------------
 
+def full_name(torch_name: str, tensor: str) -> str:
+    return f"{torch_name}.{tensor}" if torch_name else tensor
+
+
 def flax_tree_to_torch(pair, tree) -> dict[str, np.ndarray]:
     """A Flax params-shaped tree (parameters or gradients) as torch `name.tensor` arrays."""
     out = {}
     for m in pair.mapping.layers:
-        node = _lookup(tree, m.flax_path) or {}
-        arrays = layer_to_torch(m.kind, {k: np.asarray(v) for k, v in node.items()}, m.flatten)
-        out.update({f"{m.torch_name}.{k}": v for k, v in arrays.items()})
+        values = pair.flax.layer_vars(m.flax_path, m.flax_kind, [tree])
+        if not values or m.plan is None:
+            continue
+        arrays = m.plan.to_torch(values, pair.torch.layer_tensors(m.torch_name))
+        out.update({full_name(m.torch_name, k): v for k, v in arrays.items()})
     return out
 
 
 def torch_arrays_into_flax_tree(pair, arrays: dict[str, np.ndarray], tree) -> dict:
     tree = jax.tree.map(np.array, tree)
     for m in pair.mapping.layers:
-        node = _lookup(tree, m.flax_path)
-        layer = {k.rsplit(".", 1)[1]: v for k, v in arrays.items() if k.rsplit(".", 1)[0] == m.torch_name}
-        node.update({k: v for k, v in layer_to_flax(m.kind, layer, m.flatten).items() if k in node})
+        if m.plan is None:
+            continue
+        layer = {k: arrays[full_name(m.torch_name, k)] for k in pair.torch.layer_tensors(m.torch_name)
+                 if full_name(m.torch_name, k) in arrays}
+        pair.flax.set_layer_vars(m.flax_path, m.plan.to_flax(layer, pair.flax.layer_vars(m.flax_path, m.flax_kind)),
+                                 [tree])
     return tree
 
 
@@ -142,13 +153,38 @@ def torch_params(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 
 def max_tree_diff(a: dict, b: dict) -> float:
-    return max((float(np.max(np.abs(np.asarray(a[k], np.float64) - b[k]))) for k in b), default=0.0)
+    """The largest max |Δ| over the tensors of `b` (`a` may hold more)."""
+    return tree_max_abs_diff({k: a[k] for k in b if k in a}, {k: b[k] for k in b if k in a})
+
+
+def first_leaf(out):
+    """The model's first output array: what the checker's loss is computed on."""
+    found = leaves(out, lambda x: isinstance(x, (torch.Tensor, jax.Array, np.ndarray)))
+    return found[0][1]
 
 
 def _targets(pair, seed: int):
     rng = np.random.default_rng(seed)
-    target = rng.standard_normal(pair.torch_out.shape).astype(np.float32)
-    return target, pair.layout.any(target, pair.flax_out)
+    torch_out, flax_out = first_leaf(pair.torch_out), first_leaf(pair.flax_out)
+    target = rng.standard_normal(torch_out.shape).astype(np.float32)
+    return target, to_flax_layout(target, flax_out)
+
+
+class Applied(torch.nn.Module):
+    """The user's model on a check's inputs (a dict, as the product's one-input step passes it),
+    returning its first output tensor: what the product's training step drives."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        args = tuple(v for k, v in inputs.items() if k.isdigit())
+        return first_leaf(self.model(*args, **{k: v for k, v in inputs.items() if not k.isdigit()}))
+
+
+def _tensors(inputs: dict[str, np.ndarray], dtype=torch.float32) -> dict[str, torch.Tensor]:
+    return {k: as_torch(v, dtype) for k, v in inputs.items()}
 
 
 # --- gradients ---------------------------------------------------------------------------------------
@@ -158,7 +194,7 @@ def half_mean_squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> tor
     return 0.5 * ((outputs - targets) ** 2).mean()
 
 
-def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, dtype=torch.float32,
+def torch_gradients(model: torch.nn.Module, inputs: dict[str, np.ndarray], target: np.ndarray, dtype=torch.float32,
                     layers: tuple[str, ...] = ()):
     """(loss, parameter gradients by name, gradients w.r.t. the outputs of `layers` (first calls))."""
     model = copy.deepcopy(model).to(dtype)
@@ -166,7 +202,8 @@ def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, d
     outputs: dict[str, torch.Tensor] = {}
 
     def keep(name):
-        def hook(module, inputs, output):
+        def hook(module, args, output):
+            output = first_leaf(output)
             if name not in outputs and output.requires_grad:
                 output.retain_grad()
                 outputs[name] = output
@@ -174,8 +211,8 @@ def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, d
 
     handles = [modules[name].register_forward_hook(keep(name)) for name in layers]
     try:  # the product's own forward, loss and backward (torch_ref.train), given the checker's loss
-        loss, _ = torch_train.loss_and_gradients(model, as_torch(x, dtype), torch.as_tensor(target, dtype=dtype),
-                                                 half_mean_squared_error)
+        loss, _ = torch_train.loss_and_gradients(Applied(model), _tensors(inputs, dtype),
+                                                 torch.as_tensor(target, dtype=dtype), half_mean_squared_error)
     finally:
         for h in handles:
             h.remove()
@@ -184,22 +221,24 @@ def torch_gradients(model: torch.nn.Module, x: np.ndarray, target: np.ndarray, d
 
 
 def flax_loss(pair, train: bool):
-    def loss(params, x, target, perturbations=None):
-        out = pair.flax.apply_perturbed(params, x, perturbations or {}, train)
-        return 0.5 * jnp.mean((out - target) ** 2)
+    def loss(params, args, kwargs, target, perturbations=None):
+        out = pair.flax.apply_perturbed(params, args, kwargs, perturbations or {}, train)
+        return 0.5 * jnp.mean((first_leaf(out) - target) ** 2)
     return loss
 
 
-def compare_gradients(pair, bounds: str, train: bool = False) -> list[dict]:
+def compare_gradients(pair, bounds: str) -> list[dict]:
     """In backward order (last layer first), per mapped layer the gradient w.r.t. its output
     ("activation") and then w.r.t. each of its parameters: max |Δ| and its bound."""
     target, flax_target = _targets(pair, seed=1)
-    layers = tuple(m.torch_name for m in pair.mapping.layers)
-    _, t32, a32 = torch_gradients(pair.torch.model.train(train), pair.x, target, layers=layers)
-    _, t64, a64 = torch_gradients(pair.torch.model, pair.x, target, torch.float64, layers)
-    zeros = {m.flax_path: jnp.zeros(pair.flax_caps[m.flax_path].output.shape) for m in pair.mapping.layers}
-    grads, activations = jax.grad(flax_loss(pair, train), argnums=(0, 3))(
-        pair.flax.params, pair.layout.model_input(pair.x), flax_target, zeros)
+    layers = tuple(m.torch_name for m in pair.mapping.layers if m.torch_name in pair.torch_caps)
+    _, t32, a32 = torch_gradients(pair.torch.model.train(pair.train), pair.inputs, target, layers=layers)
+    _, t64, a64 = torch_gradients(pair.torch.model, pair.inputs, target, torch.float64, layers)
+    zeros = {m.flax_path: jnp.zeros(pair.flax_caps[m.flax_path].output.shape) for m in pair.mapping.layers
+             if m.flax_path in pair.flax_caps}
+    args, kwargs = pair.flax_inputs
+    grads, activations = jax.grad(flax_loss(pair, pair.train), argnums=(0, 4))(
+        pair.flax.params, args, kwargs, flax_target, zeros)
     f = flax_tree_to_torch(pair, grads)
 
     def entry(torch_name, flax_path, kind, flax_value, torch32, torch64):
@@ -209,11 +248,13 @@ def compare_gradients(pair, bounds: str, train: bool = False) -> list[dict]:
 
     out = []
     for m in reversed(pair.mapping.layers):
-        if m.torch_name in a32:
-            out.append(entry(m.torch_name, m.flax_path, "activation", activations[m.flax_path],
-                             pair.layout.activation(m.kind, a32[m.torch_name]),
-                             pair.layout.activation(m.kind, a64[m.torch_name])))
-        for name in (k for k in reversed(list(t32)) if k.rsplit(".", 1)[0] == m.torch_name):
+        if m.torch_name in a32 and m.flax_path in activations:
+            like = np.asarray(activations[m.flax_path])
+            module = pair.torch_caps[m.torch_name].module
+            out.append(entry(m.torch_name, m.flax_path, "activation", like,
+                             to_flax_layout(a32[m.torch_name], like, m.kind, module),
+                             to_flax_layout(a64[m.torch_name], like, m.kind, module)))
+        for name in (k for k in reversed(list(t32)) if k.rsplit(".", 1)[0] == m.torch_name and k in f):
             out.append(entry(name, f"{m.flax_path}/{name.rsplit('.', 1)[1]}", "parameter", f[name], t32[name], t64[name]))
     return out
 
@@ -221,49 +262,69 @@ def compare_gradients(pair, bounds: str, train: bool = False) -> list[dict]:
 # --- BatchNorm running statistics --------------------------------------------------------------------
 
 def compare_running_means(pair) -> list[dict]:
-    """One train-mode forward on each side, then each BatchNorm's running mean (momentum's effect)."""
+    """Each BatchNorm's running mean after one train-mode call of that layer alone, both sides on the
+    input torch's layer gets in a train-mode forward, with the call's arguments each side's own
+    train-mode forward gave it (momentum's effect, and whether Flax's updates at all). Alone, not
+    after a whole train-mode step: with few values per channel (a 1x1 map, batch 2) train-mode batch
+    statistics magnify every rounding difference from one BatchNorm to the next."""
     out = []
-    bns = [m for m in pair.mapping.layers if m.kind == "batchnorm"]
+    bns = [m for m in pair.mapping.layers if m.kind == "batchnorm" and m.flax_kind == "batchnorm"]
     if not bns:
         return out
-    t = copy.deepcopy(pair.torch.model).train()
-    t64 = copy.deepcopy(t).double()
-    with torch.no_grad():
-        t(as_torch(pair.x))
-        t64(as_torch(pair.x, torch.float64))
-    variables = pair.flax.stats_after_train_step(pair.layout.model_input(pair.x))
-    modules, modules64 = dict(t.named_modules()), dict(t64.named_modules())
+    torch_train = TorchSide(pair.torch.model)
+    _, torch_caps = torch_train.forward(pair.inputs, train=True)
+    _, flax_caps = pair.flax.forward(*pair.flax_inputs, train=True)
     for m in bns:
-        mean = modules[m.torch_name].running_mean.numpy()
-        mean64 = modules64[m.torch_name].running_mean.numpy()
-        flax_mean = np.asarray(_lookup(variables, m.flax_path)["mean"])
+        t, f = torch_caps.get(m.torch_name), flax_caps.get(m.flax_path)
+        if t is None or f is None:
+            continue
+        means = []
+        for dtype in (torch.float32, torch.float64):
+            layer = copy.deepcopy(pair.torch.layers[m.torch_name][0]).to(dtype).train()  # as before the forward
+            with torch.no_grad():
+                layer(torch.as_tensor(t.input, dtype=dtype))
+            means.append(layer.running_mean.numpy())
+        mean, mean64 = means
+        before = pair.flax.layer_vars(m.flax_path, m.flax_kind)["mean"].reshape(mean.shape)
+        stats = pair.flax.layer_state_after(f, [to_flax_layout(t.input, f.input, m.kind, t.module)] + f.inputs[1:])
+        flax_mean = np.asarray(stats["mean"]).reshape(mean.shape)
         bound, _ = calibrated_bound(mean, mean64)
-        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": float(np.max(np.abs(flax_mean - mean))),
-                    "bound": bound})
+        out.append({"torch_name": m.torch_name, "flax_path": m.flax_path, "max_abs_diff": diff(flax_mean, mean),
+                    "bound": bound, "flax_unchanged": bool(np.array_equal(flax_mean, before))})
     return out
 
 
 # --- training -------------------------------------------------------------------------------------
 
-def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, train: bool = False, seed: int = 2) -> dict:
+def random_inputs(inputs: dict[str, np.ndarray], rng) -> dict[str, np.ndarray]:
+    """Inputs like the example: floats Gaussian at its spread, integers (token ids, masks) in its range."""
+    out = {}
+    for k, x in inputs.items():
+        if x.dtype.kind in "iub":
+            out[k] = rng.integers(int(x.min()), int(x.max()) + 1, x.shape).astype(x.dtype)
+        else:
+            out[k] = rng.standard_normal(x.shape).astype(np.float32) * float(np.std(x) or 1.0)
+    return out
+
+
+def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, seed: int = 2) -> dict:
     """`steps` steps on both sides from the same weights, on the same random batches (example-shaped)
     and targets; then the optimisers alone, fed the same random gradients for `steps` steps."""
     rng = np.random.default_rng(seed)
-    if np.issubdtype(pair.x.dtype, np.integer):  # token ids: drawn from the example's range
-        xs = [rng.integers(0, int(pair.x.max()) + 1, pair.x.shape) for _ in range(steps)]
-    else:
-        xs = [rng.standard_normal(pair.x.shape).astype(np.float32) * float(np.std(pair.x) or 1.0) for _ in range(steps)]
+    batches = [random_inputs(pair.inputs, rng) for _ in range(steps)]
     target, flax_target = _targets(pair, seed)
-    model = copy.deepcopy(pair.torch.model).train(train)
+    model = copy.deepcopy(pair.torch.model).train(pair.train)
     opt_t = torch_optimizer(torch_spec, model.parameters())
     opt_f = optax_optimizer(optax_spec)
     params = jax.tree.map(jnp.asarray, pair.flax.params)
     state = opt_f.init(params)
-    loss_and_grad = jax.jit(jax.value_and_grad(flax_loss(pair, train)))
+    loss_and_grad = jax.jit(jax.value_and_grad(flax_loss(pair, pair.train)))
     loss_diffs, param_diffs = [], []
-    for x in xs:  # PyTorch: the product's own optimiser step (torch_ref.train), on this loss
-        loss_t, _ = torch_train.optimizer_step(model, opt_t, as_torch(x), torch.as_tensor(target), loss_fn=half_mean_squared_error)
-        loss_f, grads = loss_and_grad(params, jnp.asarray(pair.layout.model_input(x)), flax_target)
+    for batch in batches:  # PyTorch: the product's own optimiser step (torch_ref.train), on this loss
+        loss_t, _ = torch_train.optimizer_step(Applied(model), opt_t, _tensors(batch), torch.as_tensor(target),
+                                               loss_fn=half_mean_squared_error)
+        args, kwargs = pair.layout.flax_arguments(batch)
+        loss_f, grads = loss_and_grad(params, args, kwargs, flax_target)
         updates, state = opt_f.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         loss_diffs.append(abs(float(loss_f) - float(loss_t)))
@@ -301,17 +362,19 @@ def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str |
     """Add the running statistics, gradient and training comparisons to a passing forward `report`,
     with the first divergence among them (in that order)."""
     findings = {f["cause"]: f for f in report.findings}
-    stats = compare_running_means(pair) if not pair.torch.model.training else []
+    stats = compare_running_means(pair) if not pair.train else []
     if stats:
         report.findings.append(finding("bn_unbiased_var", stats[0]["torch_name"], stats[0]["flax_path"], severity="note"))
         bad = next((s for s in stats if not s["max_abs_diff"] <= s["bound"]), None)
         if bad is not None:
             cause = findings.get("bn_momentum")
+            if bad["flax_unchanged"]:
+                cause = finding("bn_frozen_in_train", bad["torch_name"], bad["flax_path"])
             _diverge(report, bad, "training", cause["cause"] if cause else None,
                      cause["hint"] if cause else "running means differ after one train-mode step")
             return
     if grads:
-        report.gradients = compare_gradients(pair, bounds, pair.torch.model.training)
+        report.gradients = compare_gradients(pair, bounds)
         bad = next((g for g in report.gradients if not g["max_abs_diff"] <= g["bound"]), None)
         if bad is not None:
             where = ("the gradient w.r.t. this layer's output" if bad["kind"] == "activation"
@@ -322,7 +385,15 @@ def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str |
     if steps:
         if not (torch_spec and optax_spec):
             raise UsageError("a training comparison needs both --torch-optimizer and --optax")
-        training = compare_training(pair, steps, torch_spec, optax_spec, pair.torch.model.training)
+        random = [r.torch_name for r in report.layers if r.random]
+        if pair.train and random:
+            report.training = {"steps": steps, "comparable": False}
+            report.notes.append(f"not comparable step by step: in train mode each framework draws its own dropout "
+                                f"masks (the layers from {random[0]} on change with the seed), so {steps} training steps "
+                                "would part from the first one whatever the port; compare training without --train "
+                                "(dropout off), or with dropout rates of 0")
+            return
+        training = compare_training(pair, steps, torch_spec, optax_spec)
         report.training = training
         over = [i for i, (l, p) in enumerate(zip(training["loss_diffs"], training["param_diffs"]))
                 if not (l <= training["loss_bound"] and p <= training["param_bound"])]

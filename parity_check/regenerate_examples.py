@@ -1,10 +1,10 @@
-"""Re-run every `$ python -m parity_tests.check ...` example in markdown files and replace its printed
+"""Re-run every `$ python -m parity_check ...` example in markdown files and replace its printed
 output, so that the worked examples in docs/check-your-own-model.md (and any other page given) are
 what the command prints today:
 
-    python -m parity_tests.check.regenerate_examples docs/check-your-own-model.md [OTHER.md ...]
+    python -m parity_check.regenerate_examples docs/check-your-own-model.md [OTHER.md ...]
 
-An example is a line starting with `$ python -m parity_tests.check` (continued by trailing
+An example is a line starting with `$ python -m parity_check` (continued by trailing
 backslashes) inside a fenced block; its output runs to the end of the block. Where the block ends
 with an `(exit status N)` line, that line is kept up to date too.
 """
@@ -19,15 +19,15 @@ from pathlib import Path
 from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 
-PROMPT = "$ python -m parity_tests.check"
+PROMPT = "$ python -m parity_check"
 STATUS = "(exit status "
 
 
 def run_example(command: str, cwd: Path) -> tuple[list[str], int]:
     """What the example prints (stdout, then its error line if any) and its exit status."""
-    argv = [sys.executable, "-m", "parity_tests.check", *shlex.split(command)[3:]]
+    argv = [sys.executable, "-m", "parity_check", *shlex.split(command)[3:]]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=cwd)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("python -m parity_tests.check: error:")]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("python -m parity_check: error:")]
     return result.stdout.rstrip("\n").splitlines() + errors, result.returncode
 
 
@@ -55,7 +55,7 @@ def regenerate(text: str, cwd: Path) -> str:
 
 
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m parity_tests.check.regenerate_examples", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m parity_check.regenerate_examples", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
 
