@@ -16,9 +16,10 @@ from pathlib import Path
 
 _VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "pydantic", "tensorflow-datasets",
               "tensorboardX")
-# The verified set of exact versions, in a source checkout (docs/install.md: Versions).
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-CONSTRAINTS = SOURCE_ROOT / "constraints.txt"
+# The verified set of exact versions (docs/install.md: Versions): the repository's constraints.txt, which
+# the package holds (a link in a checkout, a copy in a wheel).
+CONSTRAINTS = Path(__file__).parent / "constraints.txt"
 
 
 def versions(packages=_VERSIONED) -> dict[str, str]:

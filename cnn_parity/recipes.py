@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 import sys
 import tomllib
@@ -198,18 +199,34 @@ def config_path(model: str):
 
 def load_recipe(model: str | None = None, config: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> Recipe:
-    """The recipe of `model` (or the file `config`), with dotted-key `overrides` applied, validated."""
+    """The recipe of `model` (or the file `config`: a recipe TOML file, or a run's config.json, whose
+    recipe it is), with dotted-key `overrides` applied, validated."""
     path = Path(config) if config is not None else config_path(model or "")
-    try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-    except OSError as e:
-        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"config {path} is not valid TOML: {e}") from None
+    raw = _read_recipe_file(path)
     if model is not None and config is not None and raw.get("model") != model:
         raise UsageError(f"--model {model} disagrees with {path}, which is a recipe for {raw.get('model')!r}")
     return _build(raw, str(path), _apply_overrides(raw, overrides or {}))
+
+
+def _read_recipe_file(path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read config {path}: {e.strerror}") from None
+    if str(path).endswith(".json"):
+        try:
+            config = json.loads(data)
+        except ValueError as e:
+            raise UsageError(f"config {path} is not JSON ({e})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("recipe"), dict):
+            raise UsageError(f"config {path} is no run's config.json (it holds no recipe)")
+        return dict(config["recipe"])
+    try:
+        return tomllib.loads(data.decode())
+    except UnicodeDecodeError:
+        raise UsageError(f"config {path} is not UTF-8 text (a TOML recipe file)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"config {path} is not valid TOML: {e}") from None
 
 
 def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",

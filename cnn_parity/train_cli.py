@@ -33,7 +33,7 @@ from cnn_parity.workdir import Workdir
 
 DEFAULT_LOG_EVERY = 50  # steps between step records: a few hundred points per run, as other trainers log
 DEFAULTS = {"model": None, "config": None, "dataset": None, "epochs": None, "batch_size": None, "lr": None,
-            "seed": None, "max_steps": None, "data_dir": None, "workdir": None, "checkpoint_every": None,
+            "seed": None, "max_steps": None, "threads": None, "data_dir": None, "workdir": None, "checkpoint_every": None,
             "resume": False, "init_weights": None, "log_every": DEFAULT_LOG_EVERY, "tensorboard": True,
             "paired": False, "set": []}
 # The flags that change what a run writes, recorded in config.json and taken from it by a resume.
@@ -45,7 +45,8 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
                       description=f"Train one of the five recipes with {framework}; the recipe comes from "
                                   "configs/<model>.toml.")
     p.add_argument("--model", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml")
+    p.add_argument("--config", help="a recipe file to use instead of configs/<model>.toml, or a run's config.json "
+                                    "(its recipe: the same run again, in either framework)")
     p.add_argument("--dataset", choices=DATASETS, help="override the recipe's data set")
     # Numeric flags are checked by the recipe's validation, so --lr -1 and --set optimizer.lr=-1 agree.
     p.add_argument("--epochs", type=int, metavar="N", help="train N epochs (default: the recipe's)")
@@ -54,6 +55,9 @@ def build_parser(framework: str, pipelines: Sequence[str]) -> argparse.ArgumentP
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed of the initial weights, shuffling and dropout, 0 .. 2**32 - 1 (default: the recipe's)")
     p.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N training steps (smoke runs)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads the framework computes with (torch's intra-op threads, XLA:CPU's; default: one "
+                        "per core); recorded, with the machine's load, beside the run's speed")
     p.add_argument("--pipeline", choices=pipelines, help=f"input pipeline (default {pipelines[0]})")
     p.add_argument("--data-dir", help="folder holding <dataset>/ with the IDX files (see docs/data.md)")
     p.add_argument("--workdir", help=f"output folder (default runs/{framework}-<model>-<time>)")
@@ -96,10 +100,7 @@ def recipe_from_args(args: argparse.Namespace, recorded: dict[str, Any] | None =
         return recipe_from_dict(recorded["recipe"], f"{args.workdir}/config.json", overrides)
     if args.model is None and args.config is None:
         raise UsageError(f"--model is required (one of: {', '.join(MODELS)}), or --config PATH")
-    try:
-        return load_recipe(args.model, args.config, overrides)
-    except UnicodeDecodeError:
-        raise UsageError(f"config {args.config} is not UTF-8 text (a TOML recipe file)") from None
+    return load_recipe(args.model, args.config, overrides)
 
 
 def resolve_flags(framework: str, given: dict[str, Any], defaults: Mapping[str, Any],

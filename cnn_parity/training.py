@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import sys
 import time
@@ -53,7 +54,7 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, options: RunOptions,
     run ends with its final checkpoint and its weights in WORKDIR/model.safetensors. `config` (the
     run's configuration) is recorded once the run is known to start or go on. A resumed run that has
     nothing left to do changes nothing and returns its summary."""
-    started = time.time()
+    started, load_at_start = time.time(), os.getloadavg()[0]
     last_step = recipe.epochs * trainer.steps_per_epoch
     last_step = last_step if options.max_steps is None else min(options.max_steps, last_step)
     progress = resume_from_checkpoint(recipe, trainer, workdir, last_step) if resume else Progress()
@@ -76,8 +77,24 @@ def fit(recipe: Recipe, trainer: Trainer, workdir: Workdir, options: RunOptions,
         progress, partial = _partial_epoch(trainer, progress)
     _finish(recipe, trainer, workdir, progress)
     summary = _summary(recipe, trainer, progress, partial, config or {}, started, resume)
+    summary["speed_conditions"] = speed_conditions((config or {}).get("options", {}).get("threads"), load_at_start)
+    if summary["speed_conditions"]["busy"] and workdir.writer:
+        print(f"note: this run's speed was measured on a busy machine ({summary['speed_conditions']['why']}): its "
+              f"samples/s is no clean figure (--threads and an idle machine make one)", file=sys.stderr)
     workdir.write_summary(summary)
     return summary
+
+
+def speed_conditions(threads: int | None, load_at_start: float) -> dict[str, Any]:
+    """What a run's speed was measured under: the threads it computed with and the machine's 1-minute
+    load average at its start and end; busy where, at the end, the load beyond this run's own threads
+    exceeds half a core (other work took cores from it)."""
+    cores = os.cpu_count() or 1
+    load_at_end = os.getloadavg()[0]
+    others = load_at_end - min(threads or cores, cores)
+    return {"threads": threads, "cores": cores, "load_average": {"start": load_at_start, "end": load_at_end},
+            "busy": others > 0.5, "why": f"1-minute load average {load_at_end:.1f} on {cores} cores with this run's "
+                                        f"{threads or cores} thread(s)"}
 
 
 def _train(recipe: Recipe, trainer: Trainer, workdir: Workdir, options: RunOptions, stop: StopRequest,

@@ -12,6 +12,8 @@ Multi-host: every host runs the same command with `--coordinator HOST:PORT --num
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 import jax
@@ -22,6 +24,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnn_parity.errors import UsageError
 
 DATA_AXIS = "data"
+
+
+def configure_cpu(threads: int | None, devices: int | None) -> None:
+    """Before JAX starts its backends: XLA:CPU's intra-op threads (`threads`; None: one per core), and,
+    for `devices` > 1 in one process, that many CPU devices (the cores split between them), unless
+    XLA_FLAGS already sets a count. What a GPU run does is unchanged."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if threads is not None:
+        os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                                   f"intra_op_parallelism_threads={threads}").strip()
+    if devices is not None and devices > 1 and "xla_force_host_platform_device_count" not in flags:
+        jax.config.update("jax_num_cpu_devices", devices)
 
 
 def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None) -> None:

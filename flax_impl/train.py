@@ -390,6 +390,7 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
                          f"got {args.process_id}")
     if not args.no_compile_cache:
         compilation_cache.enable()
+    distributed.configure_cpu(args.threads, args.devices if args.coordinator is None else None)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     trainer = FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl,
                           mesh=distributed.make_mesh(args.devices), api=args.api)
@@ -398,7 +399,8 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
 
 
 def main(argv=None) -> int:
-    return train_cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags, recorded_flags=("api", "conv_impl"))
+    return train_cli.run("flax", data.PIPELINES, make_trainer, argv, add_flags=add_flax_flags,
+                         recorded_flags=("api", "conv_impl", "threads"))
 
 
 if __name__ == "__main__":

@@ -218,3 +218,43 @@ def test_linen_and_nnx_runs_from_shared_weights_are_identical(data_dir, tmp_path
     assert runs["linen"][0] == runs["nnx"][0]
     for name, array in runs["linen"][1].items():
         np.testing.assert_array_equal(runs["nnx"][1][name], array, err_msg=name)
+
+
+def test_threads_and_the_machines_load_are_recorded_beside_the_speed(data_dir, tmp_path):
+    for framework in FRAMEWORKS:
+        workdir = tmp_path / framework
+        result = run_cli(framework, "--model", "mlp", "--max-steps", "5", "--threads", "1", "--workdir", str(workdir),
+                         cwd=tmp_path, env={"CNN_PARITY_DATA_DIR": str(data_dir)})
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((workdir / "summary.json").read_text())
+        conditions = summary["speed_conditions"]
+        assert conditions["threads"] == 1 and summary["options"]["threads"] == 1
+        assert set(conditions["load_average"]) == {"start", "end"} and isinstance(conditions["busy"], bool)
+        assert ("measured on a busy machine" in result.stderr) == conditions["busy"]
+
+
+def test_devices_on_a_cpu_need_no_xla_flags(data_dir, tmp_path):
+    env = {"CNN_PARITY_DATA_DIR": str(data_dir), "XLA_FLAGS": ""}
+    result = run_cli("flax", "--model", "mlp", "--max-steps", "3", "--devices", "2", "--workdir", str(tmp_path / "w"),
+                     cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "w" / "summary.json").read_text())["options"]["devices"] == 2
+
+
+def test_a_runs_config_json_is_a_recipe_for_either_framework(data_dir, tmp_path):
+    env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
+    first = run_cli("torch", "--model", "mlp", "--max-steps", "3", "--set", "optimizer=adam", "--set",
+                    "optimizer.lr=0.002", "--workdir", str(tmp_path / "a"), cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("flax", "--config", str(tmp_path / "a" / "config.json"), "--max-steps", "3", "--workdir",
+                    str(tmp_path / "b"), cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    recipes = [json.loads((tmp_path / w / "config.json").read_text())["recipe"] for w in "ab"]
+    assert recipes[0] == recipes[1] and recipes[0]["optimizer"]["name"] == "adam"
+    assert "(changed: optimizer.lr=0.002, optimizer.name=adam)" in recipes[0]["source"]
+
+
+def test_the_project_says_how_it_may_be_used_and_cited():
+    assert "Apache License" in (REPO / "LICENSE").read_text()
+    citation = (REPO / "CITATION.cff").read_text()
+    assert "cff-version: 1.2.0" in citation and "license: Apache-2.0" in citation

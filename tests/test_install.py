@@ -4,6 +4,7 @@ top-level name is installed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -97,6 +98,10 @@ def test_a_wheel_install_trains_from_another_folder(installed, data_dir):
                                  f"run-{module}"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         assert "test accuracy" in result.stdout
+        # The verified set ships in the wheel: a run from it says whether its packages are that set.
+        summary = json.loads((elsewhere / f"run-{module}" / "summary.json").read_text())
+        assert summary["versions"]["constraints"] == "constraints.txt", summary["versions"]
+        assert summary["provenance"]["sessions"][0]["version"] == "0.1.0"
     imported = subprocess.run([str(python), "-c", "import cnn_parity, benchmarks"], cwd=elsewhere, env=env,
                               capture_output=True, text=True)
     assert "No module named 'benchmarks'" in imported.stderr

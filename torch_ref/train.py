@@ -242,12 +242,14 @@ class TorchTrainer:
 
 
 def make_trainer(recipe: Recipe, args) -> TorchTrainer:
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     return TorchTrainer(recipe, args.pipeline, args.data_dir, distributed.initialize())
 
 
 def main(argv=None) -> int:
     try:
-        return train_cli.run("torch", data.PIPELINES, make_trainer, argv)
+        return train_cli.run("torch", data.PIPELINES, make_trainer, argv, recorded_flags=("threads",))
     finally:
         distributed.shutdown()
 
