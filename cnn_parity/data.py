@@ -1,8 +1,10 @@
-"""MNIST and Fashion-MNIST: find, download, verify and read the IDX files, framework-neutral.
+"""The data sets, framework-neutral: MNIST and Fashion-MNIST (find, download, verify and read the IDX
+files), and a user's own arrays from a .npz file (`load_npz`).
 
-Every split is returned as uint8 numpy arrays: images (N, 28, 28) and labels (N,). Files may be
-gzipped or raw; what is verified is the SHA-256 of the *uncompressed* content, so a re-compressed
-archive of the right data is accepted and a corrupted one is not.
+Every split is returned as numpy arrays: images (N, 28, 28) uint8 for the IDX data sets, (N, H, W) or
+(N, H, W, C) uint8 or float32 for a .npz file, and labels (N,). IDX files may be gzipped or raw; what
+is verified is the SHA-256 of the *uncompressed* content, so a re-compressed archive of the right data
+is accepted and a corrupted one is not.
 
 Where a data set is looked for, in order (the first folder holding all four files wins):
   1. the `data_dir` argument (the CLIs' `--data-dir`): `<dir>/<dataset>/` or `<dir>/` itself;
@@ -33,7 +35,8 @@ import numpy as np
 from cnn_parity.errors import DataError
 from cnn_parity.files import atomic_file, write_bytes_atomic
 
-DATASETS = ("mnist", "fashion_mnist")
+IDX_DATASETS = ("mnist", "fashion_mnist")
+DATASETS = (*IDX_DATASETS, "npz")
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
@@ -44,6 +47,7 @@ _FILES = {
 }
 # Examples per split, the same in both data sets (fixed by the checksums below).
 NUM_EXAMPLES = {"train": 60_000, "test": 10_000}
+NUM_EXAMPLES_OF = {dataset: NUM_EXAMPLES for dataset in IDX_DATASETS}
 
 # SHA-256 of the uncompressed IDX files (the originals, as LeCun's and Zalando's archives hold them).
 SHA256 = {
@@ -80,19 +84,38 @@ _DOWNLOAD_TIMEOUT_S = 30
 
 
 class Split(NamedTuple):
-    images: np.ndarray  # uint8 (N, 28, 28)
-    labels: np.ndarray  # uint8 (N,)
+    images: np.ndarray  # uint8 (N, H, W) or (N, H, W, C), raw pixels; or float32 (N, H, W, C), normalised
+    labels: np.ndarray  # integers (N,)
 
 
-def normalization_table(mean: float, std: float) -> np.ndarray:
-    """float32 value of each pixel byte after torchvision's ToTensor then Normalize(mean, std).
+def normalization_table(mean, std) -> np.ndarray:
+    """float32 value of each pixel byte after torchvision's ToTensor then Normalize(mean, std): (256,),
+    or (C, 256) for a mean and std per channel.
 
     Computed as torchvision does, in float32: (x / 255 - mean) / std. Both frameworks normalise by
     looking pixels up in this table, so their inputs are bitwise identical (XLA would otherwise
     rewrite x / 255 as x * (1/255), which differs in the last bit for about half the values).
     """
     pixels = np.arange(256, dtype=np.float32) / np.float32(255)
-    return (pixels - np.float32(mean)) / np.float32(std)
+    per_channel = np.ndim(mean) or np.ndim(std)
+    mean, std = (np.asarray(v, np.float32).reshape(-1, 1) if per_channel else np.float32(v) for v in (mean, std))
+    return (pixels - mean) / std
+
+
+def channels_last_inputs(images, table, xp=np):
+    """Images as float32 (N, H, W, C) model inputs: uint8 pixels through `table` (`normalization_table`,
+    as an array of the array module `xp`: numpy, jax.numpy or torch); float ones (normalised when
+    loaded) as they are. Both frameworks' pipelines normalise through this one function."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != xp.uint8:
+        return images
+    if table.ndim == 1:
+        return table[images.long() if xp.__name__ == "torch" else images]
+    if images.shape[-1] != table.shape[0]:
+        raise DataError(f"the normalisation has {table.shape[0]} channels, the images {images.shape[-1]}")
+    channel = xp.arange(table.shape[0])
+    return table[channel, images.long() if xp.__name__ == "torch" else images]
 
 
 def parse_idx(content: bytes, ndim: int, name: str = "IDX data") -> np.ndarray:
@@ -162,8 +185,8 @@ def mirrors(dataset: str) -> list[str]:
 
 
 def _check_dataset(dataset: str) -> None:
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    if dataset not in IDX_DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of: {', '.join(IDX_DATASETS)}")
 
 
 def locate(dataset: str, data_dir: str | os.PathLike | None = None) -> Path:
@@ -235,8 +258,49 @@ def _verify(path: Path, dataset: str, stem: str, ndim: int, name: str) -> np.nda
     return array
 
 
+def recipe_split(recipe, split: str, data_dir: str | os.PathLike | None = None) -> Split:
+    """One split of a recipe's data: its IDX data set, or its .npz file (normalised there if its images
+    are floats)."""
+    if recipe.dataset == "npz":
+        return load_npz(recipe.data_file, split, *recipe.normalization)
+    return load_split(recipe.dataset, split, data_dir)
+
+
+# The arrays a .npz data file holds, per split.
+NPZ_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
+
+
+def load_npz(path: str | os.PathLike, split: str, mean=0.0, std=1.0) -> Split:
+    """One split of a .npz data file: `x_train`, `y_train`, `x_test`, `y_test`; images (N, H, W) or
+    (N, H, W, C), uint8 pixels or floats, labels integers from 0. Float images are normalised here, once,
+    (x - mean) / std in float32 (uint8 ones by each framework, through `normalization_table`). DataError,
+    one line, for anything else."""
+    images_key, labels_key = NPZ_KEYS[split]
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [k for k in (images_key, labels_key) if k not in arrays.files]
+            if missing:
+                raise DataError(f"{path} holds no {missing[0]} (a data file has x_train, y_train, x_test, y_test)")
+            images, labels = arrays[images_key], arrays[labels_key]
+    except (OSError, ValueError, EOFError) as e:  # missing, truncated, not a .npz, or pickled objects
+        raise DataError(f"cannot read {path} as a .npz data file ({e})") from None
+    if images.ndim not in (3, 4) or len(images) != len(labels) or labels.ndim != 1 or not len(labels):
+        raise DataError(f"{path}: {images_key} must be (N, H, W) or (N, H, W, C) and {labels_key} (N,), got "
+                        f"{images.shape} and {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise DataError(f"{path}: {labels_key} must be integer class indices from 0, got {labels.dtype} "
+                        f"from {labels.min()}")
+    if images.dtype == np.uint8:
+        return Split(images, labels.astype(np.int64))
+    if not np.issubdtype(images.dtype, np.floating) or not np.all(np.isfinite(images)):
+        raise DataError(f"{path}: {images_key} must be uint8 pixels or finite floats, got {images.dtype}")
+    images = images.astype(np.float32)[..., None] if images.ndim == 3 else images.astype(np.float32)
+    return Split((images - np.float32(mean)) / np.float32(std) if np.ndim(mean) == 0 else
+                 (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32), labels.astype(np.int64))
+
+
 def load_split(dataset: str, split: str, data_dir: str | os.PathLike | None = None) -> Split:
-    """One split of a data set as verified uint8 arrays."""
+    """One split of an IDX data set as verified uint8 arrays."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
     folder = locate(dataset, data_dir)

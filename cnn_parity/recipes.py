@@ -10,9 +10,10 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from cnn_parity.data import DATASETS, NUM_EXAMPLES
+from cnn_parity.data import DATASETS, NUM_EXAMPLES_OF
 from cnn_parity.errors import UsageError
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
@@ -123,10 +124,20 @@ class Schedule(_Strict):
         return self
 
 
-def _known_model(model: str) -> str:
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of: {', '.join(MODELS)}")
+def _model_name(model: str) -> str:
+    if not model or not all(c.isalnum() or c in "_-." for c in model):
+        raise ValueError(f"a model's name is letters, digits, '_', '-' and '.', got {model!r}")
     return model
+
+
+class Pair(_Strict):
+    """A model pair of the user's own: where each framework's model comes from (PKG.MOD:ATTR, as
+    `python -m parity_check` takes them: a class taking no arguments or a function returning the model;
+    on the Flax side a Linen module, or an NNX class built from `nnx.Rngs(seed)`), checked against each
+    other before a run trains it."""
+
+    torch: str = Field(pattern=r"^[\w.]+:[\w.]+$")
+    flax: str = Field(pattern=r"^[\w.]+:[\w.]+$")
 
 
 def _seed(seed: int) -> int:
@@ -137,29 +148,55 @@ def _seed(seed: int) -> int:
     return seed
 
 
+Normalization = Float32 | Annotated[list[Float32], Field(min_length=1)]
+
+
 class Recipe(_Strict):
-    model: Annotated[str, AfterValidator(_known_model)]
+    model: Annotated[str, AfterValidator(_model_name)]  # one of MODELS, or the name of the user's `pair`
     dataset: Literal[DATASETS]
-    batch_size: int = Field(gt=0, le=NUM_EXAMPLES["train"])
+    batch_size: int = Field(gt=0)
     epochs: int = Field(gt=0)
     seed: Annotated[int, AfterValidator(_seed)]
     optimizer: Optimizer
     schedule: Schedule = Schedule()
-    normalize_mean: Float32 = 0.0
-    normalize_std: Float32 = Field(1.0, gt=0)
+    # (x / 255 - mean) / std for uint8 pixels (torchvision's ToTensor + Normalize), (x - mean) / std for
+    # float ones; one number, or one per channel
+    normalize_mean: Normalization = 0.0
+    normalize_std: Normalization = 1.0
     drop_last: bool = False
-    init: Literal[INITS] = "torch"  # "torch": PyTorch's default init in both frameworks; "flax": Flax's defaults
-    eval_batch_size: int = Field(1000, gt=0, le=NUM_EXAMPLES["test"])  # evaluation only; any value gives the same metrics
+    init: Literal[INITS] = "torch"  # built-in models: "torch", PyTorch's default init in both frameworks; "flax"
+    eval_batch_size: int = Field(1000, gt=0)  # evaluation only; any value gives the same metrics
     init_rng: Literal[RNG_SOURCES] = "framework"
     shuffle_rng: Literal[RNG_SOURCES] = "framework"
+    pair: Pair | None = None  # a model pair of the user's own (then `model` names it)
+    data_file: str = ""  # dataset "npz": the .npz file (train and test images and labels; cnn_parity/data.py)
     source: str = ""
     reported: dict[str, Any] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    @property
+    def normalization(self) -> tuple[float | tuple[float, ...], float | tuple[float, ...]]:
+        """(mean, std), each a float or a tuple per channel: hashable, for tables built once."""
+        return tuple(tuple(v) if isinstance(v, list) else v for v in (self.normalize_mean, self.normalize_std))
+
     @model_validator(mode="after")
-    def _schedule_fits(self):
+    def _consistent(self):
+        if self.pair is None and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}, or name your own "
+                             "model pair in a [pair] table")
+        if self.pair is not None and self.model in MODELS:
+            raise ValueError(f"a [pair] of your own needs a name of its own, not the built-in {self.model!r}")
+        if (self.dataset == "npz") != bool(self.data_file):
+            raise ValueError("dataset npz reads data_file (a .npz file), and only it does")
+        if any(v <= 0 for v in np.atleast_1d(self.normalize_std)):
+            raise ValueError(f"normalize_std must be positive, got {self.normalize_std}")
+        if self.dataset in NUM_EXAMPLES_OF:
+            for key, split in (("batch_size", "train"), ("eval_batch_size", "test")):
+                if getattr(self, key) > NUM_EXAMPLES_OF[self.dataset][split]:
+                    raise ValueError(f"{key} {getattr(self, key)} is larger than the {split} split "
+                                     f"({NUM_EXAMPLES_OF[self.dataset][split]:,} examples)")
         if self.schedule.name == "cosine" and self.schedule.final_lr > self.optimizer.lr:
             raise ValueError(f"schedule.final_lr {self.schedule.final_lr} is above optimizer.lr {self.optimizer.lr}")
         return self
@@ -222,11 +259,14 @@ def _read_recipe_file(path) -> dict[str, Any]:
             raise UsageError(f"config {path} is no run's config.json (it holds no recipe)")
         return dict(config["recipe"])
     try:
-        return tomllib.loads(data.decode())
+        raw = tomllib.loads(data.decode())
     except UnicodeDecodeError:
         raise UsageError(f"config {path} is not UTF-8 text (a TOML recipe file)") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {path} is not valid TOML: {e}") from None
+    if isinstance(raw.get("data_file"), str) and raw["data_file"]:  # a recipe's data beside it, wherever it is run
+        raw["data_file"] = str((Path(str(path)).parent / raw["data_file"]).resolve())
+    return raw
 
 
 def recipe_from_dict(raw: dict[str, Any], origin: str = "saved recipe",
@@ -260,7 +300,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 def settable_keys() -> list[str]:
     """The recipe keys `--set` takes (dotted for the optimizer's and the schedule's)."""
-    fixed = ("model", "optimizer", "schedule", *PROVENANCE)  # what a recipe is, and where it comes from
+    fixed = ("model", "pair", "optimizer", "schedule", *PROVENANCE)  # what a recipe is, and where it comes from
     return [name for name in Recipe.model_fields if name not in fixed] + \
         [f"optimizer.{name}" for name in Optimizer.model_fields] + [f"schedule.{name}" for name in Schedule.model_fields]
 
@@ -290,6 +330,8 @@ def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> set[str]:
     before = {table: (raw.get(table) or {}).get("name") if isinstance(raw.get(table), dict) else None
               for table in _KINDED}
     changed = {key: value for key, value in overrides.items() if _get_dotted(raw, key) != value}
+    if isinstance(overrides.get("data_file"), str):
+        overrides["data_file"] = str(Path(overrides["data_file"]).resolve())
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
     for table, (keys, model) in _KINDED.items():
@@ -343,7 +385,8 @@ def _build(raw: dict, origin: str, overridden: set[str] = frozenset()) -> Recipe
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         key = ".".join(str(part) for part in first["loc"])
-        where = "" if any(k == key or k.startswith(f"{key}.") for k in overridden) else f"{origin}: "
+        by_override = any(k == key or k.startswith(f"{key}.") for k in overridden) if key else bool(overridden)
+        where = "" if by_override else f"{origin}: "
         raise UsageError(where + _one_line(first, key)) from None
 
 
@@ -355,5 +398,5 @@ def _one_line(error: dict, key: str) -> str:
     if error["type"] == "extra_forbidden":
         return f"unknown recipe key {key}"
     if error["type"] == "value_error":
-        return f"recipe key {key}: {message}"
+        return f"recipe key {key}: {message}" if key else message
     return f"recipe key {key}: {message[:1].lower()}{message[1:]}, got {error['input']!r}"

@@ -9,7 +9,7 @@ import sys
 
 from cnn_parity import tfds_data
 from cnn_parity.commands import OneLineParser, report_errors
-from cnn_parity.data import DATASETS
+from cnn_parity.data import IDX_DATASETS as DATASETS
 
 
 def main(argv=None) -> int:

@@ -109,8 +109,10 @@ def save_safetensors(path: str | os.PathLike, model: str, arrays: Mapping[str, n
     `metadata`). A failed write raises OSError and leaves nothing behind."""
     from safetensors.numpy import save
 
-    check_canonical(model, arrays)
-    tensors = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in canonical_shapes(model)}
+    if model in LAYERS:  # a pair of the user's own: its geometry is the pair's, checked where it is loaded
+        check_canonical(model, arrays)
+    names = canonical_shapes(model) if model in LAYERS else arrays
+    tensors = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name in names}
     # Serialised in memory and written by us: safetensors' own writer reports a full disk as its own
     # exception type, not as the OSError every other write raises.
     write_bytes_atomic(path, save(tensors, metadata={"format": "cnn_parity", "model": model, **(metadata or {})}))
@@ -129,10 +131,24 @@ def load_safetensors(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray
     except (SafetensorError, ValueError) as e:  # truncated, empty or not a safetensors file at all
         raise UsageError(f"{path} is not a readable .safetensors file ({e})") from None
     model = metadata.get("model")
-    if model not in LAYERS:
+    if metadata.get("format") != "cnn_parity" or not model:
         raise UsageError(f"{path} holds no cnn_parity model (its metadata names {model!r})")
-    check_canonical(model, arrays)
+    if model in LAYERS:
+        check_canonical(model, arrays)
     for name, array in arrays.items():
         if array.dtype != np.float32:
             raise UsageError(f"{path}: {name} is {array.dtype}, expected float32")
     return model, arrays, metadata
+
+
+def read_canonical(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of any safetensors file of canonical weights (the model checker's, for one)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(os.fspath(path))
+    except OSError as e:
+        raise UsageError(f"cannot read weights {path}: {e.strerror or e}") from None
+    except (SafetensorError, ValueError) as e:
+        raise UsageError(f"{path} is not a readable .safetensors file ({e})") from None

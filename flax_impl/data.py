@@ -20,14 +20,14 @@ PIPELINES = ("device", "tfds")
 
 
 class DeviceSplit(NamedTuple):
-    images: jax.Array  # uint8 (N, 28, 28)
+    images: jax.Array  # uint8 (N, H, W[, C]) pixels, or float32 (N, H, W, C) normalised
     labels: jax.Array  # int32 (N,)
 
 
-def load_split(dataset: str, split: str, pipeline: str, data_dir: str | None = None) -> data.Split:
+def load_split(recipe, split: str, pipeline: str, data_dir: str | None = None) -> data.Split:
     if pipeline == "tfds":  # data_dir: the TFDS data dir
-        return tfds_data.load_or_prepare_split(dataset, split, data_dir)
-    return data.load_split(dataset, split, data_dir)
+        return tfds_data.load_or_prepare_split(recipe.dataset, split, data_dir)
+    return data.recipe_split(recipe, split, data_dir)
 
 
 def to_device(split: data.Split, sharding: jax.sharding.Sharding | None = None) -> DeviceSplit:
@@ -35,9 +35,10 @@ def to_device(split: data.Split, sharding: jax.sharding.Sharding | None = None) 
     return DeviceSplit(jax.device_put(split.images, sharding), jax.device_put(split.labels.astype(np.int32), sharding))
 
 
-def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
-    """uint8 (N, 28, 28) → float32 NHWC, bitwise as torchvision's ToTensor then Normalize(mean, std)."""
-    return jnp.asarray(data.normalization_table(mean, std))[images][..., None]
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+    """uint8 (N, H, W[, C]) → float32 NHWC, bitwise as torchvision's ToTensor then Normalize(mean, std)
+    (a float per channel, or one); float images, normalised when loaded, as they are."""
+    return data.channels_last_inputs(images, jnp.asarray(data.normalization_table(mean, std)), jnp)
 
 
 def epoch_permutation(key: jax.Array, epoch: int, num_examples: int) -> jax.Array:

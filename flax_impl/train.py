@@ -39,10 +39,11 @@ from cnn_parity import shared_rng, train_cli
 from cnn_parity.commands import positive_int
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
+from cnn_parity.pairs import CheckedPair
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.trainer import CHECK_EVERY, EvalResult, StepMetrics
 from cnn_parity.weights import CONV_GEOMETRY
-from flax_impl import compilation_cache, data, distributed, kernels, models_nnx, onednn_conv
+from flax_impl import compilation_cache, data, distributed, kernels, models_nnx, onednn_conv, pair_model
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 
@@ -107,8 +108,8 @@ def resolve_conv_impl(conv_impl: str, model: str, devices: int = 1) -> str:
     run claims kernels it does not use); "auto" is "gemm" (pure JAX) on a CPU and "xla" elsewhere.
     UsageError if "onednn" is chosen and cannot run. oneDNN's calls are opaque to XLA's partitioner,
     which would gather the whole batch onto every device to run them, so it trains on one device."""
-    if not CONV_GEOMETRY[model]:  # whatever was asked (a resumed mlp run asks for the "none" it recorded)
-        return "none"
+    if not CONV_GEOMETRY.get(model):  # whatever was asked (a resumed mlp run asks for the "none" it recorded); a
+        return "none"  # pair of the user's own convolves as its model does
     if conv_impl not in CONV_IMPL_CHOICES:
         raise ValueError(f"conv_impl must be one of {CONV_IMPL_CHOICES}, not {conv_impl!r}")
     backend = jax.default_backend()
@@ -215,14 +216,15 @@ def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
 
 
-def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh, api: str = "linen"):
+def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh, api: str = "linen", apply_fn=None):
     """A function (params, DeviceSplit) -> EvalResult over the whole split, jitted per chunk of
     `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once, and no example is
     dropped or counted twice), each chunk sharded over the mesh's devices. The forward pass uses XLA's
     own convolutions on every backend: only their CPU *gradients* are slow, and the im2col patches of a
-    1,000-image chunk would be large (benchmarks/FINDINGS.md, section 13); same parameters, same function."""
-    apply_fn = apply_function(recipe, "xla", api)
-    normalize = functools.partial(data.normalize, mean=recipe.normalize_mean, std=recipe.normalize_std)
+    1,000-image chunk would be large (benchmarks/FINDINGS.md, section 13); same parameters, same function.
+    `apply_fn`: the model's own (a pair of the user's own), instead of the built-in model's."""
+    apply_fn = apply_fn or apply_function(recipe, "xla", api)
+    normalize = functools.partial(data.normalize, mean=recipe.normalization[0], std=recipe.normalization[1])
     distributed.check_batch_size(mesh, recipe.eval_batch_size, "eval batch size")
 
     @functools.partial(jax.jit, static_argnames="size")
@@ -252,37 +254,46 @@ class FlaxTrainer:
     framework = "flax"
 
     def __init__(self, recipe: Recipe, pipeline: str = "device", data_dir: str | None = None, conv_impl: str = "auto",
-                 mesh: jax.sharding.Mesh | None = None, api: str = "linen"):
+                 mesh: jax.sharding.Mesh | None = None, api: str = "linen", pair: CheckedPair | None = None):
         """`conv_impl`: one of CONV_IMPL_CHOICES, resolved here (before the data loads, so that an
         unusable choice fails at once) into `self.conv_impl`, what the run records; `mesh`: the
         devices to train on (default: every local device, flax_impl.distributed); `api`: the Flax
-        API of the model, "linen" or "nnx" (APIS)."""
+        API of the model, "linen" or "nnx" (APIS); `pair`: a recipe's own pair as checked
+        (cnn_parity.pairs.check): its transfer table, and its initial weights for a paired run."""
         self.recipe, self.pipeline, self.api = recipe, pipeline, api
         self.is_primary, self.is_single_process = jax.process_index() == 0, jax.process_count() == 1
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
         self.conv_impl = resolve_conv_impl(conv_impl, recipe.model, self.mesh.size)
         replicated = distributed.replicated(self.mesh)
-        self.train_data = data.to_device(data.load_split(recipe.dataset, "train", pipeline, data_dir), replicated)
-        self.test_data = data.to_device(data.load_split(recipe.dataset, "test", pipeline, data_dir), replicated)
+        self.train_data = data.to_device(data.load_split(recipe, "train", pipeline, data_dir), replicated)
+        self.test_data = data.to_device(data.load_split(recipe, "test", pipeline, data_dir), replicated)
         n, b = len(self.train_data.labels), recipe.batch_size
         distributed.check_batch_size(self.mesh, b, "batch size")
         if not recipe.drop_last:
             distributed.check_batch_size(self.mesh, n % b or b, "the last batch's size")
         self.steps_per_epoch = n // b if recipe.drop_last else math.ceil(n / b)
         init_key, self.shuffle_key, self.dropout_key = jax.random.split(jax.random.key(recipe.seed), 3)
-        self.state = jax.device_put(create_train_state(recipe, init_key, self.conv_impl, api, self.steps_per_epoch),
-                                    replicated)
+        self.pair, self.pair_model = pair, None
+        if recipe.pair is not None:
+            example = data.normalize(self.test_data.images[:1], *recipe.normalization)
+            self.pair_model, params = pair_model.init(recipe, init_key, np.asarray(example))
+            state = TrainState.create(apply_fn=self.pair_model.apply, params=params,
+                                      tx=make_optimizer(recipe.optimizer, make_schedule(recipe, self.steps_per_epoch)))
+        else:
+            state = create_train_state(recipe, init_key, self.conv_impl, api, self.steps_per_epoch)
+        self.state = jax.device_put(state, replicated)
         if recipe.init_rng == "shared":
-            self.load_canonical(shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
+            self.load_canonical(pair.initial_weights if pair is not None else
+                                shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
         self.num_params = num_params(self.state.params)
         device = self.mesh.devices.flat[0]
         count = f"{self.mesh.size} × " if self.mesh.size > 1 else ""
         self.device = f"{count}{device.platform} ({device.device_kind})"
         self.num_devices = self.mesh.size
         # The static arguments of train_on_slice and train_chunk.
-        self.step_options = {"mean": recipe.normalize_mean, "std": recipe.normalize_std, "mesh": self.mesh,
+        self.step_options = {"mean": recipe.normalization[0], "std": recipe.normalization[1], "mesh": self.mesh,
                              "batch_size": recipe.batch_size}
-        self._evaluate = make_evaluator(recipe, self.mesh, api)
+        self._evaluate = make_evaluator(recipe, self.mesh, api, self.pair_model.apply if self.pair_model else None)
         self._synchronous = distributed.synchronous_dispatch(self.mesh)
         self._order: tuple[int, jax.Array] | None = None  # (epoch, its order), computed once per epoch
 
@@ -324,10 +335,16 @@ class FlaxTrainer:
         return self._evaluate(self.state.params, self.test_data)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
-        return params_to_canonical(self.recipe.model, distributed.host_tree(self.state.params))
+        params = distributed.host_tree(self.state.params)
+        if self.pair_model is not None:
+            return pair_model.to_canonical(self.pair_model, params, self.pair.transfer)
+        return params_to_canonical(self.recipe.model, params)
 
     def load_canonical(self, arrays: dict[str, np.ndarray]) -> None:
-        params = params_from_canonical(self.recipe.model, arrays)
+        if self.pair_model is not None:
+            params = pair_model.from_canonical(self.pair_model, self.state.params, arrays, self.pair.transfer)
+        else:
+            params = params_from_canonical(self.recipe.model, arrays)
         state = TrainState.create(apply_fn=self.state.apply_fn, params=params, tx=self.state.tx)
         self.state = jax.device_put(state, distributed.replicated(self.mesh))
 
@@ -393,7 +410,7 @@ def make_trainer(recipe: Recipe, args) -> FlaxTrainer:
     distributed.configure_cpu(args.threads, args.devices if args.coordinator is None else None)
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     trainer = FlaxTrainer(recipe, args.pipeline, args.data_dir, conv_impl=args.conv_impl,
-                          mesh=distributed.make_mesh(args.devices), api=args.api)
+                          mesh=distributed.make_mesh(args.devices), api=args.api, pair=args.checked_pair)
     args.conv_impl = trainer.conv_impl  # recorded as resolved: "auto" is not the same on every backend
     return trainer
 

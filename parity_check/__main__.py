@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "--direction none")
     p.add_argument("--save-weights", metavar="FILE.safetensors",
                    help="write the weights both sides computed with, in canonical form (loadable with --weights)")
+    p.add_argument("--save-transfer", metavar="FILE.safetensors",
+                   help="write the checked torch → Flax weight transfer as a gather table (what the training CLIs "
+                        "convert a pair's weights with; one-to-one transfers only)")
+    p.add_argument("--init-seed", type=int, metavar="N",
+                   help="seed torch's generator with N before building the torch model (its initial weights: what a "
+                        "paired run of a pair starts from, with --save-weights)")
     p.add_argument("--direction", choices=("torch_to_flax", "flax_to_torch", "none"), default=None,
                    help="which side's weights both use (default torch_to_flax; none with --flax-weights: each side "
                         "keeps its own)")
@@ -203,7 +209,7 @@ def validate(args) -> list[InputSpec]:
                          "(the default with --flax-weights) or flax_to_torch")
     if args.train_steps and not (args.torch_optimizer and args.optax):
         raise UsageError("a training comparison needs both --torch-optimizer and --optax")
-    for flag in ("save_mapping", "json", "save_weights"):
+    for flag in ("save_mapping", "json", "save_weights", "save_transfer"):
         path = getattr(args, flag)
         if path and os.path.exists(path):
             raise UsageError(f"--{flag.replace('_', '-')} {path} exists; it is left as it is (choose a new name)")
@@ -231,6 +237,8 @@ def _check(args) -> int:
     from parity_tests import precision  # noqa: PLC0415
 
     precision.configure()
+    if args.init_seed is not None:
+        torch.manual_seed(args.init_seed)
     torch_model = load_attr(args.torch, "--torch")
     if not isinstance(torch_model, torch.nn.Module):
         raise UsageError(f"--torch {args.torch} gives a {type(torch_model).__name__}, not a torch.nn.Module")
@@ -251,7 +259,8 @@ def _check(args) -> int:
                             mapping=args.mapping, bounds=args.bounds, flax_layout=args.flax_layout, train=args.train,
                             grads=args.grads, train_steps=args.train_steps or 0, torch_optimizer=args.torch_optimizer,
                             optax_optimizer=args.optax,
-                            torch_weights=load_torch_weights(args.weights) if args.weights else None, seed=args.seed)
+                            torch_weights=load_torch_weights(args.weights) if args.weights else None, seed=args.seed,
+                            transfer_table=bool(args.save_transfer))
     except MappingError as e:
         if args.json:  # what was not transferred, per side, for a program to read
             write_new(args.json, json.dumps({"passed": None, "error": str(e), "not_transferred": e.not_transferred,
@@ -269,11 +278,16 @@ def _check(args) -> int:
         write_new(args.save_mapping, report.mapping.to_toml(), "--save-mapping")
     if args.json:
         write_new(args.json, json.dumps(report.to_json(), indent=1) + "\n", "--json")
-    if args.save_weights:
+    if args.save_weights or args.save_transfer:
         from safetensors.numpy import save  # noqa: PLC0415
 
         metadata = {"format": "cnn_parity_check", "torch": args.torch, "flax": args.flax}
-        write_new(args.save_weights, save(report.canonical_weights, metadata=metadata), "--save-weights")
+        if args.save_weights:
+            write_new(args.save_weights, save(report.canonical_weights, metadata=metadata), "--save-weights")
+        if args.save_transfer and report.passed:
+            table, layout = report.transfer_table
+            write_new(args.save_transfer, save(table, metadata=metadata | {"canonical": json.dumps(layout)}),
+                      "--save-transfer")
     return 0 if report.passed else 1
 
 

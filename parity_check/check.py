@@ -13,6 +13,7 @@ from parity_check.bounds import FLOOR_MULTIPLE, MIN_RELATIVE
 from parity_check.compare import compare_layers, prepare
 from parity_check.report import Report, finite
 from parity_check.torch_side import COUNTERS
+from parity_check.transfer_table import gather_table
 from parity_tests import bounds as fixed_bounds
 
 VERSIONED = ("numpy", "jax", "jaxlib", "flax", "optax", "torch", "torchvision", "transformers")
@@ -40,13 +41,14 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
                mapping: str | None = None, bounds: str = "calibrated", flax_layout: str = "channels_last",
                train: bool = False, grads: bool = False, train_steps: int = 0, torch_optimizer: str | None = None,
                optax_optimizer: str | None = None, torch_weights: dict[str, np.ndarray] | None = None,
-               seed: int | None = None) -> Report:
+               seed: int | None = None, transfer_table: bool = False) -> Report:
     """Check a torch module against a Flax Linen module (with `variables`, or initialised here), NNX
     module or Hugging Face Flax model on `example_input` (torch layout: an array, a tuple of
     positional inputs or a dict of keyword inputs; float inputs of rank >= 3 go to Flax channels-last
     unless flax_layout="same"). direction: which side's weights both use ("none": each keeps its own,
     to verify a conversion made elsewhere); `torch_weights` (canonical: torch's state_dict names and
-    layouts) replace the torch model's first. Nothing passed in is modified."""
+    layouts) replace the torch model's first; `transfer_table`: also the checked transfer as a gather table
+    (transfer_table.gather_table), for a pair that agrees. Nothing passed in is modified."""
     pair = prepare(torch_model, flax_model, example_input, variables, direction, mapping, flax_layout, train, torch_weights)
     if not pair.torch.state() and not pair.flax.inventory():
         raise UsageError("neither model holds any weights: there is nothing to transfer or compare (the checker "
@@ -78,4 +80,6 @@ def check_pair(torch_model, flax_model, example_input, *, variables=None, direct
                     canonical_weights=pair.torch.state())
     if divergence is None:
         training.extend(report, pair, bounds, grads, train_steps, torch_optimizer, optax_optimizer)
+    if transfer_table and report.passed and direction == "torch_to_flax":
+        report.transfer_table = gather_table(pair)
     return report

@@ -31,6 +31,8 @@ class Report:
     not_transferred: dict = field(default_factory=dict)
     # the weights both sides computed with, in canonical form (torch state_dict names and layouts)
     canonical_weights: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # the checked torch → Flax transfer as a gather table, when asked for (transfer_table.gather_table)
+    transfer_table: tuple | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "first_divergence": self.first_divergence,

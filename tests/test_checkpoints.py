@@ -226,7 +226,8 @@ def test_disk_full_while_logging_is_a_clear_error(tmp_path):
 def test_plot_overlays_runs(tmp_path):
     for name, losses in (("a", [0.5, 0.3]), ("b", [0.6, 0.35])):
         (tmp_path / name).mkdir()
-        lines = [json.dumps({"epoch": i + 1, "train_loss": loss, "test_accuracy": 0.9}) for i, loss in enumerate(losses)]
+        lines = [json.dumps({"epoch": i + 1, "steps": 10 * (i + 1), "train_loss": loss, "train_accuracy": 0.8,
+                             "test_loss": 0.4, "test_accuracy": 0.9}) for i, loss in enumerate(losses)]
         (tmp_path / name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     out = subprocess.run([sys.executable, "-m", "cnn_parity.plot", str(tmp_path / "a"), str(tmp_path / "b"),
                           "--out", str(tmp_path / "curves.png")], capture_output=True, text=True, timeout=120)

@@ -29,10 +29,11 @@ PIPELINES = ("tensor", "torchvision")
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 (N, 28, 28) → float32 NCHW, bitwise as torchvision's ToTensor then Normalize(mean, std)
-    (tests/test_torch_ref.py checks it against torchvision's own transforms)."""
-    return _table(mean, std, images.device)[images.long()].unsqueeze(1)
+def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) → float32 NCHW, bitwise as torchvision's ToTensor then Normalize(mean, std)
+    (tests/test_torch_ref.py checks it against torchvision's own transforms; a float per channel, or
+    one); float images, normalised when loaded, as they are."""
+    return data.channels_last_inputs(images, _table(mean, std, images.device), torch).permute(0, 3, 1, 2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,11 +98,11 @@ def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: to
     """(train, test) iterables of (images, labels) batches for `recipe` (this rank's, under DDP)."""
     if pipeline == "torchvision":
         return _torchvision_loaders(recipe, data_dir, generator, world)
-    mean, std = recipe.normalize_mean, recipe.normalize_std
-    train = TensorBatches(data.load_split(recipe.dataset, "train", data_dir), recipe.batch_size, mean, std,
+    mean, std = recipe.normalization
+    train = TensorBatches(data.recipe_split(recipe, "train", data_dir), recipe.batch_size, mean, std,
                           device, shuffle=True, drop_last=recipe.drop_last, generator=generator,
                           shared_order_seed=recipe.seed if recipe.shuffle_rng == "shared" else None, world=world)
-    test_split = data.load_split(recipe.dataset, "test", data_dir)
+    test_split = data.recipe_split(recipe, "test", data_dir)
     if world is not None:
         test_split = data.Split(test_split.images[world.rank::world.size], test_split.labels[world.rank::world.size])
     test = TensorBatches(test_split, recipe.eval_batch_size, mean, std, device)

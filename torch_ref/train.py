@@ -19,11 +19,12 @@ import torch.nn.functional as F
 
 from cnn_parity import shared_rng, train_cli
 from cnn_parity.files import write_bytes_atomic
+from cnn_parity.pairs import CheckedPair
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.trainer import EvalResult, StepMetrics
 from torch.nn.parallel import DistributedDataParallel
 
-from torch_ref import data, distributed
+from torch_ref import data, distributed, pair_model
 from torch_ref.convert import load_canonical, state_dict_to_canonical
 from torch_ref.models import create_model, num_params
 
@@ -119,8 +120,9 @@ class TorchTrainer:
     framework = "torch"
 
     def __init__(self, recipe: Recipe, pipeline: str = "tensor", data_dir: str | None = None,
-                 world: distributed.World | None = None):
-        """`world`: this process's place in a torchrun job (None: one process)."""
+                 world: distributed.World | None = None, pair: CheckedPair | None = None):
+        """`world`: this process's place in a torchrun job (None: one process); `pair`: a recipe's own
+        pair as checked (cnn_parity.pairs.check), for its initial weights in a paired run."""
         self.recipe, self.pipeline, self.world = recipe, pipeline, world
         self.is_primary, self.is_single_process = world is None or world.is_primary, world is None
         if world is not None:
@@ -131,9 +133,12 @@ class TorchTrainer:
         self.device = f"{world.size} × {device} ({world.size} processes)" if world is not None else device
         self.num_devices = world.size if world is not None else 1
         torch.manual_seed(recipe.seed)
-        self.model = create_model(recipe.model, recipe.init).to(self.torch_device)
+        model = pair_model.build(recipe) if recipe.pair is not None else create_model(recipe.model, recipe.init)
+        self.model = model.to(self.torch_device)
         if recipe.init_rng == "shared":  # after torch's own draw, so dropout's stream is the same either way
-            load_canonical(recipe.model, self.model, shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed))
+            shared = pair.initial_weights if recipe.pair is not None else \
+                shared_rng.initial_weights(recipe.model, recipe.init, recipe.seed)
+            load_canonical(recipe.model, self.model, shared)
         self.num_params = num_params(self.model)
         self.optimizer = make_optimizer(self.model.parameters(), recipe.optimizer)
         self._ddp = None
@@ -244,7 +249,7 @@ class TorchTrainer:
 def make_trainer(recipe: Recipe, args) -> TorchTrainer:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    return TorchTrainer(recipe, args.pipeline, args.data_dir, distributed.initialize())
+    return TorchTrainer(recipe, args.pipeline, args.data_dir, distributed.initialize(), args.checked_pair)
 
 
 def main(argv=None) -> int:
