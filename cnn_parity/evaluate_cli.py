@@ -12,7 +12,7 @@ import math
 import sys
 from typing import Any, Callable, Sequence
 
-from cnn_parity import checkpoints
+from cnn_parity import checkpoints, pairs
 from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
 from cnn_parity.files import strict_json
@@ -47,7 +47,10 @@ def _evaluate_and_print(framework: str, evaluate: EvaluateFn, args, options: dic
     recipe = recipe_from_dict(info["recipe"], f"{info['path']} recipe") if info["recipe"] else load_recipe(model)
     if recipe.model != model:
         raise UsageError(f"{info['path']} holds {model} weights but a {recipe.model} recipe")
+    if recipe.pair is not None:  # a pair of the user's own: checked before its weights are used
+        options["pair"] = pairs.check_recipe(recipe, args.data_dir)
     result = evaluate(recipe, arrays, args.data_dir, **options)
+    options.pop("pair", None)
     report = {"model": model, "dataset": recipe.dataset, "trained_with": info["framework"],
               "evaluated_with": framework, "options": options, "test_accuracy": result.accuracy, "test_loss": result.loss,
               "examples": result.examples, "step": info["step"], "checkpoint": info["path"]}

@@ -1,12 +1,15 @@
 """TensorBoard event files in a run's workdir, the same for both frameworks, so that
-`tensorboard --logdir runs/` overlays Flax and PyTorch runs. Written with tensorboardX (no TensorFlow,
-no TensorBoard server needed to write).
+`tensorboard --logdir runs/` overlays Flax and PyTorch runs. Written with tensorboardX's summaries
+and its synchronous event writer (no TensorFlow, no TensorBoard server; synchronous, so that what a
+checkpoint keeps is on disk when it is written, which tensorboardX's queued SummaryWriter does not
+promise).
 
 Every scalar is on the global-step axis: each epoch record of metrics.jsonl is an event at the step
 that ends the epoch, holding `SCALAR_TAGS`; each step record of steps.jsonl one at its step, holding
-`STEP_SCALAR_TAGS`; the run's recipe is the text summary `RECIPE_TAG` at step 0. A resumed run opens
-a new event file with `purge_step` one past its checkpoint's step: TensorBoard then drops the earlier
-files' events from that step on, the ones the resumed run trains again, so no point is repeated or lost.
+`STEP_SCALAR_TAGS`; the run's recipe is the text summary `RECIPE_TAG` at step 0. Each process that
+trains the run opens its own event file and marks its start (a SessionLog START, tensorboardX's
+`purge_step`) at one past the step it resumes from: TensorBoard's readers then drop the earlier files'
+events from that step on, the ones the resumed run trains and logs again, so no point is repeated or lost.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +40,25 @@ _writers = itertools.count()  # two writers of one process in one second get dis
 
 
 class EventLog:
-    """The run's event writer from global step `steps` on (0: a new run, which also logs its recipe)."""
+    """The run's event file from global step `steps` on (0: a new run, which also logs its recipe)."""
 
     def __init__(self, folder: str | os.PathLike, recipe: dict[str, Any], steps: int):
-        from tensorboardX import SummaryWriter  # only runs that log to TensorBoard load it
+        from tensorboardX import summary  # only runs that log to TensorBoard load it
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto import event_pb2, summary_pb2
 
+        self._event, self._summary, self._summary_proto = event_pb2, summary, summary_pb2
         fresh = not any(Path(folder).glob(f"events.out.{EVENT_FILE_MARK}.*"))
-        # Every writer marks its session's start (purge_step): TensorBoard's readers take the first mark
-        # as the run's start and purge at each later one, so the first writer must mark it too.
-        self.writer = SummaryWriter(str(folder), purge_step=0 if fresh else steps + 1, flush_secs=30,
-                                    filename_suffix=f".{os.getpid()}.{next(_writers)}")
+        self.writer = EventsWriter(str(Path(folder) / "events"), filename_suffix=f".{os.getpid()}.{next(_writers)}")
+        # Every writer marks its start; TensorBoard takes the first mark as the run's start and purges at
+        # each later one, so the first writer marks it too.
+        start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+        self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=0 if fresh else steps + 1, session_log=start))
         if fresh:
             # Indented: TensorBoard renders text summaries as Markdown, and this keeps the JSON as it is.
-            self.writer.add_text(RECIPE_TAG, "\n".join("    " + line for line in json.dumps(recipe, indent=2).splitlines()), 0)
+            text = "\n".join("    " + line for line in json.dumps(recipe, indent=2).splitlines())
+            self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary.text(RECIPE_TAG, text)))
+        self.flush()
 
     def epoch(self, record: dict[str, Any]) -> None:
         self._scalars(record["steps"], SCALAR_TAGS, record)
@@ -59,8 +69,9 @@ class EventLog:
             self._scalars(record["step"], STEP_SCALAR_TAGS, record)
 
     def _scalars(self, step: int, tags: dict[str, str], record: dict[str, Any]) -> None:
-        for tag, key in tags.items():
-            self.writer.add_scalar(tag, record[key], step)
+        values = [self._summary.scalar(tag, record[key]).value[0] for tag, key in tags.items()]
+        self.writer.write_event(self._event.Event(wall_time=time.time(), step=step,
+                                                  summary=self._summary_proto.Summary(value=values)))
 
     def flush(self) -> None:
         """Everything logged so far on disk (at each epoch and checkpoint: what a resume keeps is there)."""

@@ -19,7 +19,7 @@ from collections import ChainMap
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from cnn_parity import checkpoints, data, pairs
+from cnn_parity import checkpoints, pairs
 from cnn_parity.commands import OneLineParser, non_negative_int, number, positive_int, report_errors
 from cnn_parity.data import DATASETS
 from cnn_parity.errors import UsageError
@@ -140,15 +140,6 @@ def _initial_weights(path: str, recipe: Recipe):
     return arrays
 
 
-def check_pair(recipe: Recipe, data_dir: str | None) -> pairs.CheckedPair:
-    """A pair of the user's own, checked before it trains (refused where it diverges), on a batch of four
-    inputs shaped as the recipe's data; for a paired run, with torch's initial weights at its seed."""
-    images = data.recipe_split(recipe, "test", data_dir).images
-    height, width, channels = (*images.shape[1:3], images.shape[3] if images.ndim == 4 else 1)
-    print(f"checking the pair {recipe.pair.torch} / {recipe.pair.flax} (python -m parity_check) ...", file=sys.stderr)
-    return pairs.check(recipe.pair, (4, channels, height, width), recipe.seed if recipe.init_rng == "shared" else None)
-
-
 def _check_flags(args: argparse.Namespace) -> None:
     if args.workdir is not None and not str(args.workdir).strip():
         raise UsageError("--workdir is empty: name a folder")
@@ -202,7 +193,7 @@ def _run_training(framework: str, given: dict[str, Any], defaults: Mapping[str, 
     args = resolve_flags(framework, given, defaults, recorded)
     recipe = recipe_from_args(args, recorded)
     initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
-    args.checked_pair = check_pair(recipe, args.data_dir) if recipe.pair is not None else None
+    args.checked_pair = pairs.check_recipe(recipe, args.data_dir) if recipe.pair is not None else None
     trainer = make_trainer(recipe, args)
     stop.reclaim()
     if initial is not None:

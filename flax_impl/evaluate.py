@@ -9,21 +9,28 @@ import jax
 import numpy as np
 
 from cnn_parity import evaluate_cli
+from cnn_parity.pairs import CheckedPair
 from cnn_parity.recipes import Recipe
 from cnn_parity.trainer import EvalResult
-from flax_impl import compilation_cache, data, distributed
+from flax_impl import compilation_cache, data, distributed, pair_model
 from flax_impl.convert import params_from_canonical
 from flax_impl.train import add_api_flag, make_evaluator
 
 
 def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None,
-                       api: str = "linen") -> EvalResult:
+                       api: str = "linen", pair: CheckedPair | None = None) -> EvalResult:
+    """`pair`: a recipe's own pair as checked (its transfer table converts the weights)."""
     compilation_cache.enable()
     mesh = distributed.make_mesh()
     replicated = distributed.replicated(mesh)
-    test = data.to_device(data.load_split(recipe.dataset, "test", "device", data_dir), replicated)
-    params = jax.device_put(params_from_canonical(recipe.model, arrays), replicated)
-    return make_evaluator(recipe, mesh, api)(params, test)
+    test = data.to_device(data.load_split(recipe, "test", "device", data_dir), replicated)
+    if recipe.pair is None:
+        params, apply_fn = params_from_canonical(recipe.model, arrays), None
+    else:
+        example = np.asarray(data.normalize(test.images[:1], *recipe.normalization))
+        model, template = pair_model.init(recipe, jax.random.key(0), example)
+        params, apply_fn = pair_model.from_canonical(model, template, arrays, pair.transfer), model.apply
+    return make_evaluator(recipe, mesh, api, apply_fn)(jax.device_put(params, replicated), test)
 
 
 def main(argv=None) -> int:

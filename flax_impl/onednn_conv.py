@@ -140,15 +140,19 @@ def _recorded_build(folder: Path) -> tuple[str, bytes] | None:
     return (recorded, data) if hashlib.sha256(data).hexdigest() == recorded else None
 
 
+# The in-memory files libraries were loaded from, kept open: dlopen knows a library by its path, and a
+# closed descriptor's number (so its /proc/self/fd path) would be reused for the next one, which dlopen
+# would then take for the library already loaded.
+_LOADED_FROM: list[int] = []
+
+
 def _open_bytes(data: bytes) -> ctypes.CDLL:
     """A shared library loaded from exactly `data` (an anonymous in-memory file): the bytes that were
     hashed are the bytes that run, whatever happens to the file on disk meanwhile."""
     fd = os.memfd_create(LIBRARY_NAME, os.MFD_CLOEXEC)
-    try:
-        os.write(fd, data)
-        return ctypes.CDLL(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)  # the loaded mapping stays
+    _LOADED_FROM.append(fd)
+    os.write(fd, data)
+    return ctypes.CDLL(f"/proc/self/fd/{fd}")
 
 
 def build(report=print) -> Path:

@@ -12,16 +12,19 @@ from cnn_parity import evaluate_cli
 from cnn_parity.recipes import Recipe
 from cnn_parity.trainer import EvalResult
 from torch_ref import data
+from torch_ref import pair_model
 from torch_ref.convert import load_canonical
 from torch_ref.models import create_model
 from torch_ref.train import evaluate_model
 
 
-def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None) -> EvalResult:
+def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: str | None = None,
+                       pair=None) -> EvalResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_canonical(recipe.model, create_model(recipe.model, recipe.init), arrays).to(device)
-    test = data.TensorBatches(neutral_data.load_split(recipe.dataset, "test", data_dir), recipe.eval_batch_size,
-                              recipe.normalize_mean, recipe.normalize_std, device)
+    model = pair_model.build(recipe) if recipe.pair is not None else create_model(recipe.model, recipe.init)
+    model = load_canonical(recipe.model, model, arrays).to(device)
+    test = data.TensorBatches(neutral_data.recipe_split(recipe, "test", data_dir), recipe.eval_batch_size,
+                              *recipe.normalization, device)
     return evaluate_model(model, test, device)
 
 
