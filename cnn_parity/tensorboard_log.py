@@ -6,7 +6,8 @@ promise).
 
 Every scalar is on the global-step axis: each epoch record of metrics.jsonl is an event at the step
 that ends the epoch, holding `SCALAR_TAGS`; each step record of steps.jsonl one at its step, holding
-`STEP_SCALAR_TAGS`; the run's recipe is the text summary `RECIPE_TAG` at step 0. Each process that
+`STEP_SCALAR_TAGS`; the run's recipe is the text summary `RECIPE_TAG` at step 0 (and again where a
+resume changed it, at the resume's first step). Each process that
 trains the run opens its own event file and marks its start (a SessionLog START, tensorboardX's
 `purge_step`) at one past the step it resumes from: TensorBoard's readers then drop the earlier files'
 events from that step on, the ones the resumed run trains and logs again, so no point is repeated or lost.
@@ -52,12 +53,13 @@ class EventLog:
         self.writer = EventsWriter(str(Path(folder) / "events"), filename_suffix=f".{os.getpid()}.{next(_writers)}")
         # Every writer marks its start; TensorBoard takes the first mark as the run's start and purges at
         # each later one, so the first writer marks it too.
+        first = 0 if fresh else steps + 1
         start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
-        self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=0 if fresh else steps + 1, session_log=start))
-        if fresh:
-            # Indented: TensorBoard renders text summaries as Markdown, and this keeps the JSON as it is.
-            text = "\n".join("    " + line for line in json.dumps(recipe, indent=2).splitlines())
-            self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary.text(RECIPE_TAG, text)))
+        self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=first, session_log=start))
+        # The recipe in effect from here (a resume may have lengthened it). Indented: TensorBoard renders
+        # text summaries as Markdown, and this keeps the JSON as it is.
+        text = "\n".join("    " + line for line in json.dumps(recipe, indent=2).splitlines())
+        self.writer.write_event(event_pb2.Event(wall_time=time.time(), step=first, summary=summary.text(RECIPE_TAG, text)))
         self.flush()
 
     def epoch(self, record: dict[str, Any]) -> None:

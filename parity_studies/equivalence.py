@@ -39,12 +39,12 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from cnn_parity.commands import OneLineParser, positive_int, report_errors, require_extra
+from cnn_parity.commands import OneLineParser, number, positive_int, report_errors, require_extra
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.provenance import machine_info, versions
-from cnn_parity.recipes import MODELS, load_recipe
+from cnn_parity.recipes import MODELS
 from parity_studies import protocol_report, protocols, runs, statistics
 from parity_studies.markdown import replace_marked_block
 from parity_studies.protocols import FIRST, ModelPlan, Protocol
@@ -65,7 +65,7 @@ BUDGETS = ("full", "pilot")
 
 
 def budget_epochs(model: str, budget: str) -> int:
-    return load_recipe(model).epochs if budget == "full" else PILOT_EPOCHS[model]
+    return runs.recipe(model).epochs if budget == "full" else PILOT_EPOCHS[model]
 
 
 def run_dir(scratch: Path, model: str, design: str, framework: str, seed: int) -> Path:
@@ -333,7 +333,7 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], designs: list[
     details = []
     for model, seeds in seeds_by_model.items():
         epochs = budget_epochs(model, budget)
-        full = load_recipe(model).epochs
+        full = runs.recipe(model).epochs
         entry = {"budget": f"{runs.QUICK_STEPS} steps" if quick else
                  (f"epoch {epochs} of {full}" if epochs < full else f"full recipe, {full} epochs"),
                  **{design: analyse(out, model, design, seeds) for design in designs}}
@@ -384,6 +384,23 @@ def run_scope(out: Path, seeds_by_model: dict[str, list[int]], designs: list[str
 
 
 README_MARKER = "equivalence-report"
+
+
+def own_protocol(args) -> Protocol:
+    """A study of a recipe of the user's own, planned on the command line: its model, --seeds, --margin on
+    the test error rate and every epoch's train loss, the SD ratio within [1/2, 2], the designs asked for.
+    Not pre-registered, so its report says it is exploratory."""
+    if args.margin is None or not args.seeds:
+        raise UsageError("a study of your own recipe (--config) needs its --seeds and its --margin (e.g. 1.2)")
+    if args.margin <= 1:
+        raise UsageError(f"--margin is a ratio above 1 (x/÷ RATIO), got {args.margin}")
+    if args.models or args.protocol != "first" or args.budget != "full":
+        raise UsageError("--config names the study's model and plan: leave out --models, --protocol and --budget")
+    (model,) = runs.use_recipe(args.config, args.epochs, [])
+    plan = protocols.ModelPlan(tuple(args.seeds), test_error_margin=args.margin, train_loss_margin=args.margin,
+                               sd_ratio_margin=2.0)
+    return Protocol(name=model, document="", alpha=ALPHA, designs=tuple(args.designs or ["independent"]),
+                    models={model: plan})
 
 
 def resolve_protocol(name: str) -> Protocol:
@@ -469,6 +486,10 @@ def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
                                             ("designs", args.designs and not args.follow_up)) if given]
     if args.quick:
         status, reason = "quick", f"a smoke run of {runs.QUICK_STEPS} steps per run: not a result"
+    elif not protocol.document:
+        shortened = f", every run shortened to {args.epochs} epochs" if args.epochs else ""
+        status, reason = "exploratory", (f"a study planned on the command line (--config, --seeds, --margin "
+                                         f"{args.margin:g}{shortened}), not pre-registered")
     elif exploratory:
         status, reason = "exploratory", f"{' and '.join(exploratory)} other than the protocol's"
     elif missing:
@@ -501,6 +522,14 @@ def main(argv=None) -> int:
                         help="first (reports/equivalence/PROTOCOL.md, the default), second "
                              "(reports/equivalence/second/PROTOCOL.md), or the path of a protocol of that shape")
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="default: the protocol's")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="a recipe file of your own (a pair of your own, or a built-in model's recipe changed): "
+                             "a study of it, with --seeds and --margin, instead of a protocol's")
+    parser.add_argument("--margin", type=number, metavar="RATIO",
+                        help="with --config: the equivalence margin x/÷ RATIO of the test error rate and of each epoch's "
+                             "train loss (the SD ratio's is [1/2, 2])")
+    parser.add_argument("--epochs", type=positive_int, metavar="N",
+                        help="with --config: shorten every run to N epochs (said in the report)")
     first_seeds = FIRST.seeds("mlp")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N",
                         help=f"default: the protocol's (first: {first_seeds[0]} .. {first_seeds[-1]})")
@@ -527,7 +556,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         require_extra("scipy", "studies")
-        protocol = resolve_protocol(args.protocol)
+        protocol = own_protocol(args) if args.config is not None else resolve_protocol(args.protocol)
         scratch = args.scratch or args.out / "scratch"
         if protocol is not FIRST:
             if args.update_readme:

@@ -265,7 +265,7 @@ def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[st
         deviations.append(f"records from {len(known)} commits (the protocol allows one, or a second after a bitwise check)")
     holds = {c: protocol_at(c, protocol) for c in known}
     deviations += [f"commit {c} does not hold this protocol's table" for c, held in holds.items() if held is False]
-    if _git("rev-parse", "HEAD") is not None:  # a history to check against: an unknown commit cannot be checked
+    if protocol.document and _git("rev-parse", "HEAD") is not None:  # an unknown commit cannot be checked
         deviations += [f"commit {c} is not in this repository: not checked" for c, held in holds.items() if held is None]
     if any(k != "constraints.txt" for k in constraints):
         deviations.append(f"packages: {dict(constraints)}")
@@ -401,8 +401,10 @@ def plot_model(path: Path, model: str, result: dict, alpha: float) -> None:
 def render(report: dict) -> list[str]:
     """report.md's lines."""
     alpha = report["alpha"]
-    lines = [f"# Equivalence: {report['protocol']} protocol", "",
-             f"Protocol: [`{report['document']}`](PROTOCOL.md). Command: `{report['command']}`.", ""]
+    plan = f"Protocol: [`{report['document']}`](PROTOCOL.md)" if report["document"] else \
+        "Plan: the command line's (not pre-registered)"
+    lines = [f"# Equivalence: {report['protocol']} {'protocol' if report['document'] else 'study'}", "",
+             f"{plan}. Command: `{report['command']}`.", ""]
     if report["status"] != "confirmatory":
         lines += [f"**{report['status'].upper()}**: {report['status_reason']}", ""]
     lines += [f"Equivalence tests: TOST at α = {alpha} each side (equivalent <=> the {100 * (1 - 2 * alpha):g} % "
@@ -442,10 +444,12 @@ def render(report: dict) -> list[str]:
     c = report["conduct"]
     held = {True: "holds this protocol's table", False: "does not hold it", None: "not in this repository: not checked"}
     registration = (f"committed in {c['protocol_commit']['commit'][:10]} at {c['protocol_commit']['time']}"
-                    if c["protocol_commit"] else "its commit not found (no git history here)")
+                    if c["protocol_commit"] else "its commit not found (no git history here)" if report["document"]
+                    else "planned on the command line, not committed before its runs")
     lines += ["## How the records were made", "",
               f"The protocol: {registration}. {c['runs']} runs; their sessions (each start or resume) by commit: "
-              + (", ".join(f"{k[:10]} {n} ({held[c['commits_hold_the_protocol'].get(k)]})" for k, n in c["commits"].items())
+              + (", ".join(f"{k[:10]} {n}" + (f" ({held[c['commits_hold_the_protocol'].get(k)]})" if report["document"]
+                                                else "") for k, n in c["commits"].items())
                  or "none recorded")
               + "; by CPU model: " + (", ".join(f"{k} {n}" for k, n in c["cpu_models"].items()) or "none recorded")
               + f"; packages: {', '.join(f'{k} {n}' for k, n in c['constraints'].items())}; first session started "

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cnn_parity.commands import OneLineParser, report_errors, require_extra
+from cnn_parity.commands import OneLineParser, positive_int, report_errors, require_extra
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
-from cnn_parity.recipes import MODELS, load_recipe
+from cnn_parity.recipes import MODELS
 from parity_studies import runs
 from parity_studies.markdown import replace_marked_block
 from parity_studies.reproduction_report import README_MARKER, build_report, load_report, readme_table, run_dir, write_report
@@ -31,7 +31,7 @@ DEFAULT_SEEDS = [0, 1, 2]
 
 def run_complete(out: Path, model: str, framework: str, seed: int, quick: bool) -> bool:
     """Whether the run finished: all the recipe's epochs (or runs.QUICK_STEPS in --quick)."""
-    return runs.finished(run_dir(out, model, framework, seed), load_recipe(model).epochs, quick)
+    return runs.finished(run_dir(out, model, framework, seed), runs.recipe(model).epochs, quick)
 
 
 def complete_seeds(out: Path, model: str, seeds: list[int], quick: bool) -> list[int]:
@@ -92,6 +92,10 @@ def render_again(report_json: Path, out: Path) -> dict:
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m parity_studies.reproduce", description=__doc__.split("\n\n")[1])
     parser.add_argument("--models", nargs="+", metavar="MODEL", help="default: all")
+    parser.add_argument("--config", type=Path, metavar="PATH",
+                        help="a recipe file of your own (a pair of your own, or a built-in model's recipe changed): "
+                             "reproduce it instead of --models")
+    parser.add_argument("--epochs", type=positive_int, metavar="N", help="shorten every run to N epochs (said in the report)")
     parser.add_argument("--seeds", nargs="+", type=int, metavar="N", help=f"default: {' '.join(map(str, DEFAULT_SEEDS))}")
     runs.add_quick_flag(parser)
     parser.add_argument("--report-only", action="store_true",
@@ -110,10 +114,13 @@ def main(argv=None) -> int:
                                           ("--data-dir", args.data_dir is not None)) if value]
         if given:
             parser.error(f"--from-json renders a report written earlier and trains nothing: leave out {', '.join(given)}")
-    args.models, args.seeds = args.models or list(MODELS), args.seeds or DEFAULT_SEEDS
+    if args.config is not None and args.models:
+        parser.error("--config names the model itself: leave out --models")
+    args.seeds = args.seeds or DEFAULT_SEEDS
 
     def body() -> int:
         require_extra("scipy", "studies")
+        args.models = runs.use_recipe(args.config, args.epochs, args.models or list(MODELS))
         report = render_again(args.from_json, args.out) if args.from_json is not None else reproduce(args)
         if args.update_readme:
             replace_marked_block(args.update_readme, README_MARKER, readme_table(report))

@@ -16,8 +16,7 @@ import numpy as np
 from cnn_parity.errors import UsageError
 from cnn_parity.files import read_json, write_json_atomic
 from cnn_parity.provenance import machine_info, versions
-from cnn_parity.recipes import load_recipe
-from parity_studies import statistics
+from parity_studies import runs, statistics
 from parity_studies.runs import epoch_records
 
 # What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
@@ -259,10 +258,13 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -
     report: dict[str, Any] = {"models": {}, "seeds": seeds_by_model, "quick": quick, "versions": versions(), "machine": machine_info(),
                               "command": " ".join(["python -m parity_studies.reproduce", *sys.argv[1:]])}
     for model, seeds in seeds_by_model.items():
-        recipe = load_recipe(model)
+        recipe = runs.recipe(model)
         flax, torch = summarise(out, model, "flax", seeds), summarise(out, model, "torch", seeds)
+        deviation = DEVIATIONS.get(model, "a recipe of your own")
+        if runs.shortened(model):
+            deviation += f"; shortened to {recipe.epochs} epochs (--epochs)"
         report["models"][model] = {"source": {"description": recipe.source, "reported": recipe.reported},
-                                   "flax": flax, "torch": torch, "deviation": DEVIATIONS[model]}
+                                   "flax": flax, "torch": torch, "deviation": deviation}
         report["device"] = flax["device"]
     return write_report(out, report)
 

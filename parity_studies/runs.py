@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import read_json, write_bytes_atomic
 from cnn_parity.frameworks import command_module
-from cnn_parity.recipes import MODELS
+from cnn_parity.recipes import MODELS, Recipe, load_recipe
 from cnn_parity.workdir import read_metrics
 
 CHECKPOINT_EVERY = 2000
@@ -102,11 +102,46 @@ def add_quick_flag(parser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_STEPS} steps per run")
 
 
+# A study's recipes of the user's own (--config: model name → recipe file) and shortened length (--epochs):
+# every run of that model gets them, and whatever reads a run's length reads them here.
+_CONFIGS: dict[str, Path] = {}
+_EPOCHS: dict[str, int] = {}
+
+
+def use_recipe(config: Path | None, epochs: int | None, models: Sequence[str]) -> list[str]:
+    """The models a study trains: `models`, or the one of the recipe file `config` (a pair of the user's
+    own, or a built-in model's recipe of theirs); each shortened to `epochs` if given."""
+    if config is not None:
+        recipe = load_recipe(config=config)
+        _CONFIGS[recipe.model] = Path(config).resolve()
+        models = [recipe.model]
+    for model in models:
+        if epochs is not None:
+            _EPOCHS[model] = epochs
+    return list(models)
+
+
+def recipe(model: str) -> Recipe:
+    """The recipe a study trains `model` with: its --config, or the built-in one; --epochs applied."""
+    overrides = {"epochs": _EPOCHS[model]} if model in _EPOCHS else None
+    return load_recipe(config=_CONFIGS[model], overrides=overrides) if model in _CONFIGS else \
+        load_recipe(model, overrides=overrides)
+
+
+def shortened(model: str) -> bool:
+    return model in _EPOCHS
+
+
+def _recipe_flags(model: str) -> list[str]:
+    return [*(["--config", str(_CONFIGS[model])] if model in _CONFIGS else []),
+            *(["--epochs", str(_EPOCHS[model])] if model in _EPOCHS else [])]
+
+
 def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
     """A command's --models and --seeds: known models, distinct non-negative seeds."""
-    unknown = [m for m in models if m not in MODELS]
+    unknown = [m for m in models if m not in MODELS and m not in _CONFIGS]
     if unknown:
-        raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)}")
+        raise UsageError(f"unknown model {unknown[0]!r}; choose from: {', '.join(MODELS)} (or --config a recipe file)")
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UsageError("seeds must be distinct and non-negative")
 
@@ -172,7 +207,7 @@ def train(workdir: Path, framework: str, model: str, seed: int, flags: Sequence[
     """Train `model` with `framework` and `seed` into `workdir` (resuming it if it exists), passing
     the extra CLI `flags`; raise RunError, quoting the run's own log, if it fails."""
     command = ["-m", command_module(framework, "train"), "--model", model, "--seed", str(seed),
-               "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY), *flags]
+               "--workdir", str(workdir), "--checkpoint-every", str(CHECKPOINT_EVERY), *_recipe_flags(model), *flags]
     if data_dir:
         command += ["--data-dir", data_dir]
     if workdir.exists():

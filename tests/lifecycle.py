@@ -104,8 +104,9 @@ def assert_events_mirror_metrics(workdir: Path) -> None:
         assert events[tag] == [(r["steps"], float(np.float32(r[key]))) for r in records], tag
     for tag, key in STEP_SCALAR_TAGS.items() if steps else ():
         assert events[tag] == [(r["step"], float(np.float32(r[key]))) for r in steps], tag
-    ((step, text),) = events[RECIPE_EVENT_TAG]
-    assert step == 0 and json.loads(text.decode()) == json.loads((workdir / "config.json").read_text())["recipe"]
+    recipes = events[RECIPE_EVENT_TAG]  # at step 0, and again at each resume's first step
+    assert recipes[0][0] == 0 and [step for step, _ in recipes] == sorted(step for step, _ in recipes)
+    assert json.loads(recipes[-1][1].decode()) == json.loads((workdir / "config.json").read_text())["recipe"]
 
 
 def litter(workdir: Path) -> list[Path]:
