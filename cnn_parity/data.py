@@ -336,3 +336,10 @@ def _sha256_file(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def check_labels(split: Split, outputs: int, where: str) -> None:
+    """DataError unless every label indexes one of a model's `outputs` class scores."""
+    top = int(split.labels.max()) if len(split.labels) else -1
+    if top >= outputs:
+        raise DataError(f"{where}: labels go up to {top}, but the model has {outputs} outputs (classes 0 .. {outputs - 1})")

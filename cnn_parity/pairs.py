@@ -30,10 +30,10 @@ from cnn_parity.files import unsafe_to_load
 CHECKER = "parity_check"  # the module `python -m` runs
 
 
-def import_attr(spec: str, flag: str):
-    """The object `PKG.MOD:ATTR` names, from a module whose file (judged by its real path) no other
-    user could have written."""
-    module_name, _, attr = spec.partition(":")
+def locate(spec: str, flag: str) -> None:
+    """UsageError unless `PKG.MOD:ATTR`'s module is found, in a file (judged by its real path) no other
+    user could have written; imports nothing."""
+    module_name = spec.partition(":")[0]
     try:
         found = importlib.util.find_spec(module_name)
     except (ImportError, ValueError) as e:
@@ -42,6 +42,12 @@ def import_attr(spec: str, flag: str):
         raise UsageError(f"{flag} {spec}: no module {module_name} (is its folder on PYTHONPATH, or the current one?)")
     if found.origin and os.path.exists(found.origin) and (why := unsafe_to_load(found.origin)):
         raise UsageError(f"{flag} {spec}: refusing to import it: {why}")
+
+
+def import_attr(spec: str, flag: str):
+    """The object `PKG.MOD:ATTR` names (`locate`d first)."""
+    locate(spec, flag)
+    module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 (any failure of the user's module is bad input here)
@@ -130,6 +136,8 @@ def check_recipe(recipe, data_dir: str | None) -> CheckedPair:
     weights at the recipe's seed."""
     from cnn_parity import data
 
+    locate(recipe.pair.torch, "[pair] torch")
+    locate(recipe.pair.flax, "[pair] flax")
     images = data.recipe_split(recipe, "test", data_dir).images
     height, width, channels = (*images.shape[1:3], images.shape[3] if images.ndim == 4 else 1)
     print(f"checking the pair {recipe.pair.torch} / {recipe.pair.flax} (python -m {CHECKER}) ...", file=sys.stderr)

@@ -202,7 +202,8 @@ def _run_training(framework: str, given: dict[str, Any], defaults: Mapping[str, 
     opened.append(workdir)
     options = {**{name: getattr(args, name) for name in recorded_flags}, "devices": trainer.num_devices}
     if trainer.is_primary:
-        shown = "".join(f" ({name} {value})" for name, value in options.items() if name in recorded_flags)
+        shown = "".join(f" ({name} {value})" for name, value in options.items()
+                        if name in recorded_flags and value is not None)
         print(f"{framework}{shown} {recipe.model}: {trainer.num_params:,} parameters, {recipe.dataset}, "
               f"{trainer.pipeline} pipeline, on {trainer.device}; writing {workdir.path}", flush=True)
     run_options = RunOptions(args.max_steps, args.checkpoint_every, args.log_every, args.tensorboard)

@@ -35,6 +35,7 @@ import optax
 from flax import serialization
 from flax.training import train_state
 
+from cnn_parity import data as neutral_data
 from cnn_parity import shared_rng, train_cli
 from cnn_parity.commands import positive_int
 from cnn_parity.errors import UsageError
@@ -277,6 +278,9 @@ class FlaxTrainer:
         if recipe.pair is not None:
             example = data.normalize(self.test_data.images[:1], *recipe.normalization)
             self.pair_model, params = pair_model.init(recipe, init_key, np.asarray(example))
+            outputs = self.pair_model.apply({"params": params}, example).shape[-1]
+            for split in ("train", "test"):
+                neutral_data.check_labels(data.load_split(recipe, split, pipeline, data_dir), outputs, recipe.data_file)
             state = TrainState.create(apply_fn=self.pair_model.apply, params=params,
                                       tx=make_optimizer(recipe.optimizer, make_schedule(recipe, self.steps_per_epoch)))
         else:

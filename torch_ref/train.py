@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnn_parity import data as neutral_data
 from cnn_parity import shared_rng, train_cli
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.pairs import CheckedPair
@@ -150,6 +151,12 @@ class TorchTrainer:
                                                                 self.shuffle_generator, world)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = make_scheduler(self.optimizer, recipe, self.steps_per_epoch)
+        if recipe.pair is not None:  # a pair's model and data: its labels must index its outputs
+            images, _ = next(iter(self.test_loader))
+            with torch.no_grad():
+                outputs = self.model.eval()(images[:1].to(self.torch_device)).shape[-1]
+            for split in ("train", "test"):
+                neutral_data.check_labels(neutral_data.recipe_split(recipe, split, data_dir), outputs, recipe.data_file)
         self._batches = None  # the running epoch's batch iterator, from step self._next_step on
         self._epoch, self._next_step = 0, 0
         self._epoch_start_shuffle_state: torch.Tensor | None = None  # while an epoch is running

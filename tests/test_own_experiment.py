@@ -1,0 +1,108 @@
+"""Your own experiment (docs/your-own-experiment.md), walked end to end as a new user walks it: a small
+ResNet pair of the user's own on scikit-learn's digits (examples/own_experiment): checked, trained
+paired in both frameworks with AdamW and a cosine schedule, compared with a verdict, evaluated across
+frameworks, reproduced over seeds and put through a short equivalence study; and what a user gets
+wrong in such a recipe, one line and exit 2 each."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .test_bad_input import assert_usage_error
+from .test_cli import REPO
+
+pytestmark = pytest.mark.slow  # trains the pair through the CLIs
+
+EXAMPLE = REPO / "examples" / "own_experiment"
+
+
+def command(folder: Path, module: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the pair's module imports from the folder run in
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=1200)
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("own")
+    for name in ("digits_resnet.py", "digits_resnet.toml", "make_digits_npz.py"):
+        shutil.copy(EXAMPLE / name, folder / name)
+    made = subprocess.run([sys.executable, "make_digits_npz.py", "digits.npz"], cwd=folder, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    return folder
+
+
+def test_a_pair_of_your_own_trains_paired_compares_and_evaluates_across_frameworks(experiment):
+    checked = command(experiment, "parity_check", "--torch", "digits_resnet:TorchResNet", "--flax",
+                      "digits_resnet:LinenResNet", "--input-shape", "4,1,8,8")
+    assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout + checked.stderr
+    for framework, module in (("flax", "flax_impl.train"), ("torch", "torch_ref.train")):
+        trained = command(experiment, module, "--config", "digits_resnet.toml", "--paired", "--epochs", "2",
+                          "--workdir", f"runs/{framework}")
+        assert trained.returncode == 0, trained.stderr[-2000:]
+        assert "checking the pair digits_resnet:TorchResNet / digits_resnet:LinenResNet" in trained.stderr
+    compared = command(experiment, "cnn_parity.compare", "runs/flax", "runs/torch", "--json")
+    result = json.loads(compared.stdout)
+    assert result["verdict"]["within_bounds"] and [row["epoch"] for row in result["epochs"]] == [1, 2]
+    assert abs(result["epochs"][0]["train_loss"][2]) < 1e-4  # the same start and batches: float rounding apart
+    steps = [json.loads(line) for line in (experiment / "runs/flax/steps.jsonl").read_text().splitlines()]
+    assert len({round(s["learning_rate"], 12) for s in steps}) > 1  # the cosine schedule, logged
+    evaluated = {}
+    for framework in ("flax", "torch"):
+        for trained_with in ("flax", "torch"):
+            out = command(experiment, f"{'flax_impl' if framework == 'flax' else 'torch_ref'}.evaluate",
+                          "--checkpoint", f"runs/{trained_with}", "--json")
+            assert out.returncode == 0, out.stderr[-2000:]
+            evaluated[framework, trained_with] = json.loads(out.stdout)["test_accuracy"]
+    for trained_with in ("flax", "torch"):  # either framework evaluates either's weights alike
+        assert evaluated["flax", trained_with] == pytest.approx(evaluated["torch", trained_with], abs=1 / 360)
+
+
+def test_the_studies_take_a_recipe_of_your_own(experiment):
+    reproduced = command(experiment, "parity_studies.reproduce", "--config", "digits_resnet.toml", "--seeds", "0",
+                         "1", "--epochs", "1", "--out", "reproduce")
+    assert reproduced.returncode == 0, reproduced.stderr[-2000:]
+    report = json.loads((experiment / "reproduce/report.json").read_text())
+    assert report["models"]["digits_resnet"]["deviation"].endswith("shortened to 1 epochs (--epochs)")
+    studied = command(experiment, "parity_studies.equivalence", "--config", "digits_resnet.toml", "--seeds", "0", "1",
+                      "2", "--margin", "1.2", "--epochs", "1", "--jobs", "2", "--out", "equivalence")
+    assert studied.returncode == 0, studied.stderr[-2000:]
+    report = json.loads((experiment / "equivalence/report.json").read_text())
+    assert report["status"] == "exploratory" and "not pre-registered" in report["status_reason"]
+    assert report["models"]["digits_resnet"]["independent"]["endpoints"]["test_error"]["margin"] == pytest.approx(
+        np.log(1.2))
+
+
+def _recipe(experiment: Path, name: str, replace: tuple[str, str]) -> str:
+    text = (experiment / "digits_resnet.toml").read_text()
+    assert replace[0] in text
+    (experiment / name).write_text(text.replace(*replace))
+    return name
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (('torch = "digits_resnet:TorchResNet"', 'torch = "no_such_module:Net"'),
+     "[pair] torch no_such_module:Net: no module no_such_module"),
+    (("[schedule]", "[schedule]\nwarmup_epochs = 3"), "unknown recipe key schedule.warmup_epochs"),
+    (('data_file = "digits.npz"', 'data_file = "shapes.npz"'), "shapes.npz: x_train must be (N, H, W) or (N, H, W, C)"),
+    (('data_file = "digits.npz"', 'data_file = "strings.npz"'), "strings.npz: x_train must be uint8 pixels or finite floats"),
+    (('data_file = "digits.npz"', 'data_file = "labels.npz"'), "labels go up to 12, but the model has 10 outputs"),
+], ids=["model-does-not-import", "schedule-key", "data-shape", "data-dtype", "labels-out-of-range"])
+def test_what_a_user_gets_wrong_in_a_recipe_of_their_own_is_one_line(experiment, change, fragment):
+    with np.load(experiment / "digits.npz") as digits:
+        arrays = dict(digits)
+    np.savez(experiment / "shapes.npz", **{**arrays, "x_train": arrays["x_train"].reshape(len(arrays["x_train"]), -1)})
+    np.savez(experiment / "strings.npz", **{**arrays, "x_train": arrays["x_train"].astype(np.int32)})
+    np.savez(experiment / "labels.npz", **{**arrays, "y_train": np.where(arrays["y_train"] == 9, 12, arrays["y_train"])})
+    recipe = _recipe(experiment, "broken.toml", change)
+    for module in ("flax_impl.train", "torch_ref.train"):
+        result = command(experiment, module, "--config", recipe, "--max-steps", "2", "--workdir", f"broken-{module}")
+        assert_usage_error(result, fragment)
