@@ -32,10 +32,11 @@ from cnn_parity.commands import OneLineParser, positive_int
 from cnn_parity.errors import UsageError
 from cnn_parity.provenance import machine_info
 from cnn_parity.recipes import MODELS
+from cnn_parity.specs import spec
 from parity_studies.markdown import replace_marked_block
 
-# Training steps per timed trial (full mode): about 1-3 s of work each on a 2-core CPU.
-FULL_STEPS = {"mlp": 600, "cnn_base": 12, "cnn_2layer": 25, "lenet": 120, "fashion_cnn": 120}
+# Training steps per timed trial (full mode): each recipe file's [checks] benchmark_steps.
+FULL_STEPS = {model: spec(model).benchmark_steps for model in MODELS}
 QUICK_STEPS = 3
 # The README block `--update-readme` regenerates.
 README_MARKER = "benchmark-goals"

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from cnn_parity.data import DATASETS, NUM_EXAMPLES_OF
 from cnn_parity.errors import UsageError
+from cnn_parity.specs import SPEC_TABLES
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -264,6 +265,8 @@ def _read_recipe_file(path) -> dict[str, Any]:
         raise UsageError(f"config {path} is not UTF-8 text (a TOML recipe file)") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {path} is not valid TOML: {e}") from None
+    for table in SPEC_TABLES:  # a model's facts besides its recipe (cnn_parity/specs.py)
+        raw.pop(table, None)
     if isinstance(raw.get("data_file"), str) and raw["data_file"]:  # a recipe's data beside it, wherever it is run
         raw["data_file"] = str((Path(str(path)).parent / raw["data_file"]).resolve())
     return raw
@@ -383,9 +386,14 @@ def _build(raw: dict, origin: str, overridden: set[str] = frozenset()) -> Recipe
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        first = e.errors(include_url=False)[0]
-        key = ".".join(str(part) for part in first["loc"])
-        by_override = any(k == key or k.startswith(f"{key}.") for k in overridden) if key else bool(overridden)
+        errors = e.errors(include_url=False)
+        # A value that fits no member of a union (a scalar or a list) fails once per member: the deepest
+        # failure, or one past the type check, is the member the value was meant for; the member's label
+        # is no part of the key.
+        first = max((error for error in errors if error["loc"][:1] == errors[0]["loc"][:1]),
+                    key=lambda error: (len(error["loc"]), not error["type"].endswith("_type")))
+        key = ".".join(str(part) for part in first["loc"] if "[" not in str(part))
+        by_override = any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in overridden) if key else bool(overridden)
         where = "" if by_override else f"{origin}: "
         raise UsageError(where + _one_line(first, key)) from None
 

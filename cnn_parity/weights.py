@@ -17,34 +17,27 @@ from typing import Mapping
 import numpy as np
 
 from cnn_parity.data import IMAGE_SHAPE
+from cnn_parity.recipes import MODELS
 from cnn_parity.errors import UsageError
 from cnn_parity.files import write_bytes_atomic
+from cnn_parity.specs import spec
 
-# Per model, in forward order: (name, in_features / in_channels, out, kernel size or None for Linear).
+# Per model, in forward order: (name, in_features / in_channels, out, kernel size or None for Linear);
+# each model's [architecture] table (cnn_parity/specs.py).
 LAYERS: dict[str, list[tuple[str, int, int, int | None]]] = {
-    "mlp": [("fc1", 784, 20, None), ("fc2", 20, 10, None)],
-    "cnn_base": [("conv1", 1, 16, 5), ("conv2", 16, 32, 5), ("conv3", 32, 64, 5),
-                 ("fc1", 576, 100, None), ("fc2", 100, 10, None)],
-    "cnn_2layer": [("conv1", 1, 32, 3), ("conv2", 32, 64, 3), ("fc", 3136, 10, None)],
-    "lenet": [("conv1", 1, 6, 5), ("conv2", 6, 16, 5),
-              ("fc1", 256, 120, None), ("fc2", 120, 84, None), ("fc3", 84, 10, None)],
-    "fashion_cnn": [("conv1", 1, 10, 5), ("conv2", 10, 20, 5), ("fc1", 320, 50, None), ("fc2", 50, 10, None)],
-}
+    model: [(layer.name, layer.inputs, layer.outputs, layer.kernel) for layer in spec(model).layers] for model in MODELS}
 
 # Per convolution, in forward order: its zero padding, and whether a 2x2 max-pool follows it. All are
 # square, stride 1 and undilated, and the first one sees the whole image.
 _CONVOLUTIONS: dict[str, dict[str, tuple[int, bool]]] = {
-    "mlp": {},
-    "cnn_base": {"conv1": (0, False), "conv2": (0, True), "conv3": (0, True)},
-    "cnn_2layer": {"conv1": (1, True), "conv2": (1, True)},
-    "lenet": {"conv1": (0, True), "conv2": (0, True)},
-    "fashion_cnn": {"conv1": (0, True), "conv2": (0, True)},
-}
+    model: {layer.name: (layer.padding, layer.pooled) for layer in spec(model).layers if layer.kernel}
+    for model in MODELS}
 
 # The weights a model's source initialised explicitly, and with what, under either init scheme (the
 # recipe's `init` decides every other weight and every bias). Each framework implements each
 # initialiser named here: flax_impl/models.py, torch_ref/models.py, cnn_parity/shared_rng.py.
-EXPLICIT_WEIGHT_INITS: dict[str, dict[str, str]] = {"cnn_2layer": {"fc": "xavier_uniform"}}
+EXPLICIT_WEIGHT_INITS: dict[str, dict[str, str]] = {
+    model: spec(model).explicit_init for model in MODELS if spec(model).explicit_init}
 
 
 def _convolved(side: int, padding: int, kernel: int) -> int:

@@ -16,25 +16,11 @@ import numpy as np
 from cnn_parity.errors import UsageError
 from cnn_parity.files import read_json, write_json_atomic
 from cnn_parity.provenance import machine_info, versions
+from cnn_parity.recipes import MODELS
+from cnn_parity.specs import spec
 from parity_studies import runs, statistics
 from parity_studies.runs import epoch_records
 
-# What each source did differently, what we did, and what it does to the comparison (docs/deviations.md).
-DEVIATIONS = {
-    "mlp": "The source reports only the mean train loss per epoch, for two notebook runs; our test accuracy has "
-           "no source counterpart, so compare the train-loss curves. Run A lies one epoch ahead of run B "
-           "(|A[e] - B[e+1]| <= 0.005 for every epoch), as if that notebook cell trained an already trained "
-           "model: compare a fresh run (ours) with run B.",
-    "cnn_base": "The source flattens with the global batch size (works only with drop_last); we flatten per "
-                "sample: the same function on its full batches. It prints no accuracy value.",
-    "cnn_2layer": "The source's forward skips the final Linear, and its 0.99288 'test' accuracy was measured on "
-                  "training images fed as raw 0-255 pixels. We apply the Linear and evaluate on the real test "
-                  "split, so our test accuracy is not comparable to 0.99288; its train-loss curve is.",
-    "lenet": "No deviation in the recipe; the source shows no result values, so there is nothing to compare to.",
-    "fashion_cnn": "Dropout2d on a (N, 50) tensor is element-wise dropout in current PyTorch; we use plain "
-                   "dropout in both frameworks, the same behaviour, so its reported epoch 1/2/40 figures "
-                   "are directly comparable.",
-}
 
 
 def run_dir(out: Path, model: str, framework: str, seed: int) -> Path:
@@ -260,7 +246,7 @@ def build_report(out: Path, seeds_by_model: dict[str, list[int]], quick: bool) -
     for model, seeds in seeds_by_model.items():
         recipe = runs.recipe(model)
         flax, torch = summarise(out, model, "flax", seeds), summarise(out, model, "torch", seeds)
-        deviation = DEVIATIONS.get(model, "a recipe of your own")
+        deviation = spec(model).deviation if model in MODELS else "a recipe of your own"
         if runs.shortened(model):
             deviation += f"; shortened to {recipe.epochs} epochs (--epochs)"
         report["models"][model] = {"source": {"description": recipe.source, "reported": recipe.reported},

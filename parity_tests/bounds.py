@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from cnn_parity.recipes import MODELS
+from cnn_parity.specs import spec
+
 # 2. Forward, eval mode, after conversion, both directions, real / uniform-pixel / Gaussian inputs,
 # batches of 1, 7 and 128 (`forward_max_abs_diff`, per case `forward_cases`). The largest differences
 # are cnn_2layer's on Gaussian inputs, whose logits reach ~±10: float32 rounding of large sums.
@@ -99,19 +102,8 @@ class AccuracyBudget:
         return abs(flax_accuracy - torch_accuracy) <= self.bound
 
 
-ACCURACY = {
-    # measured (seeds per framework): flax mean ± sd | torch mean ± sd; largest |Δ| over all seed pairs
-    # mlp (30): 0.796 ± 0.018 | 0.797 ± 0.021 (t = -0.2); 0.072. 4 x 0.019 x sqrt(2) = 0.109.
-    "mlp": AccuracyBudget(steps=500, bound=0.11, floor=0.70),
-    # cnn_base (6): 0.795 ± 0.015 | 0.804 ± 0.030; 0.063. 4 x 0.024 x sqrt(2) = 0.135.
-    "cnn_base": AccuracyBudget(steps=150, bound=0.14, floor=0.70),
-    # cnn_2layer (6): 0.886 ± 0.011 | 0.898 ± 0.013; 0.041. 4 x 0.012 x sqrt(2) = 0.068.
-    "cnn_2layer": AccuracyBudget(steps=150, bound=0.07, floor=0.80),
-    # lenet (6): 0.912 ± 0.017 | 0.898 ± 0.014; 0.053. 4 x 0.015 x sqrt(2) = 0.087.
-    "lenet": AccuracyBudget(steps=2500, bound=0.09, floor=0.80),
-    # fashion_cnn (6): 0.634 ± 0.026 | 0.651 ± 0.018; 0.089. 4 x 0.023 x sqrt(2) = 0.128.
-    "fashion_cnn": AccuracyBudget(steps=300, bound=0.13, floor=0.50),
-}
+# Each model's budget, with the measurement behind it: its recipe file's [checks] parity_accuracy.
+ACCURACY = {model: AccuracyBudget(**spec(model).parity_accuracy) for model in MODELS}
 
 # 9. A planted bug must push its measurement past the bound by at least this factor, so that a
 # "caught" bug is unambiguous and not a near-tie with rounding.

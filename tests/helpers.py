@@ -8,24 +8,18 @@ import math
 
 import numpy as np
 
-from cnn_parity.recipes import load_recipe
+from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.shared_rng import TRUNCATED_NORMAL_STD
+from cnn_parity.specs import spec
 from cnn_parity.stop_signals import StopRequest
 from cnn_parity.training import RunOptions, fit
 from cnn_parity.weights import EXPLICIT_WEIGHT_INITS, LAYERS
 from cnn_parity.workdir import Workdir
 
 # Short real-data budgets (steps at the recipe's own batch size and optimiser) and the test accuracy
-# each must beat; chance is 10 %. lenet's recipe (SGD 1e-3) sits near chance for its whole first epoch
-# (12-25 % after 469 steps, 3 seeds, PyTorch), so it gets three epochs.
-LEARNING_STEPS = {"mlp": 200, "cnn_base": 100, "cnn_2layer": 100, "lenet": 1407, "fashion_cnn": 200}
-# Measured on this project's 2-core CPU, seeds 0-2 (Flax | PyTorch) at the budgets above:
-#   mlp 0.617 0.689 0.669 | 0.639 0.665 0.673;  cnn_base 0.844 0.851 0.873 | 0.838 0.836 0.847;
-#   cnn_2layer 0.933 0.933 0.917 | 0.931 0.932 0.927;  lenet 0.391 0.866 0.849 | 0.745 0.861 0.772;
-#   fashion_cnn 0.581 0.673 0.616 | -.
-# Each bound sits below the lowest measurement and at least 3x chance. lenet's is the loosest: when
-# its plateau breaks varies with the seed (Flax seed 0 breaks it last, at 0.391).
-MIN_TEST_ACCURACY = {"mlp": 0.5, "cnn_base": 0.7, "cnn_2layer": 0.8, "lenet": 0.3, "fashion_cnn": 0.45}
+# each must beat, with the measurements behind them: each recipe file's [checks] learning.
+LEARNING_STEPS = {model: spec(model).learning_steps for model in MODELS}
+MIN_TEST_ACCURACY = {model: spec(model).min_test_accuracy for model in MODELS}
 
 
 def source_num_params(model: str) -> int:

@@ -46,7 +46,7 @@ def test_a_pair_of_your_own_trains_paired_compares_and_evaluates_across_framewor
     assert checked.returncode == 0 and "PASS" in checked.stdout, checked.stdout + checked.stderr
     for framework, module in (("flax", "flax_impl.train"), ("torch", "torch_ref.train")):
         trained = command(experiment, module, "--config", "digits_resnet.toml", "--paired", "--epochs", "2",
-                          "--workdir", f"runs/{framework}")
+                          "--log-every", "5", "--workdir", f"runs/{framework}")
         assert trained.returncode == 0, trained.stderr[-2000:]
         assert "checking the pair digits_resnet:TorchResNet / digits_resnet:LinenResNet" in trained.stderr
     compared = command(experiment, "cnn_parity.compare", "runs/flax", "runs/torch", "--json")

@@ -30,7 +30,10 @@ def test_initialisation_schemes(model, scheme):
 def test_normalize_is_totensor_then_normalize():
     images = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
     expected = (images.astype(np.float32)[:, None] / np.float32(255) - np.float32(0.1307)) / np.float32(0.3081)
-    np.testing.assert_array_equal(data.normalize(torch.from_numpy(images), 0.1307, 0.3081).numpy(), expected)
+    normalized = data.normalize(torch.from_numpy(images), 0.1307, 0.3081)
+    np.testing.assert_array_equal(normalized.numpy(), expected)
+    # Strides as well as values: channels_last strides would choose other convolution kernels.
+    assert normalized.stride() == torch.empty(expected.shape).stride()
 
 
 @pytest.mark.parametrize("model", ["lenet", "fashion_cnn"])
@@ -43,6 +46,7 @@ def test_torchvision_pipeline_yields_the_same_tensors_as_the_tensor_pipeline(mod
     _, tensor_test = data.make_loaders(recipe, "tensor", data_dir, device, torch.Generator().manual_seed(0))
     for (torchvision_images, torchvision_labels), (images, labels) in zip(torchvision_test, tensor_test):
         assert torch.equal(torchvision_images, images) and torch.equal(torchvision_labels, labels)
+        assert torchvision_images.stride() == images.stride()
     assert len(torchvision_test) == len(tensor_test) == 10
 
 

@@ -32,8 +32,11 @@ _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (N, H, W[, C]) → float32 NCHW, bitwise as torchvision's ToTensor then Normalize(mean, std)
     (tests/test_torch_ref.py checks it against torchvision's own transforms; a float per channel, or
-    one); float images, normalised when loaded, as they are."""
-    return data.channels_last_inputs(images, _table(mean, std, images.device), torch).permute(0, 3, 1, 2)
+    one); float images, normalised when loaded, as they are. NCHW strides, as ToTensor gives: the
+    permuted view has channels_last strides, which choose other convolution kernels, and .contiguous()
+    keeps them for one channel (a size-1 dimension's stride does not count)."""
+    nhwc = data.channels_last_inputs(images, _table(mean, std, images.device), torch)
+    return nhwc.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 @functools.lru_cache(maxsize=8)
