@@ -19,12 +19,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def report_errors(prog: str, body: Callable[[], int], stopped: Callable[[KeyboardInterrupt], str] | None = None,
-                  internal_exit: int = 1) -> int:
+                  internal_exit: int = 1, file_error_exit: int = 1) -> int:
     """Run a command's body and map what it raises to one line on stderr and an exit code, the same for
-    every command: a CnnParityError its own code (2 bad input, 1 a failed run); a stop signal
-    (KeyboardInterrupt, or one carrying the `signum` that stopped it) 128 + its number, saying what
-    `stopped` reports was kept; any other exception `internal_exit` (1 unless the command gives 1
-    another meaning), as an internal error (a bug: the traceback with CNN_PARITY_DEBUG=1)."""
+    every command: a CnnParityError its own code (2 bad input, 1 a failed run); an OSError (a file that
+    cannot be read or written) `file_error_exit`, naming the path; a stop signal (KeyboardInterrupt, or
+    one carrying the `signum` that stopped it) 128 + its number, saying what `stopped` reports was kept;
+    any other exception `internal_exit`, as an internal error (a bug: the traceback with
+    CNN_PARITY_DEBUG=1). Both are 1 unless the command gives 1 another meaning."""
     try:
         return body()
     except CnnParityError as e:
@@ -35,6 +36,10 @@ def report_errors(prog: str, body: Callable[[], int], stopped: Callable[[Keyboar
         said = stopped(e) if stopped is not None else "interrupted" if signum == signal.SIGINT else "terminated"
         print(f"{prog}: {said}", file=sys.stderr)
         return 128 + signum
+    except OSError as e:  # the file system refused (unwritable, full, gone): the path and why
+        where = f"{e.filename}: " if e.filename is not None else ""
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return file_error_exit
     except Exception as e:
         return internal_error(prog, e, internal_exit)
 

@@ -225,7 +225,7 @@ def settings(args) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return report_errors(PROG, lambda: _check(args), internal_exit=INTERNAL_ERROR)
+    return report_errors(PROG, lambda: _check(args), internal_exit=INTERNAL_ERROR, file_error_exit=2)
 
 
 def _check(args) -> int:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cnn_parity.commands import OneLineParser
+from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.files import read_json
 from cnn_parity.provenance import versions
@@ -286,7 +286,7 @@ def main(argv=None) -> int:
             p.error(f"--from-json renders a report written earlier and measures nothing: leave out {', '.join(given)}")
     out = Path(args.out)
 
-    try:
+    def body() -> int:
         if args.from_json is not None:
             report = load_report(args.from_json)
             out.mkdir(parents=True, exist_ok=True)
@@ -296,15 +296,12 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             report = measure(list(dict.fromkeys(args.models or MODELS)), not args.no_accuracy)
             (out / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
-        compact = write_tables(report, out, args.update_readme)
-    except CnnParityError as e:  # e.g. a data set not found, an unreadable report: one line, not a traceback
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return e.exit_code
-    print(compact)
-    print(f"Full table: {out / 'parity.md'}")
-    ok = all(all(r["within_bounds"].values()) for by_api in report["models"].values() for r in by_api.values())
-    return 0 if ok else 1
+        print(write_tables(report, out, args.update_readme))
+        print(f"Full table: {out / 'parity.md'}")
+        ok = all(all(r["within_bounds"].values()) for by_api in report["models"].values() for r in by_api.values())
+        return 0 if ok else 1
 
+    return report_errors(p.prog, body)
 
 if __name__ == "__main__":
     sys.exit(main())

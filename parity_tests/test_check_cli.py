@@ -138,12 +138,12 @@ def test_existing_output_files_are_left_alone(tmp_path, capsys):
 
 
 def test_regenerate_examples_replaces_an_examples_output(tmp_path, capsys):
-    from parity_check import regenerate_examples
+    from parity_tests import docs
 
     page = tmp_path / "page.md"
     page.write_text(f"```\n$ python -m parity_check --torch {EX}:torch_resnet \\\n    --flax {EX}:LinenBlock "
                     "--input-shape 4,3,32,32\nstale output\n(exit status 0)\n```\n")
-    assert regenerate_examples.main([str(page)]) == 0
+    assert docs.main(["worked-examples", str(page)]) == 0
     lines = page.read_text().splitlines()
     assert "cannot build the model without arguments" in lines[3] and lines[4:] == ["(exit status 2)", "```"]
 

@@ -139,9 +139,9 @@ def test_recipe_metadata_that_is_not_json(framework, weights_file, tmp_path):
 def test_values_the_libraries_refuse(framework, data_dir, tmp_path):
     env = {"CNN_PARITY_DATA_DIR": str(data_dir)}
     assert_usage_error(run_cli(framework, "--model", "cnn_base", "--batch-size", "70000", cwd=tmp_path),
-                       "recipe key batch_size: input should be less than or equal to 60000, got 70000")
+                       "batch_size 70000 is larger than the train split (60,000 examples)")
     assert_usage_error(run_cli(framework, "--model", "mlp", "--set", "eval_batch_size=10001", cwd=tmp_path),
-                       "recipe key eval_batch_size: input should be less than or equal to 10000, got 10001")
+                       "eval_batch_size 10001 is larger than the test split (10,000 examples)")
     assert_usage_error(run_cli(framework, "--model", "mlp", "--seed", str(2**32), cwd=tmp_path),
                        "recipe key seed: must be in 0 .. 2**32 - 1")
     latin1 = tmp_path / "latin1.toml"
