@@ -33,7 +33,7 @@ from cnn_parity.errors import UsageError
 from cnn_parity.provenance import machine_info
 from cnn_parity.recipes import MODELS
 from cnn_parity.specs import spec
-from parity_studies.markdown import replace_marked_block
+from cnn_parity.markdown import replace_marked_block
 
 # Training steps per timed trial (full mode): each recipe file's [checks] benchmark_steps.
 FULL_STEPS = {model: spec(model).benchmark_steps for model in MODELS}

@@ -46,7 +46,7 @@ from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.provenance import machine_info, versions
 from cnn_parity.recipes import MODELS
 from parity_studies import protocol_report, protocols, runs, statistics
-from parity_studies.markdown import replace_marked_block
+from cnn_parity.markdown import replace_marked_block
 from parity_studies.protocols import FIRST, ModelPlan, Protocol
 
 # design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for

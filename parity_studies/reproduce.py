@@ -23,7 +23,7 @@ from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
 from cnn_parity.recipes import MODELS
 from parity_studies import runs
-from parity_studies.markdown import replace_marked_block
+from cnn_parity.markdown import replace_marked_block
 from parity_studies.reproduction_report import README_MARKER, build_report, load_report, readme_table, run_dir, write_report
 
 DEFAULT_SEEDS = [0, 1, 2]

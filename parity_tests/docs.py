@@ -1,8 +1,11 @@
 """The documentation pages that are generated rather than typed, regenerated:
 
+    python -m parity_tests.docs models --update-readme README.md          # the five models' table
     python -m parity_tests.docs check-cases --out docs/check-cases.md     # every pair the checker is tested on
     python -m parity_tests.docs worked-examples docs/check-your-own-model.md
 
+`models` writes the table of the five models from their recipe files (configs/), between the README's
+`<!-- models:begin -->` and `<!-- models:end -->` lines (without --update-readme it prints it).
 `check-cases` runs every case of parity_tests/ports/cases.py and writes the page of what the checker said
 (without --out it prints the totals only). `worked-examples` re-runs every `$ python -m parity_check ...`
 example of the pages given and replaces its printed output: an example is a line starting with that
@@ -22,6 +25,9 @@ from pathlib import Path
 from cnn_parity import provenance
 from cnn_parity.commands import OneLineParser, report_errors
 from cnn_parity.errors import UsageError
+from cnn_parity.markdown import replace_marked_block
+from cnn_parity.recipes import MODELS, Recipe, load_recipe
+from cnn_parity.specs import spec
 
 PROMPT = "$ python -m parity_check"
 STATUS = "(exit status "
@@ -37,6 +43,59 @@ Measured on {machine}; seconds per check on that machine, under whatever else it
 
 {table}
 """
+
+
+MODELS_MARKER = "models"
+DATASET_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+
+def _number(value: float) -> str:
+    """0.1, 0.01, 1e-3, 2e-4: as the sources write their rates."""
+    return f"{value:g}" if value >= 0.01 else f"{value:.0e}".replace("e-0", "e-")
+
+
+def architecture(model: str) -> str:
+    """The layers of `model` in forward order, from its spec: Conv6·Pool·Conv16·Pool·FC120·FC84·FC10 (5×5)."""
+    layers = spec(model).layers
+    names = [f"Conv{layer.outputs}" + ("·Pool" if layer.pooled else "") if layer.kernel else f"FC{layer.outputs}"
+             for layer in layers]
+    convolutions = {(layer.kernel, layer.padding) for layer in layers if layer.kernel}
+    notes = [f"{k}×{k}" + (" same-padded" if padding and 2 * padding + 1 == k else "")
+             for k, padding in sorted(convolutions)]
+    notes += [f"{name}: {init.replace('_', '-')}" for name, init in spec(model).explicit_init.items()]
+    return "·".join(names) + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def recipe_summary(recipe: Recipe) -> str:
+    """What a recipe trains with, in the sources' shorthand: SGD 1e-3 momentum 0.9, batch 128, 21 epochs."""
+    optimizer = recipe.optimizer
+    parts = [f"{optimizer.name.replace('sgd', 'SGD').replace('adamw', 'AdamW').replace('adam', 'Adam')} "
+             f"{_number(optimizer.lr)}" + (f" momentum {optimizer.momentum:g}" if optimizer.momentum else ""),
+             f"batch {recipe.batch_size}" + (" (drop last)" if recipe.drop_last else ""), f"{recipe.epochs} epochs"]
+    if recipe.seed:
+        parts.append(f"seed {recipe.seed}")
+    if recipe.normalization != (0.0, 1.0):
+        parts.append("Normalize({}, {})".format(*recipe.normalization))
+    return ", ".join(parts)
+
+
+def models_table() -> str:
+    lines = ["| `--model` | source | data | layers | recipe |", "|---|---|---|---|---|"]
+    for model in MODELS:
+        recipe = load_recipe(model)
+        lines.append(f"| `{model}` | {recipe.source.split(':')[0]} | {DATASET_NAMES[recipe.dataset]} | "
+                     f"{architecture(model)} | {recipe_summary(recipe)} |")
+    return "\n".join(lines)
+
+
+def models(update_readme: Path | None) -> int:
+    table = models_table()
+    if update_readme is None:
+        print(table)
+    else:
+        replace_marked_block(update_readme, MODELS_MARKER, table)
+        print(f"{update_readme}: the models' table rewritten")
+    return 0
 
 
 def check_cases(out: Path | None, only: str | None) -> int:
@@ -113,12 +172,17 @@ def worked_examples(pages: list[Path]) -> int:
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m parity_tests.docs", description=__doc__.splitlines()[0])
     pages = parser.add_subparsers(dest="page", required=True)
+    models_parser = pages.add_parser("models", help="the table of the five models, from their recipe files")
+    models_parser.add_argument("--update-readme", type=Path, metavar="PATH",
+                               help=f"replace this file's '{MODELS_MARKER}' block (default: print the table)")
     cases_parser = pages.add_parser("check-cases", help="the table of every pair the checker is tested on")
     cases_parser.add_argument("--out", type=Path, help="write the page here (default: print the totals)")
     cases_parser.add_argument("--only", help="run only the cases whose name holds this text")
     examples_parser = pages.add_parser("worked-examples", help="re-run the checker's examples in these pages")
     examples_parser.add_argument("pages", nargs="+", type=Path)
     args = parser.parse_args(argv)
+    if args.page == "models":
+        return report_errors(parser.prog, lambda: models(args.update_readme))
     if args.page == "check-cases":
         return report_errors(parser.prog, lambda: check_cases(args.out, args.only))
     return report_errors(parser.prog, lambda: worked_examples(args.pages))

@@ -28,7 +28,7 @@ from cnn_parity.errors import CnnParityError, UsageError
 from cnn_parity.files import read_json
 from cnn_parity.provenance import versions
 from cnn_parity.recipes import MODELS, load_recipe
-from parity_studies.markdown import replace_marked_block
+from cnn_parity.markdown import replace_marked_block
 from parity_tests import accuracy, batches, bounds, precision
 from parity_tests.apis import measure_apis
 from parity_tests.gradients import grad_cases

@@ -6,6 +6,7 @@ plans). A model added, removed or renamed cannot be left out of one."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,13 @@ def test_every_models_file_holds_its_facts_and_they_agree_with_its_recipe(model)
     assert {"steps", "bound", "floor"} == set(facts.parity_accuracy) and facts.deviation
     assert set(facts.explicit_init) <= {layer.name for layer in facts.layers}
     assert sum(math.prod(s) for s in canonical_shapes(model).values()) == load_recipe(model).reported["num_params"]
+
+
+def test_the_readmes_table_of_models_is_the_one_their_recipe_files_give():
+    """The README's models table is generated (python -m parity_tests.docs models --update-readme
+    README.md), never typed: a recipe changed without regenerating it fails here."""
+    from parity_tests import docs
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split(f"<!-- {docs.MODELS_MARKER}:begin -->\n")[1].split(f"\n<!-- {docs.MODELS_MARKER}:end -->")[0]
+    assert block == docs.models_table()

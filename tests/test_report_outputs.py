@@ -197,7 +197,7 @@ def test_readme_reproduction_table_is_what_the_committed_report_renders(tmp_path
     """The README's reproduction block is what `python -m parity_studies.reproduce ... --update-readme
     README.md` writes from reports/reproduction/report.json: no figure is typed."""
     from cnn_parity import reproduction_report
-    from parity_studies.markdown import replace_marked_block
+    from cnn_parity.markdown import replace_marked_block
 
     readme = tmp_path / "README.md"
     readme.write_text((REPO / "README.md").read_text())
