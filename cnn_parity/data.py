@@ -36,7 +36,7 @@ from cnn_parity.errors import DataError
 from cnn_parity.files import atomic_file, write_bytes_atomic
 
 IDX_DATASETS = ("mnist", "fashion_mnist")
-DATASETS = (*IDX_DATASETS, "npz")
+DATASETS = (*IDX_DATASETS, "npz", "tfds")
 SPLITS = ("train", "test")
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10
@@ -259,11 +259,21 @@ def _verify(path: Path, dataset: str, stem: str, ndim: int, name: str) -> np.nda
 
 
 def recipe_split(recipe, split: str, data_dir: str | os.PathLike | None = None) -> Split:
-    """One split of a recipe's data: its IDX data set, or its .npz file (normalised there if its images
-    are floats)."""
+    """One split of a recipe's data: its IDX data set, its .npz file, or its prepared TFDS data set (the
+    last two normalised here if their images are floats)."""
+    if recipe.dataset in IDX_DATASETS:  # sizes known in advance: the recipe checked its batch sizes
+        return load_split(recipe.dataset, split, data_dir)
     if recipe.dataset == "npz":
-        return load_npz(recipe.data_file, split, *recipe.normalization)
-    return load_split(recipe.dataset, split, data_dir)
+        loaded = load_npz(recipe.data_file, split, *recipe.normalization)
+    else:
+        from cnn_parity import tfds_data  # tensorflow-datasets is an optional extra
+
+        images, labels = tfds_data.load_named(recipe.tfds_name, split, recipe.tfds_dir or None)
+        loaded = checked_split(images, labels, recipe.data_name, ("image", "label"), *recipe.normalization)
+    if split == "train" and recipe.drop_last and recipe.batch_size > len(loaded.labels):
+        raise DataError(f"batch_size {recipe.batch_size} is larger than the train split of {recipe.data_name} "
+                        f"({len(loaded.labels):,} examples): with drop_last no batch would be trained")
+    return loaded
 
 
 # The arrays a .npz data file holds, per split.
@@ -284,6 +294,15 @@ def load_npz(path: str | os.PathLike, split: str, mean=0.0, std=1.0) -> Split:
             images, labels = arrays[images_key], arrays[labels_key]
     except (OSError, ValueError, EOFError) as e:  # missing, truncated, not a .npz, or pickled objects
         raise DataError(f"cannot read {path} as a .npz data file ({e})") from None
+    return checked_split(images, labels, str(path), (images_key, labels_key), mean, std)
+
+
+def checked_split(images: np.ndarray, labels: np.ndarray, path: str, keys: tuple[str, str], mean=0.0,
+                  std=1.0) -> Split:
+    """A split of data of the user's own (`path`: where it came from; `keys`: its images' and labels'
+    names there), checked: images (N, H, W[, C]) uint8 pixels or floats, normalised here if floats;
+    labels integers from 0. DataError, one line, for anything else."""
+    images_key, labels_key = keys
     if images.ndim not in (3, 4) or len(images) != len(labels) or labels.ndim != 1 or not len(labels):
         raise DataError(f"{path}: {images_key} must be (N, H, W) or (N, H, W, C) and {labels_key} (N,), got "
                         f"{images.shape} and {labels.shape}")

@@ -65,13 +65,35 @@ def unsafe_to_load(path: str | os.PathLike) -> str | None:
         return f"{path} is owned by uid {st.st_uid}, not by this user (uid {uid})"
     if st.st_mode & 0o022:
         return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    for parent in path.parents:
-        st = os.stat(parent)
-        if st.st_uid not in (uid, 0):
-            return f"{parent} (above {path}) is owned by uid {st.st_uid}, neither this user nor root"
-        if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-            return f"{parent} (above {path}) is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return next(filter(None, (_replaceable_below(parent, path) for parent in path.parents)), None)
+
+
+def _replaceable_below(folder: Path, path: Path) -> str | None:
+    """Why another user could replace what `folder` (a real path above `path`) holds, or None."""
+    st = os.stat(folder)
+    if st.st_uid not in (os.getuid(), 0):
+        return f"{folder} (above {path}) is owned by uid {st.st_uid}, neither this user nor root"
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        return f"{folder} (above {path}) is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
     return None
+
+
+def make_private_folder(path: str | os.PathLike) -> tuple[Path, str | None]:
+    """Make the folder `path` (mode 0700, parents as needed) for code or compiled programs, unless it
+    would be unsafe to load from: the folders above it are judged first, by their real paths, so that
+    nothing is made where another user could swap it, then the folder itself (`unsafe_to_load`).
+    Returns (its real path, why it is unsafe or None); OSError if it cannot be made."""
+    existing = Path(os.path.abspath(path))
+    while not existing.exists():
+        existing = existing.parent
+    if existing != Path(os.path.abspath(path)):  # to be made: judge where first
+        real = Path(os.path.realpath(existing))
+        why = next(filter(None, (_replaceable_below(folder, Path(path)) for folder in (real, *real.parents))), None)
+        if why is not None:
+            return Path(path), why
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    real = Path(os.path.realpath(path))
+    return real, unsafe_to_load(real)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

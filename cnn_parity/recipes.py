@@ -152,6 +152,9 @@ def _seed(seed: int) -> int:
 Normalization = Float32 | Annotated[list[Float32], Field(min_length=1)]
 
 
+DATA_PATHS = ("data_file", "tfds_dir")  # recipe keys naming a file or folder: relative to the recipe file
+
+
 class Recipe(_Strict):
     model: Annotated[str, AfterValidator(_model_name)]  # one of MODELS, or the name of the user's `pair`
     dataset: Literal[DATASETS]
@@ -171,6 +174,8 @@ class Recipe(_Strict):
     shuffle_rng: Literal[RNG_SOURCES] = "framework"
     pair: Pair | None = None  # a model pair of the user's own (then `model` names it)
     data_file: str = ""  # dataset "npz": the .npz file (train and test images and labels; cnn_parity/data.py)
+    tfds_name: str = ""  # dataset "tfds": a TFDS data set prepared in tfds_dir (its "image" and "label" features)
+    tfds_dir: str = ""  # its TFDS data dir (empty: TFDS's default, $TFDS_DATA_DIR or ~/tensorflow_datasets)
     source: str = ""
     reported: dict[str, Any] = {}
 
@@ -182,6 +187,15 @@ class Recipe(_Strict):
         """(mean, std), each a float or a tuple per channel: hashable, for tables built once."""
         return tuple(tuple(v) if isinstance(v, list) else v for v in (self.normalize_mean, self.normalize_std))
 
+    @property
+    def data_name(self) -> str:
+        """The recipe's data, as an error message names it."""
+        if self.dataset == "npz":
+            return self.data_file
+        if self.dataset == "tfds":
+            return f"the TFDS data set {self.tfds_name} in {self.tfds_dir or 'the TFDS default data dir'}"
+        return self.dataset
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.pair is None and self.model not in MODELS:
@@ -191,6 +205,8 @@ class Recipe(_Strict):
             raise ValueError(f"a [pair] of your own needs a name of its own, not the built-in {self.model!r}")
         if (self.dataset == "npz") != bool(self.data_file):
             raise ValueError("dataset npz reads data_file (a .npz file), and only it does")
+        if (self.dataset == "tfds") != bool(self.tfds_name) or (self.tfds_dir and self.dataset != "tfds"):
+            raise ValueError("dataset tfds reads tfds_name (a TFDS data set, from tfds_dir), and only it does")
         if any(v <= 0 for v in np.atleast_1d(self.normalize_std)):
             raise ValueError(f"normalize_std must be positive, got {self.normalize_std}")
         if self.dataset in NUM_EXAMPLES_OF:
@@ -267,8 +283,9 @@ def _read_recipe_file(path) -> dict[str, Any]:
         raise UsageError(f"config {path} is not valid TOML: {e}") from None
     for table in SPEC_TABLES:  # a model's facts besides its recipe (cnn_parity/specs.py)
         raw.pop(table, None)
-    if isinstance(raw.get("data_file"), str) and raw["data_file"]:  # a recipe's data beside it, wherever it is run
-        raw["data_file"] = str((Path(str(path)).parent / raw["data_file"]).resolve())
+    for key in DATA_PATHS:  # a recipe's data beside it, wherever it is run
+        if isinstance(raw.get(key), str) and raw[key]:
+            raw[key] = str((Path(str(path)).parent / raw[key]).resolve())
     return raw
 
 
@@ -333,8 +350,9 @@ def _apply_overrides(raw: dict, overrides: dict[str, Any]) -> set[str]:
     before = {table: (raw.get(table) or {}).get("name") if isinstance(raw.get(table), dict) else None
               for table in _KINDED}
     changed = {key: value for key, value in overrides.items() if _get_dotted(raw, key) != value}
-    if isinstance(overrides.get("data_file"), str):
-        overrides["data_file"] = str(Path(overrides["data_file"]).resolve())
+    for key in DATA_PATHS:
+        if isinstance(overrides.get(key), str) and overrides[key]:
+            overrides[key] = str(Path(overrides[key]).resolve())
     for key, value in overrides.items():
         _set_dotted(raw, key, value)
     for table, (keys, model) in _KINDED.items():

@@ -118,6 +118,31 @@ def load_split(dataset: str, split: str, tfds_dir: str | os.PathLike) -> data.Sp
     return data.Split(images, labels)
 
 
+def load_named(name: str, split: str, tfds_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of one split of a TFDS data set of the user's own, as prepared in `tfds_dir`
+    (None: TFDS's default data dir), read through `tfds.data_source` (array_record files) from its
+    "image" and "label" features: never downloaded or prepared here. DataError, one line, naming
+    what is missing."""
+    tfds = _tfds()
+    where = f"the TFDS data set {name}/{split} in {tfds_dir or 'the TFDS default data dir'}"
+    try:
+        source = tfds.data_source(name, split=split, data_dir=None if tfds_dir is None else os.fspath(tfds_dir),
+                                  download=False)
+        records = source.__getitems__(list(range(len(source))))
+    except Exception as e:  # tfds and array_record raise many unrelated types for a missing or damaged data set
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0].split(". ")[0].rstrip(":. ")
+        raise DataError(f"cannot read {where} ({reason}); prepare it there first (its builder's "
+                        f"download_and_prepare, file format array_record)") from None
+    missing = [key for key in ("image", "label") if records and key not in records[0]]
+    if missing:
+        raise DataError(f"{where} has no {missing[0]!r} feature (it has {', '.join(sorted(records[0]))}): an "
+                        f"image classification data set has 'image' and 'label'")
+    try:
+        return np.stack([np.asarray(r["image"]) for r in records]), np.asarray([r["label"] for r in records])
+    except ValueError as e:
+        raise DataError(f"{where}: its images differ in shape ({e}); a recipe trains on images of one shape") from None
+
+
 def load_or_prepare_split(dataset: str, split: str, tfds_dir: str | os.PathLike | None) -> data.Split:
     """The tfds pipeline's split: read from `tfds_dir` (default: the per-user cache's TFDS folder),
     prepared there from the verified IDX files first if it is not there yet."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from cnn_parity import checkpoints, pairs
 from cnn_parity.commands import OneLineParser, non_negative_int, number, positive_int, report_errors
-from cnn_parity.data import DATASETS
+from cnn_parity.data import DATASETS, IDX_DATASETS
 from cnn_parity.errors import UsageError
 from cnn_parity.frameworks import PACKAGES
 from cnn_parity.provenance import command_line
@@ -192,6 +192,9 @@ def _run_training(framework: str, given: dict[str, Any], defaults: Mapping[str, 
     recorded = Workdir(given["workdir"]).read_config() if given.get("resume") else None
     args = resolve_flags(framework, given, defaults, recorded)
     recipe = recipe_from_args(args, recorded)
+    if args.pipeline != defaults["pipeline"] and recipe.dataset not in IDX_DATASETS:
+        raise UsageError(f"--pipeline {args.pipeline} reads {' and '.join(IDX_DATASETS)} only; {recipe.data_name} "
+                         f"is read by the default pipeline, {defaults['pipeline']}")
     initial = _initial_weights(args.init_weights, recipe) if args.init_weights else None
     args.checked_pair = pairs.check_recipe(recipe, args.data_dir) if recipe.pair is not None else None
     trainer = make_trainer(recipe, args)

@@ -5,6 +5,7 @@ back here, and a damaged one is named with its file and line."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -85,7 +86,8 @@ def config_problem(path: Path) -> str | None:
 
 class Workdir:
     """The output folder of one training run, owned by one process at a time (an advisory lock on
-    `.lock`, released when the process ends however it ends). With `writer=False` (the other processes
+    `.lock`, released when the process ends however it ends; the file is removed when the run ends, and
+    one a killed run left is taken over by the next). With `writer=False` (the other processes
     of a multi-process run) it is only read: every write is left to the primary process. Its path is
     the real one (links resolved): what is checked is what is written."""
 
@@ -112,12 +114,16 @@ class Workdir:
         if not present:
             return
         foreign = self._foreign(present)
+        refusal = None
         if foreign:
-            raise UsageError(f"workdir {self.given} holds files this project did not write or a run cannot be taken "
-                             f"over from ({'; '.join(foreign[:3])}): pass another --workdir")
-        if set(present) - {"config.json", "steps.jsonl"} - {p for p in present if _OWN_EVENT_FILE.fullmatch(p)}:
-            raise UsageError(f"workdir {self.given} already holds a run ({', '.join(present)}); continue it with "
-                             f"--resume, or pass another --workdir")
+            refusal = (f"workdir {self.given} holds files this project did not write or a run cannot be taken "
+                       f"over from ({'; '.join(foreign[:3])}): pass another --workdir")
+        elif set(present) - {"config.json", "steps.jsonl"} - {p for p in present if _OWN_EVENT_FILE.fullmatch(p)}:
+            refusal = (f"workdir {self.given} already holds a run ({', '.join(present)}); continue it with "
+                       f"--resume, or pass another --workdir")
+        if refusal is not None:
+            self._unlock()  # a refused folder is left exactly as it was
+            raise UsageError(refusal)
         print(f"workdir {self.given}: its earlier run stopped before its first record or checkpoint; starting anew",
               file=sys.stderr)
         try:
@@ -148,18 +154,29 @@ class Workdir:
         if not self.writer:
             return
         _check_path_length(self.path)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.path / ".lock", "a+")
-        except OSError as e:
-            raise UsageError(f"workdir {self.given} is not writable: {e.strerror or e}") from None
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            owner = self._lock_file.read().strip() or "another process"
-            raise UsageError(f"workdir {self.given} is in use by a running training process ({owner}); wait for it "
-                             f"to finish, or pass another --workdir") from None
+        lock_path = self.path / ".lock"
+        while self._lock_file is None:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                lock = open(lock_path, "a+")
+            except OSError as e:
+                raise UsageError(f"workdir {self.given} is not writable: {e.strerror or e}") from None
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                owner = lock.read().strip() or "another process"
+                lock.close()
+                raise UsageError(f"workdir {self.given} is in use by a running training process ({owner}); wait for "
+                                 f"it to finish, or pass another --workdir") from None
+            try:  # the file its holder removed on release, locked in between: lock the path's file anew
+                current = os.stat(lock_path).st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                self._lock_file = lock
+            else:
+                lock.close()
         self._lock_file.truncate(0)
         self._lock_file.write(f"pid {os.getpid()} on {platform.node()}\n")
         self._lock_file.flush()
@@ -242,6 +259,17 @@ class Workdir:
         if self.events is not None:
             self._guarded(self.events.close)
             self.events = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        """Release the folder: its `.lock` removed while still held (a process waiting on the removed
+        file sees it is gone and locks the path's new one), so a run leaves no lock file behind."""
+        if self._lock_file is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path / ".lock")
+        self._lock_file.close()
+        self._lock_file = None
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         self._guarded(write_json_atomic, self.summary_path, summary)

@@ -21,7 +21,7 @@ import sys
 import jax
 
 from cnn_parity.data import cache_dir
-from cnn_parity.files import unsafe_to_load
+from cnn_parity.files import make_private_folder
 
 ENV = "CNN_PARITY_JAX_CACHE"
 
@@ -38,9 +38,8 @@ def enable() -> str | None:
     path = folder()
     if path is not None:
         try:
-            os.makedirs(path, mode=0o700, exist_ok=True)
-            path = os.path.realpath(path)  # resolved once: what is checked is what JAX is given
-            reason = unsafe_to_load(path)
+            real, reason = make_private_folder(path)
+            path = str(real)  # resolved once: what is checked is what JAX is given
         except OSError as e:
             reason = f"cannot create {path} ({e.strerror})"
         if reason:

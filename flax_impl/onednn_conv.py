@@ -53,7 +53,7 @@ import numpy as np
 
 from cnn_parity.data import cache_dir
 from cnn_parity.errors import CnnParityError
-from cnn_parity.files import unsafe_to_load, write_bytes_atomic
+from cnn_parity.files import make_private_folder, unsafe_to_load, write_bytes_atomic
 
 SOURCE_NAME = "onednn_conv.cc"
 LIBRARY_NAME = "libonednn_conv.so"
@@ -162,8 +162,12 @@ def build(report=print) -> Path:
     finds the one it waited for). Unavailable (recorded for later loads) if the compiler fails."""
     version = _require_version()
     folder = build_folder(version)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _check_private(folder)
+    try:
+        _, reason = make_private_folder(folder)
+    except OSError as e:
+        raise Unavailable(f"cannot make {folder} ({e.strerror})") from None
+    if reason:
+        raise Unavailable(f"refusing to build or load the oneDNN extension: {reason}")
     library, partial = folder / LIBRARY_NAME, folder / f".{LIBRARY_NAME}.{os.getpid()}.tmp"
     with _build_lock(folder):
         if found := _recorded_build(folder):

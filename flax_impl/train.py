@@ -280,7 +280,7 @@ class FlaxTrainer:
             self.pair_model, params = pair_model.init(recipe, init_key, np.asarray(example))
             outputs = self.pair_model.apply({"params": params}, example).shape[-1]
             for split in ("train", "test"):
-                neutral_data.check_labels(data.load_split(recipe, split, pipeline, data_dir), outputs, recipe.data_file)
+                neutral_data.check_labels(data.load_split(recipe, split, pipeline, data_dir), outputs, recipe.data_name)
             state = TrainState.create(apply_fn=self.pair_model.apply, params=params,
                                       tx=make_optimizer(recipe.optimizer, make_schedule(recipe, self.steps_per_epoch)))
         else:

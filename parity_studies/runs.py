@@ -148,8 +148,8 @@ def check_models_and_seeds(models: Sequence[str], seeds: Sequence[int]) -> None:
 
 def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = None) -> bool:
     """Whether the run (or run record) in `workdir` finished: its summary shows `epochs` epochs, or
-    `steps` steps. A summary that is damaged (cut short by a kill, or not a summary) is named on stderr
-    and counts as not finished, so the run is resumed, which rewrites it."""
+    `steps` steps. A summary that is damaged (cut short by a kill, or not a summary) is named on stderr,
+    once, and counts as not finished, so a study that runs resumes the run, which rewrites it."""
     summary = workdir / "summary.json"
     if not summary.exists():
         return False
@@ -157,8 +157,14 @@ def run_complete(workdir: Path, epochs: int | None = None, steps: int | None = N
         done = json.loads(summary.read_bytes())
         return done["steps"] == steps if steps is not None else done["epochs"] == epochs
     except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"{summary} is damaged ({type(e).__name__}: {e}); its run is redone", file=sys.stderr)
+        if summary not in _NAMED_DAMAGED:
+            _NAMED_DAMAGED.add(summary)
+            print(f"{summary} is damaged ({type(e).__name__}: {e}): its run counts as not finished, and a study "
+                  "that runs it runs it again", file=sys.stderr)
         return False
+
+
+_NAMED_DAMAGED: set[Path] = set()  # the damaged summaries named so far (a study asks more than once)
 
 
 def epoch_records(workdir: Path) -> list[dict]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from cnn_parity.plot import pairing
+from cnn_parity.weights import load_safetensors, save_safetensors
 
 from .lifecycle import SHORT, module_command, train
 from .test_cli import assert_one_line_error
@@ -31,6 +35,19 @@ def test_paired_runs_compare_to_float_rounding(data_dir, tmp_path):
     assert "shared init + order" in printed.stdout and "final weights: max |A - B|" in printed.stdout
     assert "verdict: within the paired-run bounds" in printed.stdout
     assert_one_line_error(module_command("cnn_parity.compare", "flax", "missing", cwd=tmp_path), 2, "holds no run")
+    # Weights float32 holds but whose difference it does not (+-3e38): strict JSON all the same (no Infinity).
+    for framework, sign in (("flax", 1), ("torch", -1)):
+        for path in (tmp_path / framework).rglob("model.safetensors"):  # the final weights and the checkpoint's
+            model, arrays, metadata = load_safetensors(path)
+            save_safetensors(path, model, {k: np.full_like(v, sign * 3e38) for k, v in arrays.items()}, metadata)
+    result = module_command("cnn_parity.compare", "flax", "torch", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    compared = json.loads(result.stdout, parse_constant=_not_json)
+    assert max(compared["weights_max_abs_diff"].values()) == pytest.approx(6e38, rel=1e-6)
+
+
+def _not_json(constant: str):
+    raise AssertionError(f"compare --json printed {constant}, which is not JSON")
 
 
 def test_plots_say_what_runs_share():

@@ -106,3 +106,52 @@ def test_what_a_user_gets_wrong_in_a_recipe_of_their_own_is_one_line(experiment,
     for module in ("flax_impl.train", "torch_ref.train"):
         result = command(experiment, module, "--config", recipe, "--max-steps", "2", "--workdir", f"broken-{module}")
         assert_usage_error(result, fragment)
+
+
+def _prepare_tfds_digits(npz: Path, tfds_dir: Path) -> None:
+    """The digits of `npz` as a TFDS data set of one's own, own_digits 1.0.0, prepared as its builder
+    prepares it (array_record files), with Pillow encoding the images (no TensorFlow)."""
+    import PIL.Image
+    import tensorflow_datasets as tfds
+
+    with np.load(npz) as digits:
+        arrays = dict(digits)
+
+    class OwnDigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1)), "label": tfds.features.ClassLabel(num_classes=10)}))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(arrays[f"x_{split}"], arrays[f"y_{split}"]) for split in ("train", "test")}
+
+        def _generate_examples(self, images, labels):
+            for index, (image, label) in enumerate(zip(images, labels)):
+                yield index, {"image": PIL.Image.fromarray(image), "label": int(label)}
+
+    OwnDigits(data_dir=str(tfds_dir)).download_and_prepare(file_format="array_record")
+
+
+def test_a_tfds_data_set_of_your_own_trains_as_its_npz_twin_does(experiment):
+    """A data set prepared in a TFDS data dir is read as prepared (TFDS's record order), holding the same
+    examples as the .npz it was made from, and trains; one missing is one line."""
+    pytest.importorskip("tensorflow_datasets")
+    from cnn_parity import data
+    from cnn_parity.recipes import load_recipe
+
+    _prepare_tfds_digits(experiment / "digits.npz", experiment / "tfds")
+    recipe_file = _recipe(experiment, "digits_tfds.toml",
+                          ('dataset = "npz"\ndata_file = "digits.npz"', 'dataset = "tfds"\ntfds_name = "own_digits"\ntfds_dir = "tfds"'))
+    from_tfds, from_npz = load_recipe(config=experiment / recipe_file), load_recipe(config=experiment / "digits_resnet.toml")
+    for split in ("train", "test"):
+        tfds_split, npz_split = data.recipe_split(from_tfds, split), data.recipe_split(from_npz, split)
+        assert tfds_split.images.shape == (*npz_split.images.shape, 1) and tfds_split.images.dtype == np.uint8
+        as_set = [sorted(zip(s.labels.tolist(), (image.tobytes() for image in s.images))) for s in (tfds_split, npz_split)]
+        assert as_set[0] == as_set[1]
+    trained = command(experiment, "flax_impl.train", "--config", recipe_file, "--max-steps", "5", "--workdir", "runs/tfds")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    (experiment / "missing_tfds.toml").write_text((experiment / recipe_file).read_text().replace("own_digits", "other_digits"))
+    assert_usage_error(command(experiment, "torch_ref.train", "--config", "missing_tfds.toml", "--max-steps", "2",
+                               "--workdir", "runs/missing"), "cannot read the TFDS data set other_digits/")

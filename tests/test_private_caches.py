@@ -90,3 +90,13 @@ def test_the_compilation_cache_is_given_the_real_path_it_checked(tmp_path, monke
     monkeypatch.setattr(compilation_cache.jax.config, "update", lambda name, value: given.setdefault(name, value))
     assert compilation_cache.enable() == str(target)
     assert given["jax_compilation_cache_dir"] == str(target)
+
+
+def test_no_folder_is_made_where_it_would_be_refused(link_into_another_users_folder, monkeypatch, capsys):
+    """A cache folder that does not exist yet, below the link: the folders above are judged before
+    anything is made, so the other user's folder is left as it was."""
+    link, other = link_into_another_users_folder
+    monkeypatch.setenv(compilation_cache.ENV, str(link / "jax" / "compilation-cache"))
+    assert compilation_cache.enable() is None
+    assert f"{other} (above" in capsys.readouterr().err
+    assert list((other / "cache").iterdir()) == []

@@ -55,7 +55,7 @@ def test_parse_assignment(text, expected):
     ({"init": "xavier"}, "recipe key init: input should be 'torch' or 'flax', got 'xavier'"),
     ({"init_rng": "numpy"}, "recipe key init_rng: input should be 'framework' or 'shared', got 'numpy'"),
     ({"shuffle_rng": 1}, "recipe key shuffle_rng: input should be 'framework' or 'shared', got 1"),
-    ({"dataset": "cifar10"}, "recipe key dataset: input should be 'mnist', 'fashion_mnist' or 'npz', got 'cifar10'"),
+    ({"dataset": "cifar10"}, "recipe key dataset: input should be 'mnist', 'fashion_mnist', 'npz' or 'tfds', got 'cifar10'"),
     ({"batch_size": 1.5}, "recipe key batch_size: input should be a valid integer, got 1.5"),
     ({"drop_last": "yes"}, "recipe key drop_last: input should be a valid boolean, got 'yes'"),
     ({"seed": 2**32}, r"recipe key seed: must be in 0 .. 2\*\*32 - 1"),

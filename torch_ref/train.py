@@ -156,7 +156,7 @@ class TorchTrainer:
             with torch.no_grad():
                 outputs = self.model.eval()(images[:1].to(self.torch_device)).shape[-1]
             for split in ("train", "test"):
-                neutral_data.check_labels(neutral_data.recipe_split(recipe, split, data_dir), outputs, recipe.data_file)
+                neutral_data.check_labels(neutral_data.recipe_split(recipe, split, data_dir), outputs, recipe.data_name)
         self._batches = None  # the running epoch's batch iterator, from step self._next_step on
         self._epoch, self._next_step = 0, 0
         self._epoch_start_shuffle_state: torch.Tensor | None = None  # while an epoch is running
