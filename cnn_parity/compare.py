@@ -119,6 +119,11 @@ def _print(result: dict) -> None:
                   "paired runs")
         where = "within" if v["within_bounds"] else f"OUTSIDE (from epoch {v['first_outside']})"
         print(f"verdict: {where} the paired-run bounds: {bounds}")
+        if not v["within_bounds"]:
+            print("note: another recipe (a higher rate, Adam, more epochs) can amplify rounding further than the "
+                  "project's did; whether rounding explains it: the pair's training checked by python -m "
+                  "parity_check --train-steps N with the recipe's optimiser, whose bounds are calibrated against "
+                  "float64")
 
 
 def main(argv=None) -> int:

@@ -67,8 +67,9 @@ class Report:
         if self.training and self.training.get("comparable", True):
             t = self.training
             lines.append(f"training: {t['steps']} steps, max loss |Δ| {_fmt(t['max_loss_diff']).strip()}, "
-                         f"final param |Δ| {_fmt(t['param_diffs'][-1]).strip()}; optimizers alone: "
-                         f"max |Δ| {_fmt(t['optimizer_only_max_abs_diff']).strip()}")
+                         f"final param |Δ| {_fmt(t['param_diffs'][-1]).strip()} (bound "
+                         f"{_fmt(t['param_bounds'][-1]).strip()}); optimizers alone: max |Δ| "
+                         f"{_fmt(t['optimizer_only_max_abs_diff']).strip()} (bound {_fmt(t['optimizer_only_bound']).strip()})")
         for note in self.notes:
             lines.append(f"note: {note}")
         for (cause, hint), names in _grouped(self.findings).items():
