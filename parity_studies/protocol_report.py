@@ -302,13 +302,14 @@ def endpoint_line(name: str, e: dict, alpha: float) -> str:
         return f"- **{name}**: **not computable** ({e['reason']})."
     key, level = statistics.interval_key(alpha), f"{100 * (1 - 2 * alpha):g}%"
     verdict = "equivalent" if e["equivalent"] else "equivalence not shown"
+    fmt = '{:.3f}'.format if e["kind"] == "sd ratio" else _pct
+    also_90 = f" (90% CI {_interval(e['ci90'], fmt)})" if key != "ci90" else ""  # the first study's level, beside
     if e["kind"] == "sd ratio":
         estimate = (f"SD {e['sd_flax']:.3f} / {e['sd_torch']:.3f} pp, ratio {e['sd_ratio']:.3f}, {level} CI "
-                    f"{_interval(e[key], '{:.3f}'.format)} (90% CI {_interval(e['ci90'], '{:.3f}'.format)}); margin "
-                    f"[1/{e['margin']:g}, {e['margin']:g}]")
+                    f"{_interval(e[key], fmt)}{also_90}; margin [1/{e['margin']:g}, {e['margin']:g}]")
     else:
-        estimate = (f"Flax / PyTorch − 1 = {_pct(e['difference'])}, {level} CI {_interval(e[key], _pct)} (90% CI "
-                    f"{_interval(e['ci90'], _pct)}); margin ×/÷ {math.exp(e['margin']):g}")
+        estimate = (f"Flax / PyTorch − 1 = {_pct(e['difference'])}, {level} CI {_interval(e[key], fmt)}{also_90}; "
+                    f"margin ×/÷ {math.exp(e['margin']):g}")
     return (f"- **{name}**: {estimate}: **{verdict}**, TOST p = {e['tost_p']:.2g} at α = {alpha} each side "
             f"(the {level} CI decides {_decided(e, key)}).")
 
