@@ -121,9 +121,8 @@ def _print(result: dict) -> None:
         print(f"verdict: {where} the paired-run bounds: {bounds}")
         if not v["within_bounds"]:
             print("note: another recipe (a higher rate, Adam, more epochs) can amplify rounding further than the "
-                  "project's did; whether rounding explains it: the pair's training checked by python -m "
-                  "parity_check --train-steps N with the recipe's optimiser, whose bounds are calibrated against "
-                  "float64")
+                  "project's did; whether rounding explains it: the pair's training checked in float64 by python -m "
+                  "parity_check --train-steps N with the recipe's optimiser")
 
 
 def main(argv=None) -> int:

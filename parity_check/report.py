@@ -66,9 +66,9 @@ class Report:
                          f"{_fmt(worst['max_abs_diff']).strip()} (bound {_fmt(worst['bound']).strip()})")
         if self.training and self.training.get("comparable", True):
             t = self.training
-            lines.append(f"training: {t['steps']} steps, max loss |Δ| {_fmt(t['max_loss_diff']).strip()}, "
+            lines.append(f"training, in float64: {t['steps']} steps, max loss |Δ| {_fmt(t['max_loss_diff']).strip()}, "
                          f"final param |Δ| {_fmt(t['param_diffs'][-1]).strip()} (bound "
-                         f"{_fmt(t['param_bounds'][-1]).strip()}); optimizers alone: max |Δ| "
+                         f"{_fmt(t['param_bound']).strip()}); optimizers alone: max |Δ| "
                          f"{_fmt(t['optimizer_only_max_abs_diff']).strip()} (bound {_fmt(t['optimizer_only_bound']).strip()})")
         for note in self.notes:
             lines.append(f"note: {note}")

@@ -25,7 +25,7 @@ import torch
 
 from cnn_parity.differences import tree_max_abs_diff
 from cnn_parity.errors import UsageError
-from parity_check.bounds import FLOOR_MULTIPLE, calibrated_bound, diff
+from parity_check.bounds import calibrated_bound, diff
 from parity_check.causes import finding
 from parity_check.compare import to_flax_layout
 from parity_check.torch_side import TorchSide, as_torch
@@ -307,89 +307,70 @@ def random_inputs(inputs: dict[str, np.ndarray], rng) -> dict[str, np.ndarray]:
     return out
 
 
-def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, bounds: str = "calibrated",
-                     seed: int = 2) -> dict:
+def _float64(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in inputs.items()}
+
+
+def _flax_float64(params):
+    return jax.tree.map(lambda p: jnp.asarray(p, jnp.float64) if jnp.issubdtype(jnp.asarray(p).dtype, jnp.floating)
+                        else jnp.asarray(p), params)
+
+
+def compare_training(pair, steps: int, torch_spec: str, optax_spec: str, seed: int = 2) -> dict:
     """`steps` steps on both sides from the same weights, on the same random batches (example-shaped)
-    and targets; then the optimisers alone, fed the same random gradients for `steps` steps. Bounds
-    per step: the parity suite's fixed ones, or (calibrated) also 10x how far torch's own float32
-    trajectory has drifted from its float64 one by then (an optimiser such as Adam at a high rate
-    amplifies rounding, and so does a long trajectory)."""
+    and targets; then the optimisers alone, fed the same random gradients for `steps` steps. Both in
+    float64, as the parity suite's trajectory test: in float32 an adaptive optimiser (Adam at a high
+    rate) turns the rounding of a gradient near zero into a step of up to the learning rate, so two
+    float32 implementations of one computation part within a few steps and no bound separates them
+    from two computations; in float64 that rounding is 1e-9 of float32's."""
     rng = np.random.default_rng(seed)
-    batches = [random_inputs(pair.inputs, rng) for _ in range(steps)]
-    target, flax_target = _targets(pair, seed)
-    model = copy.deepcopy(pair.torch.model).train(pair.train)
+    batches = [_float64(random_inputs(pair.inputs, rng)) for _ in range(steps)]
+    target, flax_target = (t.astype(np.float64) for t in _targets(pair, seed))
+    model = copy.deepcopy(pair.torch.model).to(torch.float64).train(pair.train)
     opt_t = torch_optimizer(torch_spec, model.parameters())
     opt_f = optax_optimizer(optax_spec)
-    params = jax.tree.map(jnp.asarray, pair.flax.params)
-    state = opt_f.init(params)
-    loss_and_grad = jax.jit(jax.value_and_grad(flax_loss(pair, pair.train)))
-    loss_diffs, param_diffs, torch_losses, torch_weights = [], [], [], []
-    for batch in batches:  # PyTorch: the product's own optimiser step (torch_ref.train), on this loss
-        loss_t, _ = torch_train.optimizer_step(Applied(model), opt_t, _tensors(batch), torch.as_tensor(target),
-                                               loss_fn=half_mean_squared_error)
-        args, kwargs = pair.layout.flax_arguments(batch)
-        loss_f, grads = loss_and_grad(params, args, kwargs, flax_target)
-        updates, state = opt_f.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
-        torch_losses.append(float(loss_t))
-        torch_weights.append(torch_params(model))
-        loss_diffs.append(abs(float(loss_f) - torch_losses[-1]))
-        param_diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_weights[-1]))
-    loss_bounds = [fixed_bounds.TRAJECTORY_LOSS] * steps
-    param_bounds = [fixed_bounds.TRAJECTORY_PARAM] * steps
-    if bounds == "calibrated":
-        drift = _float64_drift(pair, batches, target, torch_spec, torch_losses, torch_weights)
-        loss_bounds = [max(b, FLOOR_MULTIPLE * d) for b, d in zip(loss_bounds, drift["loss"])]
-        param_bounds = [max(b, FLOOR_MULTIPLE * d) for b, d in zip(param_bounds, drift["params"])]
-    only, only_bound = optimizers_alone(pair, steps, torch_spec, optax_spec, bounds)
-    return {"steps": steps, "loss_diffs": loss_diffs, "param_diffs": param_diffs, "max_loss_diff": max(loss_diffs),
-            "loss_bounds": loss_bounds, "param_bounds": param_bounds,
-            "optimizer_only_diffs": only, "optimizer_only_max_abs_diff": max(only), "optimizer_only_bound": only_bound,
+    loss_diffs, param_diffs = [], []
+    with jax.enable_x64(True):
+        params = _flax_float64(pair.flax.params)
+        state = opt_f.init(params)
+        loss_and_grad = jax.jit(jax.value_and_grad(flax_loss(pair, pair.train)))
+        for batch in batches:  # PyTorch: the product's own optimiser step (torch_ref.train), on this loss
+            loss_t, _ = torch_train.optimizer_step(Applied(model), opt_t, _tensors(batch, torch.float64),
+                                                   torch.as_tensor(target), loss_fn=half_mean_squared_error)
+            args, kwargs = pair.layout.flax_arguments(batch)
+            loss_f, grads = loss_and_grad(params, args, kwargs, jnp.asarray(flax_target))
+            updates, state = opt_f.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+            loss_diffs.append(abs(float(loss_f) - float(loss_t)))
+            param_diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_params(model)))
+        only = optimizers_alone(pair, steps, torch_spec, optax_spec)
+    return {"steps": steps, "dtype": "float64", "loss_diffs": loss_diffs, "param_diffs": param_diffs,
+            "max_loss_diff": max(loss_diffs), "loss_bound": fixed_bounds.TRAJECTORY_LOSS,
+            "param_bound": fixed_bounds.TRAJECTORY_PARAM, "optimizer_only_diffs": only,
+            "optimizer_only_max_abs_diff": max(only), "optimizer_only_bound": fixed_bounds.UPDATE_ABS,
             "findings": lint_optimizers(torch_spec, optax_spec)}
 
 
-def _float64_drift(pair, batches, target, torch_spec: str, losses: list[float], weights: list[dict]) -> dict:
-    """How far torch's float32 trajectory (`losses`, `weights` per step) has drifted, by each step, from
-    the same steps in float64: the running largest |Δ| of the loss and of the parameters."""
-    model = copy.deepcopy(pair.torch.model).to(torch.float64).train(pair.train)
-    optimizer = torch_optimizer(torch_spec, model.parameters())
-    loss_drift, param_drift = [], []
-    for batch, loss32, weights32 in zip(batches, losses, weights):
-        loss, _ = torch_train.optimizer_step(Applied(model), optimizer, _tensors(batch, torch.float64),
-                                             torch.as_tensor(target, dtype=torch.float64),
-                                             loss_fn=half_mean_squared_error)
-        loss_drift.append(max(loss_drift[-1:] + [abs(float(loss) - loss32)]))
-        param_drift.append(max(param_drift[-1:] + [max_tree_diff(torch_params(model), weights32)]))
-    return {"loss": loss_drift, "params": param_drift}
-
-
-def optimizers_alone(pair, steps: int, torch_spec: str, optax_spec: str, bounds: str = "calibrated",
-                     seed: int = 3) -> tuple[list[float], float]:
-    """(max |Δ| of the parameters after each step when both optimisers get the same gradients, its
-    bound): the parity suite's fixed bound, or (calibrated) also 10x the largest drift of torch's
-    optimiser in float32 from itself in float64 on those gradients."""
+def optimizers_alone(pair, steps: int, torch_spec: str, optax_spec: str, seed: int = 3) -> list[float]:
+    """Max |Δ| of the parameters after each step when both optimisers get the same gradients (in
+    float64, under the caller's enable_x64)."""
     rng = np.random.default_rng(seed)
-    model = copy.deepcopy(pair.torch.model)
-    model64 = copy.deepcopy(pair.torch.model).to(torch.float64)
-    opt_t, opt_64 = torch_optimizer(torch_spec, model.parameters()), torch_optimizer(torch_spec, model64.parameters())
+    model = copy.deepcopy(pair.torch.model).to(torch.float64)
+    opt_t = torch_optimizer(torch_spec, model.parameters())
     opt_f = optax_optimizer(optax_spec)
-    params = pair.flax.params
-    state = opt_f.init(jax.tree.map(jnp.asarray, params))
-    params = jax.tree.map(jnp.asarray, params)
-    diffs, drift = [], 0.0
+    params = _flax_float64(pair.flax.params)
+    state = opt_f.init(params)
+    diffs = []
     for _ in range(steps):
-        grads = {k: (rng.standard_normal(p.shape) * 1e-2).astype(np.float32) for k, p in model.named_parameters()}
-        for (k, p), p64 in zip(model.named_parameters(), model64.parameters()):
-            p.grad, p64.grad = torch.as_tensor(grads[k]), torch.as_tensor(grads[k], dtype=torch.float64)
+        grads = {k: rng.standard_normal(p.shape) * 1e-2 for k, p in model.named_parameters()}
+        for k, p in model.named_parameters():
+            p.grad = torch.as_tensor(grads[k])
         opt_t.step()
-        opt_64.step()
-        flax_grads = jax.tree.map(jnp.asarray, torch_arrays_into_flax_tree(pair, grads, jax.tree.map(np.zeros_like, params)))
+        flax_grads = _flax_float64(torch_arrays_into_flax_tree(pair, grads, jax.tree.map(np.zeros_like, params)))
         updates, state = opt_f.update(flax_grads, state, params)
         params = optax.apply_updates(params, updates)
         diffs.append(max_tree_diff(flax_tree_to_torch(pair, params), torch_params(model)))
-        drift = max(drift, max_tree_diff(torch_params(model64), torch_params(model)))
-    bound = fixed_bounds.UPDATE_ABS
-    return diffs, max(bound, FLOOR_MULTIPLE * drift) if bounds == "calibrated" else bound
+    return diffs
 
 
 def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str | None, optax_spec: str | None) -> None:
@@ -427,11 +408,10 @@ def extend(report, pair, bounds: str, grads: bool, steps: int, torch_spec: str |
                                 "would part from the first one whatever the port; compare training without --train "
                                 "(dropout off), or with dropout rates of 0")
             return
-        training = compare_training(pair, steps, torch_spec, optax_spec, bounds)
+        training = compare_training(pair, steps, torch_spec, optax_spec)
         report.training = training
-        over = [i for i, (l, p, lb, pb) in enumerate(zip(training["loss_diffs"], training["param_diffs"],
-                                                          training["loss_bounds"], training["param_bounds"]))
-                if not (l <= lb and p <= pb)]
+        over = [i for i, (l, p) in enumerate(zip(training["loss_diffs"], training["param_diffs"]))
+                if not (l <= training["loss_bound"] and p <= training["param_bound"])]
         only_bad = not training["optimizer_only_max_abs_diff"] <= training["optimizer_only_bound"]
         if over or only_bad:
             step = over[0] if over else None

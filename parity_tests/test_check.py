@@ -92,13 +92,12 @@ def test_training_and_optimizer_only_checks(case):
 
 
 def test_adamw_at_a_high_rate_on_a_correct_pair_is_no_divergence():
-    """AdamW at 1e-2 for 20 steps amplifies float32 rounding past the parity suite's fixed update bound
-    in two identical optimisers: the calibrated bounds measure that
-    amplification on torch's own float32-against-float64 run, and pass the correct pair."""
+    """AdamW at 1e-2 for 20 steps: in float32 it turned the rounding of gradients near zero into steps
+    of up to the learning rate, and a correct pair failed; training is compared in float64."""
     specs = {"torch_optimizer": "adamw:lr=1e-2,weight_decay=1e-4", "optax_optimizer": "adamw:learning_rate=1e-2,weight_decay=1e-4"}
     report = check_pair(ex.torch_mlp_block(), ex.nnx_mlp_block(), MLP_X, train_steps=20, **specs)
     assert report.passed, report.summary()
-    assert report.training["optimizer_only_max_abs_diff"] > report.training["optimizer_only_bound"] / 10
+    assert report.training["dtype"] == "float64"
 
 
 def test_coverage_pair_tokens_embedding_grouped_dilated_conv1d_groupnorm_avg_pool():
