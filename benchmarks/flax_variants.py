@@ -41,9 +41,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from flax_impl import data, models_nnx
+from flax_impl import data, kernels, models_nnx
 from cnn_parity.trainer import StepMetrics
-from flax_impl.train import FlaxTrainer, loss_and_gradients, resolve_conv_impl, train_on_slice
+from flax_impl.train import FlaxTrainer, loss_and_gradients, resolve_conv_impl
 
 VARIANTS = {  # variant -> (api, conv_impl, loop)
     "jit-loop": ("linen", "xla", "python"),
@@ -74,15 +74,16 @@ class VariantTrainer(FlaxTrainer):
         def train_scan(state, split, perm, rng, start, num_steps):
             def step(state, i):
                 # The trainer's jitted gathered step, inlined into the scan (donation applies to the scan's state)
-                state, metrics = train_on_slice(state, split, perm, i * b, rng, **self.step_options)
+                state, metrics = self.steps.train_on_slice(state, split, perm, i * b, rng, **self.step_options)
                 return state, (metrics["loss"], metrics["correct"])
             return jax.lax.scan(step, state, start + jnp.arange(num_steps))
 
-        self._train_scan = jax.jit(train_scan, donate_argnums=0, static_argnames="num_steps")
+        self._train_scan = jax.jit(train_scan, donate_argnums=0, static_argnames="num_steps",
+                                   compiler_options=self.kernels.jit_options())
 
     def _build_nnx_objects(self):
         """The NNX model and a fresh nnx.Optimizer holding this trainer's current parameters."""
-        graphdef = models_nnx.functional_model(self.recipe.model, self.recipe.init, self.conv_impl).graphdef
+        graphdef = models_nnx.functional_model(self.recipe.model, self.recipe.init, self.kernels).graphdef
         self.model = nnx.merge(graphdef, self.state.params)
         self.optimizer = nnx.Optimizer(self.model, self.state.tx, wrt=nnx.Param)
         if self.loop == "nnx-cached":
@@ -100,8 +101,8 @@ class VariantTrainer(FlaxTrainer):
         if self.loop == "nnx-jit":
             return self._nnx_step(self.model, self.optimizer, self.train_data, perm, start, self.dropout_key,
                                   batch_size=batch_size)
-        self.state, metrics = train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
-                                             **{**self.step_options, "batch_size": batch_size})
+        self.state, metrics = self.steps.train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
+                                                        **{**self.step_options, "batch_size": batch_size})
         return metrics
 
     def sync(self):

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from flax_impl import onednn_conv
-from flax_impl.kernels import gemm_conv, max_pool_2x2
+from flax_impl.convolutions import gemm_convolve as gemm_conv
+from flax_impl.kernels import max_pool_2x2
 from cnn_parity.commands import OneLineParser, positive_int, report_errors
 from cnn_parity.recipes import MODELS, load_recipe
 from cnn_parity.weights import CONV_GEOMETRY, LAYERS, conv_output_side

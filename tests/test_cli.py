@@ -187,10 +187,11 @@ def test_flax_conv_impl_onednn_not_built_is_one_line(tmp_path):
     assert_one_line_error(result, 2, "conv_impl onednn", "python -m flax_impl.onednn_conv build")
 
 
-@pytest.mark.parametrize("model,conv_impl", [("lenet", "gemm"), ("mlp", "none")])
+@pytest.mark.parametrize("model,conv_impl", [("lenet", "jaxlib-onednn"), ("mlp", "none")])
 def test_flax_default_conv_impl_is_recorded_and_shown(model, conv_impl, data_dir, tmp_path):
-    """With no compiler and no oneDNN build, the default trains on a CPU with pure-JAX GEMM convolutions;
-    the first line and the run's records say so, and a model without convolutions claims none."""
+    """With no compiler and no oneDNN build, the default trains on a CPU with jaxlib's own oneDNN
+    convolution; the first line and the run's records say so, and a model without convolutions
+    claims none."""
     result = run_cli("flax", "--model", model, "--max-steps", "2", "--workdir", str(tmp_path / "w"), cwd=tmp_path,
                      env={"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
                           "CNN_PARITY_DATA_DIR": str(data_dir)})

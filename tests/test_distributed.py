@@ -1,8 +1,8 @@
 """Training on N devices / processes computes what one does, through the CLIs as users run them.
 
 Flax: N simulated CPU devices (`--xla_force_host_platform_device_count`), `--devices 1` vs `--devices N`
-in the same setting, both with the CPU default conv_impl gemm (the opt-in oneDNN convolutions train
-on one device only). PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
+in the same setting, both with conv_impl gemm (the oneDNN tiers train on one device only; the
+default on several CPU devices is canonical). PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
 losses of a whole epoch come from the epoch-end checkpoint's metadata; the test loss and accuracy from
 metrics.jsonl (an example dropped or counted twice by the split evaluation would move them).
 """
@@ -120,13 +120,15 @@ def test_flax_more_devices_than_exist_is_one_line(tmp_path, data_dir):
     assert_one_line_error(result, 2, "--devices 3", "only 2")
 
 
-def test_flax_onednn_on_two_devices_is_one_line_and_the_default_records_gemm(tmp_path, data_dir):
+@pytest.mark.parametrize("tier", ["onednn", "jaxlib-onednn"])
+def test_flax_onednn_on_two_devices_is_one_line_and_the_default_records_canonical(tier, tmp_path, data_dir):
     env = _env(data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     command = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--devices", "2"]
-    result = subprocess.run([*command, "--conv-impl", "onednn"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert_one_line_error(result, 2, "conv_impl onednn trains on one device, not 2", "--devices 1")
-    _run([*command, "--max-steps", "2", "--workdir", str(tmp_path / "auto")], env, tmp_path)
-    assert json.loads((tmp_path / "auto" / "config.json").read_text())["options"]["conv_impl"] == "gemm"
+    result = subprocess.run([*command, "--conv-impl", tier], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert_one_line_error(result, 2, f"conv_impl {tier} trains on one device, not 2", "--devices 1")
+    if tier == "onednn":
+        _run([*command, "--max-steps", "2", "--workdir", str(tmp_path / "auto")], env, tmp_path)
+        assert json.loads((tmp_path / "auto" / "config.json").read_text())["options"]["conv_impl"] == "canonical"
 
 
 def test_flax_partial_multi_host_flags_are_one_line(tmp_path, data_dir):
