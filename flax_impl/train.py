@@ -161,8 +161,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -
     return state.apply_gradients(grads=grads), {"loss": loss, "correct": correct}
 
 
-def _train_on_slice(state: TrainState, split: data.DeviceSplit, perm: jax.Array, start, rng: jax.Array, *,
-                    mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
+def train_on_slice(state: TrainState, split: data.DeviceSplit, perm: jax.Array, start, rng: jax.Array, *,
+                   mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
     """`train_step` on the batch of `batch_size` examples at `perm[start:]`, gathered and normalised
     (by `mean`, `std`) on the device and sharded over `mesh`; its dropout key is `rng` folded with the step."""
     index = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
@@ -178,13 +178,13 @@ _STATIC = ("mean", "std", "mesh", "batch_size")  # a step is a function of its d
 def train_chunk(state: TrainState, split: data.DeviceSplit, perm: jax.Array, first, count, rng: jax.Array, *,
                 mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
     """Steps `first` .. `first + count - 1` of an epoch (count ≤ STEPS_PER_DISPATCH, all full batches),
-    as `_train_on_slice`; their losses and correct counts come back in buffers of STEPS_PER_DISPATCH
+    as `train_on_slice`; their losses and correct counts come back in buffers of STEPS_PER_DISPATCH
     (so that one compilation serves every count)."""
 
     def body(i, carry):
         state, losses, correct = carry
-        state, metrics = _train_on_slice(state, split, perm, (first + i) * batch_size, rng, mean=mean, std=std,
-                                         mesh=mesh, batch_size=batch_size)
+        state, metrics = train_on_slice(state, split, perm, (first + i) * batch_size, rng, mean=mean, std=std,
+                                        mesh=mesh, batch_size=batch_size)
         return state, losses.at[i].set(metrics["loss"]), correct.at[i].set(metrics["correct"])
 
     buffers = jnp.zeros(STEPS_PER_DISPATCH, jnp.float32), jnp.zeros(STEPS_PER_DISPATCH, jnp.int32)
@@ -202,7 +202,7 @@ class CompiledSteps(NamedTuple):
 @functools.lru_cache(maxsize=None)
 def _compiled_steps(options: tuple[tuple[str, str], ...]) -> CompiledSteps:
     jit = functools.partial(jax.jit, donate_argnums=0, static_argnames=_STATIC, compiler_options=dict(options) or None)
-    return CompiledSteps(jit(_train_on_slice), jit(train_chunk))
+    return CompiledSteps(jit(train_on_slice), jit(train_chunk))
 
 
 def compiled_steps(conv_kernels: kernels.Kernels) -> CompiledSteps:
