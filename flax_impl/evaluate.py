@@ -11,7 +11,7 @@ import numpy as np
 from cnn_parity import evaluate_cli
 from cnn_parity.recipes import Recipe
 from cnn_parity.trainer import EvalResult
-from flax_impl import compilation_cache, data, distributed
+from flax_impl import compilation_cache, data, distributed, kernels
 from flax_impl.convert import params_from_canonical
 from flax_impl.train import add_api_flag, make_evaluator
 
@@ -23,7 +23,9 @@ def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: 
     replicated = distributed.replicated(mesh)
     test = data.to_device(data.load_split(recipe.dataset, "test", "device", data_dir), replicated)
     params = jax.device_put(params_from_canonical(recipe.model, arrays), replicated)
-    return make_evaluator(recipe, mesh, api)(params, test)
+    # XLA's forward, compiled as the default CPU tiers compile it (YNNPACK's convolutions off: flax_impl/kernels.py).
+    options = kernels.supported_options(kernels.NO_YNN_CONVOLUTIONS) if jax.default_backend() == "cpu" else None
+    return make_evaluator(recipe, mesh, api, options or None)(params, test)
 
 
 def main(argv=None) -> int:

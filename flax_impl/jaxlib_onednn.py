@@ -19,7 +19,8 @@ programs holding the call be: XLA:CPU does not serialize them for JAX's persiste
 
 Only the forward convolution is reached this way (oneDNN's backward primitives are not): the
 gradients are forward convolutions too (flax_impl/convolutions.py). float32 only; stride 1, no
-dilation, one group, the same zero padding on every side; NHWC input, HWIO kernel, NHWC output.
+dilation, one group, the same zero padding on every side; NHWC input, HWIO kernel, NHWC output. No
+batching rule: the models never vmap a convolution (jax.vmap over one says so).
 """
 
 from __future__ import annotations
