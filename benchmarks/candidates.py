@@ -17,8 +17,9 @@ product, not a stripped-down loop.
 
 from __future__ import annotations
 
-FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked", "onednn-chunked",
-                 "nnx-jit-loop", "nnx-cached-loop", "nnx-split-loop", "nnx-chunked")
+FLAX_VARIANTS = ("jit-loop", "jit-scan", "gemm-loop", "gemm-scan", "gemm-chunked", "canonical-chunked",
+                 "jaxlib-onednn-chunked", "onednn-chunked", "nnx-jit-loop", "nnx-cached-loop", "nnx-split-loop",
+                 "nnx-chunked")
 TORCH_VARIANTS = ("eager", "compile", "torchvision-dataloader")
 VARIANTS = FLAX_VARIANTS + TORCH_VARIANTS
 QUICK_EVAL_EXAMPLES = 1000

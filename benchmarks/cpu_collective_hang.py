@@ -2,28 +2,25 @@
 all-reduce rendezvous when several steps are in flight (JAX's asynchronous dispatch), on a machine
 with as few cores as simulated devices; waiting for each step before dispatching the next avoids it.
 
-    python -m benchmarks.cpu_collective_hang --devices 2 --steps 300            # hangs, then aborts (rc 134)
-    python -m benchmarks.cpu_collective_hang --devices 2 --steps 300 --sync     # completes
+`run(devices, steps, sync)` in a fresh process (it sets the device count before importing JAX):
+with sync=False it hangs, then aborts (SIGABRT); with sync=True it completes
+(tests/test_distributed.py runs that one in a spawned process).
 
 Observed with jax/jaxlib 0.10.2 on a 2-core x86-64 VM: "This thread has been waiting for `all reduce
 RendezvousKey{...}` for 20 seconds and may be stuck. Expected 2 threads to join the rendezvous", then
-abort after 40 s. Imports only JAX and NumPy; sets the device count itself.
+abort after 40 s. Imports only JAX and NumPy.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 
-def main() -> int:
-    p = argparse.ArgumentParser()
-    p.add_argument("--devices", type=int, default=2)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--sync", action="store_true", help="block on each step's result before the next dispatch")
-    args = p.parse_args()
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.devices}"
+def run(devices: int = 2, steps: int = 300, sync: bool = False) -> str:
+    """`steps` data-parallel steps over `devices` simulated CPU devices, each waited for before the next
+    is dispatched if `sync`; what happened, in one line. Call it in a process that has not imported JAX."""
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -47,14 +44,9 @@ def main() -> int:
         return jax.tree.map(lambda a, g: a - 0.01 * g, params, grads), value
 
     tick = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         params, value = step(params, x, y)
-        if args.sync:
+        if sync:
             jax.block_until_ready(value)
-    print(f"{args.steps} steps on {args.devices} devices ({'sync' if args.sync else 'async'} dispatch): "
-          f"loss {float(value):.4f}, {time.perf_counter() - tick:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return (f"{steps} steps on {devices} devices ({'sync' if sync else 'async'} dispatch): "
+            f"loss {float(value):.4f}, {time.perf_counter() - tick:.1f} s")

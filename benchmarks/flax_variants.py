@@ -10,16 +10,20 @@ and the step loop chosen:
                 one jitted step per Python iteration.
   gemm-scan     GEMM convolutions; the epoch's full batches under one jitted `lax.scan`.
   gemm-chunked  FlaxTrainer's loop, STEPS_PER_DISPATCH steps per jitted `fori_loop`, with GEMM
-                convolutions: what `python -m flax_impl.train` runs on a CPU (its default, pure JAX).
-  onednn-chunked  the same with oneDNN's convolutions, the opt-in (`--conv-impl onednn`,
-                flax_impl/onednn_conv.py; skipped where its extension is not built).
+                convolutions (`--conv-impl gemm`).
+  canonical-chunked  the same loop with the pure-JAX "canonical" tier (`--conv-impl canonical`: XLA's
+                convolution kernel for the forward pass and both gradients, YNNPACK's convolutions off).
+  jaxlib-onednn-chunked  the same loop with jaxlib's own oneDNN convolution (`--conv-impl
+                jaxlib-onednn`): what `python -m flax_impl.train` runs on a CPU where its self-test passes.
+  onednn-chunked  the same with the native oneDNN extension, the opt-in (`--conv-impl onednn`,
+                flax_impl/onednn_conv.py; an error row where its extension is not built).
 
 The NNX models (flax_impl/models_nnx.py) with GEMM convolutions, so that each compares with a Linen
 variant above in its API alone, four ways of driving the same step:
   nnx-jit-loop    `nnx.jit` per step, as NNX's own examples train: the model and an `nnx.Optimizer`
                   are Python objects that nnx.jit splits before and merges after every call. The body
                   is the product's gathered batch and loss_and_gradients; the update, nnx.Optimizer's
-                  (the same optax update; check_variants holds it to the others).
+                  (the same optax update; tests/test_benchmark_variants.py holds it to the others).
   nnx-cached-loop the same nnx.jit step through `nnx.cached_partial` over the model and optimizer, which
                   caches their graph traversal (the Flax performance guide's other remedy).
   nnx-split-loop  FlaxTrainer(api="nnx"): the graph split once, `jax.jit` per step over the split state
@@ -29,7 +33,7 @@ variant above in its API alone, four ways of driving the same step:
 `tiny_step_seconds`: one step of the variant's per-step function on a 1-example batch, what a step
 costs beyond its arithmetic (dispatch, and for nnx.jit its object-graph traversal).
 
-benchmarks/check_variants.py verifies that they compute the same function.
+tests/test_benchmark_variants.py checks that they compute the same function.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ VARIANTS = {  # variant -> (api, conv_impl, loop)
     "gemm-loop": ("linen", "gemm", "python"),
     "gemm-scan": ("linen", "gemm", "scan"),
     "gemm-chunked": ("linen", "gemm", "chunked"),
+    "canonical-chunked": ("linen", "canonical", "chunked"),
+    "jaxlib-onednn-chunked": ("linen", "jaxlib-onednn", "chunked"),
     "onednn-chunked": ("linen", "onednn", "chunked"),
     "nnx-jit-loop": ("nnx", "gemm", "nnx-jit"),
     "nnx-cached-loop": ("nnx", "gemm", "nnx-cached"),
@@ -73,16 +79,17 @@ class VariantTrainer(FlaxTrainer):
 
         def train_scan(state, split, perm, rng, start, num_steps):
             def step(state, i):
-                # The trainer's jitted gathered step, inlined into the scan (donation applies to the scan's state)
+                # The trainer's gathered step, traced into the scan (donation applies to the scan's state)
                 state, metrics = train_on_slice(state, split, perm, i * b, rng, **self.step_options)
                 return state, (metrics["loss"], metrics["correct"])
             return jax.lax.scan(step, state, start + jnp.arange(num_steps))
 
-        self._train_scan = jax.jit(train_scan, donate_argnums=0, static_argnames="num_steps")
+        self._train_scan = jax.jit(train_scan, donate_argnums=0, static_argnames="num_steps",
+                                   compiler_options=self.kernels.jit_options())
 
     def _build_nnx_objects(self):
         """The NNX model and a fresh nnx.Optimizer holding this trainer's current parameters."""
-        graphdef = models_nnx.functional_model(self.recipe.model, self.recipe.init, self.conv_impl).graphdef
+        graphdef = models_nnx.functional_model(self.recipe.model, self.recipe.init, self.kernels).graphdef
         self.model = nnx.merge(graphdef, self.state.params)
         self.optimizer = nnx.Optimizer(self.model, self.state.tx, wrt=nnx.Param)
         if self.loop == "nnx-cached":
@@ -100,8 +107,8 @@ class VariantTrainer(FlaxTrainer):
         if self.loop == "nnx-jit":
             return self._nnx_step(self.model, self.optimizer, self.train_data, perm, start, self.dropout_key,
                                   batch_size=batch_size)
-        self.state, metrics = train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
-                                             **{**self.step_options, "batch_size": batch_size})
+        self.state, metrics = self.steps.train_on_slice(self.state, self.train_data, perm, start, self.dropout_key,
+                                                        **{**self.step_options, "batch_size": batch_size})
         return metrics
 
     def sync(self):

@@ -1,14 +1,11 @@
-"""The machine's peak f32 GEMM rate, measured through JAX and through PyTorch (own process each).
-
-`python -m benchmarks.gemm jax|torch [--quick]` prints one JSON line: the best GFLOP/s over square
-sizes, each the best of several timed repetitions. The roofline used by the report is the larger of
-the two: the fastest f32 matrix multiply this machine demonstrably runs.
+"""The machine's peak f32 GEMM rate, measured through JAX or through PyTorch (`measure`, which
+benchmarks/machine.py runs in a process of its own for each): the best GFLOP/s over square sizes, each
+the best of several timed repetitions. The roofline used by the report is the larger of the two: the
+fastest f32 matrix multiply this machine demonstrably runs.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 
@@ -50,7 +47,3 @@ def measure(framework: str, quick: bool = False) -> dict:
             device = dev
     return {"framework": framework, "device": device, "gflops_by_size": results,
             "peak_gflops": max(results.values())}
-
-
-if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], "--quick" in sys.argv)))

@@ -21,17 +21,32 @@ from cnn_parity.weights import CONV_GEOMETRY
 WIDE_INTERVAL = 0.10  # (high - low) / ratio above which a ratio is flagged as uncertain
 BASELINE = "eager"  # PyTorch eager: what every ratio is a multiple of
 
-# The three Flax tiers each model is read in, against PyTorch eager: with them the gap splits into
-# XLA's convolutions and the per-step loop (stock -> pure JAX; XLA's convolutions are pathological inside
-# a compiled loop on CPU, FINDINGS.md section 2), the kernel library (pure JAX -> same kernels) and what
-# is left to the frameworks themselves (same kernels vs eager: dispatch, fusion, data pipeline).
+# The Flax tiers each model is read in, against PyTorch eager (the convolution tiers of
+# flax_impl/kernels.py, each in the trainer's chunked loop, and stock Flax's per-step loop): stock → the
+# pure-JAX tiers is XLA's convolutions and the loop (XLA's convolutions are pathological inside a compiled
+# loop on CPU, FINDINGS.md section 2); the pure-JAX tiers → the oneDNN tiers is the kernel library; the
+# oneDNN extension vs eager, which runs oneDNN's convolutions too, is what is left to the frameworks.
 TIERS = (
-    ("stock Flax", "jit-loop", "nn.Conv (XLA's convolutions), one jitted step per iteration"),
-    ("pure JAX", "gemm-chunked", "the default: GEMM convolutions, the trainer's loop"),
-    ("same kernels", "onednn-chunked", "the opt-in: oneDNN's convolutions, as PyTorch eager's, same loop"),
+    ("stock Flax", "jit-loop", "nn.Conv (XLA's convolutions; YNNPACK's on a CPU), one jitted step per iteration"),
+    ("im2col", "gemm-chunked", "pure JAX: im2col + GEMM convolutions, autodiff gradients"),
+    ("pure JAX", "canonical-chunked", "pure JAX: XLA's convolution kernel for the forward pass and both "
+                                      "gradients (custom VJP), YNNPACK's convolutions off, im2col on small layers"),
+    ("jaxlib oneDNN", "jaxlib-onednn-chunked", "jaxlib's own oneDNN convolution (forward, input gradient), "
+                                               "weight gradients per layer: the CPU default"),
+    ("oneDNN extension", "onednn-chunked", "the opt-in native extension: oneDNN's forward and backward primitives"),
 )
-HEADLINE_TIER = "pure JAX"  # the default against PyTorch eager
 TIER_OF_VARIANT = {variant: tier for tier, variant, _ in TIERS}
+
+
+def default_variant(records: list[dict], model: str) -> str | None:
+    """The Flax variant `python -m flax_impl.train` runs for `model` on the machine that made `records`."""
+    return next((r["variant"] for r in records if r["model"] == model and r["framework"] == "flax"
+                 and r.get("trainer_default")), None)
+
+
+def headline_tier(records: list[dict], model: str) -> str | None:
+    """The tier of the trainer's default: the headline ratio."""
+    return TIER_OF_VARIANT.get(default_variant(records, model))
 
 
 def median(xs):
@@ -78,17 +93,20 @@ def has_convolutions(model: str) -> bool:
     return bool(CONV_GEOMETRY[model])
 
 
-def tier_variants(model: str) -> dict[str, str | None]:
-    """tier -> the variant measuring it for `model`; None for "same kernels" on a model without
-    convolutions, where it would time the pure-JAX tier again."""
-    return {tier: (variant if has_convolutions(model) or tier != "same kernels" else None) for tier, variant, _ in TIERS}
+def tier_variants(model: str, records: list[dict] | None = None) -> dict[str, str | None]:
+    """tier -> the variant measuring it for `model`. A model without convolutions trains alike in every
+    convolution tier: only stock Flax and the default's tier (from `records`) measure it, the others
+    are None."""
+    default = headline_tier(records or [], model)
+    return {tier: (variant if has_convolutions(model) or tier in ("stock Flax", default) else None)
+            for tier, variant, _ in TIERS}
 
 
 def annotate(records: list[dict]) -> None:
     """Add to each record its tier (or None) and, for Flax records, its ratio to eager with the
     interval over rounds (`ratio_to_eager`: value, low, high, rounds, paired, wide)."""
     for record in records:
-        variant = tier_variants(record["model"])
+        variant = tier_variants(record["model"], records)
         record["tier"] = next((tier for tier, v in variant.items() if v == record["variant"]), None)
         if record["framework"] == "flax":
             r = ratio_to_baseline(records, record)

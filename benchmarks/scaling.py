@@ -8,9 +8,9 @@ Each (model, framework, device count) runs in fresh processes: Flax as one proce
 PyTorch as N torchrun processes (gloo on CPU, nccl on GPU). A warm-up dispatch of STEPS_PER_DISPATCH
 steps, then `--steps` timed steps through the trainers' own train_epoch. Writes DIR/scaling.json,
 DIR/scaling.md and prints the table. Simulated CPU devices share the machine's cores, so on a CPU
-the table shows the cost of the collectives, not a speed-up. Flax convolves with conv_impl "gemm" at
-every device count (its oneDNN convolutions train on one device only: resolve_conv_impl in
-flax_impl/train.py), so that a ratio is the mesh's alone.
+the table shows the cost of the collectives, not a speed-up. Flax convolves with conv_impl
+"canonical", the trainer's CPU default on several devices, at every device count (its oneDNN tiers
+train on one device only: resolve_conv_impl in flax_impl/train.py), so that a ratio is the mesh's alone.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def worker(framework: str, model: str, devices: int, steps: int) -> None:
         from flax_impl import distributed
         from flax_impl.train import FlaxTrainer
 
-        trainer = FlaxTrainer(recipe, conv_impl="gemm", mesh=distributed.make_mesh(devices))
+        trainer = FlaxTrainer(recipe, conv_impl="canonical", mesh=distributed.make_mesh(devices))
         rate = _time_trainer(trainer, steps, lambda: jax.block_until_ready(trainer.state))
     else:
         import torch

@@ -1,6 +1,7 @@
 """The benchmark's records as tables (bench.md, the README's goals block) and a PNG: every candidate's
-row, the three Flax tiers against PyTorch eager with their intervals over rounds
-(benchmarks/ratios.py), and the summary lines."""
+row, the Flax tiers against PyTorch eager with their intervals over rounds (benchmarks/ratios.py), and
+the summary lines. A timed round in which other processes used more than
+machine.IDLE_BUSY_FRACTION of the CPU is flagged (busy_rounds)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from benchmarks import ratios
 from benchmarks.candidates import framework_of
+from benchmarks.machine import IDLE_BUSY_FRACTION
 
 
 def fmt(x, spec):
@@ -18,34 +20,52 @@ def ratio_text(ratio: ratios.Ratio | None) -> str:
     return "—" if ratio is None else ratio.text()
 
 
-def variant_label(record) -> str:
+def variant_label(record, records) -> str:
     """The variant, with the tier it measures (benchmarks/ratios.py), if any."""
     tier = ratios.TIER_OF_VARIANT.get(record["variant"])
-    tier = tier if tier and ratios.tier_variants(record["model"])[tier] == record["variant"] else None
+    tier = tier if tier and ratios.tier_variants(record["model"], records)[tier] == record["variant"] else None
     return f"{record['variant']} ({tier})" if tier else record["variant"]
 
 
+def busy_rounds(record) -> int:
+    """Timed rounds of `record` during which other processes used more than IDLE_BUSY_FRACTION of the CPU."""
+    return sum(share > IDLE_BUSY_FRACTION for share in record.get("others_cpu_fraction_during") or [])
+
+
+def busy_text(record) -> str:
+    busy = busy_rounds(record)
+    return f"⚠ {busy} of {record['rounds']}" if busy else "0"
+
+
+def step_text(record) -> str:
+    """"wall / CPU" milliseconds per training step (median over rounds), CPU being the worker process's."""
+    if record.get("train_ms_per_step") is None:
+        return "—"
+    return f"{record['train_ms_per_step']:.2f} / {record['train_cpu_ms_per_step']:.2f}"
+
+
 def markdown_table(records, meta) -> str:
-    lines = ["| model | framework | variant | batch | train samples/s (min–max) | eval samples/s | epoch s | "
-             "compile s (first run / cached) | 1-example step ms | peak RSS MB | MFLOP/sample | % GEMM peak | "
-             "×eager [min–max over rounds] | ×torchvision-dataloader epoch |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | framework | variant | batch | train samples/s (min–max) | ms/step wall / CPU | eval samples/s | "
+             "epoch s | compile s (first run / cached) | 1-example step ms | peak RSS MB | MFLOP/sample | % GEMM peak | "
+             "×eager [min–max over rounds] | ×torchvision-dataloader epoch | busy rounds |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by = {(r["model"], r["variant"]): r for r in records}
     for r in records:
         seed = by.get((r["model"], "torchvision-dataloader"), {}).get("epoch_s")
         rate = r["train_samples_per_s"]
         if r.get("error") and rate is None:
-            lines.append(f"| {r['model']} | {r['framework']} | {variant_label(r)} | {r['batch_size'] or '—'} | "
-                         f"error: {r['error'][:120].replace('|', '/')} | | | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['framework']} | {variant_label(r, records)} | {r['batch_size'] or '—'} | "
+                         f"error: {r['error'][:120].replace('|', '/')} | | | | | | | | | | | |")
             continue
         spread = f"{rate:,.0f} ({min(r['train_samples_per_s_all']):,.0f}–{max(r['train_samples_per_s_all']):,.0f})"
         lines.append(
-            f"| {r['model']} | {r['framework']} | {variant_label(r)} | {r['batch_size']} | {spread} | "
-            f"{r['eval_samples_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['compile_s']:.2f}"
+            f"| {r['model']} | {r['framework']} | {variant_label(r, records)} | {r['batch_size']} | {spread} | "
+            f"{step_text(r)} | {r['eval_samples_per_s']:,.0f} | {r['epoch_s']:.2f} | {r['compile_s']:.2f}"
             f"{' / ' + fmt(r['compile_s_second_run'], '.2f') if r.get('compile_s_second_run') is not None else ''} | "
             f"{fmt(r.get('tiny_step_s') and 1e3 * r['tiny_step_s'], '.2f')} | {fmt(r['peak_rss_mb'], '.0f')} | "
             f"{r['flops_per_sample'] / 1e6:.2f} | {fmt(r['gemm_peak_fraction'] and 100 * r['gemm_peak_fraction'], '.1f')} | "
-            f"{ratio_text(ratios.ratio_to_baseline(records, r))} | {fmt(seed and seed / r['epoch_s'], '.2f')} |")
+            f"{ratio_text(ratios.ratio_to_baseline(records, r))} | {fmt(seed and seed / r['epoch_s'], '.2f')} | "
+            f"{busy_text(r)} |")
     return "\n".join(lines)
 
 
@@ -93,42 +113,51 @@ def summary_lines(records) -> list[str]:
 
 
 def goals_table(records) -> str:
-    """Per model, the figures the performance goals are stated in: the three Flax tiers' train
-    throughput over PyTorch eager, each with its interval over rounds (the headline: pure JAX, what
-    `python -m flax_impl.train` runs), the fastest Flax epoch against the sources' torchvision
-    DataLoader epoch, the default's fraction of the GEMM peak and compile seconds; then one line per
-    ratio whose interval is too wide to quote."""
+    """Per model, the figures the performance goals are stated in: every Flax tier's train throughput
+    over PyTorch eager, each with its interval over rounds (in bold the trainer's default, what
+    `python -m flax_impl.train` runs here), the default's and eager's milliseconds per step (wall /
+    the process's CPU), the fastest Flax epoch against the sources' torchvision DataLoader epoch, the
+    default's fraction of the GEMM peak and compile seconds; then one line per ratio whose interval is
+    too wide to quote, and one per model with rounds taken while the machine was busy."""
     tier_headers = " | ".join(f"{tier} (`{variant}`) ×eager" for tier, variant, _ in ratios.TIERS)
-    lines = [f"| model | {tier_headers} | Flax epoch ×faster than torchvision-dataloader | "
-             "% GEMM peak (default) | first / cached compile s (default) |",
-             "|---|" + "---:|" * (len(ratios.TIERS) + 3)]
-    wide = []
+    lines = [f"| model | {tier_headers} | default / eager ms per step (wall / CPU) | "
+             "Flax epoch ×faster than torchvision-dataloader | % GEMM peak (default) | first / cached compile s (default) |",
+             "|---|" + "---:|" * (len(ratios.TIERS) + 4)]
+    wide, busy = [], []
     for m in dict.fromkeys(r["model"] for r in records):
         rs = {r["variant"]: r for r in records if r["model"] == m and r["train_samples_per_s"]}
         flax = [r for r in rs.values() if r["framework"] == "flax"]
-        loader = rs.get("torchvision-dataloader")
         if not flax or ratios.BASELINE not in rs:
             continue
+        headline = ratios.headline_tier(records, m)
         cells = []
-        for tier, variant in ratios.tier_variants(m).items():
+        for tier, variant in ratios.tier_variants(m, records).items():
             ratio = ratios.ratio_to_baseline(records, rs[variant]) if variant in rs else None
             text = ratio_text(ratio) if variant else "— (no convolution)"
-            cells.append(f"**{text}**" if tier == ratios.HEADLINE_TIER and ratio else text)
+            cells.append(f"**{text}**" if tier == headline and ratio else text)
             if ratio and ratio.wide:
                 wide.append(f"{m} {tier}: {ratio.rounds} round(s), {ratio.low:.2f}–{ratio.high:.2f}")
-        default = rs.get(dict(ratios.tier_variants(m))[ratios.HEADLINE_TIER])
-        epoch = min(r["epoch_s"] for r in flax)
-        compile_s = default and f"{default['compile_s']:.1f} / {fmt(default.get('compile_s_second_run'), '.1f')}"
-        lines.append(f"| {m} | {' | '.join(cells)} | {fmt(loader and loader['epoch_s'] / epoch, '.2f')} | "
-                     f"{fmt(default and default['gemm_peak_fraction'] and 100 * default['gemm_peak_fraction'], '.1f')} | "
-                     f"{compile_s or '—'} |")
-    lines.append("")
-    lines.append("Ratios: median of the per-round ratios [min–max over the interleaved rounds]; ⚠: wider than "
-                 f"{100 * ratios.WIDE_INTERVAL:.0f} % of the ratio, or one round (benchmarks/ratios.py).")
+        busy += [f"{m} `{r['variant']}` {busy_rounds(r)} of {r['rounds']}" for r in rs.values() if busy_rounds(r)]
+        lines.append(f"| {m} | {' | '.join(cells)} | {_default_cells(rs, ratios.default_variant(records, m), flax)} |")
+    lines += ["", "Ratios: median of the per-round ratios [min–max over the interleaved rounds]; ⚠: wider than "
+              f"{100 * ratios.WIDE_INTERVAL:.0f} % of the ratio, or one round (benchmarks/ratios.py). CPU: the "
+              "training process's CPU seconds per step, which a busy machine inflates less than wall time."]
     if wide:
-        lines.append("")
-        lines.append("⚠ Too uncertain to quote (rerun with longer trials or more rounds, idle): " + "; ".join(wide) + ".")
+        lines += ["", "⚠ Too uncertain to quote (rerun with longer trials or more rounds, idle): " + "; ".join(wide) + "."]
+    if busy:
+        lines += ["", f"⚠ Rounds taken while other processes used more than {100 * IDLE_BUSY_FRACTION:.0f} % of the "
+                  "CPU (not an idle machine's figures): " + "; ".join(busy) + "."]
     return "\n".join(lines)
+
+
+def _default_cells(rs: dict, default_variant: str | None, flax: list) -> str:
+    """The goals table's cells after the tiers: ms per step, epoch ratio, % GEMM peak, compile s."""
+    default, eager, loader = rs.get(default_variant), rs[ratios.BASELINE], rs.get("torchvision-dataloader")
+    epoch = min(r["epoch_s"] for r in flax)
+    compile_s = default and f"{default['compile_s']:.1f} / {fmt(default.get('compile_s_second_run'), '.1f')}"
+    peak = default and default["gemm_peak_fraction"] and 100 * default["gemm_peak_fraction"]
+    return (f"{step_text(default) if default else '—'} vs {step_text(eager)} | "
+            f"{fmt(loader and loader['epoch_s'] / epoch, '.2f')} | {fmt(peak, '.1f')} | {compile_s or '—'}")
 
 
 def write_chart(records, path: Path, meta) -> None:
@@ -148,14 +177,15 @@ def write_chart(records, path: Path, meta) -> None:
     for j, (tier, variant, _) in enumerate(ratios.TIERS):
         xs, ys, lo, hi = [], [], [], []
         for i, m in enumerate(models):
-            record = by.get((m, variant)) if ratios.tier_variants(m)[tier] else None
+            record = by.get((m, variant)) if ratios.tier_variants(m, records)[tier] else None
             ratio = record and record.get("train_samples_per_s_all") and ratios.ratio_to_baseline(records, record)
             if ratio:
                 xs.append(i + (j - (len(ratios.TIERS) - 1) / 2) * width)
                 ys.append(ratio.value)
                 lo.append(ratio.value - ratio.low)
                 hi.append(ratio.high - ratio.value)
-        label = f"{tier} ({variant})" + (": the default" if tier == ratios.HEADLINE_TIER else "")
+        default = {ratios.headline_tier(records, m) for m in models}
+        label = f"{tier} ({variant})" + (": the default" if tier in default else "")
         if xs:
             tier_ax.bar(xs, ys, width, yerr=[lo, hi], label=label, color=colors(j), capsize=3)
     tier_ax.axhline(1.0, color="black", linewidth=0.8)

@@ -12,7 +12,7 @@ from cnn_parity import evaluate_cli
 from cnn_parity.pairs import CheckedPair
 from cnn_parity.recipes import Recipe
 from cnn_parity.trainer import EvalResult
-from flax_impl import compilation_cache, data, distributed, pair_model
+from flax_impl import compilation_cache, data, distributed, kernels, pair_model
 from flax_impl.convert import params_from_canonical
 from flax_impl.train import add_api_flag, make_evaluator
 
@@ -26,11 +26,15 @@ def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: 
     test = data.to_device(data.load_split(recipe, "test", "device", data_dir), replicated)
     if recipe.pair is None:
         params, apply_fn = params_from_canonical(recipe.model, arrays), None
+        # As the trainer evaluates: XLA's forward, compiled as the default CPU tiers compile it
+        # (YNNPACK's convolutions off, flax_impl/kernels.py); a pair's model with no options, as it trains.
+        options = kernels.supported_options(kernels.NO_YNN_CONVOLUTIONS) if jax.default_backend() == "cpu" else {}
     else:
         example = np.asarray(data.normalize(test.images[:1], *recipe.normalization))
         model, template = pair_model.init(recipe, jax.random.key(0), example)
         params, apply_fn = pair_model.from_canonical(model, template, arrays, pair.transfer), model.apply
-    return make_evaluator(recipe, mesh, api, apply_fn)(jax.device_put(params, replicated), test)
+        options = {}
+    return make_evaluator(recipe, mesh, api, apply_fn, options or None)(jax.device_put(params, replicated), test)
 
 
 def main(argv=None) -> int:

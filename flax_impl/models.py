@@ -6,8 +6,8 @@ initialisation, U(±1/√fan_in) for weights and biases; `"flax"` keeps Flax's d
 weights, zero biases). A weight the source initialised explicitly (cnn_parity.weights.EXPLICIT_WEIGHT_INITS:
 cnn_2layer's final Linear, Xavier-uniform) keeps that under both schemes.
 
-`conv_impl` says how the convolutions and 2x2 max-pools are computed ("xla": Flax's own layers,
-"gemm", "onednn"): flax_impl/kernels.py. The trainer chooses it (flax_impl/train.py); a model
+`kernels` says how the convolutions and 2x2 max-pools are computed (a tier of flax_impl/kernels.py;
+default `kernels.XLA`, Flax's own layers). The trainer chooses it (flax_impl/train.py); a model
 without convolutions ignores it.
 """
 
@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from cnn_parity.weights import EXPLICIT_WEIGHT_INITS
-from flax_impl.kernels import conv_function, pool_2x2
+from flax_impl import kernels as conv_kernels
+from flax_impl.kernels import Kernels
 
 # PyTorch's kaiming_uniform_(a=√5) is U(±gain·√(3/fan_in)) with gain √(1/3): U(±1/√fan_in).
 _torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
@@ -51,13 +52,13 @@ def layer_inits(init_scheme: str, fan_in: int, model: str, layer: str) -> dict[s
 
 
 class _Layers(nn.Module):
-    """Base: builds Dense / Conv layers initialised by `init_scheme`, convolving and pooling per
-    `conv_impl` (flax_impl/kernels.py; default: Flax's own layers). `model_name`: the model a
+    """Base: builds Dense / Conv layers initialised by `init_scheme`, convolving and pooling with
+    `kernels` (flax_impl/kernels.py; default: Flax's own layers). `model_name`: the model a
     subclass is (cnn_parity.recipes.MODELS)."""
 
     model_name = ""  # a class attribute, not a field
     init_scheme: str = "torch"
-    conv_impl: str = "xla"
+    kernels: Kernels = conv_kernels.XLA
 
     def dense(self, x, features: int, name: str):
         return nn.Dense(features, name=name, **layer_inits(self.init_scheme, x.shape[-1], self.model_name, name))(x)
@@ -65,10 +66,10 @@ class _Layers(nn.Module):
     def conv(self, x, features: int, kernel: int, name: str, padding: int = 0):
         return nn.Conv(features, (kernel, kernel), padding=[(padding, padding)] * 2, name=name,
                        **layer_inits(self.init_scheme, x.shape[-1] * kernel * kernel, self.model_name, name),
-                       **conv_function(self.conv_impl))(x)
+                       **self.kernels.conv_keywords())(x)
 
     def pool(self, x):
-        return pool_2x2(x, self.conv_impl)
+        return self.kernels.pool(x)
 
 
 def flatten(x):
@@ -138,8 +139,8 @@ class FashionCNN(_Layers):
 MODULES = {module.model_name: module for module in (MLP, CNNBase, CNN2Layer, LeNet, FashionCNN)}
 
 
-def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla") -> nn.Module:
-    return MODULES[name](init_scheme=init_scheme, conv_impl=conv_impl)
+def create_model(name: str, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA) -> nn.Module:
+    return MODULES[name](init_scheme=init_scheme, kernels=kernels)
 
 
 def init_params(model: nn.Module, key: jax.Array) -> Any:

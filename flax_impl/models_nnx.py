@@ -1,6 +1,6 @@
 """The five models as Flax NNX modules: the same layers, names, initialisation and convolutions as
 the Linen ones in flax_impl/models.py (the same layer helpers: `layer_inits`, `flatten`, and
-flax_impl/kernels.py's `conv_function` and `pool_2x2`), so speed work on the kernels serves both APIs.
+flax_impl/kernels.py's `Kernels`), so speed work on the kernels serves both APIs.
 NNX layers are built before they see an input, so each takes its sizes and padding from the neutral
 tables (cnn_parity.weights: LAYERS, CONV_GEOMETRY).
 
@@ -27,19 +27,20 @@ from flax import nnx
 from flax.core.scope import LazyRng
 
 from cnn_parity.weights import CONV_GEOMETRY, LAYERS
-from flax_impl.kernels import conv_function, pool_2x2
+from flax_impl import kernels as conv_kernels
+from flax_impl.kernels import Kernels
 from flax_impl.models import flatten, layer_inits
 
 
 class _Layers(nnx.Module):
     """Base: builds the Linear / Conv layers of model `model_name` (a class attribute) by name, as
-    cnn_parity.weights describes them, initialised by `init_scheme`, convolving and pooling per
-    `conv_impl` (flax_impl/kernels.py)."""
+    cnn_parity.weights describes them, initialised by `init_scheme`, convolving and pooling with
+    `kernels` (a tier of flax_impl/kernels.py)."""
 
     model_name = ""
 
-    def __init__(self, init_scheme: str, conv_impl: str):
-        self.init_scheme, self.conv_impl = init_scheme, conv_impl
+    def __init__(self, init_scheme: str, kernels: Kernels):
+        self.init_scheme, self.kernels = init_scheme, kernels
 
     def _sizes(self, name: str) -> tuple[int, int, int | None]:
         """(in features / channels, out, kernel size or None) of layer `name`."""
@@ -54,17 +55,17 @@ class _Layers(nnx.Module):
         _, padding, _ = CONV_GEOMETRY[self.model_name][name]
         return nnx.Conv(channels, features, (kernel, kernel), padding=((padding, padding),) * 2, rngs=rngs,
                         **layer_inits(self.init_scheme, channels * kernel * kernel, self.model_name, name),
-                        **conv_function(self.conv_impl))
+                        **self.kernels.conv_keywords())
 
     def pool(self, x):
-        return pool_2x2(x, self.conv_impl)
+        return self.kernels.pool(x)
 
 
 class MLP(_Layers):
     model_name = "mlp"
 
-    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
-        super().__init__(init_scheme, conv_impl)
+    def __init__(self, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA, *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, kernels)
         self.fc1 = self.linear("fc1", rngs)
         self.fc2 = self.linear("fc2", rngs)
 
@@ -75,8 +76,8 @@ class MLP(_Layers):
 class CNNBase(_Layers):
     model_name = "cnn_base"
 
-    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
-        super().__init__(init_scheme, conv_impl)
+    def __init__(self, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA, *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, kernels)
         self.conv1 = self.conv("conv1", rngs)
         self.conv2 = self.conv("conv2", rngs)
         self.conv3 = self.conv("conv3", rngs)
@@ -94,8 +95,8 @@ class CNNBase(_Layers):
 class CNN2Layer(_Layers):
     model_name = "cnn_2layer"
 
-    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
-        super().__init__(init_scheme, conv_impl)
+    def __init__(self, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA, *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, kernels)
         self.conv1 = self.conv("conv1", rngs)
         self.conv2 = self.conv("conv2", rngs)
         self.fc = self.linear("fc", rngs)
@@ -109,8 +110,8 @@ class CNN2Layer(_Layers):
 class LeNet(_Layers):
     model_name = "lenet"
 
-    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs):
-        super().__init__(init_scheme, conv_impl)
+    def __init__(self, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA, *, rngs: nnx.Rngs):
+        super().__init__(init_scheme, kernels)
         self.conv1 = self.conv("conv1", rngs)
         self.conv2 = self.conv("conv2", rngs)
         self.fc1 = self.linear("fc1", rngs)
@@ -137,9 +138,9 @@ class FashionCNN(_Layers):
 
     model_name = "fashion_cnn"
 
-    def __init__(self, init_scheme: str = "torch", conv_impl: str = "xla", dropout_rate: float = 0.5, *,
+    def __init__(self, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA, dropout_rate: float = 0.5, *,
                  rngs: nnx.Rngs):
-        super().__init__(init_scheme, conv_impl)
+        super().__init__(init_scheme, kernels)
         self.conv1 = self.conv("conv1", rngs)
         self.conv2 = self.conv("conv2", rngs)
         self.fc1 = self.linear("fc1", rngs)
@@ -160,9 +161,11 @@ class FashionCNN(_Layers):
 MODULES = {module.model_name: module for module in (MLP, CNNBase, CNN2Layer, LeNet, FashionCNN)}
 
 
-def create_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla", *, rngs: nnx.Rngs) -> nnx.Module:
-    """Model `name`, its parameters drawn from `rngs` (its "params" stream, in layer order)."""
-    return MODULES[name](init_scheme, conv_impl, rngs=rngs)
+def create_model(name: str, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA, *,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """Model `name`, its parameters drawn from `rngs` (its "params" stream, in layer order), convolving
+    and pooling with `kernels`."""
+    return MODULES[name](init_scheme, kernels, rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +176,7 @@ class FunctionalModel:
     graph definition, so `jax.jit` treats it as static (a TrainState's `apply_fn`)."""
 
     graphdef: nnx.GraphDef
+    kernels: Kernels = conv_kernels.XLA  # how the model convolves (its compiled programs' options)
 
     def apply(self, variables: dict[str, Any], x: jax.Array, train: bool = False,
               rngs: dict[str, jax.Array] | None = None) -> jax.Array:
@@ -183,16 +187,16 @@ class FunctionalModel:
 def split_params(model: nnx.Module) -> tuple[FunctionalModel, dict[str, Any]]:
     """(graph definition, parameters as a plain nested dict); the model holds parameters only."""
     graphdef, params = nnx.split(model, nnx.Param)
-    return FunctionalModel(graphdef), nnx.to_pure_dict(params)
+    return FunctionalModel(graphdef, getattr(model, "kernels", conv_kernels.XLA)), nnx.to_pure_dict(params)
 
 
 def init_params(name: str, key: jax.Array, init_scheme: str = "torch",
-                conv_impl: str = "xla") -> tuple[FunctionalModel, dict[str, Any]]:
+                kernels: Kernels = conv_kernels.XLA) -> tuple[FunctionalModel, dict[str, Any]]:
     """Model `name` initialised from `key`, split: what the trainer trains."""
-    return split_params(create_model(name, init_scheme, conv_impl, rngs=nnx.Rngs(params=key)))
+    return split_params(create_model(name, init_scheme, kernels, rngs=nnx.Rngs(params=key)))
 
 
-def functional_model(name: str, init_scheme: str = "torch", conv_impl: str = "xla") -> FunctionalModel:
+def functional_model(name: str, init_scheme: str = "torch", kernels: Kernels = conv_kernels.XLA) -> FunctionalModel:
     """The graph definition alone (traced abstractly: no parameters are drawn)."""
-    abstract = nnx.eval_shape(lambda: create_model(name, init_scheme, conv_impl, rngs=nnx.Rngs(params=0)))
+    abstract = nnx.eval_shape(lambda: create_model(name, init_scheme, kernels, rngs=nnx.Rngs(params=0)))
     return split_params(abstract)[0]

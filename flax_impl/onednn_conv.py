@@ -144,6 +144,9 @@ def _recorded_build(folder: Path) -> tuple[str, bytes] | None:
 # closed descriptor's number (so its /proc/self/fd path) would be reused for the next one, which dlopen
 # would then take for the library already loaded.
 _LOADED_FROM: list[int] = []
+# The SHA-256 of the library whose handlers this process registered: XLA keeps the first registration
+# of a target for the process's life and refuses another library's.
+_REGISTERED: list[str] = []
 
 
 def _open_bytes(data: bytes) -> ctypes.CDLL:
@@ -226,13 +229,19 @@ def _load_verified() -> Path:
     if found is None:
         raise Unavailable(f"{library} is not the library its build recorded (SHA-256 differs, or either is "
                           f"unreadable: truncated or replaced); rebuild: `{BUILD_COMMAND}`")
+    if _REGISTERED == [found[0]]:
+        return library
     try:
         handle = _open_bytes(found[1])
         symbols = {target: getattr(handle, symbol) for target, symbol in TARGETS.items()}
     except (OSError, AttributeError) as e:
         raise Unavailable(f"cannot load {library} ({e}); rebuild: `{BUILD_COMMAND}`") from None
+    if _REGISTERED:
+        raise Unavailable(f"{library} is not the build this process loaded before (its handlers stay "
+                          "registered until the process ends): start a new process")
     for target, symbol in symbols.items():
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
+    _REGISTERED.append(found[0])
     return library
 
 

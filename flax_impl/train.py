@@ -7,9 +7,11 @@ one jitted `lax.fori_loop`: one dispatch and one host↔device exchange per chun
 per-step dispatch cost weighs on short steps, benchmarks/FINDINGS.md section 13). Every full batch runs
 through that same compiled loop body whatever the chunking, so where checkpoints and resumes cut an
 epoch changes no result. Nothing here names a device: the same code runs on a GPU when JAX sees one.
-How the model convolves (`--conv-impl`, flax_impl/kernels.py) is chosen once, here, by
-`resolve_conv_impl`: "auto" is the pure-JAX GEMM formulation on a CPU and XLA's own convolutions
-elsewhere; oneDNN only when asked for.
+How the model convolves (`--conv-impl`, a tier of flax_impl/kernels.py) is chosen once, here, by
+`resolve_conv_impl`: "auto" is jaxlib's own oneDNN convolution on one CPU device where its start-up
+self-test passes, the pure-JAX "canonical" convolutions on a CPU otherwise (said in one line), and
+XLA's own convolutions elsewhere; the native oneDNN extension only when asked for. Every program that
+runs the model (`compiled_steps`, the evaluator) is compiled with the tier's XLA options.
 
 `--api linen` (default) trains the Linen modules of flax_impl/models.py, `--api nnx` the NNX ones of
 flax_impl/models_nnx.py through this same step: an NNX model is split once (`nnx.split`) into a
@@ -24,7 +26,7 @@ import argparse
 import functools
 import math
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from cnn_parity.pairs import CheckedPair
 from cnn_parity.recipes import Optimizer, Recipe
 from cnn_parity.trainer import CHECK_EVERY, EvalResult, StepMetrics
 from cnn_parity.weights import CONV_GEOMETRY
-from flax_impl import compilation_cache, data, distributed, kernels, models_nnx, onednn_conv, pair_model
+from flax_impl import compilation_cache, data, distributed, jaxlib_onednn, kernels, models_nnx, onednn_conv, pair_model
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 
@@ -106,26 +108,42 @@ CONV_IMPL_CHOICES = ("auto", *kernels.CONV_IMPLS)
 def resolve_conv_impl(conv_impl: str, model: str, devices: int = 1) -> str:
     """The convolutions `model` trains with on `devices` devices of JAX's default backend, for the
     command-line choice `conv_impl`: "none" for a model without convolutions (recorded, so that no
-    run claims kernels it does not use); "auto" is "gemm" (pure JAX) on a CPU and "xla" elsewhere.
-    UsageError if "onednn" is chosen and cannot run. oneDNN's calls are opaque to XLA's partitioner,
-    which would gather the whole batch onto every device to run them, so it trains on one device."""
+    run claims kernels it does not use); "auto" is "jaxlib-onednn" on one CPU device where its
+    self-test passes (else "canonical", said in one line), "canonical" on several CPU devices, "xla"
+    elsewhere. UsageError if a oneDNN tier is chosen and cannot run. oneDNN's calls are opaque to
+    XLA's partitioner, which would gather the whole batch onto every device to run them, so both
+    oneDNN tiers train on one device."""
     if not CONV_GEOMETRY.get(model):  # whatever was asked (a resumed mlp run asks for the "none" it recorded); a
         return "none"  # pair of the user's own convolves as its model does
     if conv_impl not in CONV_IMPL_CHOICES:
         raise ValueError(f"conv_impl must be one of {CONV_IMPL_CHOICES}, not {conv_impl!r}")
     backend = jax.default_backend()
     if conv_impl == "auto":
-        return "gemm" if backend == "cpu" else "xla"
-    if conv_impl == "onednn":
         if backend != "cpu":
-            raise UsageError(f"conv_impl onednn runs on the CPU only; JAX's backend here is {backend}")
+            return "xla"
         if devices > 1:
-            raise UsageError(f"conv_impl onednn trains on one device, not {devices} (XLA would run every call on the "
-                             "whole batch on each device): pass --devices 1, or leave --conv-impl at its default")
-        try:
-            onednn_conv.load()
-        except onednn_conv.Unavailable as e:
-            raise UsageError(f"conv_impl onednn: {e}") from None
+            return "canonical"
+        usable, why = jaxlib_onednn.status()
+        if not usable:
+            print(f"jaxlib's oneDNN convolution is not used: {why}; convolving with the pure-JAX "
+                  "'canonical' tier instead", file=sys.stderr)
+            return "canonical"
+        return "jaxlib-onednn"
+    if conv_impl in ("onednn", "jaxlib-onednn"):
+        if backend != "cpu":
+            raise UsageError(f"conv_impl {conv_impl} runs on the CPU only; JAX's backend here is {backend}")
+        if devices > 1:
+            raise UsageError(f"conv_impl {conv_impl} trains on one device, not {devices} (XLA would run every call on "
+                             "the whole batch on each device): pass --devices 1, or leave --conv-impl at its default")
+        if conv_impl == "onednn":
+            try:
+                onednn_conv.load()
+            except onednn_conv.Unavailable as e:
+                raise UsageError(f"conv_impl onednn: {e}") from None
+        else:
+            usable, why = jaxlib_onednn.status()
+            if not usable:
+                raise UsageError(f"conv_impl jaxlib-onednn: {why}")
     return conv_impl
 
 
@@ -135,10 +153,11 @@ def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str, api: str 
     flax_impl.kernels.CONV_IMPLS, or "none"), its parameters drawn from `key` (each API by its own
     init: the same distributions, not the same draws), its optimizer on the recipe's schedule over
     epochs of `steps_per_epoch` steps."""
+    conv_kernels = kernels.of(conv_impl)
     if api == "nnx":
-        model, params = models_nnx.init_params(recipe.model, key, recipe.init, conv_impl)
+        model, params = models_nnx.init_params(recipe.model, key, recipe.init, conv_kernels)
     else:
-        model = create_model(recipe.model, recipe.init, conv_impl)
+        model = create_model(recipe.model, recipe.init, conv_kernels)
         params = init_params(model, key)
     return TrainState.create(apply_fn=model.apply, params=params,
                              tx=make_optimizer(recipe.optimizer, make_schedule(recipe, steps_per_epoch)))
@@ -147,8 +166,14 @@ def create_train_state(recipe: Recipe, key: jax.Array, conv_impl: str, api: str 
 def apply_function(recipe: Recipe, conv_impl: str, api: str):
     """`recipe`'s model's Linen-style `apply` in Flax API `api`, without parameters."""
     if api == "nnx":
-        return models_nnx.functional_model(recipe.model, recipe.init, conv_impl).apply
-    return create_model(recipe.model, recipe.init, conv_impl).apply
+        return models_nnx.functional_model(recipe.model, recipe.init, kernels.of(conv_impl)).apply
+    return create_model(recipe.model, recipe.init, kernels.of(conv_impl)).apply
+
+
+def kernels_of(apply_fn) -> kernels.Kernels:
+    """The tier the model behind `apply_fn` (a Linen module's or a FunctionalModel's `apply`)
+    convolves with."""
+    return getattr(getattr(apply_fn, "__self__", None), "kernels", kernels.XLA)
 
 
 def cross_entropy(outputs: jax.Array, labels: jax.Array) -> jax.Array:
@@ -176,8 +201,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array) -
     return state.apply_gradients(grads=grads), {"loss": loss, "correct": correct}
 
 
-def _train_on_slice(state: TrainState, split: data.DeviceSplit, perm: jax.Array, start, rng: jax.Array, *,
-                    mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
+def train_on_slice(state: TrainState, split: data.DeviceSplit, perm: jax.Array, start, rng: jax.Array, *,
+                   mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
     """`train_step` on the batch of `batch_size` examples at `perm[start:]`, gathered and normalised
     (by `mean`, `std`) on the device and sharded over `mesh`; its dropout key is `rng` folded with the step."""
     index = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
@@ -188,25 +213,42 @@ def _train_on_slice(state: TrainState, split: data.DeviceSplit, perm: jax.Array,
 
 
 _STATIC = ("mean", "std", "mesh", "batch_size")  # a step is a function of its data, given these
-# One gathered step, jitted on its own: an epoch's last, partial batch, and the benchmarks' per-step loops.
-train_on_slice = jax.jit(_train_on_slice, donate_argnums=0, static_argnames=_STATIC)
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames=_STATIC)
 def train_chunk(state: TrainState, split: data.DeviceSplit, perm: jax.Array, first, count, rng: jax.Array, *,
                 mean: float, std: float, mesh: jax.sharding.Mesh, batch_size: int):
     """Steps `first` .. `first + count - 1` of an epoch (count ≤ STEPS_PER_DISPATCH, all full batches),
-    as `_train_on_slice`; their losses and correct counts come back in buffers of STEPS_PER_DISPATCH
+    as `train_on_slice`; their losses and correct counts come back in buffers of STEPS_PER_DISPATCH
     (so that one compilation serves every count)."""
 
     def body(i, carry):
         state, losses, correct = carry
-        state, metrics = _train_on_slice(state, split, perm, (first + i) * batch_size, rng, mean=mean, std=std,
-                                         mesh=mesh, batch_size=batch_size)
+        state, metrics = train_on_slice(state, split, perm, (first + i) * batch_size, rng, mean=mean, std=std,
+                                        mesh=mesh, batch_size=batch_size)
         return state, losses.at[i].set(metrics["loss"]), correct.at[i].set(metrics["correct"])
 
     buffers = jnp.zeros(STEPS_PER_DISPATCH, jnp.float32), jnp.zeros(STEPS_PER_DISPATCH, jnp.int32)
     return jax.lax.fori_loop(0, count, body, (state, *buffers))
+
+
+class CompiledSteps(NamedTuple):
+    """The gathered step, jitted, with the state donated: `train_on_slice` (one step: an epoch's last,
+    partial batch, and the benchmarks' per-step loops) and `train_chunk` (full batches, one dispatch)."""
+
+    train_on_slice: Any
+    train_chunk: Any
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_steps(options: tuple[tuple[str, str], ...]) -> CompiledSteps:
+    jit = functools.partial(jax.jit, donate_argnums=0, static_argnames=_STATIC, compiler_options=dict(options) or None)
+    return CompiledSteps(jit(train_on_slice), jit(train_chunk))
+
+
+def compiled_steps(conv_kernels: kernels.Kernels) -> CompiledSteps:
+    """The steps of a model convolving with `conv_kernels`, compiled with its XLA options (one pair of
+    jitted functions per set of options, shared by every trainer)."""
+    return _compiled_steps(tuple(sorted((conv_kernels.jit_options() or {}).items())))
 
 
 def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -217,18 +259,20 @@ def eval_sums(apply_fn, params: Any, images: jax.Array, labels: jax.Array, valid
     return jnp.sum(jnp.where(valid, losses, 0.0)), jnp.sum(jnp.where(valid, correct, 0))
 
 
-def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh, api: str = "linen", apply_fn=None):
+def make_evaluator(recipe: Recipe, mesh: jax.sharding.Mesh, api: str = "linen", apply_fn=None,
+                   compiler_options: dict[str, str] | None = None):
     """A function (params, DeviceSplit) -> EvalResult over the whole split, jitted per chunk of
     `recipe.eval_batch_size` (the last chunk padded and masked, so it compiles once, and no example is
-    dropped or counted twice), each chunk sharded over the mesh's devices. The forward pass uses XLA's
-    own convolutions on every backend: only their CPU *gradients* are slow, and the im2col patches of a
-    1,000-image chunk would be large (benchmarks/FINDINGS.md, section 13); same parameters, same function.
+    dropped or counted twice), each chunk sharded over the mesh's devices and compiled with
+    `compiler_options` (the training tier's). The forward pass uses XLA's own convolutions on every
+    backend: only their CPU *gradients* are slow, and the im2col patches of a 1,000-image chunk would
+    be large (benchmarks/FINDINGS.md, section 13); same parameters, same function.
     `apply_fn`: the model's own (a pair of the user's own), instead of the built-in model's."""
     apply_fn = apply_fn or apply_function(recipe, "xla", api)
     normalize = functools.partial(data.normalize, mean=recipe.normalization[0], std=recipe.normalization[1])
     distributed.check_batch_size(mesh, recipe.eval_batch_size, "eval batch size")
 
-    @functools.partial(jax.jit, static_argnames="size")
+    @functools.partial(jax.jit, static_argnames="size", compiler_options=compiler_options)
     def eval_chunk(params, split, start, size):
         index = jax.lax.with_sharding_constraint(start + jnp.arange(size), distributed.batch_sharded(mesh))
         valid = index < len(split.labels)
@@ -265,6 +309,8 @@ class FlaxTrainer:
         self.is_primary, self.is_single_process = jax.process_index() == 0, jax.process_count() == 1
         self.mesh = mesh if mesh is not None else distributed.make_mesh()
         self.conv_impl = resolve_conv_impl(conv_impl, recipe.model, self.mesh.size)
+        self.kernels = kernels.of(self.conv_impl)
+        self.steps = compiled_steps(self.kernels)
         replicated = distributed.replicated(self.mesh)
         self.train_data = data.to_device(data.load_split(recipe, "train", pipeline, data_dir), replicated)
         self.test_data = data.to_device(data.load_split(recipe, "test", pipeline, data_dir), replicated)
@@ -294,10 +340,11 @@ class FlaxTrainer:
         count = f"{self.mesh.size} × " if self.mesh.size > 1 else ""
         self.device = f"{count}{device.platform} ({device.device_kind})"
         self.num_devices = self.mesh.size
-        # The static arguments of train_on_slice and train_chunk.
+        # The static arguments of the compiled steps.
         self.step_options = {"mean": recipe.normalization[0], "std": recipe.normalization[1], "mesh": self.mesh,
                              "batch_size": recipe.batch_size}
-        self._evaluate = make_evaluator(recipe, self.mesh, api, self.pair_model.apply if self.pair_model else None)
+        self._evaluate = make_evaluator(recipe, self.mesh, api, self.pair_model.apply if self.pair_model else None,
+                                        self.kernels.jit_options())
         self._synchronous = distributed.synchronous_dispatch(self.mesh)
         self._order: tuple[int, jax.Array] | None = None  # (epoch, its order), computed once per epoch
 
@@ -310,13 +357,13 @@ class FlaxTrainer:
         partial = n - (start + full) * b if full < count else 0  # the epoch's last batch, if short (no drop_last)
         losses, correct = [], []
         if full:
-            self.state, chunk_losses, chunk_correct = train_chunk(self.state, self.train_data, perm, start, full,
-                                                                  self.dropout_key, **self.step_options)
+            self.state, chunk_losses, chunk_correct = self.steps.train_chunk(self.state, self.train_data, perm, start,
+                                                                             full, self.dropout_key, **self.step_options)
             losses.append(chunk_losses[:full])
             correct.append(chunk_correct[:full])
         if partial:
-            self.state, metrics = train_on_slice(self.state, self.train_data, perm, (start + full) * b,
-                                                 self.dropout_key, **{**self.step_options, "batch_size": partial})
+            self.state, metrics = self.steps.train_on_slice(self.state, self.train_data, perm, (start + full) * b,
+                                                            self.dropout_key, **{**self.step_options, "batch_size": partial})
             losses.append(metrics["loss"])
             correct.append(metrics["correct"])
         if self._synchronous:
@@ -380,10 +427,12 @@ def add_flax_flags(parser) -> dict[str, object]:
     """Flax's own training flags; returns their defaults."""
     defaults = add_api_flag(parser)
     parser.add_argument("--conv-impl", choices=CONV_IMPL_CHOICES,
-                        help="how the training step convolves (flax_impl/kernels.py): auto (default: gemm, pure JAX, "
-                             "on a CPU; xla elsewhere), xla (Flax's own convolutions), gemm, or onednn (opt-in, one "
-                             f"CPU device; build it first: `{onednn_conv.BUILD_COMMAND}`); evaluation always uses "
-                             "XLA's forward; the run records what ran (none for a model without convolutions)")
+                        help="how the training step convolves (flax_impl/kernels.py): auto (default: jaxlib-onednn "
+                             "on one CPU device where its self-test passes, else canonical on a CPU; xla elsewhere), "
+                             "xla (Flax's own convolutions), gemm (im2col), canonical (pure JAX), jaxlib-onednn "
+                             "(jaxlib's oneDNN, one CPU device), or onednn (opt-in native extension, one CPU device; "
+                             f"build it first: `{onednn_conv.BUILD_COMMAND}`); evaluation always uses XLA's forward; "
+                             "the run records what ran (none for a model without convolutions)")
     parser.add_argument("--no-compile-cache", action="store_true",
                         help=f"do not use JAX's persistent compilation cache (${compilation_cache.ENV}, "
                              "default ~/.cache/cnn_parity/jax-compilation-cache)")

@@ -10,6 +10,7 @@ import torch
 from flax import nnx
 
 from cnn_parity.differences import max_abs_diff
+from flax_impl import train as flax_train
 from flax_impl.models_nnx import FunctionalModel
 from cnn_parity.recipes import Recipe
 from parity_tests.batches import Batch, make_batch
@@ -21,8 +22,10 @@ BATCH_SIZES = (1, 7, 128)
 
 @functools.lru_cache(maxsize=None)
 def jitted_flax_forward(model: FlaxModel):
-    """(params, x) → eval-mode outputs, jitted once per model."""
-    return jax.jit(lambda params, x: model.apply({"params": params}, x, train=False))
+    """(params, x) → eval-mode outputs, jitted once per model with the XLA options the trainer compiles
+    it with (its convolution tier's)."""
+    return jax.jit(lambda params, x: model.apply({"params": params}, x, train=False),
+                   compiler_options=flax_train.kernels_of(model.apply).jit_options())
 
 
 def flax_forward(pair: ModelPair, batch: Batch) -> np.ndarray:

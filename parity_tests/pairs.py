@@ -23,6 +23,7 @@ import torch
 from cnn_parity.differences import Canonical
 from cnn_parity.recipes import Recipe, load_recipe
 from flax_impl import convert as flax_convert
+from flax_impl import kernels
 from flax_impl import models as flax_models
 from flax_impl import models_nnx as flax_models_nnx
 from flax_impl import train as flax_train
@@ -103,19 +104,19 @@ def default_conv_impl(name: str) -> str:
 def flax_model(name: str, init_scheme: str = "torch", api: str = "linen", conv_impl: str | None = None) -> FlaxModel:
     """The product's model `name` in Flax API `api`, convolving per `conv_impl` (flax_impl/kernels.py;
     None: the trainer's default), without parameters."""
-    conv_impl = conv_impl or default_conv_impl(name)
+    conv_kernels = kernels.of(conv_impl or default_conv_impl(name))
     if api == "nnx":
-        return flax_models_nnx.functional_model(name, init_scheme, conv_impl)
-    return flax_models.create_model(name, init_scheme, conv_impl)
+        return flax_models_nnx.functional_model(name, init_scheme, conv_kernels)
+    return flax_models.create_model(name, init_scheme, conv_kernels)
 
 
 def flax_init(name: str, key: jax.Array, init_scheme: str = "torch", api: str = "linen",
               conv_impl: str | None = None) -> tuple[FlaxModel, Any]:
     """The product's model `name` in API `api` and its own initial parameters drawn from `key`."""
-    conv_impl = conv_impl or default_conv_impl(name)
+    conv_kernels = kernels.of(conv_impl or default_conv_impl(name))
     if api == "nnx":
-        return flax_models_nnx.init_params(name, key, init_scheme, conv_impl)
-    model = flax_models.create_model(name, init_scheme, conv_impl)
+        return flax_models_nnx.init_params(name, key, init_scheme, conv_kernels)
+    model = flax_models.create_model(name, init_scheme, conv_kernels)
     return model, flax_init_params(model, key)
 
 

@@ -163,8 +163,8 @@ def test_flax_nnx_api_trains_resumes_and_evaluates(data_dir, tmp_path):
     chosen = resolve_conv_impl("auto", "lenet")  # recorded as resolved: "auto" is not the same on every backend
     assert f"flax (api nnx) (conv_impl {chosen}) lenet: 44,426 parameters" in resumed.stdout
     summary = json.loads((workdir / "summary.json").read_text())
-    assert (summary["steps"], summary["options"]) == (20, {"api": "nnx", "conv_impl": chosen, "devices": 1})
-    assert json.loads((workdir / "config.json").read_text())["options"] == {"api": "nnx", "conv_impl": chosen, "devices": 1}
+    assert (summary["steps"], summary["options"]) == (20, {"api": "nnx", "conv_impl": chosen, "threads": None, "devices": 1})
+    assert json.loads((workdir / "config.json").read_text())["options"] == {"api": "nnx", "conv_impl": chosen, "threads": None, "devices": 1}
     evaluate = [sys.executable, "-m", "flax_impl.evaluate", "--checkpoint", str(workdir), "--json"]
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **env}
     evaluated = subprocess.run([*evaluate, "--api", "nnx"], cwd=tmp_path, env=full_env, capture_output=True, text=True)
@@ -187,10 +187,11 @@ def test_flax_conv_impl_onednn_not_built_is_one_line(tmp_path):
     assert_one_line_error(result, 2, "conv_impl onednn", "python -m flax_impl.onednn_conv build")
 
 
-@pytest.mark.parametrize("model,conv_impl", [("lenet", "gemm"), ("mlp", "none")])
+@pytest.mark.parametrize("model,conv_impl", [("lenet", "jaxlib-onednn"), ("mlp", "none")])
 def test_flax_default_conv_impl_is_recorded_and_shown(model, conv_impl, data_dir, tmp_path):
-    """With no compiler and no oneDNN build, the default trains on a CPU with pure-JAX GEMM convolutions;
-    the first line and the run's records say so, and a model without convolutions claims none."""
+    """With no compiler and no oneDNN build, the default trains on a CPU with jaxlib's own oneDNN
+    convolution; the first line and the run's records say so, and a model without convolutions
+    claims none."""
     result = run_cli("flax", "--model", model, "--max-steps", "2", "--workdir", str(tmp_path / "w"), cwd=tmp_path,
                      env={"PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
                           "CNN_PARITY_DATA_DIR": str(data_dir)})

@@ -1,8 +1,8 @@
 """Training on N devices / processes computes what one does, through the CLIs as users run them.
 
 Flax: N simulated CPU devices (`--xla_force_host_platform_device_count`), `--devices 1` vs `--devices N`
-in the same setting, both with the CPU default conv_impl gemm (the opt-in oneDNN convolutions train
-on one device only). PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
+in the same setting, both with conv_impl gemm (the oneDNN tiers train on one device only; the
+default on several CPU devices is canonical). PyTorch: `torchrun --nproc_per_node N` (DDP, gloo) vs one process. The per-step
 losses of a whole epoch come from the epoch-end checkpoint's metadata; the test loss and accuracy from
 metrics.jsonl (an example dropped or counted twice by the split evaluation would move them).
 """
@@ -10,6 +10,7 @@ metrics.jsonl (an example dropped or counted twice by the split evaluation would
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -121,13 +122,15 @@ def test_flax_more_devices_than_exist_is_one_line(tmp_path, data_dir):
     assert_one_line_error(result, 2, "--devices 3", "only 2")
 
 
-def test_flax_onednn_on_two_devices_is_one_line_and_the_default_records_gemm(tmp_path, data_dir):
+@pytest.mark.parametrize("tier", ["onednn", "jaxlib-onednn"])
+def test_flax_onednn_on_two_devices_is_one_line_and_the_default_records_canonical(tier, tmp_path, data_dir):
     env = _env(data_dir, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     command = [sys.executable, "-m", "flax_impl.train", "--model", "lenet", "--devices", "2"]
-    result = subprocess.run([*command, "--conv-impl", "onednn"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert_one_line_error(result, 2, "conv_impl onednn trains on one device, not 2", "--devices 1")
-    _run([*command, "--max-steps", "2", "--workdir", str(tmp_path / "auto")], env, tmp_path)
-    assert json.loads((tmp_path / "auto" / "config.json").read_text())["options"]["conv_impl"] == "gemm"
+    result = subprocess.run([*command, "--conv-impl", tier], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert_one_line_error(result, 2, f"conv_impl {tier} trains on one device, not 2", "--devices 1")
+    if tier == "onednn":
+        _run([*command, "--max-steps", "2", "--workdir", str(tmp_path / "auto")], env, tmp_path)
+        assert json.loads((tmp_path / "auto" / "config.json").read_text())["options"]["conv_impl"] == "canonical"
 
 
 def test_flax_partial_multi_host_flags_are_one_line(tmp_path, data_dir):
@@ -137,11 +140,14 @@ def test_flax_partial_multi_host_flags_are_one_line(tmp_path, data_dir):
     assert_one_line_error(result, 2, "--num-processes")
 
 
-def test_cpu_collective_hang_workaround_completes(tmp_path):
-    """The minimal reproduction's synchronous mode (what FlaxTrainer does on multi-device CPU) finishes."""
-    result = subprocess.run([sys.executable, "-m", "benchmarks.cpu_collective_hang", "--devices", "2", "--steps", "300",
-                             "--sync"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "300 steps on 2 devices (sync dispatch)" in result.stdout
+def test_cpu_collective_hang_workaround_completes():
+    """The minimal reproduction's synchronous mode (what FlaxTrainer does on multi-device CPU) finishes,
+    in a fresh process (the device count is set before JAX is imported)."""
+    from benchmarks import cpu_collective_hang
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        said = pool.apply_async(cpu_collective_hang.run, (2, 300, True)).get(timeout=120)
+    assert said.startswith("300 steps on 2 devices (sync dispatch)")
 
 
 def _flax_two_processes(workdir: Path, data_dir, *args: str) -> list[subprocess.Popen]:

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from cnn_parity.recipes import MODELS, load_recipe
-from flax_impl import data, kernels, models_nnx
+from cnn_parity.errors import UsageError
+from flax_impl import data, jaxlib_onednn, kernels, models_nnx
 from flax_impl.convert import params_from_canonical, params_to_canonical
 from flax_impl.models import create_model, init_params, num_params
 from flax_impl.train import FlaxTrainer, create_train_state, resolve_conv_impl, train_step
@@ -44,24 +45,45 @@ def test_nnx_initialisation_schemes_and_linen_layout(model, scheme):
     assert jax.tree.all(jax.tree.map(np.array_equal, params_from_canonical(model, canonical), params))
 
 
-@pytest.mark.parametrize("conv_impl", ["xla", "gemm"])
+@pytest.mark.parametrize("conv_impl", kernels.CONV_IMPLS)
 def test_nnx_layers_use_the_linen_models_convolution_and_pooling(conv_impl):
-    """One implementation of the GEMM convolution and pooling serves both APIs: the NNX layers hold
-    flax_impl.kernels' functions, and pool as its pool_2x2."""
-    model = models_nnx.create_model("lenet", conv_impl=conv_impl, rngs=nnx.Rngs(params=0))
-    expected = kernels._gemm_conv_general_dilated if conv_impl == "gemm" else jax.lax.conv_general_dilated
-    assert model.conv1.conv_general_dilated is expected and model.conv2.conv_general_dilated is expected
-    assert model.conv_impl == conv_impl
+    """One implementation of each tier's convolution and pooling serves both APIs: the NNX layers and
+    the Linen modules hold the same flax_impl.kernels functions."""
+    tier = kernels.of(conv_impl)
+    nnx_model = models_nnx.create_model("lenet", kernels=tier, rngs=nnx.Rngs(params=0))
+    linen = create_model("lenet", kernels=tier)
+    expected = tier.conv_general_dilated or jax.lax.conv_general_dilated
+    assert nnx_model.conv1.conv_general_dilated is expected and nnx_model.conv2.conv_general_dilated is expected
+    assert nnx_model.kernels is tier and linen.kernels is tier
+    assert models_nnx.split_params(nnx_model)[0].kernels is tier
 
 
-@pytest.mark.parametrize("backend,default", [("cpu", "gemm"), ("gpu", "xla"), ("tpu", "xla")])
-def test_default_conv_impl_is_pure_jax_on_a_cpu_and_xla_elsewhere(backend, default, monkeypatch):
-    """"auto" never picks the opt-in oneDNN path, and does not depend on what is installed; a model
-    without convolutions records "none" whatever was asked for."""
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+@pytest.mark.parametrize("self_test,default", [(True, "jaxlib-onednn"), (False, "canonical")])
+def test_default_conv_impl_on_a_cpu_is_jaxlib_onednn_where_its_self_test_passes(self_test, default, monkeypatch,
+                                                                                 capsys):
+    """"auto" never picks the opt-in extension and does not depend on what is installed; where
+    jaxlib's oneDNN fails its self-test it falls back to the pure-JAX tier and says so in one line."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(jaxlib_onednn, "status", lambda: (self_test, "why not"))
     assert resolve_conv_impl("auto", "lenet") == default
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ([] if self_test else ["jaxlib's oneDNN convolution is not used: why not; convolving with the "
+                                          "pure-JAX 'canonical' tier instead"])
+    assert resolve_conv_impl("auto", "lenet", devices=2) == "canonical"  # oneDNN's calls are not partitioned
+    if not self_test:
+        with pytest.raises(UsageError, match="conv_impl jaxlib-onednn: why not"):
+            resolve_conv_impl("jaxlib-onednn", "lenet")
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_default_conv_impl_is_xla_off_the_cpu(backend, monkeypatch):
+    """A model without convolutions records "none" whatever was asked for."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert resolve_conv_impl("auto", "lenet") == "xla"
     assert resolve_conv_impl("auto", "mlp") == resolve_conv_impl("onednn", "mlp") == "none"
     assert resolve_conv_impl("gemm", "cnn_base", devices=2) == "gemm"
+    with pytest.raises(UsageError, match="runs on the CPU only"):
+        resolve_conv_impl("jaxlib-onednn", "lenet")
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         resolve_conv_impl("cudnn", "lenet")
 
@@ -80,7 +102,7 @@ def test_nnx_functional_model_is_static_and_holds_no_state(model):
 @pytest.mark.parametrize("api", ["linen", "nnx"])
 def test_train_step_is_a_pure_function_of_its_inputs(api, data_dir):
     recipe = load_recipe("fashion_cnn")
-    split = data.load_split("fashion_mnist", "train", "device", data_dir)
+    split = data.load_split(recipe, "train", "device", data_dir)
     batch = {"image": data.normalize(jnp.asarray(split.images[:64]), 0.1307, 0.3081),
              "label": jnp.asarray(split.labels[:64], jnp.int32)}
     state = create_train_state(recipe, jax.random.key(0), "gemm", api=api)

@@ -107,12 +107,12 @@ def test_train_step_matches_gemm(model, built):
 
 
 def test_both_apis_convolve_through_onednn_and_pool_as_gemm():
-    linen = models.create_model("lenet", conv_impl="onednn")
-    nnx_model = models_nnx.create_model("lenet", conv_impl="onednn", rngs=nnx.Rngs(params=0))
-    assert kernels.conv_function(linen.conv_impl)["conv_general_dilated"] is kernels._onednn_conv_general_dilated
-    assert nnx_model.conv1.conv_general_dilated is kernels._onednn_conv_general_dilated
+    linen = models.create_model("lenet", kernels=kernels.ONEDNN)
+    nnx_model = models_nnx.create_model("lenet", kernels=kernels.ONEDNN, rngs=nnx.Rngs(params=0))
+    assert linen.kernels.conv_keywords()["conv_general_dilated"] is kernels.ONEDNN.conv_general_dilated
+    assert nnx_model.conv1.conv_general_dilated is kernels.ONEDNN.conv_general_dilated
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 8, 3), np.float32))
-    np.testing.assert_array_equal(kernels.pool_2x2(x, "onednn"), kernels.max_pool_2x2(x))
+    np.testing.assert_array_equal(kernels.ONEDNN.pool(x), kernels.max_pool_2x2(x))
 
 
 @pytest.mark.parametrize("target,operand_shapes,result_shape", [

@@ -19,11 +19,14 @@ from benchmarks import ratios, tables
 REPO = Path(__file__).resolve().parent.parent
 
 
-def record(model, variant, rates, framework="flax"):
-    """A benchmarks.rounds record with train rates `rates` (one per round)."""
+def record(model, variant, rates, framework="flax", others=None):
+    """A benchmarks.rounds record with train rates `rates` (one per round) and other processes' share of
+    the CPU during each round (default: none)."""
     return {"model": model, "framework": framework, "variant": variant, "batch_size": 64,
-            "trainer_default": variant == "gemm-chunked", "train_samples_per_s": ratios.median(rates),
+            "trainer_default": variant in ("jaxlib-onednn-chunked", "eager"), "train_samples_per_s": ratios.median(rates),
             "train_samples_per_s_all": rates, "eval_samples_per_s": 1e4, "epoch_s": 6e4 / ratios.median(rates),
+            "train_ms_per_step": 64e3 / ratios.median(rates), "train_cpu_ms_per_step": 60e3 / ratios.median(rates),
+            "others_cpu_fraction_during": others or [0.0] * len(rates), "rounds": len(rates),
             "compile_s": 2.0, "compile_s_second_run": 0.5, "peak_rss_mb": 500.0, "flops_per_sample": 2e6,
             "gemm_peak_fraction": 0.1, "tiny_step_s": None}
 
@@ -31,10 +34,12 @@ def record(model, variant, rates, framework="flax"):
 def lenet_and_mlp():
     return [record("lenet", "jit-loop", [400.0, 410.0, 390.0]),
             record("lenet", "gemm-chunked", [900.0, 1000.0, 950.0]),
+            record("lenet", "canonical-chunked", [1000.0, 1010.0, 1005.0]),
+            record("lenet", "jaxlib-onednn-chunked", [1200.0, 1210.0, 1190.0], others=[0.0, 0.3, 0.0]),
             record("lenet", "onednn-chunked", [1500.0, 1520.0, 1490.0]),
             record("lenet", "eager", [1000.0, 1000.0, 1000.0], "torch"),
             record("mlp", "gemm-chunked", [5000.0]),
-            record("mlp", "onednn-chunked", [5000.0]),
+            record("mlp", "jaxlib-onednn-chunked", [5000.0]),
             record("mlp", "eager", [1000.0, 1100.0], "torch")]
 
 
@@ -49,31 +54,38 @@ def test_ratios_pair_rounds_and_fall_back_to_the_widest_interval():
     assert ratios.ratio([], [1.0]) is None
 
 
-def test_goals_table_shows_the_three_tiers_with_intervals_and_flags_wide_ones():
+def test_goals_table_shows_every_tier_with_intervals_the_default_in_bold_and_flags_wide_and_busy_ones():
     records = lenet_and_mlp()
     ratios.annotate(records)
     table = tables.goals_table(records)
     lines = table.splitlines()
-    assert lines[0].startswith("| model | stock Flax (`jit-loop`) ×eager | pure JAX (`gemm-chunked`) ×eager | "
-                               "same kernels (`onednn-chunked`) ×eager |")
+    assert lines[0].startswith("| model | stock Flax (`jit-loop`) ×eager | im2col (`gemm-chunked`) ×eager | "
+                               "pure JAX (`canonical-chunked`) ×eager | jaxlib oneDNN (`jaxlib-onednn-chunked`) ×eager | "
+                               "oneDNN extension (`onednn-chunked`) ×eager | default / eager ms per step (wall / CPU) |")
     lenet = next(line for line in lines if line.startswith("| lenet |"))
-    assert "| 0.40 [0.39–0.41] | **0.95 [0.90–1.00] ⚠** | 1.50 [1.49–1.52] |" in lenet
+    assert ("| 0.40 [0.39–0.41] | 0.95 [0.90–1.00] ⚠ | 1.00 [1.00–1.01] | **1.20 [1.19–1.21]** | 1.50 [1.49–1.52] | "
+            "53.33 / 50.00 vs 64.00 / 60.00 |") in lenet
     mlp = next(line for line in lines if line.startswith("| mlp |"))
-    assert "| — | **4.76 [4.55–5.00] ⚠** | — (no convolution) |" in mlp
-    assert lines[-1] == ("⚠ Too uncertain to quote (rerun with longer trials or more rounds, idle): "
-                         "lenet pure JAX: 3 round(s), 0.90–1.00; mlp pure JAX: 1 round(s), 4.55–5.00.")
+    assert ("| — | — (no convolution) | — (no convolution) | **4.76 [4.55–5.00] ⚠** | — (no convolution) |") in mlp
+    assert lines[-3] == ("⚠ Too uncertain to quote (rerun with longer trials or more rounds, idle): "
+                         "lenet im2col: 3 round(s), 0.90–1.00; mlp jaxlib oneDNN: 1 round(s), 4.55–5.00.")
+    assert lines[-1] == ("⚠ Rounds taken while other processes used more than 10 % of the CPU (not an idle "
+                         "machine's figures): lenet `jaxlib-onednn-chunked` 1 of 3.")
     by_variant = {(r["model"], r["variant"]): r for r in records}
-    assert by_variant["lenet", "onednn-chunked"]["tier"] == "same kernels"
-    assert by_variant["mlp", "onednn-chunked"]["tier"] is None
+    assert by_variant["lenet", "onednn-chunked"]["tier"] == "oneDNN extension"
+    assert by_variant["mlp", "gemm-chunked"]["tier"] is None
+    assert by_variant["mlp", "jaxlib-onednn-chunked"]["tier"] == "jaxlib oneDNN"
     assert by_variant["lenet", "gemm-chunked"]["ratio_to_eager"]["wide"] is True
 
 
-def test_every_candidate_row_names_its_tier_and_its_ratio_interval():
+def test_every_candidate_row_names_its_tier_its_ratio_interval_its_step_times_and_busy_rounds():
     records = lenet_and_mlp()
     table = tables.markdown_table(records, meta={})
-    row = next(line for line in table.splitlines() if "| gemm-chunked (pure JAX) |" in line and "lenet" in line)
-    assert "| 0.95 [0.90–1.00] ⚠ |" in row
-    assert "| onednn-chunked |" in next(line for line in table.splitlines() if line.startswith("| mlp | flax | onednn"))
+    row = next(line for line in table.splitlines() if "| gemm-chunked (im2col) |" in line and "lenet" in line)
+    assert "| 0.95 [0.90–1.00] ⚠ |" in row and "| 67.37 / 63.16 |" in row and row.endswith("| 0 |")
+    busy = next(line for line in table.splitlines() if "| jaxlib-onednn-chunked (jaxlib oneDNN) |" in line and "lenet" in line)
+    assert busy.endswith("| ⚠ 1 of 3 |")
+    assert "| gemm-chunked |" in next(line for line in table.splitlines() if line.startswith("| mlp | flax | gemm"))
 
 
 def test_the_chart_is_written(tmp_path):
@@ -204,3 +216,16 @@ def test_readme_reproduction_table_is_what_the_committed_report_renders(tmp_path
     report = json.loads((REPO / "reports" / "reproduction" / "report.json").read_text())
     replace_marked_block(readme, reproduction_report.README_MARKER, reproduction_report.readme_table(report))
     assert readme.read_text() == (REPO / "README.md").read_text()
+
+
+def test_the_readme_table_is_refused_from_a_busy_machine_before_the_run(tmp_path, monkeypatch, capsys):
+    from benchmarks import run as benchmarks_run
+
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- benchmark-goals:begin -->\nold\n<!-- benchmark-goals:end -->\n")
+    monkeypatch.setattr(benchmarks_run, "busy_cpu_fraction", lambda: 0.5)
+    monkeypatch.setattr(benchmarks_run, "measure", lambda *args: pytest.fail("a busy machine's run was measured"))
+    assert benchmarks_run.main(["--models", "lenet", "--update-readme", str(readme), "--out", str(tmp_path / "out")]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and "the machine is not idle (50 % of its CPU busy before the run)" in said[0]
+    assert "old" in readme.read_text()
