@@ -258,24 +258,6 @@ def _verify(path: Path, dataset: str, stem: str, ndim: int, name: str) -> np.nda
     return array
 
 
-def recipe_split(recipe, split: str, data_dir: str | os.PathLike | None = None) -> Split:
-    """One split of a recipe's data: its IDX data set, its .npz file, or its prepared TFDS data set (the
-    last two normalised here if their images are floats)."""
-    if recipe.dataset in IDX_DATASETS:  # sizes known in advance: the recipe checked its batch sizes
-        return load_split(recipe.dataset, split, data_dir)
-    if recipe.dataset == "npz":
-        loaded = load_npz(recipe.data_file, split, *recipe.normalization)
-    else:
-        from cnn_parity import tfds_data  # tensorflow-datasets is an optional extra
-
-        images, labels = tfds_data.load_named(recipe.tfds_name, split, recipe.tfds_dir or None)
-        loaded = checked_split(images, labels, recipe.data_name, ("image", "label"), *recipe.normalization)
-    if split == "train" and recipe.drop_last and recipe.batch_size > len(loaded.labels):
-        raise DataError(f"batch_size {recipe.batch_size} is larger than the train split of {recipe.data_name} "
-                        f"({len(loaded.labels):,} examples): with drop_last no batch would be trained")
-    return loaded
-
-
 # The arrays a .npz data file holds, per split.
 NPZ_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
 

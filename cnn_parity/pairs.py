@@ -134,11 +134,11 @@ def check_recipe(recipe, data_dir: str | None) -> CheckedPair:
     """A recipe's own pair, checked before it trains or its weights are used (refused where it diverges),
     on a batch of four inputs shaped as the recipe's data; for a paired run, with torch's initial
     weights at the recipe's seed."""
-    from cnn_parity import data
+    from cnn_parity.recipe_data import recipe_split
 
     locate(recipe.pair.torch, "[pair] torch")
     locate(recipe.pair.flax, "[pair] flax")
-    images = data.recipe_split(recipe, "test", data_dir).images
+    images = recipe_split(recipe, "test", data_dir).images
     height, width, channels = (*images.shape[1:3], images.shape[3] if images.ndim == 4 else 1)
     print(f"checking the pair {recipe.pair.torch} / {recipe.pair.flax} (python -m {CHECKER}) ...", file=sys.stderr)
     return check(recipe.pair, (4, channels, height, width), recipe.seed if recipe.init_rng == "shared" else None)

@@ -15,7 +15,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from cnn_parity.data import DATASETS, NUM_EXAMPLES_OF
 from cnn_parity.errors import UsageError
-from cnn_parity.specs import SPEC_TABLES
 
 MODELS = ("mlp", "cnn_base", "cnn_2layer", "lenet", "fashion_cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -239,6 +238,8 @@ def learning_rate(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 # not what is trained: no number a run produces depends on them, so they are no part of a run's identity
 # (cnn_parity.workdir.run_differences), and `--set` does not take them.
 PROVENANCE = ("source", "reported")
+# A built-in model's facts besides its recipe, in its recipe file (read by cnn_parity/specs.py).
+SPEC_TABLES = ("architecture", "checks")
 
 
 def config_path(model: str):
@@ -281,7 +282,7 @@ def _read_recipe_file(path) -> dict[str, Any]:
         raise UsageError(f"config {path} is not UTF-8 text (a TOML recipe file)") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"config {path} is not valid TOML: {e}") from None
-    for table in SPEC_TABLES:  # a model's facts besides its recipe (cnn_parity/specs.py)
+    for table in SPEC_TABLES:
         raw.pop(table, None)
     for key in DATA_PATHS:  # a recipe's data beside it, wherever it is run
         if isinstance(raw.get(key), str) and raw[key]:

@@ -17,8 +17,7 @@ import tomllib
 from dataclasses import dataclass
 
 from cnn_parity.errors import UsageError
-
-SPEC_TABLES = ("architecture", "checks")  # not part of a recipe: cnn_parity/recipes.py leaves them out
+from cnn_parity.recipes import SPEC_TABLES, config_path
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,6 @@ class ModelSpec:
 
 @functools.lru_cache(maxsize=None)
 def spec(model: str) -> ModelSpec:
-    from cnn_parity.recipes import config_path  # recipes reads this module's SPEC_TABLES
-
     path = config_path(model)
     try:
         tables = tomllib.loads(path.read_text())

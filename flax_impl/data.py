@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnn_parity import data, tfds_data
+from cnn_parity.recipe_data import recipe_split
 
 PIPELINES = ("device", "tfds")
 
@@ -27,7 +28,7 @@ class DeviceSplit(NamedTuple):
 def load_split(recipe, split: str, pipeline: str, data_dir: str | None = None) -> data.Split:
     if pipeline == "tfds":  # data_dir: the TFDS data dir
         return tfds_data.load_or_prepare_split(recipe.dataset, split, data_dir)
-    return data.recipe_split(recipe, split, data_dir)
+    return recipe_split(recipe, split, data_dir)
 
 
 def to_device(split: data.Split, sharding: jax.sharding.Sharding | None = None) -> DeviceSplit:

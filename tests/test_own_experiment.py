@@ -144,7 +144,7 @@ def test_a_tfds_data_set_of_your_own_trains_as_its_npz_twin_does(experiment):
     """A data set prepared in a TFDS data dir is read as prepared (TFDS's record order), holding the same
     examples as the .npz it was made from, and trains; one missing is one line."""
     pytest.importorskip("tensorflow_datasets")
-    from cnn_parity import data
+    from cnn_parity.recipe_data import recipe_split
     from cnn_parity.recipes import load_recipe
 
     _prepare_tfds_digits(experiment / "digits.npz", experiment / "tfds")
@@ -152,7 +152,7 @@ def test_a_tfds_data_set_of_your_own_trains_as_its_npz_twin_does(experiment):
                           ('dataset = "npz"\ndata_file = "digits.npz"', 'dataset = "tfds"\ntfds_name = "own_digits"\ntfds_dir = "tfds"'))
     from_tfds, from_npz = load_recipe(config=experiment / recipe_file), load_recipe(config=experiment / "digits_resnet.toml")
     for split in ("train", "test"):
-        tfds_split, npz_split = data.recipe_split(from_tfds, split), data.recipe_split(from_npz, split)
+        tfds_split, npz_split = recipe_split(from_tfds, split), recipe_split(from_npz, split)
         assert tfds_split.images.shape == (*npz_split.images.shape, 1) and tfds_split.images.dtype == np.uint8
         as_set = [sorted(zip(s.labels.tolist(), (image.tobytes() for image in s.images))) for s in (tfds_split, npz_split)]
         assert as_set[0] == as_set[1]

@@ -21,6 +21,7 @@ from typing import Iterator
 import torch
 
 from cnn_parity import data, shared_rng
+from cnn_parity.recipe_data import recipe_split
 from cnn_parity.errors import UsageError
 from cnn_parity.recipes import Recipe
 from torch_ref.distributed import World, local_batch_size
@@ -102,10 +103,10 @@ def make_loaders(recipe: Recipe, pipeline: str, data_dir: str | None, device: to
     if pipeline == "torchvision":
         return _torchvision_loaders(recipe, data_dir, generator, world)
     mean, std = recipe.normalization
-    train = TensorBatches(data.recipe_split(recipe, "train", data_dir), recipe.batch_size, mean, std,
+    train = TensorBatches(recipe_split(recipe, "train", data_dir), recipe.batch_size, mean, std,
                           device, shuffle=True, drop_last=recipe.drop_last, generator=generator,
                           shared_order_seed=recipe.seed if recipe.shuffle_rng == "shared" else None, world=world)
-    test_split = data.recipe_split(recipe, "test", data_dir)
+    test_split = recipe_split(recipe, "test", data_dir)
     if world is not None:
         test_split = data.Split(test_split.images[world.rank::world.size], test_split.labels[world.rank::world.size])
     test = TensorBatches(test_split, recipe.eval_batch_size, mean, std, device)

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import torch
 
-from cnn_parity import data as neutral_data
 from cnn_parity import evaluate_cli
+from cnn_parity.recipe_data import recipe_split
 from cnn_parity.recipes import Recipe
 from cnn_parity.trainer import EvalResult
 from torch_ref import data
@@ -23,7 +23,7 @@ def evaluate_canonical(recipe: Recipe, arrays: dict[str, np.ndarray], data_dir: 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = pair_model.build(recipe) if recipe.pair is not None else create_model(recipe.model, recipe.init)
     model = load_canonical(recipe.model, model, arrays).to(device)
-    test = data.TensorBatches(neutral_data.recipe_split(recipe, "test", data_dir), recipe.eval_batch_size,
+    test = data.TensorBatches(recipe_split(recipe, "test", data_dir), recipe.eval_batch_size,
                               *recipe.normalization, device)
     return evaluate_model(model, test, device)
 

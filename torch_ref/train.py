@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cnn_parity import data as neutral_data
 from cnn_parity import shared_rng, train_cli
+from cnn_parity.recipe_data import recipe_split
 from cnn_parity.files import write_bytes_atomic
 from cnn_parity.pairs import CheckedPair
 from cnn_parity.recipes import Optimizer, Recipe
@@ -156,7 +157,7 @@ class TorchTrainer:
             with torch.no_grad():
                 outputs = self.model.eval()(images[:1].to(self.torch_device)).shape[-1]
             for split in ("train", "test"):
-                neutral_data.check_labels(neutral_data.recipe_split(recipe, split, data_dir), outputs, recipe.data_name)
+                neutral_data.check_labels(recipe_split(recipe, split, data_dir), outputs, recipe.data_name)
         self._batches = None  # the running epoch's batch iterator, from step self._next_step on
         self._epoch, self._next_step = 0, 0
         self._epoch_start_shuffle_state: torch.Tensor | None = None  # while an epoch is running
