@@ -218,9 +218,9 @@ def test_a_checkpoint_that_cannot_be_written(framework, exhausted, data_dir, tmp
                  data_dir=data_dir).returncode == 0
     workdir = mount_point / "run"
     shutil.copytree(first, workdir)
-    # Room for rewriting the records and the config on resume and for its new TensorBoard event file,
-    # none for the next checkpoint.
-    shrink(*{"space": (8192, 100), "inodes": (1 << 20, 2)}[exhausted])
+    # Room for the run's lock, for rewriting the records and the config on resume and for its new
+    # TensorBoard event file, none for the next checkpoint.
+    shrink(*{"space": (8192, 100), "inodes": (1 << 20, 3)}[exhausted])
     previous = checkpoints.latest(workdir)
     kept = {p.name: p.read_bytes() for p in previous.iterdir()}
     started = time.monotonic()
