@@ -160,9 +160,13 @@ def test_readme_parity_table_is_compact_and_links_its_legend(parity_report):
     assert [row[:2] for row in rows] == [[m, api] for m in report["models"] for api in ("linen", "nnx")]
     assert all(len(row) == 7 for row in rows)
     by_key = {(row[0], row[1]): row for row in rows}
-    assert by_key["cnn_base", "linen"][2:6] == ["123,222", "8.2e-08", "1.4e-08", "3.2e-02 (2.3e-01)"]
+    cnn_base, fashion_cnn = report["models"]["cnn_base"]["linen"], report["models"]["fashion_cnn"]["linen"]
+    assert by_key["cnn_base", "linen"][2:6] == [
+        "123,222", f"{cnn_base['forward_max_abs_diff']:.1e}", f"{cnn_base['grad_max_abs_diff']:.1e}",
+        f"{cnn_base['trajectory_max_loss_diff']:.1e} ({cnn_base['trajectory_loss_bound']:.1e})"]
     assert by_key["lenet", "nnx"][6] == "NO: forward" and by_key["lenet", "linen"][6] == "yes"
-    assert by_key["fashion_cnn", "linen"][5] == "4.8e-07 (1.0e-04), first 91 steps"
+    assert by_key["fashion_cnn", "linen"][5] == (f"{fashion_cnn['trajectory_max_loss_diff']:.1e} "
+                                                 f"({fashion_cnn['trajectory_loss_bound']:.1e}), first 91 steps")
     legend = next(line for line in lines if line.startswith("max |Δ|:"))
     assert "[docs/parity.md](docs/parity.md)" in legend
     assert lines[-1].startswith("Measured on cpu (cpu) / torch cpu (2 CPUs), float32")
@@ -208,7 +212,7 @@ def test_parity_report_from_json_refuses_measuring_flags_and_unreadable_reports(
 def test_readme_reproduction_table_is_what_the_committed_report_renders(tmp_path):
     """The README's reproduction block is what `python -m parity_studies.reproduce ... --update-readme
     README.md` writes from reports/reproduction/report.json: no figure is typed."""
-    from cnn_parity import reproduction_report
+    from parity_studies import reproduction_report
     from cnn_parity.markdown import replace_marked_block
 
     readme = tmp_path / "README.md"
