@@ -399,6 +399,21 @@ def plot_model(path: Path, model: str, result: dict, alpha: float) -> None:
     plt.close(fig)
 
 
+def model_lines(r: dict, alpha: float) -> list[str]:
+    """One design's endpoints of one model, and its plateau escape where it was analysed."""
+    lines = []
+    for name, e in r["endpoints"].items():
+        lines.append(endpoint_line(name.replace("_", " "), e, alpha))
+        lines += robustness_lines(e, alpha)
+    if "plateau_escape" in r:
+        e = r["plateau_escape"]
+        lines.append(f"- leaving the plateau (first epoch with test accuracy > {e['threshold']:.0%}): still on it "
+                     f"after each epoch Flax {[round(x, 2) for x in e['survival']['flax'][:8]]}, PyTorch "
+                     f"{[round(x, 2) for x in e['survival']['torch'][:8]]} (epochs 1-8); KS D = "
+                     f"{e['ks_statistic']:.2f}, p = {e['ks_p']:.2g} (a difference test).")
+    return lines
+
+
 def render(report: dict) -> list[str]:
     """report.md's lines."""
     alpha = report["alpha"]
@@ -412,19 +427,14 @@ def render(report: dict) -> list[str]:
               "interval lies inside the margin; the 90 % interval is shown too, labelled); Welch's t for log ratios, "
               "two one-sided F-tests for the SD ratio. An endpoint not shown equivalent is not shown to differ.", ""]
     for model, entry in report["models"].items():
-        r = entry["independent"] if "independent" in entry else next(iter(entry.values()))
-        lines += [f"## {model}", "", f"![{model}]({model}.png)", "",
-                  f"{len(r['seeds'])} seeds per framework ({r['seeds'][0]}-{r['seeds'][-1]}), {r['epochs']} epochs.", ""]
-        for name, e in r["endpoints"].items():
-            lines.append(endpoint_line(name.replace("_", " "), e, alpha))
-            lines += robustness_lines(e, alpha)
-        if "plateau_escape" in r:
-            e = r["plateau_escape"]
-            lines.append(f"- leaving the plateau (first epoch with test accuracy > {e['threshold']:.0%}): still on it "
-                         f"after each epoch Flax {[round(x, 2) for x in e['survival']['flax'][:8]]}, PyTorch "
-                         f"{[round(x, 2) for x in e['survival']['torch'][:8]]} (epochs 1-8); KS D = "
-                         f"{e['ks_statistic']:.2f}, p = {e['ks_p']:.2g} (a difference test).")
-        lines.append("")
+        lines += [f"## {model}", "", f"![{model}]({model}.png)", ""]
+        # Every design whose endpoints were analysed (a follow-up's design has its own section below).
+        designs = [(design, r) for design, r in entry.items() if r.get("endpoints")] or [next(iter(entry.items()))]
+        for design, r in designs:
+            if len(designs) > 1:
+                lines += [f"### {design} runs", ""]
+            lines += [f"{len(r['seeds'])} seeds per framework ({r['seeds'][0]}-{r['seeds'][-1]}), {r['epochs']} epochs.", ""]
+            lines += model_lines(r, alpha) + [""]
     if report.get("direction"):
         lines += ["## Direction (difference test, fixed sequence)", "",
                   "| model | epochs | Flax / PyTorch − 1 (mean log train loss) | 95% CI | Welch p | α | status | "

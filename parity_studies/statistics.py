@@ -361,8 +361,11 @@ def bootstrap_spread(flax: Sequence[float], torch: Sequence[float], ratio_margin
 
     intervals = {}
     for key, level in _levels(alpha).items():
-        found = stats.bootstrap((x, y), log_ratio, vectorized=True, paired=False, method="BCa",
-                                confidence_level=level, n_resamples=resamples, rng=np.random.default_rng(seed))
+        # A resample of a few runs can repeat one value (SD 0: a log ratio of -inf or +inf); such
+        # resamples are the extremes they are in the percentiles, not an error to print.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            found = stats.bootstrap((x, y), log_ratio, vectorized=True, paired=False, method="BCa",
+                                    confidence_level=level, n_resamples=resamples, rng=np.random.default_rng(seed))
         intervals[key] = [float(math.exp(b)) for b in found.confidence_interval]
     low, high = intervals[interval_key(alpha)]
     return {"sd_ratio": float(math.exp(log_ratio(x, y))), **intervals, "margin": ratio_margin,

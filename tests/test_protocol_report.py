@@ -16,6 +16,7 @@ from scipy import stats
 from cnn_parity.frameworks import FRAMEWORKS
 from parity_studies import equivalence, protocol_report, protocols
 
+from .test_cli import REPO
 from .test_equivalence import fake_run
 from .test_protocols import deviations
 
@@ -218,3 +219,17 @@ def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path
     follow = report["follow_up"]["lenet"]
     assert follow["paired"]["difference"] == pytest.approx(math.log(1.01)) and follow["paired"]["rejects"]
     assert "fashion_cnn" not in report["follow_up"] and "Follow-up, lenet: paired design" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
+def test_every_design_a_study_analysed_is_in_its_report(tmp_path):
+    """A study planned on the command line with both designs reports each design's endpoints."""
+    seeds = [10, 11, 12]
+    losses = {f: np.exp(0.05 * deviations(3))[:, None] * np.linspace(2, 0.5, 21) for f in FRAMEWORKS}
+    for design in ("independent", "paired"):
+        write_model(tmp_path, "lenet", seeds, losses, {f: 0.9 + 0.001 * deviations(3) for f in FRAMEWORKS}, design=design)
+    assert equivalence.main(["--config", str(REPO / "configs" / "lenet.toml"), "--seeds", *map(str, seeds), "--margin",
+                             "1.2", "--designs", "independent", "paired", "--report-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert text.index("### independent runs") < text.index("### paired runs")
+    assert text.count("- **test error**") == 2
