@@ -151,6 +151,17 @@ def test_spread_margin_is_2_on_the_sd_of_test_accuracy(tmp_path, sd_ratio, equiv
     assert spread["equivalent"] is equivalent
 
 
+def test_a_models_verdict_needs_its_spread_too(tmp_path):
+    """Equal mean error and equal losses, but Flax's accuracy SD 1.75 times PyTorch's over 60 seeds: the
+    test error and the curve are equivalent, the spread is not, so the model is not shown equivalent."""
+    seeds = 60
+    accuracies = {"torch": 0.99 + 0.001 * deviations(seeds), "flax": 0.99 + 0.00175 * deviations(seeds)}
+    result = write(tmp_path, "mlp", flat_losses(seeds, 2), accuracies)
+    assert result["test_error_log_ratio_test"]["equivalent"] and result["train_loss_equivalent_every_epoch"]
+    assert not result["spread_test"]["equivalent"]
+    assert result["all_endpoints_equivalent"] is False
+
+
 def curve_losses(failing: set[int], epochs: int, seeds: int = 20):
     """Train losses with Flax's epochs in `failing` 1.5 times PyTorch's, every other epoch equal."""
     torch = np.exp(0.05 * deviations(seeds))[:, None] * np.linspace(2.3, 0.5, epochs)
