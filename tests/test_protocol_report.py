@@ -1,7 +1,8 @@
 """The second protocol's analysis on synthetic records: its level decides by the 95 % interval, its
-lenet endpoint is epoch 5 alone, its direction test runs in a fixed sequence, its follow-up reads as
-the protocol says, its conduct check names every deviation, and its command reports nothing before
-every planned run is in."""
+lenet endpoint is epoch 5 alone, a model's verdict needs every endpoint it has, its direction statistic
+covers the registered epochs and its test runs in a fixed sequence, its follow-up runs the models it
+names and reads as the protocol says, its conduct check names every deviation, and its command reports
+nothing before every planned run is in."""
 
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def test_fashion_cnns_spread_is_decided_by_the_95_percent_f_interval(tmp_path, r
         assert spread["ci90"][1] < 2 < spread["ci95"][1]
     assert set(spread["robustness"]) == {"brown_forsythe", "bootstrap"}
     assert spread["robustness"]["bootstrap"]["resamples"] == SECOND.bootstrap_resamples
+    assert spread["robustness"]["bootstrap"]["seed"] == SECOND.bootstrap_seed == 3000
 
 
 def direction_entry(difference, n=30, sd=0.05, seed=0):
@@ -121,7 +123,8 @@ def test_the_direction_test_is_a_fixed_sequence(lenet_shift, fashion_confirmator
 
 
 @pytest.mark.parametrize("independent, paired, reading", [
-    (0.05, 0.05, "the computation carries it"), (0.05, 0.0, "the draws carry it"), (0.05, 0.02, "undecided")])
+    (0.05, 0.05, "the computation carries it"), (0.05, 0.0, "the draws carry it"), (0.05, 0.02, "undecided"),
+    (0.002, 0.0, "undecided")])
 def test_the_follow_ups_reading(independent, paired, reading):
     rng = np.random.default_rng(2)
     base = rng.normal(0, 0.02, 20)
@@ -130,6 +133,48 @@ def test_the_follow_ups_reading(independent, paired, reading):
     main = {"difference": independent, "se": 0.005}
     result = protocol_report.follow_up_test(main, entry, 0.05)
     assert result["paired"]["paired"] and result["reading"] == reading
+
+
+def test_the_direction_statistic_is_the_mean_log_loss_over_the_registered_epochs():
+    """Epoch e's loss exp(e): the statistic is the mean of e over lenet's epochs 5-21 and fashion_cnn's 1-40."""
+    loss = np.exp(np.arange(1.0, 41.0))[None, :].repeat(3, 0)
+    lenet = protocol_report.direction_statistic(loss[:, :21], SECOND.models["lenet"].direction_epochs)
+    fashion = protocol_report.direction_statistic(loss, SECOND.models["fashion_cnn"].direction_epochs)
+    assert lenet == pytest.approx([13.0] * 3) and fashion == pytest.approx([20.5] * 3)
+
+
+def test_the_follow_up_runs_the_models_whose_confirmatory_direction_test_rejected(tmp_path):
+    direction = [{"model": "lenet", "confirmatory": True, "rejects": False},
+                 {"model": "fashion_cnn", "confirmatory": False, "rejects": True}]
+    (tmp_path / "report.json").write_text(json.dumps({"direction": direction}))
+    assert equivalence.rejected_models(tmp_path) == []
+    direction[0]["rejects"] = direction[1]["confirmatory"] = True
+    (tmp_path / "report.json").write_text(json.dumps({"direction": direction}))
+    assert equivalence.rejected_models(tmp_path) == ["lenet", "fashion_cnn"]
+    direction[1]["rejects"] = False
+    (tmp_path / "report.json").write_text(json.dumps({"direction": direction}))
+    assert equivalence.rejected_models(tmp_path) == ["lenet"]
+
+
+def test_escape_levels():
+    levels = SECOND.models["lenet"].escape_levels
+    assert levels == (2, 3, 4)
+    found = [protocol_report.escape_level(e, levels) for e in (1, 2, 3, 4, 5, 21, None)]
+    assert found == ["1-2", "1-2", "3", "4 or later", "4 or later", "4 or later", "4 or later"]
+
+
+def test_a_models_verdict_needs_every_endpoint_it_has(tmp_path):
+    """A plan with two endpoints, the train loss equivalent and the spread not: not shown equivalent."""
+    n = 60
+    accuracies = {"torch": 0.9 + 0.001 * deviations(n), "flax": 0.9 + 0.003 * deviations(n)}
+    losses = {f: np.ones((n, 2)) * np.exp(0.01 * deviations(n))[:, None] for f in FRAMEWORKS}
+    runs = write_model(tmp_path, "fashion_cnn", range(n), losses, accuracies)
+    protocol = with_seeds(n)
+    plan = dataclasses.replace(protocol.models["fashion_cnn"], train_loss_margin=1.2, train_loss_epochs=(2, 2))
+    result = protocol_report.analyse_model(runs, plan, protocol, paired=False)
+    endpoints = result["endpoints"]
+    assert endpoints["train_loss_epoch_2"]["equivalent"] and not endpoints["sd_ratio"]["equivalent"]
+    assert result["all_endpoints_equivalent"] is False
 
 
 def test_conduct_names_every_deviation(tmp_path):
@@ -154,6 +199,23 @@ def test_conduct_names_every_deviation(tmp_path):
     assert "records from 2 commits" in text
     assert "flax seed 3: --conv-impl xla (pinned gemm)" in text
     assert found["runs"] == 8 and found["cpu_models"] == {"Test CPU": 7} and found["commits"] == {COMMIT: 6, "b" * 40: 1}
+
+
+def test_conduct_names_a_run_before_the_protocol_and_a_session_without_provenance_keys(tmp_path):
+    n = 2
+    losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.ones((n, 2)) for f in FRAMEWORKS}
+    runs = write_model(tmp_path, "fashion_cnn", range(n), losses, {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS})
+    for seed, change in [(0, lambda s: s.update(started_at="2020-01-01T00:00:00+00:00")), (1, lambda s: s.pop("cpu_model"))]:
+        path = equivalence.record_dir(tmp_path, "fashion_cnn", "independent", "torch", seed) / "summary.json"
+        summary = json.loads(path.read_text())
+        change(summary["provenance"]["sessions"][0])
+        path.write_text(json.dumps(summary))
+    found = protocol_report.conduct([("fashion_cnn", "independent", protocol_report.Runs(runs.seeds, runs.records))], SECOND)
+    if found["protocol_commit"] is None:
+        pytest.skip("no git history here: the protocol's registration time cannot be checked")
+    text = "; ".join(found["deviations"])
+    assert "a run started (2020-01-01T00:00:00+00:00) before the protocol was committed" in text
+    assert "fashion_cnn independent torch seed 1: a session without cpu_model" in text
 
 
 @pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate

@@ -1,7 +1,7 @@
 """The protocols' numbers are the protocols': each number of parity_studies.protocols.FIRST is read back
 from reports/equivalence/PROTOCOL.md's own statement of it, and each rule is tested on synthetic
-records where it decides the verdict (a changed margin, tested epoch, seed range, spread scale or
-"every epoch" rule changes a verdict here). SECOND is the table registered in
+records where it decides the verdict (a changed margin, tested epoch, seed range, spread scale,
+"every epoch" rule or a verdict without its spread changes a verdict here). SECOND is the table registered in
 reports/equivalence/second/PROTOCOL.md, whose prose must state the same numbers."""
 
 from __future__ import annotations
