@@ -43,16 +43,11 @@ from cnn_parity.commands import OneLineParser, number, positive_int, report_erro
 from cnn_parity.errors import RunError, UsageError
 from cnn_parity.files import write_json_atomic
 from cnn_parity.frameworks import FRAMEWORKS
-from cnn_parity.provenance import machine_info, versions
+from cnn_parity.provenance import machine_info, source, versions
 from cnn_parity.recipes import MODELS
 from parity_studies import protocol_report, protocols, runs, statistics
 from cnn_parity.markdown import replace_marked_block
-from parity_studies.protocols import FIRST, ModelPlan, Protocol
-
-# design -> (init_rng, shuffle_rng). The last two, each sharing one source of randomness only, are for
-# bisecting a difference the independent design shows: which of the two random streams carries it.
-DESIGNS = {"independent": ("framework", "framework"), "paired": ("shared", "shared"),
-           "shared-init": ("shared", "framework"), "shared-order": ("framework", "shared")}
+from parity_studies.protocols import DESIGNS, FIRST, ModelPlan, Protocol
 
 # The protocol (reports/equivalence/PROTOCOL.md gives the reason for each number): its endpoints and
 # margins analyse every run set of this command, its designs and seeds are the defaults.
@@ -508,10 +503,12 @@ def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
             if recorded == list(follow.seeds):
                 found[m][follow.design] = protocol_report.Runs(list(follow.seeds), {
                     f: [record_dir(args.out, m, follow.design, f, s) for s in follow.seeds] for f in FRAMEWORKS})
-    machine = machine_info()
+    machine, code = machine_info(), source()
+    made_by = (f"the code at {code['commit']}" + (" with uncommitted changes" if code["dirty"] else "")
+               if "commit" in code else f"cnn-parity {code.get('version', '?')} (no git checkout)")
     protocol_report.build(args.out, protocol, found, " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]),
                           status, reason, f"{machine.get('cpu_model', '?')}; " + ", ".join(
-                              f"{k} {v}" for k, v in machine["versions"].items()))
+                              f"{k} {v}" for k, v in machine["versions"].items()) + f"; by {made_by}")
     print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(found)} PNGs ({status})")
     return 0
 

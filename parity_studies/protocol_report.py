@@ -23,7 +23,7 @@ from cnn_parity.files import read_json
 from cnn_parity.frameworks import FRAMEWORKS
 from parity_studies import statistics
 from parity_studies.runs import epoch_records
-from parity_studies.protocols import REPO, ModelPlan, Protocol, load
+from parity_studies.protocols import DESIGNS, REPO, ModelPlan, Protocol, load
 
 
 @dataclass
@@ -136,6 +136,15 @@ def direction_tests(models: dict[str, dict], protocol: Protocol) -> list[dict[st
     return out
 
 
+def combined_claim(models: dict[str, dict], protocol: Protocol) -> dict[str, Any]:
+    """The protocol's combined claim, an intersection-union test: a model is equivalent on every endpoint
+    it has in the protocol's designs, the study on every endpoint of every model (None: nothing tested)."""
+    per_model = {m: all(entry[d]["all_endpoints_equivalent"] for d in protocol.designs if d in entry)
+                 for m, entry in models.items()
+                 if any(entry.get(d, {}).get("all_endpoints_equivalent") is not None for d in protocol.designs)}
+    return {"models": per_model, "all_equivalent": all(per_model.values()) if per_model else None}
+
+
 def follow_up_test(independent: dict, paired: dict, alpha: float) -> dict[str, Any]:
     """The follow-up's paired test of the direction statistic and the comparison of the two designs'
     estimates (z on the difference, normal approximation), with the protocol's reading of them."""
@@ -167,15 +176,17 @@ def run_sessions(summary: dict) -> list[dict] | None:
     return [{**common, **session} for session in provenance["sessions"]]
 
 
-_SESSION_KEYS = ("commit", "dirty", "cpu_model", "started_at", "ended_at")
+_SESSION_KEYS = ("version", "commit", "dirty", "cpu_model", "started_at", "ended_at")
 # Training-CLI flags and where a record states what they set.
 _OPTION_OF_FLAG = {"--pipeline": ("pipeline",), "--api": ("options", "api"), "--conv-impl": ("options", "conv_impl"),
                    "--devices": ("options", "devices")}
 
 
-def _pinned_differences(summary: dict, flags: tuple[str, ...]) -> list[str]:
-    """The pinned flags a record's summary shows other values for."""
-    wrong = []
+def _pinned_differences(summary: dict, flags: tuple[str, ...], design: str) -> list[str]:
+    """The pinned flags, and the design's random streams, a record's summary shows other values for."""
+    recipe = summary.get("recipe") or {}
+    wrong = [f"{key} {recipe.get(key)} (the {design} design's {value})"
+             for key, value in zip(("init_rng", "shuffle_rng"), DESIGNS[design]) if recipe.get(key) != value]
     for flag, value in zip(flags[::2], flags[1::2]):
         where = _OPTION_OF_FLAG.get(flag)
         found: Any = summary
@@ -211,7 +222,10 @@ def protocol_at(commit: str, protocol: Protocol) -> bool | None:
             then = load(copy)
         except Exception:  # noqa: BLE001 (any unreadable table is "not the same protocol")
             return False
-    return then == load(REPO / protocol.document) if (REPO / protocol.document).is_file() else None
+    if not (REPO / protocol.document).is_file():
+        return None
+    # `document` says where each was read from (a temporary copy, the checkout), not what the table holds.
+    return dataclasses.replace(then, document=protocol.document) == load(REPO / protocol.document)
 
 
 def registered(protocol: Protocol) -> dict[str, str] | None:
@@ -229,8 +243,9 @@ def _time(text: str) -> datetime.datetime:
 
 def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[str, Any]:
     """Provenance of every record: commits, dirty trees, CPU models, versions, times, sessions; and the
-    deviations from the protocol's conduct rules (no provenance, a dirty tree, more than one commit,
-    options other than the pinned ones, packages other than constraints.txt's)."""
+    deviations from the protocol's conduct rules (no provenance, a dirty tree, more than one commit, a
+    commit without the protocol's table, options other than the pinned ones, random streams other than
+    the design's, packages other than constraints.txt's)."""
     commits, cpus, constraints = Counter(), Counter(), Counter()
     starts, ends, deviations, resumed = [], [], [], []
     runs_total = 0
@@ -240,7 +255,7 @@ def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[st
                 name = f"{model} {design} {framework} seed {seed}"
                 runs_total += 1
                 constraints[summary.get("versions", {}).get("constraints", "not stated")] += 1
-                wrong = _pinned_differences(summary, protocol.flags.get(framework, ()))
+                wrong = _pinned_differences(summary, protocol.flags.get(framework, ()), design)
                 if wrong:
                     deviations.append(f"{name}: {', '.join(wrong)}")
                 sessions = run_sessions(summary)
@@ -270,12 +285,13 @@ def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[st
     if any(k != "constraints.txt" for k in constraints):
         deviations.append(f"packages: {dict(constraints)}")
     protocol_commit = registered(protocol)
-    if protocol_commit and starts and _time(min(starts)) < _time(protocol_commit["time"]):
-        deviations.append(f"a run started ({min(starts)}) before the protocol was committed ({protocol_commit['time']})")
+    if protocol_commit and starts and _time(min(starts, key=_time)) < _time(protocol_commit["time"]):
+        deviations.append(f"a run started ({min(starts, key=_time)}) before the protocol was committed "
+                          f"({protocol_commit['time']})")
     return {"runs": runs_total, "protocol_commit": protocol_commit, "commits": {str(c): n for c, n in commits.items()},
             "commits_hold_the_protocol": holds, "cpu_models": {str(c): n for c, n in cpus.items()},
-            "constraints": dict(constraints), "first_start": min(starts) if starts else None,
-            "last_end": max(ends) if ends else None, "resumed": resumed, "deviations": deviations}
+            "constraints": dict(constraints), "first_start": min(starts, key=_time) if starts else None,
+            "last_end": max(ends, key=_time) if ends else None, "resumed": resumed, "deviations": deviations}
 
 
 # ---- the report -------------------------------------------------------------------------------------------
@@ -414,6 +430,28 @@ def model_lines(r: dict, alpha: float) -> list[str]:
     return lines
 
 
+def combined_lines(report: dict) -> list[str]:
+    """The combined claim: each model's, then the study's, with the margin each endpoint not shown decides."""
+    combined = report["combined"]
+    if combined["all_equivalent"] is None:
+        return []
+    key = statistics.interval_key(report["alpha"])
+    verdict = {True: "equivalent", False: "not shown"}
+    lines = ["## The combined claim", "",
+             "An intersection-union test, as the protocol defines it: a model's claim needs every endpoint it has "
+             "here, the study's every model's; each endpoint at its own level, no correction.", ""]
+    for model, equivalent in combined["models"].items():
+        failing = [f"{name.replace('_', ' ')}: its {key[2:]} % CI decides {_decided(e, key)}"
+                   for d in report["models"][model].values() for name, e in d.get("endpoints", {}).items()
+                   if not e.get("equivalent") and e.get("computable", True)]
+        failing += [f"{name.replace('_', ' ')}: not computable" for d in report["models"][model].values()
+                    for name, e in d.get("endpoints", {}).items() if not e.get("computable", True)]
+        lines.append(f"- {model}, every endpoint tested here: **{verdict[equivalent]}**"
+                     + (f" ({'; '.join(failing)})" if failing else "") + ".")
+    lines += [f"- The study, every endpoint of every model: **{verdict[combined['all_equivalent']]}**.", ""]
+    return lines
+
+
 def render(report: dict) -> list[str]:
     """report.md's lines."""
     alpha = report["alpha"]
@@ -435,6 +473,7 @@ def render(report: dict) -> list[str]:
                 lines += [f"### {design} runs", ""]
             lines += [f"{len(r['seeds'])} seeds per framework ({r['seeds'][0]}-{r['seeds'][-1]}), {r['epochs']} epochs.", ""]
             lines += model_lines(r, alpha) + [""]
+    lines += combined_lines(report)
     if report.get("direction"):
         lines += ["## Direction (difference test, fixed sequence)", "",
                   "| model | epochs | Flax / PyTorch − 1 (mean log train loss) | 95% CI | Welch p | α | status | "
@@ -485,6 +524,7 @@ def build(out: Path, protocol: Protocol, runs: dict[str, dict[str, Runs]], comma
                       for design, r in by_design.items()} for model, by_design in runs.items()}
     report: dict[str, Any] = {"protocol": protocol.name, "document": protocol.document, "command": command,
                               "alpha": protocol.alpha, "status": status, "status_reason": reason, "models": models}
+    report["combined"] = combined_claim(models, protocol)
     if protocol.direction:
         report["direction"] = direction_tests(models, protocol)
         if protocol.follow_up:

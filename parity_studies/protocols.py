@@ -20,6 +20,13 @@ from cnn_parity.errors import UsageError
 from parity_studies import statistics
 
 
+# A study's designs: design -> (init_rng, shuffle_rng), the recipe settings its runs train with. The last
+# two, each sharing one source of randomness only, are for bisecting a difference the independent design
+# shows: which of the two random streams carries it.
+DESIGNS = {"independent": ("framework", "framework"), "paired": ("shared", "shared"),
+           "shared-init": ("shared", "framework"), "shared-order": ("framework", "shared")}
+
+
 @dataclass(frozen=True)
 class ModelPlan:
     """One model's part of a protocol; an endpoint whose margin is None is not tested."""

@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from cnn_parity.frameworks import FRAMEWORKS
+from cnn_parity.provenance import source
 from parity_studies import equivalence, protocol_report, protocols
 
 from .test_cli import REPO
@@ -45,8 +46,9 @@ def write_model(out, model, seeds, losses, accuracies, escapes=None, design="ind
         for i, seed in enumerate(seeds):
             escape = escapes[f][i] if escapes else 2
             curve = [0.11 if e + 1 < escape else 0.9 for e in range(epochs - 1)] + [accuracies[f][i]]
+            streams = {"recipe": dict(zip(("init_rng", "shuffle_rng"), protocols.DESIGNS[design]))}
             fake_run(out, model, design, f, seed, epochs, list(losses[f][i]), curve,
-                     summary={**provenance(), **pinned(f), **(summary or {}).get(f, {})})
+                     summary={**provenance(), **pinned(f), **streams, **(summary or {}).get(f, {})})
     return protocol_report.Runs(list(seeds), {f: [equivalence.record_dir(out, model, design, f, s) for s in seeds]
                                               for f in FRAMEWORKS})
 
@@ -179,7 +181,7 @@ def test_a_models_verdict_needs_every_endpoint_it_has(tmp_path):
 
 def test_conduct_names_every_deviation(tmp_path):
     """Four runs per framework: one without provenance, one from a dirty tree, one from another commit,
-    one Flax run with another --conv-impl."""
+    one Flax run with another --conv-impl; one PyTorch run with the paired design's batch order."""
     n = 4
     losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.ones((n, 2)) for f in FRAMEWORKS}
     runs = write_model(tmp_path, "fashion_cnn", range(n), losses, {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS})
@@ -191,6 +193,8 @@ def test_conduct_names_every_deviation(tmp_path):
         summary = json.loads(path.read_text())
         change(summary)
         path.write_text(json.dumps(summary))
+    path = record(tmp_path, "fashion_cnn", "independent", "torch", 0) / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "recipe": {"init_rng": "framework", "shuffle_rng": "shared"}}))
     runs = protocol_report.Runs(runs.seeds, runs.records)
     found = protocol_report.conduct([("fashion_cnn", "independent", runs)], SECOND)
     text = "; ".join(found["deviations"])
@@ -198,6 +202,7 @@ def test_conduct_names_every_deviation(tmp_path):
     assert "flax seed 1: run from a dirty tree" in text
     assert "records from 2 commits" in text
     assert "flax seed 3: --conv-impl xla (pinned gemm)" in text
+    assert "torch seed 0: shuffle_rng shared (the independent design's framework)" in text
     assert found["runs"] == 8 and found["cpu_models"] == {"Test CPU": 7} and found["commits"] == {COMMIT: 6, "b" * 40: 1}
 
 
@@ -205,7 +210,8 @@ def test_conduct_names_a_run_before_the_protocol_and_a_session_without_provenanc
     n = 2
     losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.ones((n, 2)) for f in FRAMEWORKS}
     runs = write_model(tmp_path, "fashion_cnn", range(n), losses, {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS})
-    for seed, change in [(0, lambda s: s.update(started_at="2020-01-01T00:00:00+00:00")), (1, lambda s: s.pop("cpu_model"))]:
+    for seed, change in [(0, lambda s: s.update(started_at="2020-01-01T00:00:00+00:00")),
+                         (1, lambda s: [s.pop("cpu_model"), s.pop("version")])]:
         path = equivalence.record_dir(tmp_path, "fashion_cnn", "independent", "torch", seed) / "summary.json"
         summary = json.loads(path.read_text())
         change(summary["provenance"]["sessions"][0])
@@ -215,7 +221,59 @@ def test_conduct_names_a_run_before_the_protocol_and_a_session_without_provenanc
         pytest.skip("no git history here: the protocol's registration time cannot be checked")
     text = "; ".join(found["deviations"])
     assert "a run started (2020-01-01T00:00:00+00:00) before the protocol was committed" in text
-    assert "fashion_cnn independent torch seed 1: a session without cpu_model" in text
+    assert "fashion_cnn independent torch seed 1: a session without version, cpu_model" in text
+
+
+def test_conduct_orders_session_times_as_times_not_text(tmp_path):
+    """01:00 at UTC+02:00 is 23:00 UTC the day before: the first start, though its text sorts later."""
+    n = 2
+    losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.ones((n, 2)) for f in FRAMEWORKS}
+    runs = write_model(tmp_path, "fashion_cnn", range(n), losses, {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS})
+    path = equivalence.record_dir(tmp_path, "fashion_cnn", "independent", "flax", 1) / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["provenance"]["sessions"][0].update(started_at="2030-01-01T01:00:00+02:00", ended_at="2030-01-01T02:00:00+02:00")
+    path.write_text(json.dumps(summary))
+    found = protocol_report.conduct([("fashion_cnn", "independent", protocol_report.Runs(runs.seeds, runs.records))], SECOND)
+    assert found["first_start"] == "2030-01-01T01:00:00+02:00" and found["last_end"] == "2030-01-01T00:05:00+00:00"
+
+
+def test_the_commit_that_registered_the_protocol_holds_its_table_and_a_changed_table_does_not(monkeypatch):
+    registration = protocol_report.registered(SECOND)
+    if registration is None:
+        pytest.skip("no git history here: the protocol's commit cannot be read")
+    assert protocol_report.protocol_at(registration["commit"], SECOND) is True
+    text = (REPO / SECOND.document).read_text()
+    assert "\nalpha = 0.025\n" in text
+    real_git = protocol_report._git
+    monkeypatch.setattr(protocol_report, "_git", lambda *args: text.replace("\nalpha = 0.025\n", "\nalpha = 0.05\n")
+                        if args[0] == "show" else real_git(*args))
+    assert protocol_report.protocol_at(registration["commit"], SECOND) is False
+    assert protocol_report.protocol_at("0" * 40, SECOND) is None  # not a commit of this repository
+
+
+@pytest.mark.parametrize("flax_spread, all_equivalent", [(0.001, True), (0.004, False)])
+def test_the_combined_claim_needs_every_endpoint_of_every_model(tmp_path, flax_spread, all_equivalent):
+    """lenet's epoch-5 loss equivalent; fashion_cnn's SD ratio 1 (equivalent) or 4 (not): the study's claim
+    holds only with both, and the report names the margin an endpoint not shown decides."""
+    n = 30
+    lenet_losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.linspace(2.3, 0.3, 21) for f in FRAMEWORKS}
+    lenet = write_model(tmp_path / "records", "lenet", range(n), lenet_losses,
+                        {f: 0.98 + 0.001 * deviations(n) for f in FRAMEWORKS})
+    fashion_losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.linspace(1, 0.2, 40) for f in FRAMEWORKS}
+    fashion = write_model(tmp_path / "records", "fashion_cnn", range(n), fashion_losses,
+                          {"torch": 0.9 + 0.001 * deviations(n), "flax": 0.9 + flax_spread * deviations(n)})
+    report = protocol_report.build(tmp_path / "out", with_seeds(n), {"lenet": {"independent": lenet},
+                                                                    "fashion_cnn": {"independent": fashion}},
+                                   "a command", "confirmatory", "", "a machine")
+    assert report["combined"] == {"models": {"lenet": True, "fashion_cnn": all_equivalent}, "all_equivalent": all_equivalent}
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "- lenet, every endpoint tested here: **equivalent**." in text
+    if all_equivalent:
+        assert "- fashion_cnn, every endpoint tested here: **equivalent**." in text
+        assert "every endpoint of every model: **equivalent**." in text
+    else:
+        assert "- fashion_cnn, every endpoint tested here: **not shown** (sd ratio: its 95 % CI decides [1/" in text
+        assert "every endpoint of every model: **not shown**." in text
 
 
 @pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
@@ -235,6 +293,8 @@ def test_the_command_reports_nothing_before_every_planned_run_and_pins_the_flags
     assert report["status"] == "final, with missing runs" and "lenet [3003" in report["status_reason"]
     assert report["alpha"] == 0.025 and list(report["models"]) == ["lenet", "fashion_cnn"]
     assert "FINAL, WITH MISSING RUNS" in (tmp_path / "report.md").read_text()
+    code = source()
+    assert (f"by the code at {code['commit']}" if "commit" in code else "(no git checkout)") in report["analysed_on"]
 
     trained = []
 
