@@ -477,6 +477,21 @@ def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
         return 0
     if any(len(c) < 2 for c in complete.values()):
         raise RunError(f"fewer than 2 seeds complete in both frameworks for {min(complete, key=lambda m: len(complete[m]))}")
+    found = {m: {d: protocol_report.Runs(complete[m], {f: [record_dir(args.out, m, d, f, s) for s in complete[m]]
+                                                       for f in FRAMEWORKS}) for d in protocol.designs}
+             for m in report_models}
+    # A follow-up is analysed once all its seeds are in (no interim look), or with --final on those there are.
+    follow_missing = {}
+    if follow:
+        for m in report_models:
+            recorded = complete_seeds(args.out, m, list(follow.seeds), [follow.design], "full", args.quick)
+            if recorded or args.follow_up:
+                print(f"{m} follow-up ({follow.design}): {len(recorded)} of {len(follow.seeds)} seeds recorded")
+            if recorded == list(follow.seeds) or (args.final and len(recorded) >= 2):
+                found[m][follow.design] = protocol_report.Runs(recorded, {
+                    f: [record_dir(args.out, m, follow.design, f, s) for s in recorded] for f in FRAMEWORKS})
+                if recorded != list(follow.seeds):
+                    follow_missing[f"{m} follow-up ({follow.design})"] = sorted(set(follow.seeds) - set(recorded))
     exploratory = [what for what, given in (("seeds", args.seeds), ("models", args.models),
                                             ("designs", args.designs and not args.follow_up)) if given]
     if args.quick:
@@ -487,22 +502,11 @@ def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
                                          f"{args.margin:g}{shortened}), not pre-registered")
     elif exploratory:
         status, reason = "exploratory", f"{' and '.join(exploratory)} other than the protocol's"
-    elif missing:
+    elif missing or follow_missing:
         status, reason = "final, with missing runs", "seeds not recorded in both frameworks: " + "; ".join(
-            f"{m} {s}" for m, s in missing.items())
+            f"{m} {s}" for m, s in {**missing, **follow_missing}.items())
     else:
         status, reason = "confirmatory", ""
-    found = {m: {d: protocol_report.Runs(complete[m], {f: [record_dir(args.out, m, d, f, s) for s in complete[m]]
-                                                       for f in FRAMEWORKS}) for d in protocol.designs}
-             for m in report_models}
-    if follow:
-        for m in report_models:
-            recorded = complete_seeds(args.out, m, list(follow.seeds), [follow.design], "full", args.quick)
-            if recorded or args.follow_up:
-                print(f"{m} follow-up ({follow.design}): {len(recorded)} of {len(follow.seeds)} seeds recorded")
-            if recorded == list(follow.seeds):
-                found[m][follow.design] = protocol_report.Runs(list(follow.seeds), {
-                    f: [record_dir(args.out, m, follow.design, f, s) for s in follow.seeds] for f in FRAMEWORKS})
     machine, code = machine_info(), source()
     made_by = (f"the code at {code['commit']}" + (" with uncommitted changes" if code["dirty"] else "")
                if "commit" in code else f"cnn-parity {code.get('version', '?')} (no git checkout)")

@@ -228,26 +228,37 @@ def protocol_at(commit: str, protocol: Protocol) -> bool | None:
     return dataclasses.replace(then, document=protocol.document) == load(REPO / protocol.document)
 
 
-def registered(protocol: Protocol) -> dict[str, str] | None:
-    """The commit that added the protocol's document, and its time (None without git or history)."""
-    found = _git("log", "--diff-filter=A", "--format=%H %cI", "--", protocol.document) if protocol.document else None
+def added(path: str | Path) -> dict[str, str] | None:
+    """The commit that first added a file of this repository, and its time (None without git, history,
+    or such a commit)."""
+    try:
+        relative = Path(path).resolve().relative_to(REPO)
+    except ValueError:  # outside the repository
+        return None
+    found = _git("log", "--diff-filter=A", "--format=%H %cI", "--", str(relative))
     if not found or not found.strip():
         return None
     commit, time = found.strip().splitlines()[-1].split()
     return {"commit": commit, "time": time}
 
 
+def registered(protocol: Protocol) -> dict[str, str] | None:
+    """The commit that added the protocol's document, and its time (None without git or history)."""
+    return added(REPO / protocol.document) if protocol.document else None
+
+
 def _time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[str, Any]:
+def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol, study_report: Path | None = None) -> dict[str, Any]:
     """Provenance of every record: commits, dirty trees, CPU models, versions, times, sessions; and the
     deviations from the protocol's conduct rules (no provenance, a dirty tree, more than one commit, a
     commit without the protocol's table, options other than the pinned ones, random streams other than
-    the design's, packages other than constraints.txt's)."""
+    the design's, packages other than constraints.txt's; a follow-up run started before `study_report`,
+    the study's report.json, was committed)."""
     commits, cpus, constraints = Counter(), Counter(), Counter()
-    starts, ends, deviations, resumed = [], [], [], []
+    starts, ends, deviations, resumed, follow_up_starts = [], [], [], [], []
     runs_total = 0
     for model, design, runs in entries:
         for framework in FRAMEWORKS:
@@ -274,6 +285,8 @@ def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[st
                     commits[s.get("commit")] += 1
                     cpus[s.get("cpu_model")] += 1
                     starts += [s["started_at"]] if s.get("started_at") else []
+                    if design not in protocol.designs and s.get("started_at"):
+                        follow_up_starts.append(s["started_at"])
                     ends += [s["ended_at"]] if s.get("ended_at") else []
     known = [c for c in commits if c]
     if len(known) > 1:
@@ -288,6 +301,15 @@ def conduct(entries: list[tuple[str, str, Runs]], protocol: Protocol) -> dict[st
     if protocol_commit and starts and _time(min(starts, key=_time)) < _time(protocol_commit["time"]):
         deviations.append(f"a run started ({min(starts, key=_time)}) before the protocol was committed "
                           f"({protocol_commit['time']})")
+    if follow_up_starts and study_report is not None and _git("rev-parse", "HEAD") is not None:
+        report_commit = added(study_report)
+        first = min(follow_up_starts, key=_time)
+        if report_commit is None:
+            deviations.append(f"the study's report ({study_report}) is not committed here: that the follow-up's runs "
+                              "started after it was is not checked")
+        elif _time(first) < _time(report_commit["time"]):
+            deviations.append(f"a follow-up run started ({first}) before the study's report was committed "
+                              f"({report_commit['time']})")
     return {"runs": runs_total, "protocol_commit": protocol_commit, "commits": {str(c): n for c, n in commits.items()},
             "commits_hold_the_protocol": holds, "cpu_models": {str(c): n for c, n in cpus.items()},
             "constraints": dict(constraints), "first_start": min(starts, key=_time) if starts else None,
@@ -487,7 +509,10 @@ def render(report: dict) -> list[str]:
         lines.append("")
     for model, f in report.get("follow_up", {}).items():
         p = f["paired"]
-        lines += [f"## Follow-up, {model}: paired design", "",
+        lines += [f"## Follow-up, {model}: paired design", "", f"{len(f['seeds'])} seeds per framework "
+                  f"({f['seeds'][0]}-{f['seeds'][-1]}). " + ("" if f["confirmatory"] else
+                  "**Exploratory**: the protocol follows up only a model whose direction test rejected, and this "
+                  "one's did not (or was not confirmatory)."), "",
                   f"Paired Flax − PyTorch of the direction statistic: {_pct(p['difference'])}, 95% CI "
                   f"{_interval(p['ci'], _pct)}, p = {p['p']:.2g}; designs compared: z = {f['designs_z']:.2f}, "
                   f"p = {f['designs_p']:.2g}. Reading, as the protocol defines it: **{f['reading']}**.", ""]
@@ -529,9 +554,15 @@ def build(out: Path, protocol: Protocol, runs: dict[str, dict[str, Runs]], comma
         report["direction"] = direction_tests(models, protocol)
         if protocol.follow_up:
             independent = {d["model"]: d for d in report["direction"]}
-            report["follow_up"] = {m: follow_up_test(independent[m], e[protocol.follow_up.design], protocol.follow_up.alpha)
+            # The protocol follows up only a model whose confirmatory direction test rejected; paired runs of
+            # any other model are analysed the same way, labelled exploratory.
+            report["follow_up"] = {m: {"seeds": e[protocol.follow_up.design]["seeds"],
+                                       "confirmatory": bool(independent[m]["confirmatory"] and independent[m]["rejects"]),
+                                       **follow_up_test(independent[m], e[protocol.follow_up.design],
+                                                        protocol.follow_up.alpha)}
                                    for m, e in models.items() if protocol.follow_up.design in e and m in independent}
-    report["conduct"] = conduct([(m, d, r) for m, by_design in runs.items() for d, r in by_design.items()], protocol)
+    report["conduct"] = conduct([(m, d, r) for m, by_design in runs.items() for d, r in by_design.items()], protocol,
+                                out / "report.json")
     report["analysed_on"] = analysed_on
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "report.json", report)

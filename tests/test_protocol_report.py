@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -324,9 +325,14 @@ def test_seeds_other_than_the_protocols_make_an_exploratory_report(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
-def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path, capsys):
+@pytest.mark.parametrize("lenet_shift, confirmatory", [(1.0, False), (1.3, True)])
+def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path, capsys, lenet_shift, confirmatory):
+    """lenet's paired runs are analysed for the direction; the reading is the protocol's only where lenet's
+    direction test rejected (Flax's loss 30 % higher), exploratory where it did not (no difference)."""
     for model, epochs in (("lenet", 21), ("fashion_cnn", 40)):
         losses = {f: np.exp(0.05 * deviations(3))[:, None] * np.linspace(2, 0.5, epochs) for f in FRAMEWORKS}
+        if model == "lenet":
+            losses["flax"] = losses["flax"] * lenet_shift
         write_model(tmp_path, model, SECOND.seeds(model)[:3], losses, {f: 0.9 + 0.001 * deviations(3) for f in FRAMEWORKS})
     seeds = SECOND.follow_up.seeds
     losses = {"torch": np.exp(0.05 * deviations(len(seeds)))[:, None] * np.linspace(2, 0.5, 21)}
@@ -340,7 +346,52 @@ def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path
     assert paired["endpoints"] == {} and paired["all_endpoints_equivalent"] is None and paired["paired"]
     follow = report["follow_up"]["lenet"]
     assert follow["paired"]["difference"] == pytest.approx(math.log(1.01)) and follow["paired"]["rejects"]
-    assert "fashion_cnn" not in report["follow_up"] and "Follow-up, lenet: paired design" in (tmp_path / "report.md").read_text()
+    assert report["direction"][0]["rejects"] is confirmatory and follow["confirmatory"] is confirmatory
+    text = (tmp_path / "report.md").read_text()
+    assert "fashion_cnn" not in report["follow_up"] and "Follow-up, lenet: paired design" in text
+    assert ("**Exploratory**: the protocol follows up only a model whose direction test rejected" in text) is not confirmatory
+    # The records are in a temporary folder, not committed: whether the follow-up began after the study's
+    # report was committed cannot be checked, and the report says so.
+    assert any("is not committed here" in d for d in report["conduct"]["deviations"])
+
+
+def test_a_follow_up_with_a_missing_run_waits_for_it_or_with_final_names_it(tmp_path, capsys):
+    """Every planned run of the study, and 19 of lenet's 20 follow-up seeds: the report has no follow-up
+    (no interim look); with --final, the follow-up on the 19 seeds, the report naming the missing one."""
+    for model, epochs in (("lenet", 21), ("fashion_cnn", 40)):
+        n = len(SECOND.seeds(model))
+        losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.linspace(2, 0.5, epochs) for f in FRAMEWORKS}
+        write_model(tmp_path, model, SECOND.seeds(model), losses, {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS})
+    seeds = SECOND.follow_up.seeds[:-1]
+    losses = {f: np.exp(0.05 * deviations(len(seeds)))[:, None] * np.linspace(2, 0.5, 21) for f in FRAMEWORKS}
+    write_model(tmp_path, "lenet", seeds, losses, {f: 0.9 + 0.001 * deviations(len(seeds)) for f in FRAMEWORKS},
+                design="paired")
+    assert equivalence.main(["--protocol", "second", "--report-only", "--out", str(tmp_path)]) == 0
+    assert "lenet follow-up (paired): 19 of 20 seeds recorded" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "confirmatory" and report["follow_up"] == {}
+    assert equivalence.main(["--protocol", "second", "--report-only", "--final", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "final, with missing runs"
+    assert report["status_reason"] == f"seeds not recorded in both frameworks: lenet follow-up (paired) [{SECOND.follow_up.seeds[-1]}]"
+    assert report["follow_up"]["lenet"]["seeds"] == list(seeds)
+
+
+def test_conduct_names_a_follow_up_run_made_before_the_studys_report_was_committed(tmp_path, monkeypatch):
+    n = 3
+    losses = {f: np.exp(0.05 * deviations(n))[:, None] * np.ones((n, 21)) for f in FRAMEWORKS}
+    accuracies = {f: 0.9 + 0.001 * deviations(n) for f in FRAMEWORKS}
+    independent = write_model(tmp_path, "lenet", range(n), losses, accuracies)
+    paired = write_model(tmp_path, "lenet", range(100, 100 + n), losses, accuracies, design="paired")
+    real_added = protocol_report.added
+    monkeypatch.setattr(protocol_report, "added", lambda path: {"commit": "c" * 40, "time": "2031-01-01T00:00:00+00:00"}
+                        if Path(path).name == "report.json" else real_added(path))
+    found = protocol_report.conduct([("lenet", "independent", independent), ("lenet", "paired", paired)], SECOND,
+                                    tmp_path / "report.json")
+    if protocol_report._git("rev-parse", "HEAD") is None:
+        pytest.skip("no git here: the check is not made")
+    assert ("a follow-up run started (2030-01-01T00:00:00+00:00) before the study's report was committed "
+            "(2031-01-01T00:00:00+00:00)") in found["deviations"]
 
 
 @pytest.mark.filterwarnings("ignore")  # bootstrap resamples of 3 runs are often degenerate
