@@ -510,9 +510,13 @@ def run_protocol(args, protocol: Protocol, scratch: Path) -> int:
     machine, code = machine_info(), source()
     made_by = (f"the code at {code['commit']}" + (" with uncommitted changes" if code["dirty"] else "")
                if "commit" in code else f"cnn-parity {code.get('version', '?')} (no git checkout)")
-    protocol_report.build(args.out, protocol, found, " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]),
-                          status, reason, f"{machine.get('cpu_model', '?')}; " + ", ".join(
-                              f"{k} {v}" for k, v in machine["versions"].items()) + f"; by {made_by}")
+    report = protocol_report.build(
+        args.out, protocol, found, " ".join(["python -m parity_studies.equivalence", *sys.argv[1:]]), status, reason,
+        f"{machine.get('cpu_model', '?')}; " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+        + f"; by {made_by}")
+    if args.update_readme:
+        replace_marked_block(args.update_readme, f"{README_MARKER}-{protocol.name}",
+                             "\n".join(protocol_report.summary_table(report)))
     print(f"wrote {args.out / 'report.md'}, {args.out / 'report.json'} and {len(found)} PNGs ({status})")
     return 0
 
@@ -549,7 +553,9 @@ def main(argv=None) -> int:
                              "--models (default: those whose direction test rejected in OUT/report.json)")
     parser.add_argument("--final", action="store_true",
                         help="report a protocol given as data although planned runs are missing (named in it)")
-    parser.add_argument("--update-readme", metavar="PATH", type=Path, help="replace the marked summary table in this file")
+    parser.add_argument("--update-readme", metavar="PATH", type=Path,
+                        help=f"replace the marked summary table in this file: the block '{README_MARKER}' for the "
+                             f"first protocol, '{README_MARKER}-NAME' for protocol NAME")
     parser.add_argument("--data-dir")
     parser.add_argument("--scratch", type=Path, help="training workdirs: checkpoints, weights, logs (default OUT/scratch)")
     parser.add_argument("--out", required=True, type=Path, help="report and run records (no weights): the folder to commit")
@@ -560,8 +566,6 @@ def main(argv=None) -> int:
         protocol = own_protocol(args) if args.config is not None else resolve_protocol(args.protocol)
         scratch = args.scratch or args.out / "scratch"
         if protocol is not FIRST:
-            if args.update_readme:
-                raise UsageError("--update-readme fills the README's table of the first protocol only")
             return run_protocol(args, protocol, scratch)
         if args.follow_up or args.final:
             raise UsageError("--follow-up and --final are for a protocol given as data (--protocol second)")

@@ -474,6 +474,50 @@ def combined_lines(report: dict) -> list[str]:
     return lines
 
 
+def summary_table(report: dict) -> list[str]:
+    """The README's block: each equivalence endpoint and direction test at the interval that decides it,
+    the follow-up's reading, the combined claim, and the report's status where it is not confirmatory."""
+    key, level = statistics.interval_key(report["alpha"]), f"{100 * (1 - 2 * report['alpha']):g}%"
+    lines = [f"| model | endpoint | seeds per framework | Flax vs PyTorch | {level} CI | verdict |",
+             "|---|---|---:|---|---|---|"]
+    for model, entry in report["models"].items():
+        for design, r in entry.items():
+            for name, e in r.get("endpoints", {}).items():
+                what = (f"SD ratio of test accuracy, epoch {r['epochs']}, within [1/{e['margin']:g}, {e['margin']:g}]"
+                        if e["kind"] == "sd ratio" else
+                        f"{name.replace('_', ' ')}, Flax / PyTorch − 1, within ×/÷ {math.exp(e['margin']):g}")
+                if not e.get("computable", True):
+                    lines.append(f"| {model} | {what} | {len(r['seeds'])} | - | - | not computable: {e['reason']} |")
+                    continue
+                fmt = '{:.3f}'.format if e["kind"] == "sd ratio" else _pct
+                estimate = fmt(e["sd_ratio"] if e["kind"] == "sd ratio" else e["difference"])
+                verdict = "equivalent" if e["equivalent"] else "equivalence not shown"
+                lines.append(f"| {model} | {what} | {len(r['seeds'])} | {estimate} | {_interval(e[key], fmt)} | "
+                             f"**{verdict}** (the {level} CI decides {_decided(e, key)}) |")
+    for d in report.get("direction", []):
+        status = "confirmatory" if d["confirmatory"] else "descriptive"
+        verdict = (("difference shown" if d["rejects"] else "no difference shown (not evidence of none)")
+                   + f", p = {d['p']:.2g}") if d["confirmatory"] else "- (the fixed sequence stopped before it)"
+        lines.append(f"| {d['model']} | direction: mean log train loss, epochs {d['epochs'][0]}-{d['epochs'][1]}, "
+                     f"Flax / PyTorch − 1 (difference test, α = {d['alpha']}, {status}) | {d['n'][0]} | "
+                     f"{_pct(d['difference'])} | {_interval(d['ci'], _pct)} | {verdict} |")
+    for model, f in report.get("follow_up", {}).items():
+        p = f["paired"]
+        reading = f["reading"] if f["confirmatory"] else f"exploratory: {f['reading']}"
+        lines.append(f"| {model} | follow-up: the direction statistic, paired design | {len(f['seeds'])} | "
+                     f"{_pct(p['difference'])} | {_interval(p['ci'], _pct)} | {reading} (paired p = {p['p']:.2g}; "
+                     f"designs differ: p = {f['designs_p']:.2g}) |")
+    combined = report["combined"]
+    if combined["all_equivalent"] is not None:
+        verdict = {True: "equivalent", False: "not shown"}
+        lines += ["", "Combined claim (intersection-union): " + "; ".join(
+            f"{m} {verdict[v]}" for m, v in combined["models"].items())
+                  + f"; every endpoint tested here: **{verdict[combined['all_equivalent']]}**."]
+    if report["status"] != "confirmatory":
+        lines += ["", f"**{report['status'].upper()}**: {report['status_reason']}"]
+    return lines
+
+
 def render(report: dict) -> list[str]:
     """report.md's lines."""
     alpha = report["alpha"]

@@ -339,7 +339,10 @@ def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path
     losses["flax"] = losses["torch"] * 1.01
     write_model(tmp_path, "lenet", seeds, losses, {f: 0.9 + 0.001 * deviations(len(seeds)) for f in FRAMEWORKS},
                 design="paired")
-    assert equivalence.main(["--protocol", "second", "--report-only", "--final", "--out", str(tmp_path)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- equivalence-report-second:begin -->\nold\n<!-- equivalence-report-second:end -->\n")
+    assert equivalence.main(["--protocol", "second", "--report-only", "--final", "--out", str(tmp_path),
+                             "--update-readme", str(readme)]) == 0
     assert "lenet follow-up (paired): 20 of 20 seeds recorded" in capsys.readouterr().out
     report = json.loads((tmp_path / "report.json").read_text())
     paired = report["models"]["lenet"]["paired"]
@@ -353,6 +356,16 @@ def test_the_follow_ups_paired_runs_are_analysed_for_the_direction_only(tmp_path
     # The records are in a temporary folder, not committed: whether the follow-up began after the study's
     # report was committed cannot be checked, and the report says so.
     assert any("is not committed here" in d for d in report["conduct"]["deviations"])
+    # The README's block is the report's summary table: each endpoint at the interval that decides it, the
+    # direction tests, the follow-up's reading (labelled exploratory where the protocol does not follow up).
+    block = readme.read_text().split("<!-- equivalence-report-second:begin -->\n")[1].split("<!--")[0]
+    assert block == "\n".join(protocol_report.summary_table(report)) + "\n"
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in block.splitlines()}
+    assert "(the 95% CI decides ×/÷" in rows["lenet", "train loss epoch 5, Flax / PyTorch − 1, within ×/÷ 1.2"]
+    assert "[1/2, 2]" in rows["fashion_cnn", "SD ratio of test accuracy, epoch 40, within [1/2, 2]"]
+    follow_row = rows["lenet", "follow-up: the direction statistic, paired design"]
+    assert ("| exploratory: " in follow_row) is not confirmatory and follow["reading"] in follow_row
+    assert "Combined claim (intersection-union)" in block and "**FINAL, WITH MISSING RUNS**" in block
 
 
 def test_a_follow_up_with_a_missing_run_waits_for_it_or_with_final_names_it(tmp_path, capsys):
