@@ -119,5 +119,5 @@ def test_the_readme_keeps_the_commands_ci_runs_and_the_generated_blocks():
     readme = (REPO / "README.md").read_text()
     assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]" -c constraints.txt' in readme
     assert "\n```bash\npytest\n```\n" in readme
-    for name in ("parity-report", "benchmark-goals", "equivalence-report"):
+    for name in ("parity-report", "benchmark-goals", "equivalence-report", "equivalence-report-second"):
         assert readme.count(f"<!-- {name}:begin -->") == 1 and readme.count(f"<!-- {name}:end -->") == 1, name

@@ -419,3 +419,14 @@ def test_every_design_a_study_analysed_is_in_its_report(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert text.index("### independent runs") < text.index("### paired runs")
     assert text.count("- **test error**") == 2
+
+
+def test_readme_second_study_table_is_what_the_committed_report_renders():
+    """The README's figures of the second study are generated: its block is summary_table of the study's
+    committed report.json (python -m parity_studies.equivalence --protocol second --report-only
+    --out reports/equivalence/second --update-readme README.md)."""
+    report = json.loads((REPO / "reports" / "equivalence" / "second" / "report.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- equivalence-report-second:begin -->\n")[1].split("<!-- equivalence-report-second:end -->")[0]
+    assert block == "\n".join(protocol_report.summary_table(report)) + "\n"
+    assert report["status"] == "confirmatory" and report["conduct"]["deviations"] == []
