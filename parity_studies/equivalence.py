@@ -425,11 +425,17 @@ def train_all(args, jobs: list[tuple[str, str, str, int]], scratch: Path, pinned
             train(args.out, scratch, model, design, framework, seed, args.budget, args.quick, args.data_dir,
                   pinned.get(framework, ()))
             bar.update()
+        futures = []
         try:
-            for future in [pool.submit(job, spec) for spec in pending]:
+            for spec in pending:
+                futures.append(pool.submit(job, spec))
+            for future in futures:
+                runs.wait_for_future(future)
                 future.result()
         except BaseException:  # a failed run, Ctrl-C or SIGTERM: start no more; finished runs are kept
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for future in futures:  # the running ones stop (a second signal kills them)
+                runs.wait_for_future(future)
             raise
 
 

@@ -5,10 +5,13 @@ own log, `<workdir>.log`; an interrupted run resumes from its checkpoints when l
 
 No child outlives its parent: within `supervised_children()` a SIGTERM or SIGINT the parent receives
 is passed on to every running child and the parent waits for them before it exits, and each child
-asks the kernel for a SIGTERM should its parent die without that chance (SIGKILL)."""
+asks the kernel for a SIGTERM should its parent die without that chance (SIGKILL). The parent's main
+thread never waits without a timeout (`wait_for_child`, `wait_for_future`): the kernel may hand the
+signal to any thread, and Python runs the handler in the main thread only once that thread runs again."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -45,6 +48,25 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
+# How often a waiting main thread wakes to run a stop signal's handler that another thread received.
+WAKE_EVERY_S = 0.5
+
+
+def wait_for_child(child: subprocess.Popen) -> int:
+    """The child's exit status, waited for in slices so that a stop signal is handled meanwhile."""
+    while True:
+        try:
+            return child.wait(timeout=WAKE_EVERY_S)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def wait_for_future(future: concurrent.futures.Future) -> None:
+    """Until the future is done, in slices so that a stop signal is handled meanwhile."""
+    while not future.done():
+        concurrent.futures.wait([future], timeout=WAKE_EVERY_S)
+
+
 class _Children:
     """The running training children, and whether the parent is stopping (then none is started)."""
 
@@ -75,7 +97,7 @@ class Stopped(KeyboardInterrupt):
 @contextlib.contextmanager
 def supervised_children() -> Iterator[None]:
     """Within: SIGTERM or SIGINT stops starting runs, passes the signal to every running child (a
-    training CLI checkpoints and stops on SIGINT, stops at once on SIGTERM) and raises Stopped in the
+    training CLI checkpoints after its current steps and stops) and raises Stopped in the
     main thread; a second signal kills the children. Use around the code that waits for the runs (its
     worker threads wait for their children), so they are reaped before the command exits."""
     if threading.current_thread() is not threading.main_thread():
@@ -231,9 +253,9 @@ def train(workdir: Path, framework: str, model: str, seed: int, flags: Sequence[
             _children.running.add(child)
         try:
             try:
-                returncode = child.wait()
+                returncode = wait_for_child(child)
             except BaseException:  # Stopped, in a command that trains from its main thread
-                child.wait()  # the signal was passed on to the child: let it checkpoint and exit
+                wait_for_child(child)  # the signal was passed on to the child: let it checkpoint and exit
                 raise
         finally:
             with _children.lock:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +132,33 @@ def test_a_killed_study_leaves_no_training_process(tmp_path, signum):
     while _processes_naming(str(scratch / "runs")):
         assert time.monotonic() < deadline, "a training child outlived the study"
         time.sleep(0.1)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="sends the signal to one thread")
+@pytest.mark.parametrize("waiting_for", ["child", "future"])
+def test_a_stop_signal_another_thread_received_stops_the_waiting_main_thread(waiting_for):
+    """The kernel may hand a process's SIGTERM to any of its threads, and Python runs the handler in the
+    main thread only when that thread runs again: a main thread waiting for a training child (reproduce)
+    or for a run's future (equivalence) must still stop within moments, not when the run ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from parity_studies import runs
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with runs.supervised_children(), ThreadPoolExecutor(1) as pool:
+            future = pool.submit(child.wait)
+            signal_thread = threading.Thread(
+                target=lambda: (time.sleep(0.3), signal.pthread_kill(threading.get_ident(), signal.SIGTERM)))
+            started = time.monotonic()
+            signal_thread.start()
+            with pytest.raises(runs.Stopped):
+                runs.wait_for_child(child) if waiting_for == "child" else runs.wait_for_future(future)
+            assert time.monotonic() - started < 5
+            signal_thread.join()
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_failed_run_is_reported_from_its_own_log(tmp_path):
