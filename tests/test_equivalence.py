@@ -145,17 +145,21 @@ def test_a_stop_signal_another_thread_received_stops_the_waiting_main_thread(wai
     from parity_studies import runs
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    run_ends = threading.Event()
     try:
         with runs.supervised_children(), ThreadPoolExecutor(1) as pool:
-            future = pool.submit(child.wait)
+            future = pool.submit(run_ends.wait, 10)  # without slices, a wait ends only with the run
             signal_thread = threading.Thread(
                 target=lambda: (time.sleep(0.3), signal.pthread_kill(threading.get_ident(), signal.SIGTERM)))
             started = time.monotonic()
             signal_thread.start()
-            with pytest.raises(runs.Stopped):
-                runs.wait_for_child(child) if waiting_for == "child" else runs.wait_for_future(future)
-            assert time.monotonic() - started < 5
-            signal_thread.join()
+            try:
+                with pytest.raises(runs.Stopped):
+                    runs.wait_for_child(child) if waiting_for == "child" else runs.wait_for_future(future)
+                assert time.monotonic() - started < 5
+            finally:
+                run_ends.set()
+                signal_thread.join()
     finally:
         child.kill()
         child.wait()
