@@ -452,13 +452,19 @@ def model_lines(r: dict, alpha: float) -> list[str]:
     return lines
 
 
+CLAIM = {True: "equivalent", False: "not shown"}
+
+
+def direction_verdict(d: dict) -> str:
+    return "difference shown" if d["rejects"] else "no difference shown (not evidence of none)"
+
+
 def combined_lines(report: dict) -> list[str]:
     """The combined claim: each model's, then the study's, with the margin each endpoint not shown decides."""
     combined = report["combined"]
     if combined["all_equivalent"] is None:
         return []
     key = statistics.interval_key(report["alpha"])
-    verdict = {True: "equivalent", False: "not shown"}
     lines = ["## The combined claim", "",
              "An intersection-union test, as the protocol defines it: a model's claim needs every endpoint it has "
              "here, the study's every model's; each endpoint at its own level, no correction.", ""]
@@ -468,9 +474,9 @@ def combined_lines(report: dict) -> list[str]:
                    if not e.get("equivalent") and e.get("computable", True)]
         failing += [f"{name.replace('_', ' ')}: not computable" for d in report["models"][model].values()
                     for name, e in d.get("endpoints", {}).items() if not e.get("computable", True)]
-        lines.append(f"- {model}, every endpoint tested here: **{verdict[equivalent]}**"
+        lines.append(f"- {model}, every endpoint tested here: **{CLAIM[equivalent]}**"
                      + (f" ({'; '.join(failing)})" if failing else "") + ".")
-    lines += [f"- The study, every endpoint of every model: **{verdict[combined['all_equivalent']]}**.", ""]
+    lines += [f"- The study, every endpoint of every model: **{CLAIM[combined['all_equivalent']]}**.", ""]
     return lines
 
 
@@ -496,8 +502,8 @@ def summary_table(report: dict) -> list[str]:
                              f"**{verdict}** (the {level} CI decides {_decided(e, key)}) |")
     for d in report.get("direction", []):
         status = "confirmatory" if d["confirmatory"] else "descriptive"
-        verdict = (("difference shown" if d["rejects"] else "no difference shown (not evidence of none)")
-                   + f", p = {d['p']:.2g}") if d["confirmatory"] else "- (the fixed sequence stopped before it)"
+        verdict = (f"{direction_verdict(d)}, p = {d['p']:.2g}" if d["confirmatory"]
+                   else "- (the fixed sequence stopped before it)")
         lines.append(f"| {d['model']} | direction: mean log train loss, epochs {d['epochs'][0]}-{d['epochs'][1]}, "
                      f"Flax / PyTorch − 1 (difference test, α = {d['alpha']}, {status}) | {d['n'][0]} | "
                      f"{_pct(d['difference'])} | {_interval(d['ci'], _pct)} | {verdict} |")
@@ -509,10 +515,9 @@ def summary_table(report: dict) -> list[str]:
                      f"designs differ: p = {f['designs_p']:.2g}) |")
     combined = report["combined"]
     if combined["all_equivalent"] is not None:
-        verdict = {True: "equivalent", False: "not shown"}
         lines += ["", "Combined claim (intersection-union): " + "; ".join(
-            f"{m} {verdict[v]}" for m, v in combined["models"].items())
-                  + f"; every endpoint tested here: **{verdict[combined['all_equivalent']]}**."]
+            f"{m} {CLAIM[v]}" for m, v in combined["models"].items())
+                  + f"; every endpoint tested here: **{CLAIM[combined['all_equivalent']]}**."]
     if report["status"] != "confirmatory":
         lines += ["", f"**{report['status'].upper()}**: {report['status_reason']}"]
     return lines
@@ -545,7 +550,7 @@ def render(report: dict) -> list[str]:
                   "| model | epochs | Flax / PyTorch − 1 (mean log train loss) | 95% CI | Welch p | α | status | "
                   "verdict |", "|---|---|---|---|---:|---:|---|---|"]
         for d in report["direction"]:
-            verdict = ("difference shown" if d["rejects"] else "no difference shown (not evidence of none)")
+            verdict = direction_verdict(d)
             lines.append(f"| {d['model']} | {d['epochs'][0]}-{d['epochs'][1]} | {_pct(d['difference'])} | "
                          f"{_interval(d['ci'], _pct)} | {d['p']:.2g} | {d['alpha']} | "
                          f"{'confirmatory' if d['confirmatory'] else 'descriptive (sequence stopped before it)'} | "
